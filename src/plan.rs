@@ -1,0 +1,395 @@
+//! The decision logic of DESIGN.md section 1: pure, allocation-free, no FFI and no CUDA.
+//!
+//! [`make_record`] turns one rank's request into its 20-byte wire record; [`decide`] turns
+//! every rank's record into the decision all ranks share.
+
+use crate::error::{invalid, Error, Result};
+
+/// `cudagraph_mode` values: NONE.
+pub const CUDAGRAPH_NONE: i32 = 0;
+/// `cudagraph_mode` values: FULL (the largest legal mode).
+pub const CUDAGRAPH_FULL: i32 = 2;
+/// `pad_policy` EXPLICIT: pad iff every rank set `allow_dp_padding` (vLLM's rule).
+pub const PAD_POLICY_EXPLICIT: i32 = 0;
+/// `pad_policy` WHEN_CUDAGRAPH: pad iff the synced CUDA-graph mode is not NONE.
+pub const PAD_POLICY_WHEN_CUDAGRAPH: i32 = 1;
+/// Default `num_ubatches`.
+pub const DEFAULT_NUM_UBATCHES: i32 = 2;
+/// Default `decode_token_threshold`.
+pub const DEFAULT_DECODE_TOKEN_THRESHOLD: i32 = 32;
+/// Default `prefill_token_threshold`.
+pub const DEFAULT_PREFILL_TOKEN_THRESHOLD: i32 = 512;
+
+/// One rank's contribution to the exchange: five `int32_t`, the wire format.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RankRecord {
+    /// Tokens this rank schedules this step.
+    pub num_tokens_unpadded: i32,
+    /// Tokens including non-DP padding (>= unpadded).
+    pub num_tokens_padded: i32,
+    /// 1 if this rank wants to microbatch, else 0.
+    pub should_attempt_ubatch: i32,
+    /// 1 if this rank allows DP padding, else 0.
+    pub should_attempt_dp_pad: i32,
+    /// This rank's CUDA-graph mode (0 NONE, 1 PIECEWISE, 2 FULL).
+    pub cudagraph_mode: i32,
+}
+
+/// Microbatching configuration (vLLM's `enable_dbo` and its thresholds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UbatchConfig {
+    /// Microbatching is configured at all; when false the other fields are ignored.
+    pub enabled: bool,
+    /// Microbatches per step (>= 2 when enabled).
+    pub num_ubatches: i32,
+    /// Minimum tokens of a uniform-decode batch for microbatching (>= 0 when enabled).
+    pub decode_token_threshold: i32,
+    /// Minimum tokens of a batch containing prefill for microbatching (>= 0 when enabled).
+    pub prefill_token_threshold: i32,
+}
+
+impl Default for UbatchConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            num_ubatches: DEFAULT_NUM_UBATCHES,
+            decode_token_threshold: DEFAULT_DECODE_TOKEN_THRESHOLD,
+            prefill_token_threshold: DEFAULT_PREFILL_TOKEN_THRESHOLD,
+        }
+    }
+}
+
+/// One rank's request for this step, as plain values (the C struct minus `struct_size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Tokens this rank schedules (>= 0).
+    pub num_tokens_unpadded: i32,
+    /// Tokens incl. non-DP padding; -1 means "same as unpadded".
+    pub num_tokens_padded: i32,
+    /// The caller wants microbatching considered.
+    pub allow_microbatching: bool,
+    /// The caller wants every rank padded to the same count (EXPLICIT policy).
+    pub allow_dp_padding: bool,
+    /// 1 uniform decode, 0 contains prefill, -1 unknown (only without microbatching).
+    pub uniform_decode: i32,
+    /// 0 NONE, 1 PIECEWISE, 2 FULL.
+    pub cudagraph_mode: i32,
+    /// 0 EXPLICIT, 1 WHEN_CUDAGRAPH.
+    pub pad_policy: i32,
+    /// Microbatching configuration.
+    pub ubatch: UbatchConfig,
+    /// 0 waits forever; > 0 bounds the blocking wait in milliseconds.
+    pub timeout_ms: i32,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Self {
+            num_tokens_unpadded: 0,
+            num_tokens_padded: -1,
+            allow_microbatching: false,
+            allow_dp_padding: false,
+            uniform_decode: -1,
+            cudagraph_mode: CUDAGRAPH_NONE,
+            pad_policy: PAD_POLICY_EXPLICIT,
+            ubatch: UbatchConfig::default(),
+            timeout_ms: 0,
+        }
+    }
+}
+
+impl Request {
+    /// Checks every field against its range; the error names the field and the value.
+    pub fn validate(&self) -> Result<()> {
+        if self.num_tokens_unpadded < 0 {
+            return Err(invalid!(
+                "num_tokens_unpadded = {} must be >= 0",
+                self.num_tokens_unpadded
+            ));
+        }
+        if self.num_tokens_padded != -1 && self.num_tokens_padded < self.num_tokens_unpadded {
+            return Err(invalid!(
+                "num_tokens_padded = {} must be -1 or >= num_tokens_unpadded = {}",
+                self.num_tokens_padded,
+                self.num_tokens_unpadded
+            ));
+        }
+        match self.uniform_decode {
+            0 | 1 => {}
+            -1 if !self.allow_microbatching => {}
+            -1 => {
+                return Err(invalid!(
+                    "uniform_decode = -1 (unknown) is only legal when allow_microbatching is false"
+                ))
+            }
+            v => return Err(invalid!("uniform_decode = {v} must be -1, 0 or 1")),
+        }
+        if !mode_ok(self.cudagraph_mode) {
+            return Err(invalid!(
+                "cudagraph_mode = {} {MODE_RANGE}",
+                self.cudagraph_mode
+            ));
+        }
+        check_pad_policy(self.pad_policy)?;
+        if self.ubatch.enabled {
+            check_num_ubatches("ubatch.num_ubatches", self.ubatch.num_ubatches)?;
+            let thresholds = [
+                (
+                    "ubatch.decode_token_threshold",
+                    self.ubatch.decode_token_threshold,
+                ),
+                (
+                    "ubatch.prefill_token_threshold",
+                    self.ubatch.prefill_token_threshold,
+                ),
+            ];
+            for (field, value) in thresholds {
+                if value < 0 {
+                    return Err(invalid!("{field} = {value} must be >= 0"));
+                }
+            }
+        }
+        if self.timeout_ms < 0 {
+            return Err(invalid!(
+                "timeout_ms = {} must be >= 0 (0 waits forever)",
+                self.timeout_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `num_ubatches` to decide with: the configured one when microbatching is
+    /// enabled, else the default (no rank with it disabled attempts microbatching).
+    pub fn effective_num_ubatches(&self) -> i32 {
+        if self.ubatch.enabled {
+            self.ubatch.num_ubatches
+        } else {
+            DEFAULT_NUM_UBATCHES
+        }
+    }
+}
+
+/// The local step: validates `req` and builds this rank's wire record.
+pub fn make_record(req: &Request) -> Result<RankRecord> {
+    req.validate()?;
+    let threshold = if req.uniform_decode == 1 {
+        req.ubatch.decode_token_threshold
+    } else {
+        req.ubatch.prefill_token_threshold
+    };
+    let attempt_ubatch =
+        req.allow_microbatching && req.ubatch.enabled && req.num_tokens_unpadded >= threshold;
+    let padded = if req.num_tokens_padded == -1 {
+        req.num_tokens_unpadded
+    } else {
+        req.num_tokens_padded
+    };
+    Ok(RankRecord {
+        num_tokens_unpadded: req.num_tokens_unpadded,
+        num_tokens_padded: padded,
+        should_attempt_ubatch: i32::from(attempt_ubatch),
+        should_attempt_dp_pad: i32::from(req.allow_dp_padding),
+        cudagraph_mode: req.cudagraph_mode,
+    })
+}
+
+/// The decision every rank reaches from the same records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Every rank microbatches this step.
+    pub should_ubatch: bool,
+    /// Every rank is padded to `max_num_tokens_padded`.
+    pub should_dp_pad: bool,
+    /// A per-rank tokens-after-padding array exists (false only when dp_size == 1).
+    pub has_num_tokens_after_padding: bool,
+    /// The minimum CUDA-graph mode across ranks.
+    pub synced_cudagraph_mode: i32,
+    /// This rank's tokens after padding.
+    pub num_tokens_after_padding_self: i32,
+    /// Maximum padded token count across ranks.
+    pub max_num_tokens_padded: i32,
+    /// Minimum unpadded token count across ranks.
+    pub min_num_tokens_unpadded: i32,
+}
+
+/// Checks the decision parameters that do not depend on the records.
+pub fn check_decide_args(
+    dp_size: i64,
+    dp_rank: i32,
+    pad_policy: i32,
+    num_ubatches: i32,
+) -> Result<()> {
+    if dp_size < 1 {
+        return Err(invalid!("dp_size = {dp_size} must be >= 1"));
+    }
+    if dp_rank < 0 || i64::from(dp_rank) >= dp_size {
+        return Err(invalid!(
+            "dp_rank = {dp_rank} must be in 0..{} (dp_size = {dp_size})",
+            dp_size - 1
+        ));
+    }
+    check_pad_policy(pad_policy)?;
+    check_num_ubatches("num_ubatches", num_ubatches)
+}
+
+/// The decision of DESIGN.md section 1 over every rank's record (`records[r]` is rank r's).
+///
+/// When `out` is given (length `records.len()`), it receives the tokens after padding of
+/// every rank, and only on success; for dp_size == 1 it is left untouched.
+pub fn decide(
+    records: &[RankRecord],
+    dp_rank: i32,
+    pad_policy: i32,
+    num_ubatches: i32,
+    out: Option<&mut [i32]>,
+) -> Result<Decision> {
+    check_decide_args(records.len() as i64, dp_rank, pad_policy, num_ubatches)?;
+    let summary = Summary::of(records)?;
+    let own = records[dp_rank as usize];
+    if records.len() == 1 {
+        return Ok(Decision {
+            should_ubatch: false,
+            should_dp_pad: false,
+            has_num_tokens_after_padding: false,
+            synced_cudagraph_mode: own.cudagraph_mode,
+            num_tokens_after_padding_self: own.num_tokens_padded,
+            max_num_tokens_padded: own.num_tokens_padded,
+            min_num_tokens_unpadded: own.num_tokens_unpadded,
+        });
+    }
+    let n = i64::from(num_ubatches);
+    let last_ubatch_empty =
+        (i64::from(summary.max_padded) / n) * (n - 1) >= i64::from(summary.min_unpadded);
+    let should_ubatch = summary.all_attempt_ubatch && !last_ubatch_empty;
+    let policy_pad = if pad_policy == PAD_POLICY_EXPLICIT {
+        if let Some((padding_rank, other_rank)) = summary.dp_pad_disagreement {
+            return Err(Error::InconsistentRanks(format!(
+                "should_attempt_dp_pad (allow_dp_padding) differs across ranks under pad_policy \
+                 EXPLICIT: rank {padding_rank} has 1, rank {other_rank} has 0; every rank must \
+                 pass the same allow_dp_padding"
+            )));
+        }
+        summary.all_attempt_dp_pad
+    } else {
+        summary.min_mode != CUDAGRAPH_NONE
+    };
+    let should_dp_pad = policy_pad || should_ubatch;
+    if let Some(out) = out {
+        for (slot, record) in out.iter_mut().zip(records) {
+            *slot = if should_dp_pad {
+                summary.max_padded
+            } else {
+                record.num_tokens_padded
+            };
+        }
+    }
+    Ok(Decision {
+        should_ubatch,
+        should_dp_pad,
+        has_num_tokens_after_padding: true,
+        synced_cudagraph_mode: summary.min_mode,
+        num_tokens_after_padding_self: if should_dp_pad {
+            summary.max_padded
+        } else {
+            own.num_tokens_padded
+        },
+        max_num_tokens_padded: summary.max_padded,
+        min_num_tokens_unpadded: summary.min_unpadded,
+    })
+}
+
+/// Aggregates of one validated pass over the records.
+struct Summary {
+    min_unpadded: i32,
+    max_padded: i32,
+    min_mode: i32,
+    all_attempt_ubatch: bool,
+    all_attempt_dp_pad: bool,
+    /// `(a rank with dp_pad 1, a rank with dp_pad 0)` when the flags differ.
+    dp_pad_disagreement: Option<(usize, usize)>,
+}
+
+impl Summary {
+    fn of(records: &[RankRecord]) -> Result<Self> {
+        let mut s = Summary {
+            min_unpadded: i32::MAX,
+            max_padded: 0,
+            min_mode: CUDAGRAPH_FULL,
+            all_attempt_ubatch: true,
+            all_attempt_dp_pad: true,
+            dp_pad_disagreement: None,
+        };
+        let (mut first_pad, mut first_no_pad) = (None, None);
+        for (rank, r) in records.iter().enumerate() {
+            check_record(rank, r)?;
+            s.min_unpadded = s.min_unpadded.min(r.num_tokens_unpadded);
+            s.max_padded = s.max_padded.max(r.num_tokens_padded);
+            s.min_mode = s.min_mode.min(r.cudagraph_mode);
+            s.all_attempt_ubatch &= r.should_attempt_ubatch == 1;
+            if r.should_attempt_dp_pad == 1 {
+                first_pad.get_or_insert(rank);
+            } else {
+                first_no_pad.get_or_insert(rank);
+            }
+        }
+        s.all_attempt_dp_pad = first_no_pad.is_none();
+        s.dp_pad_disagreement = first_pad.zip(first_no_pad);
+        Ok(s)
+    }
+}
+
+fn check_record(rank: usize, r: &RankRecord) -> Result<()> {
+    if r.num_tokens_unpadded < 0 {
+        return Err(invalid!(
+            "records[{rank}].num_tokens_unpadded = {} must be >= 0",
+            r.num_tokens_unpadded
+        ));
+    }
+    if r.num_tokens_padded < r.num_tokens_unpadded {
+        return Err(invalid!(
+            "records[{rank}].num_tokens_padded = {} must be >= num_tokens_unpadded = {}",
+            r.num_tokens_padded,
+            r.num_tokens_unpadded
+        ));
+    }
+    for (field, value) in [
+        ("should_attempt_ubatch", r.should_attempt_ubatch),
+        ("should_attempt_dp_pad", r.should_attempt_dp_pad),
+    ] {
+        if value != 0 && value != 1 {
+            return Err(invalid!("records[{rank}].{field} = {value} must be 0 or 1"));
+        }
+    }
+    if !mode_ok(r.cudagraph_mode) {
+        return Err(invalid!(
+            "records[{rank}].cudagraph_mode = {} {MODE_RANGE}",
+            r.cudagraph_mode
+        ));
+    }
+    Ok(())
+}
+
+/// What a legal CUDA-graph mode is, for error messages.
+const MODE_RANGE: &str = "must be 0 (NONE), 1 (PIECEWISE) or 2 (FULL)";
+
+fn mode_ok(mode: i32) -> bool {
+    (CUDAGRAPH_NONE..=CUDAGRAPH_FULL).contains(&mode)
+}
+
+fn check_pad_policy(pad_policy: i32) -> Result<()> {
+    match pad_policy {
+        PAD_POLICY_EXPLICIT | PAD_POLICY_WHEN_CUDAGRAPH => Ok(()),
+        v => Err(invalid!(
+            "pad_policy = {v} must be 0 (EXPLICIT) or 1 (WHEN_CUDAGRAPH)"
+        )),
+    }
+}
+
+fn check_num_ubatches(field: &str, n: i32) -> Result<()> {
+    if n >= 2 {
+        Ok(())
+    } else {
+        Err(invalid!("{field} = {n} must be >= 2"))
+    }
+}
