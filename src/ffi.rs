@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::engine;
 use crate::error::{invalid, Error, Result};
 use crate::plan::{self, RankRecord, Request, UbatchConfig};
 
@@ -353,10 +354,27 @@ pub extern "C" fn dp_decide_batch(
 }
 
 /// The collective: every rank of `comm` calls it with its own request, and all get the
-/// same decision. Exchanges one record per rank with `ncclAllGather` on `stream` and
-/// post-processes on the GPU; blocks until the result is on the host (one wait, bounded by
-/// `req->timeout_ms`). `stream` may be NULL (legacy default stream). Not available yet in
-/// this build: returns `DP_ERR_LIBRARY_UNAVAILABLE`.
+/// same decision in `*result` (written only on success).
+///
+/// Validates `*req` first (an invalid request fails before any communication), exchanges
+/// one 20-byte record per rank with `ncclAllGather` on `stream`, post-processes on the GPU,
+/// and blocks until the decision is on the host: one polled wait, bounded by
+/// `req->timeout_ms` and watching `ncclCommGetAsyncError`. With dp_size == 1 it does no GPU
+/// work and returns no arrays. `stream` may be NULL, `cudaStreamLegacy` or
+/// `cudaStreamPerThread`; it must belong to the communicator's device and must not be
+/// capturing a CUDA graph. Ordering: every rank must call it in the same order relative to
+/// every other collective on `comm`; use a communicator reserved for coordination
+/// (`ncclCommSplit` of the DP communicator) or the same stream as your other collectives.
+///
+/// `result->num_tokens_after_padding` (host) and `num_tokens_after_padding_device` are
+/// library-owned, stable per communicator, valid until the next call on `comm` or
+/// `dp_release(comm)`; the device array is written in stream order on `stream`.
+/// Thread-safe across communicators; a concurrent call on the same communicator returns
+/// `DP_ERR_BUSY`. The first call per communicator allocates; later calls do not.
+/// Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`, `DP_ERR_INCONSISTENT_RANKS`, `DP_ERR_CUDA`,
+/// `DP_ERR_NCCL`, `DP_ERR_TIMEOUT` (then abort `comm` with `ncclCommAbort` on every rank
+/// and call `dp_release`), `DP_ERR_LIBRARY_UNAVAILABLE` (no CUDA driver or NCCL found),
+/// `DP_ERR_BUSY` or `DP_ERR_INTERNAL`.
 #[no_mangle]
 pub extern "C" fn dp_coordinate_batch(
     comm: *mut ncclComm,
@@ -364,28 +382,34 @@ pub extern "C" fn dp_coordinate_batch(
     req: *const dp_batch_request,
     result: *mut dp_batch_result,
 ) -> dp_status {
-    let _ = stream;
     boundary(|| {
         arg(comm, "comm")?;
-        read_request(req)?;
+        let request = read_request(req)?;
         arg(result, "result")?;
-        Err(Error::LibraryUnavailable(
-            "dp_coordinate_batch: the GPU path is not built into this version of dpcoord yet; \
-             use dp_make_record + your own allgather + dp_decide_batch"
-                .into(),
-        ))
+        let o = engine::coordinate(comm.cast(), stream.cast(), &request, false)?;
+        let mut filled = dp_batch_result::from_decision(&o.decision, o.dp_rank, o.dp_size);
+        if o.decision.has_num_tokens_after_padding {
+            filled.has_num_tokens_after_padding = true;
+            filled.num_tokens_after_padding = o.host_array;
+            filled.num_tokens_after_padding_device = o.device_array as *const i32;
+        }
+        write_out(result, filled);
+        Ok(())
     })
 }
 
-/// Frees dpcoord's cached state for `comm` (call before `ncclCommDestroy`/`ncclCommAbort`).
-/// Not available yet in this build: returns `DP_ERR_LIBRARY_UNAVAILABLE`.
+/// Frees everything dpcoord cached for `comm` (device and pinned buffers, module, event),
+/// after waiting up to 10 s for its work in flight. Call it before `ncclCommDestroy`, or
+/// after `ncclCommAbort` (it never calls NCCL, so an aborted communicator is fine). A
+/// communicator dpcoord never saw is fine too (`DP_OK`). Arrays from earlier results become
+/// invalid. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL), `DP_ERR_TIMEOUT` (work still
+/// running after a timed-out call whose communicator was not aborted: the state is kept and
+/// a later `dp_release` can retry), `DP_ERR_BUSY` never (it waits for a call in progress).
 #[no_mangle]
 pub extern "C" fn dp_release(comm: *mut ncclComm) -> dp_status {
     boundary(|| {
         arg(comm, "comm")?;
-        Err(Error::LibraryUnavailable(
-            "dp_release: the GPU path is not built into this version of dpcoord yet".into(),
-        ))
+        engine::release(comm.cast())
     })
 }
 
@@ -425,4 +449,64 @@ pub extern "C" fn dp_version() -> *const c_char {
             Err(_) => panic!("CARGO_PKG_VERSION contains a NUL"),
         };
     VERSION.as_ptr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_error() -> String {
+        // SAFETY: dp_last_error returns a NUL-terminated thread-local string.
+        unsafe { CStr::from_ptr(dp_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_inside_the_boundary_becomes_internal_with_its_message() {
+        let status = boundary(|| panic!("boom at the boundary"));
+        assert_eq!(status, dp_status::DP_ERR_INTERNAL);
+        assert!(
+            last_error().contains("boom at the boundary"),
+            "{}",
+            last_error()
+        );
+        let formatted = boundary(|| panic!("formatted {}", 42));
+        assert_eq!(formatted, dp_status::DP_ERR_INTERNAL);
+        assert!(last_error().contains("formatted 42"), "{}", last_error());
+    }
+
+    #[test]
+    fn every_error_maps_to_its_status() {
+        let cases = [
+            (
+                Error::InvalidArgument("a".into()),
+                dp_status::DP_ERR_INVALID_ARGUMENT,
+            ),
+            (
+                Error::InconsistentRanks("b".into()),
+                dp_status::DP_ERR_INCONSISTENT_RANKS,
+            ),
+            (Error::Cuda("c".into()), dp_status::DP_ERR_CUDA),
+            (Error::Nccl("d".into()), dp_status::DP_ERR_NCCL),
+            (Error::Timeout("e".into()), dp_status::DP_ERR_TIMEOUT),
+            (
+                Error::LibraryUnavailable("f".into()),
+                dp_status::DP_ERR_LIBRARY_UNAVAILABLE,
+            ),
+            (Error::Busy("g".into()), dp_status::DP_ERR_BUSY),
+            (Error::Internal("h".into()), dp_status::DP_ERR_INTERNAL),
+        ];
+        for (error, status) in cases {
+            let text = error.to_string();
+            assert_eq!(boundary(|| Err(error)), status);
+            assert_eq!(last_error(), text);
+        }
+    }
+
+    #[test]
+    fn a_message_with_a_nul_byte_is_kept_readable() {
+        boundary(|| Err(Error::Internal("before\0after".into())));
+        assert!(last_error().contains("before\\0after"), "{}", last_error());
+    }
 }

@@ -1,0 +1,432 @@
+//! The GPU path of `dp_coordinate_batch`: per-communicator cached state and the call
+//! sequence of DESIGN.md section 3 (pack -> ncclAllGather -> post-process kernel -> event ->
+//! one polled host wait).
+
+use std::collections::HashMap;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
+
+use crate::cuda::{
+    self, Context, DeviceBuffer, DevicePtr, Event, EventState, Kernel, KernelArg, MappedHost,
+    Module,
+};
+use crate::error::{Error, Result};
+use crate::kernels::{self as k, RECORD_WORDS};
+use crate::nccl::{self, CommPtr, Nccl};
+use crate::plan::{self, Decision, RankRecord, Request};
+
+/// Opaque stream handle as the caller passed it.
+pub type StreamPtr = cuda::StreamPtr;
+
+/// How long `release` waits for work still in flight before it gives up (and keeps the
+/// state rather than free memory the device may still write).
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+/// Host polls between two checks of the communicator, the event and the clock.
+const POLLS_PER_CHECK: u32 = 64;
+/// After this long spinning, the wait yields the CPU between polls.
+const SPIN_BEFORE_YIELD: Duration = Duration::from_millis(1);
+
+/// What one coordinated step produced.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// The shared decision.
+    pub decision: Decision,
+    /// This rank.
+    pub dp_rank: i32,
+    /// Number of ranks.
+    pub dp_size: i32,
+    /// Library-owned host array of `dp_size` entries, or NULL when dp_size == 1.
+    pub host_array: *const i32,
+    /// Library-owned device array of `dp_size` entries, or 0 when dp_size == 1.
+    pub device_array: DevicePtr,
+}
+
+/// One call's inputs to the device work.
+struct Step {
+    record: RankRecord,
+    pad_policy: i32,
+    num_ubatches: i32,
+    /// When the whole call must have finished (`timeout_ms`), if bounded.
+    deadline: Option<Instant>,
+}
+
+/// Everything cached for one communicator: created on first use, reused by every call.
+struct CommState {
+    ctx: Context,
+    dp_size: i32,
+    dp_rank: i32,
+    pack: Kernel,
+    post: Kernel,
+    send: DeviceBuffer,
+    recv: DeviceBuffer,
+    device_out: DeviceBuffer,
+    host: MappedHost,
+    event: Event,
+    /// The stream (address) of the previous call: a different one must wait for its work.
+    last_stream: usize,
+    /// Sequence number of the last launched post-processing kernel.
+    seq: u32,
+    /// Set after a timeout: the communicator must be aborted and released.
+    timed_out: bool,
+    // Declared last: dropped after the kernels that belong to it.
+    _module: Module,
+}
+
+/// A communicator's state, absent until first use or after a failed rebuild.
+struct Slot(Option<CommState>);
+
+/// Per-communicator slots, keyed by the communicator's address.
+static REGISTRY: LazyLock<Mutex<HashMap<usize, Arc<Mutex<Slot>>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The coordinated decision for this rank's `req` on `comm`, exchanged on `stream`.
+///
+/// `comm` must be a live communicator of the process's NCCL and `stream` a live stream (or a
+/// special handle) of the same device. With `force_exchange`, a one-rank communicator
+/// still runs the GPU path (benchmarks only); otherwise dp_size 1 does no GPU work.
+pub fn coordinate(
+    comm: CommPtr,
+    stream: StreamPtr,
+    req: &Request,
+    force_exchange: bool,
+) -> Result<Outcome> {
+    let record = plan::make_record(req)?;
+    let nccl = nccl::nccl()?;
+    let dp_size = nccl.comm_count(comm)?;
+    let dp_rank = nccl.comm_user_rank(comm)?;
+    let num_ubatches = req.effective_num_ubatches();
+    if dp_size == 1 && !force_exchange {
+        let decision = plan::decide(&[record], 0, req.pad_policy, num_ubatches, None)?;
+        return Ok(Outcome {
+            decision,
+            dp_rank,
+            dp_size,
+            host_array: std::ptr::null(),
+            device_array: 0,
+        });
+    }
+    if dp_size as usize > k::MAX_DP_SIZE {
+        return Err(Error::InvalidArgument(format!(
+            "the communicator has {dp_size} ranks; dpcoord supports at most {}",
+            k::MAX_DP_SIZE
+        )));
+    }
+    cuda::driver()?;
+    let device = nccl.comm_cu_device(comm)?;
+    let slot = {
+        let mut registry = lock(&REGISTRY);
+        Arc::clone(
+            registry
+                .entry(comm as usize)
+                .or_insert_with(|| Arc::new(Mutex::new(Slot(None)))),
+        )
+    };
+    let mut guard =
+        match slot.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(Error::Busy(
+                "another thread is inside dp_coordinate_batch or dp_release on this communicator"
+                    .into(),
+            )),
+        };
+    let ctx = Context::of_stream(stream, device, guard.0.as_ref().map(|s| s.ctx))?;
+    cuda::check_not_capturing(stream)?;
+    let reusable =
+        matches!(&guard.0, Some(s) if s.ctx == ctx && s.dp_size == dp_size && s.dp_rank == dp_rank);
+    if !reusable {
+        retire(&mut guard.0)?;
+        guard.0 = Some(CommState::new(ctx, dp_size, dp_rank, stream)?);
+    }
+    let state = guard.0.as_mut().expect("state was just ensured");
+    if state.timed_out {
+        return Err(Error::Timeout(
+            "an earlier dp_coordinate_batch on this communicator timed out; abort the \
+             communicator (ncclCommAbort) and call dp_release before using it again"
+                .into(),
+        ));
+    }
+    let start = Instant::now();
+    let deadline =
+        (req.timeout_ms > 0).then(|| start + Duration::from_millis(req.timeout_ms as u64));
+    let step = Step {
+        record,
+        pad_policy: req.pad_policy,
+        num_ubatches,
+        deadline,
+    };
+    state.enqueue(nccl, comm, stream, &step)?;
+    state.wait(nccl, comm, start, req.timeout_ms)?;
+    let decision = state.read_decision(req.pad_policy, num_ubatches)?;
+    Ok(Outcome {
+        decision,
+        dp_rank,
+        dp_size,
+        host_array: state.host.host_ptr(k::host_array_offset()),
+        device_array: state.device_out.ptr(),
+    })
+}
+
+/// Frees the state cached for `comm` after its work in flight has finished. Unknown
+/// communicators are fine. Never touches NCCL, so it may follow `ncclCommAbort`.
+pub fn release(comm: CommPtr) -> Result<()> {
+    let Some(slot) = lock(&REGISTRY).remove(&(comm as usize)) else {
+        return Ok(());
+    };
+    let mut guard = lock(&slot);
+    let outcome = retire(&mut guard.0);
+    if outcome.is_err() {
+        // Keep the state (its memory may still be written) so a later release can retry.
+        drop(guard);
+        lock(&REGISTRY).entry(comm as usize).or_insert(slot);
+    }
+    outcome
+}
+
+/// Waits (bounded) for a state's work in flight, then frees it in its own context.
+fn retire(slot: &mut Option<CommState>) -> Result<()> {
+    let Some(state) = slot.as_ref() else {
+        return Ok(());
+    };
+    let _current = state.ctx.enter()?;
+    let start = Instant::now();
+    loop {
+        match state.event.query() {
+            Ok(EventState::Done) | Err(_) => break,
+            Ok(EventState::Pending) if start.elapsed() >= RELEASE_WAIT => {
+                return Err(Error::Timeout(format!(
+                    "work of an earlier call on this communicator is still running after {} s; \
+                     abort the communicator (ncclCommAbort) first, then release it",
+                    RELEASE_WAIT.as_secs()
+                )))
+            }
+            Ok(EventState::Pending) => std::thread::sleep(Duration::from_micros(100)),
+        }
+    }
+    *slot = None;
+    Ok(())
+}
+
+impl CommState {
+    fn new(ctx: Context, dp_size: i32, dp_rank: i32, stream: StreamPtr) -> Result<Self> {
+        let _current = ctx.enter()?;
+        let n = dp_size as usize;
+        let module = Module::load(k::POSTPROCESS_PTX_CSTR)?;
+        Ok(Self {
+            ctx,
+            dp_size,
+            dp_rank,
+            pack: module.kernel(k::PACK_RECORD_KERNEL)?,
+            post: module.kernel(k::POSTPROCESS_KERNEL)?,
+            send: DeviceBuffer::new(RECORD_WORDS)?,
+            recv: DeviceBuffer::new(RECORD_WORDS * n)?,
+            device_out: DeviceBuffer::new(n)?,
+            host: MappedHost::new(k::host_block_words(n))?,
+            event: Event::new()?,
+            last_stream: stream as usize,
+            seq: 0,
+            timed_out: false,
+            _module: module,
+        })
+    }
+
+    /// Enqueues pack -> allgather -> post-process -> event on `stream`.
+    fn enqueue(
+        &mut self,
+        nccl: &Nccl,
+        comm: CommPtr,
+        stream: StreamPtr,
+        step: &Step,
+    ) -> Result<()> {
+        let _current = self.ctx.enter()?;
+        if stream as usize != self.last_stream {
+            self.event.wait_on(stream)?;
+            self.last_stream = stream as usize;
+        }
+        let send = self.send.ptr();
+        let r = &step.record;
+        let pack_args = [
+            send.as_arg(),
+            r.num_tokens_unpadded.as_arg(),
+            r.num_tokens_padded.as_arg(),
+            r.should_attempt_ubatch.as_arg(),
+            r.should_attempt_dp_pad.as_arg(),
+            r.cudagraph_mode.as_arg(),
+        ];
+        self.pack.launch(1, stream, &pack_args)?;
+        nccl.all_gather_i32_until(
+            send,
+            self.recv.ptr(),
+            RECORD_WORDS,
+            comm,
+            stream,
+            step.deadline,
+        )?;
+        self.seq = self.seq.wrapping_add(1).max(1);
+        let (recv, out, host, seq) = (
+            self.recv.ptr(),
+            self.device_out.ptr(),
+            self.host.device_ptr(),
+            self.seq,
+        );
+        let post_args = [
+            recv.as_arg(),
+            self.dp_size.as_arg(),
+            self.dp_rank.as_arg(),
+            step.pad_policy.as_arg(),
+            step.num_ubatches.as_arg(),
+            out.as_arg(),
+            host.as_arg(),
+            seq.as_arg(),
+        ];
+        self.post.launch(k::BLOCK_THREADS, stream, &post_args)?;
+        self.event.record(stream)
+    }
+
+    /// The one host wait: polls the sequence word the kernel writes last, checking the
+    /// communicator, the device and the clock every few polls.
+    fn wait(&mut self, nccl: &Nccl, comm: CommPtr, start: Instant, timeout_ms: i32) -> Result<()> {
+        let limit = Duration::from_millis(timeout_ms as u64);
+        let mut polls: u32 = 0;
+        loop {
+            if self.host.load(k::HOST_SEQ) as u32 == self.seq {
+                fence(Ordering::Acquire);
+                return Ok(());
+            }
+            polls = polls.wrapping_add(1);
+            if polls % POLLS_PER_CHECK != 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            nccl.check_async_error(comm)?;
+            let done = self.event.query()? == EventState::Done;
+            if done && self.host.load(k::HOST_SEQ) as u32 != self.seq {
+                return Err(Error::Internal(
+                    "the post-processing kernel finished without publishing its result".into(),
+                ));
+            }
+            let waited = start.elapsed();
+            if timeout_ms > 0 && waited >= limit {
+                self.timed_out = true;
+                return Err(Error::Timeout(format!(
+                    "the exchange did not complete within timeout_ms = {timeout_ms} (a rank did \
+                     not call dp_coordinate_batch, or is stuck); the communicator is unusable: \
+                     abort it with ncclCommAbort on every rank, then call dp_release"
+                )));
+            }
+            if waited >= SPIN_BEFORE_YIELD {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Reads the decision the kernel published, or the error it flagged.
+    fn read_decision(&self, pad_policy: i32, num_ubatches: i32) -> Result<Decision> {
+        let word = |i| self.host.load(i);
+        match word(k::HOST_STATUS) {
+            k::STATUS_OK => Ok(Decision {
+                should_ubatch: word(k::HOST_SHOULD_UBATCH) != 0,
+                should_dp_pad: word(k::HOST_SHOULD_DP_PAD) != 0,
+                has_num_tokens_after_padding: true,
+                synced_cudagraph_mode: word(k::HOST_SYNCED_CUDAGRAPH_MODE),
+                num_tokens_after_padding_self: word(k::HOST_NUM_TOKENS_AFTER_PADDING_SELF),
+                max_num_tokens_padded: word(k::HOST_MAX_NUM_TOKENS_PADDED),
+                min_num_tokens_unpadded: word(k::HOST_MIN_NUM_TOKENS_UNPADDED),
+            }),
+            flagged => {
+                // Error path: rerun the host logic on the record copy for the exact message.
+                let base = k::host_records_offset(self.dp_size as usize);
+                let records: Vec<RankRecord> = (0..self.dp_size as usize)
+                    .map(|r| {
+                        let f = |i| word(base + r * RECORD_WORDS + i);
+                        RankRecord {
+                            num_tokens_unpadded: f(0),
+                            num_tokens_padded: f(1),
+                            should_attempt_ubatch: f(2),
+                            should_attempt_dp_pad: f(3),
+                            cudagraph_mode: f(4),
+                        }
+                    })
+                    .collect();
+                match plan::decide(&records, self.dp_rank, pad_policy, num_ubatches, None) {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(Error::Internal(format!(
+                        "the post-processing kernel flagged status {flagged} but the host logic \
+                         accepts the same records"
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_comm() -> CommPtr {
+        // Never dereferenced by these tests: each fails before NCCL would see it.
+        std::ptr::dangling_mut::<u64>().cast()
+    }
+
+    #[test]
+    fn invalid_request_fails_before_any_communication() {
+        let req = Request {
+            num_tokens_unpadded: -3,
+            ..Request::default()
+        };
+        let err = coordinate(fake_comm(), std::ptr::null_mut(), &req, false).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.contains("num_tokens_unpadded = -3")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn without_nccl_the_call_reports_library_unavailable() {
+        // Only meaningful where no NCCL can be found (CI, this crate's dev machines); where
+        // one is, `nccl()` succeeding is checked instead of calling it with a fake comm.
+        match nccl::nccl() {
+            Ok(found) => assert!(found.version() > 0),
+            Err(_) => {
+                let err = coordinate(
+                    fake_comm(),
+                    std::ptr::null_mut(),
+                    &Request::default(),
+                    false,
+                )
+                .unwrap_err();
+                assert!(matches!(err, Error::LibraryUnavailable(_)), "{err}");
+                assert!(err.to_string().contains("DPCOORD_NCCL_LIBRARY"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn without_a_driver_cuda_reports_library_unavailable_not_a_panic() {
+        match cuda::driver() {
+            Ok(()) => {}
+            Err(e) => assert!(matches!(e, Error::LibraryUnavailable(_)), "{e}"),
+        }
+    }
+
+    #[test]
+    fn releasing_an_unknown_communicator_is_harmless() {
+        release(fake_comm()).unwrap();
+        release(fake_comm()).unwrap();
+        assert!(!lock(&REGISTRY).contains_key(&(fake_comm() as usize)));
+    }
+
+    #[test]
+    fn releasing_an_empty_slot_removes_it() {
+        let key = 0x5eed_usize;
+        lock(&REGISTRY).insert(key, Arc::new(Mutex::new(Slot(None))));
+        release(key as CommPtr).unwrap();
+        assert!(!lock(&REGISTRY).contains_key(&key));
+    }
+}
