@@ -248,6 +248,77 @@ impl Drop for Stream {
     }
 }
 
+/// Most writes one [`stream_write_u32_batch`] call takes.
+pub const MAX_BATCH_WRITES: usize = 8;
+
+/// `cuStreamBatchMemOp`: enqueues up to [`MAX_BATCH_WRITES`] 32-bit writes `(addr, value)` on
+/// `stream` as one operation (no kernel). Same address rules as [`stream_write_u32`].
+pub fn stream_write_u32_batch(stream: StreamPtr, writes: &[(DevicePtr, u32)]) -> Result<()> {
+    if writes.is_empty() || writes.len() > MAX_BATCH_WRITES {
+        return Err(Error::InvalidArgument(format!(
+            "stream_write_u32_batch takes 1..={MAX_BATCH_WRITES} writes, got {}",
+            writes.len()
+        )));
+    }
+    type WriteParams = sys::CUstreamBatchMemOpParams_union_CUstreamMemOpWriteValueParams_st;
+    type WriteValue =
+        sys::CUstreamBatchMemOpParams_union_CUstreamMemOpWriteValueParams_st__bindgen_ty_1;
+    let op = |addr: DevicePtr, value: u32| sys::CUstreamBatchMemOpParams {
+        writeValue: WriteParams {
+            operation: sys::CUstreamBatchMemOpType::CU_STREAM_MEM_OP_WRITE_VALUE_32,
+            address: addr,
+            __bindgen_anon_1: WriteValue { value },
+            flags: 0,
+            alias: 0,
+        },
+    };
+    let mut params = [op(0, 0); MAX_BATCH_WRITES];
+    for (slot, &(addr, value)) in params.iter_mut().zip(writes) {
+        *slot = op(addr, value);
+    }
+    // SAFETY: `params` holds `writes.len()` (1..=8, checked) initialised write operations and
+    // outlives the call, which copies them; `stream` is a live stream handle (the caller's
+    // promise); the driver validates the addresses.
+    check(
+        unsafe {
+            sys::cuStreamBatchMemOp_v2(stream.cast(), writes.len() as u32, params.as_mut_ptr(), 0)
+        },
+        "cuStreamBatchMemOp",
+    )
+}
+
+/// Whether `device` supports stream memory operations (`cuStreamBatchMemOp`).
+pub fn stream_mem_ops_supported(device: i32) -> Result<bool> {
+    let mut cu_device = 0;
+    // SAFETY: writes a device handle into a valid local.
+    check(
+        unsafe { sys::cuDeviceGet(&mut cu_device, device) },
+        "cuDeviceGet",
+    )?;
+    let mut value = 0;
+    // SAFETY: writes the attribute into a valid local.
+    check(
+        unsafe {
+            sys::cuDeviceGetAttribute(
+                &mut value,
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_MEM_OPS_V1,
+                cu_device,
+            )
+        },
+        "cuDeviceGetAttribute(CAN_USE_STREAM_MEM_OPS)",
+    )?;
+    Ok(value != 0)
+}
+
+/// Whether all work on `stream` has finished; a failure of that work is an error.
+pub fn stream_idle(stream: StreamPtr) -> Result<bool> {
+    // SAFETY: `stream` is a live stream handle or a special handle (the caller's promise).
+    match unsafe { sys::cuStreamQuery(stream.cast()) } {
+        CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+        status => check(status, "cuStreamQuery").map(|()| true),
+    }
+}
+
 /// Restores the previously current context on drop.
 pub struct ContextGuard {
     pushed: bool,
@@ -438,15 +509,6 @@ impl Event {
             status => check(status, "cuEventQuery").map(|()| EventState::Done),
         }
     }
-
-    /// Makes `stream` wait (on the device) for the work before the last record.
-    pub fn wait_on(&self, stream: StreamPtr) -> Result<()> {
-        // SAFETY: the event is live; `stream` is the caller's live stream handle.
-        check(
-            unsafe { sys::cuStreamWaitEvent(stream.cast(), self.raw, 0) },
-            "cuStreamWaitEvent",
-        )
-    }
 }
 
 impl Drop for Event {
@@ -607,45 +669,6 @@ pub fn stream_write_u32(stream: StreamPtr, addr: DevicePtr, value: u32) -> Resul
     check(
         unsafe { sys::cuStreamWriteValue32_v2(stream.cast(), addr, value, 0) },
         "cuStreamWriteValue32",
-    )
-}
-
-/// Most writes one [`stream_write_u32_batch`] call takes.
-pub const MAX_BATCH_WRITES: usize = 8;
-
-/// `cuStreamBatchMemOp`: enqueues up to [`MAX_BATCH_WRITES`] 32-bit writes `(addr, value)` on
-/// `stream` as one operation (no kernel). Same address rules as [`stream_write_u32`].
-pub fn stream_write_u32_batch(stream: StreamPtr, writes: &[(DevicePtr, u32)]) -> Result<()> {
-    if writes.is_empty() || writes.len() > MAX_BATCH_WRITES {
-        return Err(Error::InvalidArgument(format!(
-            "stream_write_u32_batch takes 1..={MAX_BATCH_WRITES} writes, got {}",
-            writes.len()
-        )));
-    }
-    type WriteParams = sys::CUstreamBatchMemOpParams_union_CUstreamMemOpWriteValueParams_st;
-    type WriteValue =
-        sys::CUstreamBatchMemOpParams_union_CUstreamMemOpWriteValueParams_st__bindgen_ty_1;
-    let op = |addr: DevicePtr, value: u32| sys::CUstreamBatchMemOpParams {
-        writeValue: WriteParams {
-            operation: sys::CUstreamBatchMemOpType::CU_STREAM_MEM_OP_WRITE_VALUE_32,
-            address: addr,
-            __bindgen_anon_1: WriteValue { value },
-            flags: 0,
-            alias: 0,
-        },
-    };
-    let mut params = [op(0, 0); MAX_BATCH_WRITES];
-    for (slot, &(addr, value)) in params.iter_mut().zip(writes) {
-        *slot = op(addr, value);
-    }
-    // SAFETY: `params` holds `writes.len()` (1..=8, checked) initialised write operations and
-    // outlives the call, which copies them; `stream` is a live stream handle (the caller's
-    // promise); the driver validates the addresses.
-    check(
-        unsafe {
-            sys::cuStreamBatchMemOp_v2(stream.cast(), writes.len() as u32, params.as_mut_ptr(), 0)
-        },
-        "cuStreamBatchMemOp",
     )
 }
 

@@ -42,6 +42,14 @@ pub struct Outcome {
     pub device_array: DevicePtr,
 }
 
+/// How this rank's record reaches the send buffer, in stream order.
+enum Pack {
+    /// One `cuStreamBatchMemOp` of five 32-bit writes: no kernel launch.
+    MemOps,
+    /// The `dp_pack_record` kernel, where the device lacks stream memory operations.
+    Kernel(Kernel),
+}
+
 /// One call's inputs to the device work.
 struct Step {
     record: RankRecord,
@@ -56,19 +64,21 @@ struct CommState {
     ctx: Context,
     dp_size: i32,
     dp_rank: i32,
-    pack: Kernel,
+    pack: Pack,
     post: Kernel,
     send: DeviceBuffer,
     recv: DeviceBuffer,
     device_out: DeviceBuffer,
     host: MappedHost,
+    /// Recorded only when a call fails with work in flight (`in_flight`): a successful call
+    /// has nothing in flight once the kernel published its result, so it records nothing.
     event: Event,
-    /// The stream (address) of the previous call: a different one must wait for its work.
-    last_stream: usize,
+    in_flight: bool,
     /// Sequence number of the last launched post-processing kernel.
     seq: u32,
-    /// Set after a timeout: the communicator must be aborted and released.
-    timed_out: bool,
+    /// Set when a call failed after joining the collective: the ranks are out of step, so
+    /// the communicator must be aborted and released; every later call says so.
+    broken: Option<Error>,
     // Declared last: dropped after the kernels that belong to it.
     _module: Module,
 }
@@ -141,14 +151,14 @@ pub fn coordinate(
         matches!(&guard.0, Some(s) if s.ctx == ctx && s.dp_size == dp_size && s.dp_rank == dp_rank);
     if !reusable {
         retire(&mut guard.0)?;
-        guard.0 = Some(CommState::new(ctx, dp_size, dp_rank, stream)?);
+        guard.0 = Some(CommState::new(ctx, dp_size, dp_rank)?);
     }
     let state = guard.0.as_mut().expect("state was just ensured");
-    if state.timed_out {
-        return Err(Error::Timeout(
-            "an earlier dp_coordinate_batch on this communicator timed out; abort the \
-             communicator (ncclCommAbort) and call dp_release before using it again"
-                .into(),
+    if let Some(e) = &state.broken {
+        return Err(e.context(
+            "an earlier dp_coordinate_batch on this communicator failed mid-exchange, so the \
+             ranks are out of step: abort the communicator (ncclCommAbort) on every rank and \
+             call dp_release; the earlier failure",
         ));
     }
     let start = Instant::now();
@@ -160,8 +170,13 @@ pub fn coordinate(
         num_ubatches,
         deadline,
     };
-    state.enqueue(nccl, comm, stream, &step)?;
-    state.wait(nccl, comm, start, req.timeout_ms)?;
+    let exchanged = state
+        .enqueue(nccl, comm, stream, &step)
+        .and_then(|()| state.wait(nccl, comm, stream, start, req.timeout_ms));
+    if let Err(e) = exchanged {
+        state.mark_broken(stream, &e);
+        return Err(e);
+    }
     let decision = state.read_decision(req.pad_policy, num_ubatches)?;
     Ok(Outcome {
         decision,
@@ -195,25 +210,22 @@ fn retire(slot: &mut Option<CommState>) -> Result<()> {
     };
     let _current = state.ctx.enter()?;
     let start = Instant::now();
-    loop {
-        match state.event.query() {
-            Ok(EventState::Done) | Err(_) => break,
-            Ok(EventState::Pending) if start.elapsed() >= RELEASE_WAIT => {
-                return Err(Error::Timeout(format!(
-                    "work of an earlier call on this communicator is still running after {} s; \
-                     abort the communicator (ncclCommAbort) first, then release it",
-                    RELEASE_WAIT.as_secs()
-                )))
-            }
-            Ok(EventState::Pending) => std::thread::sleep(Duration::from_micros(100)),
+    while state.in_flight && state.event.query().ok() == Some(EventState::Pending) {
+        if start.elapsed() >= RELEASE_WAIT {
+            return Err(Error::Timeout(format!(
+                "work of an earlier call on this communicator is still running after {} s; \
+                 abort the communicator (ncclCommAbort) first, then release it",
+                RELEASE_WAIT.as_secs()
+            )));
         }
+        std::thread::sleep(Duration::from_micros(100));
     }
     *slot = None;
     Ok(())
 }
 
 impl CommState {
-    fn new(ctx: Context, dp_size: i32, dp_rank: i32, stream: StreamPtr) -> Result<Self> {
+    fn new(ctx: Context, dp_size: i32, dp_rank: i32) -> Result<Self> {
         let _current = ctx.enter()?;
         let n = dp_size as usize;
         let module = Module::load(k::POSTPROCESS_PTX_CSTR)?;
@@ -221,16 +233,20 @@ impl CommState {
             ctx,
             dp_size,
             dp_rank,
-            pack: module.kernel(k::PACK_RECORD_KERNEL)?,
+            pack: if cuda::stream_mem_ops_supported(ctx.device)? {
+                Pack::MemOps
+            } else {
+                Pack::Kernel(module.kernel(k::PACK_RECORD_KERNEL)?)
+            },
             post: module.kernel(k::POSTPROCESS_KERNEL)?,
             send: DeviceBuffer::new(RECORD_WORDS)?,
             recv: DeviceBuffer::new(RECORD_WORDS * n)?,
             device_out: DeviceBuffer::new(n)?,
             host: MappedHost::new(k::host_block_words(n))?,
             event: Event::new()?,
-            last_stream: stream as usize,
+            in_flight: false,
             seq: 0,
-            timed_out: false,
+            broken: None,
             _module: module,
         })
     }
@@ -244,21 +260,35 @@ impl CommState {
         step: &Step,
     ) -> Result<()> {
         let _current = self.ctx.enter()?;
-        if stream as usize != self.last_stream {
-            self.event.wait_on(stream)?;
-            self.last_stream = stream as usize;
-        }
         let send = self.send.ptr();
         let r = &step.record;
-        let pack_args = [
-            send.as_arg(),
-            r.num_tokens_unpadded.as_arg(),
-            r.num_tokens_padded.as_arg(),
-            r.should_attempt_ubatch.as_arg(),
-            r.should_attempt_dp_pad.as_arg(),
-            r.cudagraph_mode.as_arg(),
+        let words = [
+            r.num_tokens_unpadded,
+            r.num_tokens_padded,
+            r.should_attempt_ubatch,
+            r.should_attempt_dp_pad,
+            r.cudagraph_mode,
         ];
-        self.pack.launch(1, stream, &pack_args)?;
+        match &self.pack {
+            Pack::MemOps => {
+                let write = |i: usize| (send + 4 * i as u64, words[i] as u32);
+                cuda::stream_write_u32_batch(
+                    stream,
+                    &[write(0), write(1), write(2), write(3), write(4)],
+                )?;
+            }
+            Pack::Kernel(pack) => {
+                let args = [
+                    send.as_arg(),
+                    words[0].as_arg(),
+                    words[1].as_arg(),
+                    words[2].as_arg(),
+                    words[3].as_arg(),
+                    words[4].as_arg(),
+                ];
+                pack.launch(1, stream, &args)?;
+            }
+        }
         nccl.all_gather_i32_until(
             send,
             self.recv.ptr(),
@@ -284,13 +314,28 @@ impl CommState {
             host.as_arg(),
             seq.as_arg(),
         ];
-        self.post.launch(k::BLOCK_THREADS, stream, &post_args)?;
-        self.event.record(stream)
+        self.post.launch(k::BLOCK_THREADS, stream, &post_args)
+    }
+
+    /// After a failure with work possibly in flight: remembers the failure and records the
+    /// event behind that work, so `dp_release` can wait for it before freeing the buffers.
+    fn mark_broken(&mut self, stream: StreamPtr, error: &Error) {
+        self.broken = Some(error.clone());
+        if let Ok(_current) = self.ctx.enter() {
+            self.in_flight = self.event.record(stream).is_ok();
+        }
     }
 
     /// The one host wait: polls the sequence word the kernel writes last, checking the
     /// communicator, the device and the clock every few polls.
-    fn wait(&mut self, nccl: &Nccl, comm: CommPtr, start: Instant, timeout_ms: i32) -> Result<()> {
+    fn wait(
+        &self,
+        nccl: &Nccl,
+        comm: CommPtr,
+        stream: StreamPtr,
+        start: Instant,
+        timeout_ms: i32,
+    ) -> Result<()> {
         let limit = Duration::from_millis(timeout_ms as u64);
         let mut polls: u32 = 0;
         loop {
@@ -304,7 +349,7 @@ impl CommState {
                 continue;
             }
             nccl.check_async_error(comm)?;
-            let done = self.event.query()? == EventState::Done;
+            let done = cuda::stream_idle(stream)?;
             if done && self.host.load(k::HOST_SEQ) as u32 != self.seq {
                 return Err(Error::Internal(
                     "the post-processing kernel finished without publishing its result".into(),
@@ -312,7 +357,6 @@ impl CommState {
             }
             let waited = start.elapsed();
             if timeout_ms > 0 && waited >= limit {
-                self.timed_out = true;
                 return Err(Error::Timeout(format!(
                     "the exchange did not complete within timeout_ms = {timeout_ms} (a rank did \
                      not call dp_coordinate_batch, or is stuck); the communicator is unusable: \

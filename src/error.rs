@@ -34,6 +34,23 @@ pub enum Error {
     Internal(String),
 }
 
+impl Error {
+    /// The same kind of error, its message prefixed with `context`.
+    pub fn context(&self, context: &str) -> Error {
+        let wrap = |m: &String| format!("{context}: {m}");
+        match self {
+            Error::InvalidArgument(m) => Error::InvalidArgument(wrap(m)),
+            Error::InconsistentRanks(m) => Error::InconsistentRanks(wrap(m)),
+            Error::Cuda(m) => Error::Cuda(wrap(m)),
+            Error::Nccl(m) => Error::Nccl(wrap(m)),
+            Error::Timeout(m) => Error::Timeout(wrap(m)),
+            Error::LibraryUnavailable(m) => Error::LibraryUnavailable(wrap(m)),
+            Error::Busy(m) => Error::Busy(wrap(m)),
+            Error::Internal(m) => Error::Internal(wrap(m)),
+        }
+    }
+}
+
 /// Result alias used throughout the crate.
 pub type Result<T> = std::result::Result<T, Error>;
 

@@ -183,7 +183,9 @@ thread_local! {
 
 fn set_last_error(message: &str) {
     let text = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
-    LAST_ERROR.with(|slot| *slot.borrow_mut() = text);
+    // During thread-local destruction (a C++ thread_local destructor calling dpcoord) the
+    // slot is gone: the message is dropped rather than aborting the process.
+    let _ = LAST_ERROR.try_with(|slot| *slot.borrow_mut() = text);
 }
 
 /// Runs `body` behind the boundary: panics and errors become a status plus a last error.
@@ -212,6 +214,15 @@ fn arg<'a, T>(ptr: *const T, name: &str) -> Result<&'a T> {
     // SAFETY: the C caller promises a non-NULL pointer argument points at a valid `T` for
     // the duration of the call (documented on every function); NULL is rejected here.
     unsafe { ptr.as_ref() }.ok_or_else(|| invalid!("{name} is NULL"))
+}
+
+/// Checks an output pointer without forming a reference to memory that may be uninitialised.
+fn out_arg<T>(ptr: *mut T, name: &str) -> Result<()> {
+    if ptr.is_null() {
+        Err(invalid!("{name} is NULL"))
+    } else {
+        Ok(())
+    }
 }
 
 /// Reads a `dp_batch_request`, checking `struct_size` first.
@@ -243,9 +254,9 @@ fn read_request(req: *const dp_batch_request) -> Result<Request> {
     })
 }
 
-/// Writes `value` through an output pointer (checked non-NULL by the caller).
+/// Writes `value` through an output pointer (checked non-NULL by `out_arg` first).
 fn write_out<T>(out: *mut T, value: T) {
-    // SAFETY: every caller checked `out` with `arg` first, and the C caller promises it
+    // SAFETY: every caller checked `out` with `out_arg` first, and the C caller promises it
     // points at writable memory for one `T`.
     unsafe { out.write(value) }
 }
@@ -258,7 +269,7 @@ fn write_out<T>(out: *mut T, value: T) {
 #[no_mangle]
 pub extern "C" fn dp_batch_request_init(req: *mut dp_batch_request) {
     boundary(|| {
-        arg(req, "req")?;
+        out_arg(req, "req")?;
         let d = Request::default();
         write_out(
             req,
@@ -293,7 +304,7 @@ pub extern "C" fn dp_batch_request_init(req: *mut dp_batch_request) {
 pub extern "C" fn dp_make_record(req: *const dp_batch_request, out: *mut RankRecord) -> dp_status {
     boundary(|| {
         let request = read_request(req)?;
-        arg(out, "out")?;
+        out_arg(out, "out")?;
         write_out(out, plan::make_record(&request)?);
         Ok(())
     })
@@ -321,7 +332,7 @@ pub extern "C" fn dp_decide_batch(
     result: *mut dp_batch_result,
 ) -> dp_status {
     boundary(|| {
-        arg(result, "result")?;
+        out_arg(result, "result")?;
         plan::check_decide_args(i64::from(dp_size), dp_rank, pad_policy, num_ubatches)?;
         arg(records, "records")?;
         let n = dp_size as usize;
@@ -385,7 +396,7 @@ pub extern "C" fn dp_coordinate_batch(
     boundary(|| {
         arg(comm, "comm")?;
         let request = read_request(req)?;
-        arg(result, "result")?;
+        out_arg(result, "result")?;
         let o = engine::coordinate(comm.cast(), stream.cast(), &request, false)?;
         let mut filled = dp_batch_result::from_decision(&o.decision, o.dp_rank, o.dp_size);
         if o.decision.has_num_tokens_after_padding {
@@ -437,7 +448,9 @@ pub extern "C" fn dp_status_string(status: dp_status_code) -> *const c_char {
 /// valid until the next failing dpcoord call on this thread. Never fails.
 #[no_mangle]
 pub extern "C" fn dp_last_error() -> *const c_char {
-    LAST_ERROR.with(|slot| slot.borrow().as_ptr())
+    LAST_ERROR
+        .try_with(|slot| slot.borrow().as_ptr())
+        .unwrap_or(c"".as_ptr())
 }
 
 /// The library's version string, "MAJOR.MINOR.PATCH"; static. Never fails.
