@@ -310,32 +310,99 @@ struct Summary {
     dp_pad_disagreement: Option<(usize, usize)>,
 }
 
+/// Running aggregates of a slice of records: integer bit operations only, no branches, so
+/// the pass pipelines (and vectorises where the target allows). The flag folds (`&`, `|`)
+/// are exact once every flag is known to be 0 or 1, which `invalid` guards.
+#[derive(Clone, Copy)]
+struct Acc {
+    invalid: u32,
+    min_unpadded: i32,
+    max_padded: i32,
+    min_mode: i32,
+    ubatch_and: i32,
+    dp_pad_and: i32,
+    dp_pad_or: i32,
+}
+
+impl Acc {
+    const EMPTY: Acc = Acc {
+        invalid: 0,
+        min_unpadded: i32::MAX,
+        max_padded: 0,
+        min_mode: CUDAGRAPH_FULL,
+        ubatch_and: 1,
+        dp_pad_and: 1,
+        dp_pad_or: 0,
+    };
+
+    fn add(&mut self, r: &RankRecord) {
+        self.invalid |= u32::from(r.num_tokens_unpadded < 0)
+            | u32::from(r.num_tokens_padded < r.num_tokens_unpadded)
+            | u32::from(r.should_attempt_ubatch as u32 > 1)
+            | u32::from(r.should_attempt_dp_pad as u32 > 1)
+            | u32::from(r.cudagraph_mode as u32 > CUDAGRAPH_FULL as u32);
+        self.min_unpadded = self.min_unpadded.min(r.num_tokens_unpadded);
+        self.max_padded = self.max_padded.max(r.num_tokens_padded);
+        self.min_mode = self.min_mode.min(r.cudagraph_mode);
+        self.ubatch_and &= r.should_attempt_ubatch;
+        self.dp_pad_and &= r.should_attempt_dp_pad;
+        self.dp_pad_or |= r.should_attempt_dp_pad;
+    }
+
+    fn merge(self, o: Acc) -> Acc {
+        Acc {
+            invalid: self.invalid | o.invalid,
+            min_unpadded: self.min_unpadded.min(o.min_unpadded),
+            max_padded: self.max_padded.max(o.max_padded),
+            min_mode: self.min_mode.min(o.min_mode),
+            ubatch_and: self.ubatch_and & o.ubatch_and,
+            dp_pad_and: self.dp_pad_and & o.dp_pad_and,
+            dp_pad_or: self.dp_pad_or | o.dp_pad_or,
+        }
+    }
+}
+
+/// Independent accumulators per pass: enough to keep the comparisons pipelined.
+const LANES: usize = 8;
+
 impl Summary {
+    /// One branch-free pass over the records; only the error path walks them again, to name
+    /// the first bad field or the two disagreeing ranks.
     fn of(records: &[RankRecord]) -> Result<Self> {
-        let mut s = Summary {
-            min_unpadded: i32::MAX,
-            max_padded: 0,
-            min_mode: CUDAGRAPH_FULL,
-            all_attempt_ubatch: true,
-            all_attempt_dp_pad: true,
-            dp_pad_disagreement: None,
-        };
-        let (mut first_pad, mut first_no_pad) = (None, None);
-        for (rank, r) in records.iter().enumerate() {
-            check_record(rank, r)?;
-            s.min_unpadded = s.min_unpadded.min(r.num_tokens_unpadded);
-            s.max_padded = s.max_padded.max(r.num_tokens_padded);
-            s.min_mode = s.min_mode.min(r.cudagraph_mode);
-            s.all_attempt_ubatch &= r.should_attempt_ubatch == 1;
-            if r.should_attempt_dp_pad == 1 {
-                first_pad.get_or_insert(rank);
-            } else {
-                first_no_pad.get_or_insert(rank);
+        let mut lanes = [Acc::EMPTY; LANES];
+        let chunks = records.chunks_exact(LANES);
+        let rest = chunks.remainder();
+        for chunk in chunks {
+            for (acc, r) in lanes.iter_mut().zip(chunk) {
+                acc.add(r);
             }
         }
-        s.all_attempt_dp_pad = first_no_pad.is_none();
-        s.dp_pad_disagreement = first_pad.zip(first_no_pad);
-        Ok(s)
+        for (acc, r) in lanes.iter_mut().zip(rest) {
+            acc.add(r);
+        }
+        let acc = lanes.into_iter().fold(Acc::EMPTY, Acc::merge);
+        if acc.invalid != 0 {
+            for (rank, r) in records.iter().enumerate() {
+                check_record(rank, r)?;
+            }
+            return Err(Error::Internal(
+                "a record failed the fast check only".into(),
+            ));
+        }
+        let disagree = acc.dp_pad_or != acc.dp_pad_and;
+        let first = |pad: i32| records.iter().position(|r| r.should_attempt_dp_pad == pad);
+        Ok(Summary {
+            min_unpadded: acc.min_unpadded,
+            max_padded: acc.max_padded,
+            min_mode: acc.min_mode,
+            all_attempt_ubatch: acc.ubatch_and == 1,
+            all_attempt_dp_pad: acc.dp_pad_and == 1,
+            dp_pad_disagreement: if disagree {
+                first(1).zip(first(0))
+            } else {
+                None
+            },
+        })
     }
 }
 
