@@ -22,8 +22,12 @@ pub type StreamPtr = cuda::StreamPtr;
 /// How long `release` waits for work still in flight before it gives up (and keeps the
 /// state rather than free memory the device may still write).
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
-/// Host polls between two checks of the communicator, the event and the clock.
-const POLLS_PER_CHECK: u32 = 64;
+/// Host polls between two reads of the clock.
+const POLLS_PER_CLOCK: u32 = 64;
+/// Time between two checks of the communicator and the stream for failures (and of the
+/// deadline). A healthy exchange finishes before the first check, so the checks (each a
+/// driver or NCCL call) stay off the fast path.
+const CHECK_INTERVAL: Duration = Duration::from_micros(50);
 /// After this long spinning, the wait yields the CPU between polls.
 const SPIN_BEFORE_YIELD: Duration = Duration::from_millis(1);
 
@@ -338,16 +342,22 @@ impl CommState {
     ) -> Result<()> {
         let limit = Duration::from_millis(timeout_ms as u64);
         let mut polls: u32 = 0;
+        let mut next_check = start + CHECK_INTERVAL;
         loop {
             if self.host.load(k::HOST_SEQ) as u32 == self.seq {
                 fence(Ordering::Acquire);
                 return Ok(());
             }
             polls = polls.wrapping_add(1);
-            if polls % POLLS_PER_CHECK != 0 {
+            if polls % POLLS_PER_CLOCK != 0 {
                 std::hint::spin_loop();
                 continue;
             }
+            let now = Instant::now();
+            if now < next_check {
+                continue;
+            }
+            next_check = now + CHECK_INTERVAL;
             nccl.check_async_error(comm)?;
             let done = cuda::stream_idle(stream)?;
             if done && self.host.load(k::HOST_SEQ) as u32 != self.seq {
@@ -355,7 +365,7 @@ impl CommState {
                     "the post-processing kernel finished without publishing its result".into(),
                 ));
             }
-            let waited = start.elapsed();
+            let waited = now - start;
             if timeout_ms > 0 && waited >= limit {
                 return Err(Error::Timeout(format!(
                     "the exchange did not complete within timeout_ms = {timeout_ms} (a rank did \
