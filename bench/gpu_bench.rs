@@ -492,6 +492,8 @@ fn variants(n: usize) -> Vec<Variant> {
             Some(stages::probe_batch_memop),
         ),
         v("pipeline_host_decide", stages::pipeline_host_decide, None),
+        v("stage_call_checks", stages::call_checks, None),
+        v("stage_capture_check", stages::capture_check, None),
     ]
 }
 

@@ -465,3 +465,40 @@ pub fn pipeline_host_decide(ctx: &mut Ctx, step: u64) -> Res<u64> {
     }
     Ok(ns)
 }
+
+// ---- the library's per-call checks, without any device work ----
+
+/// What `engine::coordinate` does on the host before its first enqueue, timed alone:
+/// `make_record`, the three NCCL queries, the stream's context (with the cached hint),
+/// the capture check and making the context current.
+pub fn call_checks(ctx: &mut Ctx, step: u64) -> Res<u64> {
+    let p = step_plan(step, ctx.n)?;
+    let req = p.requests[ctx.rank];
+    let s = ctx.s();
+    let known = cuda::Context::of_stream(s, ctx.nccl.comm_cu_device(ctx.comm)?, None)?;
+    let t0 = Instant::now();
+    let record = plan::make_record(&req)?;
+    let n = ctx.nccl.comm_count(ctx.comm)?;
+    let rank = ctx.nccl.comm_user_rank(ctx.comm)?;
+    let device = ctx.nccl.comm_cu_device(ctx.comm)?;
+    let c = cuda::Context::of_stream(s, device, Some(known))?;
+    cuda::check_not_capturing(s)?;
+    let guard = c.enter()?;
+    drop(guard);
+    let ns = since(t0);
+    if record != p.records[ctx.rank] || n != ctx.n as i32 || rank != ctx.rank as i32 {
+        bail!(
+            "WRONG RESULT: {}: the checks disagree with the plan",
+            ctx.variant
+        );
+    }
+    Ok(ns)
+}
+
+/// `cuStreamIsCapturing` alone (the capture check of every blocking call).
+pub fn capture_check(ctx: &mut Ctx, _step: u64) -> Res<u64> {
+    let s = ctx.s();
+    let t0 = Instant::now();
+    cuda::check_not_capturing(s)?;
+    Ok(since(t0))
+}

@@ -287,29 +287,6 @@ pub fn stream_write_u32_batch(stream: StreamPtr, writes: &[(DevicePtr, u32)]) ->
     )
 }
 
-/// Whether `device` supports stream memory operations (`cuStreamBatchMemOp`).
-pub fn stream_mem_ops_supported(device: i32) -> Result<bool> {
-    let mut cu_device = 0;
-    // SAFETY: writes a device handle into a valid local.
-    check(
-        unsafe { sys::cuDeviceGet(&mut cu_device, device) },
-        "cuDeviceGet",
-    )?;
-    let mut value = 0;
-    // SAFETY: writes the attribute into a valid local.
-    check(
-        unsafe {
-            sys::cuDeviceGetAttribute(
-                &mut value,
-                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_MEM_OPS_V1,
-                cu_device,
-            )
-        },
-        "cuDeviceGetAttribute(CAN_USE_STREAM_MEM_OPS)",
-    )?;
-    Ok(value != 0)
-}
-
 /// Whether all work on `stream` has finished; a failure of that work is an error.
 pub fn stream_idle(stream: StreamPtr) -> Result<bool> {
     // SAFETY: `stream` is a live stream handle or a special handle (the caller's promise).

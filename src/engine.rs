@@ -155,7 +155,7 @@ pub fn coordinate(
         matches!(&guard.0, Some(s) if s.ctx == ctx && s.dp_size == dp_size && s.dp_rank == dp_rank);
     if !reusable {
         retire(&mut guard.0)?;
-        guard.0 = Some(CommState::new(ctx, dp_size, dp_rank)?);
+        guard.0 = Some(CommState::new(ctx, dp_size, dp_rank, stream)?);
     }
     let state = guard.0.as_mut().expect("state was just ensured");
     if let Some(e) = &state.broken {
@@ -229,21 +229,25 @@ fn retire(slot: &mut Option<CommState>) -> Result<()> {
 }
 
 impl CommState {
-    fn new(ctx: Context, dp_size: i32, dp_rank: i32) -> Result<Self> {
+    fn new(ctx: Context, dp_size: i32, dp_rank: i32, stream: StreamPtr) -> Result<Self> {
         let _current = ctx.enter()?;
         let n = dp_size as usize;
         let module = Module::load(k::POSTPROCESS_PTX_CSTR)?;
+        let send = DeviceBuffer::new(RECORD_WORDS)?;
+        // CUDA 12 drivers support stream memory operations everywhere (the v1 attribute that
+        // used to say so is deprecated and may read 0); a platform that still refuses them
+        // answers this first, harmless write, and gets the pack kernel instead.
+        let pack = match cuda::stream_write_u32_batch(stream, &[(send.ptr(), 0)]) {
+            Ok(()) => Pack::MemOps,
+            Err(_) => Pack::Kernel(module.kernel(k::PACK_RECORD_KERNEL)?),
+        };
         Ok(Self {
             ctx,
             dp_size,
             dp_rank,
-            pack: if cuda::stream_mem_ops_supported(ctx.device)? {
-                Pack::MemOps
-            } else {
-                Pack::Kernel(module.kernel(k::PACK_RECORD_KERNEL)?)
-            },
+            pack,
             post: module.kernel(k::POSTPROCESS_KERNEL)?,
-            send: DeviceBuffer::new(RECORD_WORDS)?,
+            send,
             recv: DeviceBuffer::new(RECORD_WORDS * n)?,
             device_out: DeviceBuffer::new(n)?,
             host: MappedHost::new(k::host_block_words(n))?,
