@@ -87,7 +87,7 @@ typedef enum dp_status {
    */
   DP_ERR_TIMEOUT = 5,
   /**
-   * The CUDA driver or NCCL could not be loaded, or the GPU path is not available.
+   * The CUDA driver or NCCL could not be loaded, or lacks a needed function.
    */
   DP_ERR_LIBRARY_UNAVAILABLE = 6,
   /**

@@ -1,6 +1,8 @@
 //! The GPU path of `dp_coordinate_batch`: per-communicator cached state and the call
-//! sequence of DESIGN.md section 3 (pack -> ncclAllGather -> post-process kernel -> event ->
-//! one polled host wait).
+//! sequence of DESIGN.md section 3 (pack -> ncclAllGather -> post-process kernel -> one polled
+//! host wait). The event of that sequence is recorded only when a call fails with work in
+//! flight: on success the kernel's last write is the completion signal, and nothing of the
+//! call is left running that could touch dpcoord's buffers.
 
 use std::collections::HashMap;
 use std::sync::atomic::{fence, Ordering};

@@ -62,7 +62,7 @@ pub enum dp_status {
     DP_ERR_NCCL = 4,
     /// The exchange did not finish within `timeout_ms`; the communicator must be aborted.
     DP_ERR_TIMEOUT = 5,
-    /// The CUDA driver or NCCL could not be loaded, or the GPU path is not available.
+    /// The CUDA driver or NCCL could not be loaded, or lacks a needed function.
     DP_ERR_LIBRARY_UNAVAILABLE = 6,
     /// Another thread is inside a call on the same communicator.
     DP_ERR_BUSY = 7,
