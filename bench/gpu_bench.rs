@@ -371,7 +371,7 @@ impl Ctx {
         for r in 0..n {
             let zero = RankRecord::default();
             ctx.kit
-                .write_words(slot(ctx.ar_send.ptr(), r), &words(&zero), ctx.s())?;
+                .write_words(slot(ctx.ar_send.ptr(), r), &zero.to_words(), ctx.s())?;
         }
         cuda::synchronize(ctx.s())?;
         Ok(ctx)
@@ -408,20 +408,9 @@ pub fn slot(base: DevicePtr, r: usize) -> DevicePtr {
     base + (r * RECORD_WORDS * 4) as u64
 }
 
-/// A record's five words, in wire order.
-pub fn words(r: &RankRecord) -> [i32; RECORD_WORDS] {
-    [
-        r.num_tokens_unpadded,
-        r.num_tokens_padded,
-        r.should_attempt_ubatch,
-        r.should_attempt_dp_pad,
-        r.cudagraph_mode,
-    ]
-}
-
 /// The records' words, flattened.
 pub fn flat_words(records: &[RankRecord]) -> Vec<i32> {
-    records.iter().flat_map(words).collect()
+    records.iter().flat_map(RankRecord::to_words).collect()
 }
 
 /// Nanoseconds since `t0`, as a sample.
@@ -510,7 +499,7 @@ fn base_name(name: &str) -> &str {
 fn bare_allgather_sync(ctx: &mut Ctx, step: u64) -> Res<u64> {
     let p = step_plan(step, ctx.n)?;
     ctx.kit
-        .write_words(ctx.ag_send.ptr(), &words(&p.records[ctx.rank]), ctx.s())?;
+        .write_words(ctx.ag_send.ptr(), &p.records[ctx.rank].to_words(), ctx.s())?;
     cuda::synchronize(ctx.s())?;
     let t0 = Instant::now();
     ctx.nccl.all_gather_i32(
@@ -538,7 +527,7 @@ fn bare_allreduce_sync(ctx: &mut Ctx, step: u64) -> Res<u64> {
     let p = step_plan(step, ctx.n)?;
     ctx.kit.write_words(
         slot(ctx.ar_send.ptr(), ctx.rank),
-        &words(&p.records[ctx.rank]),
+        &p.records[ctx.rank].to_words(),
         ctx.s(),
     )?;
     cuda::synchronize(ctx.s())?;

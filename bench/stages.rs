@@ -32,7 +32,7 @@ use dpcoord::kernels::RECORD_WORDS;
 use dpcoord::plan::{self, RankRecord};
 
 use crate::{
-    bail, compare, expect, flat_words, since, slot, step_plan, words, Ctx, Observed, Res, StepPlan,
+    bail, compare, expect, flat_words, since, slot, step_plan, Ctx, Observed, Res, StepPlan,
 };
 
 /// Prepared record sets the post-processing stages rotate through.
@@ -87,7 +87,7 @@ impl Kit {
         };
         for (s, p) in kit.set_plans.iter().enumerate() {
             for (r, rec) in p.records.iter().enumerate() {
-                kit.write_words(slot(kit.set_ptr(s), r), &words(rec), stream)?;
+                kit.write_words(slot(kit.set_ptr(s), r), &rec.to_words(), stream)?;
             }
         }
         cuda::synchronize(stream)?;
@@ -248,7 +248,7 @@ impl Kit {
 
 pub fn pack_kernel_sync(ctx: &mut Ctx, step: u64) -> Res<u64> {
     let p = step_plan(step, ctx.n)?;
-    let w = words(&p.records[ctx.rank]);
+    let w = p.records[ctx.rank].to_words();
     let s = ctx.s();
     let t0 = Instant::now();
     ctx.kit.write_words(ctx.kit.send.ptr(), &w, s)?;
@@ -260,7 +260,7 @@ pub fn pack_kernel_sync(ctx: &mut Ctx, step: u64) -> Res<u64> {
 
 pub fn pack_memops_sync(ctx: &mut Ctx, step: u64) -> Res<u64> {
     let p = step_plan(step, ctx.n)?;
-    let w = words(&p.records[ctx.rank]);
+    let w = p.records[ctx.rank].to_words();
     let writes = ctx.kit.memop_writes(&w);
     let s = ctx.s();
     let t0 = Instant::now();
@@ -275,7 +275,7 @@ pub fn pack_memops_sync(ctx: &mut Ctx, step: u64) -> Res<u64> {
 
 pub fn pack_batch_memop_sync(ctx: &mut Ctx, step: u64) -> Res<u64> {
     let p = step_plan(step, ctx.n)?;
-    let w = words(&p.records[ctx.rank]);
+    let w = p.records[ctx.rank].to_words();
     let writes = ctx.kit.memop_writes(&w);
     let s = ctx.s();
     let t0 = Instant::now();
@@ -367,7 +367,7 @@ enum Pack {
 
 fn pipeline(ctx: &mut Ctx, step: u64, pack: Pack, how: Wait) -> Res<u64> {
     let p = step_plan(step, ctx.n)?;
-    let w = words(&p.records[ctx.rank]);
+    let w = p.records[ctx.rank].to_words();
     let writes = ctx.kit.memop_writes(&w);
     let seq = ctx.kit.next_seq();
     let s = ctx.s();
@@ -417,7 +417,7 @@ pub fn pipeline_memop_spin(ctx: &mut Ctx, step: u64) -> Res<u64> {
 /// the host with `plan::decide`.
 pub fn pipeline_host_decide(ctx: &mut Ctx, step: u64) -> Res<u64> {
     let p = step_plan(step, ctx.n)?;
-    let w = words(&p.records[ctx.rank]);
+    let w = p.records[ctx.rank].to_words();
     let s = ctx.s();
     let n = ctx.n;
     let (send, recv) = (ctx.kit.send.ptr(), ctx.kit.recv.ptr());
@@ -430,16 +430,7 @@ pub fn pipeline_host_decide(ctx: &mut Ctx, step: u64) -> Res<u64> {
     cuda::synchronize(s)?;
     let host = &ctx.kit.records_host;
     let records: Vec<RankRecord> = (0..n)
-        .map(|r| {
-            let f = |i| host.load(r * RECORD_WORDS + i);
-            RankRecord {
-                num_tokens_unpadded: f(0),
-                num_tokens_padded: f(1),
-                should_attempt_ubatch: f(2),
-                should_attempt_dp_pad: f(3),
-                cudagraph_mode: f(4),
-            }
-        })
+        .map(|r| RankRecord::from_words(std::array::from_fn(|i| host.load(r * RECORD_WORDS + i))))
         .collect();
     let decision = plan::decide(
         &records,

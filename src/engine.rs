@@ -271,14 +271,7 @@ impl CommState {
     ) -> Result<()> {
         let _current = self.ctx.enter()?;
         let send = self.send.ptr();
-        let r = &step.record;
-        let words = [
-            r.num_tokens_unpadded,
-            r.num_tokens_padded,
-            r.should_attempt_ubatch,
-            r.should_attempt_dp_pad,
-            r.cudagraph_mode,
-        ];
+        let words = step.record.to_words();
         match &self.pack {
             Pack::MemOps => {
                 let write = |i: usize| (send + 4 * i as u64, words[i] as u32);
@@ -403,14 +396,9 @@ impl CommState {
                 let base = k::host_records_offset(self.dp_size as usize);
                 let records: Vec<RankRecord> = (0..self.dp_size as usize)
                     .map(|r| {
-                        let f = |i| word(base + r * RECORD_WORDS + i);
-                        RankRecord {
-                            num_tokens_unpadded: f(0),
-                            num_tokens_padded: f(1),
-                            should_attempt_ubatch: f(2),
-                            should_attempt_dp_pad: f(3),
-                            cudagraph_mode: f(4),
-                        }
+                        RankRecord::from_words(std::array::from_fn(|i| {
+                            word(base + r * RECORD_WORDS + i)
+                        }))
                     })
                     .collect();
                 match plan::decide(&records, self.dp_rank, pad_policy, num_ubatches, None) {

@@ -36,6 +36,32 @@ pub struct RankRecord {
     pub cudagraph_mode: i32,
 }
 
+impl RankRecord {
+    /// The five wire words, in record order.
+    pub fn to_words(&self) -> [i32; 5] {
+        [
+            self.num_tokens_unpadded,
+            self.num_tokens_padded,
+            self.should_attempt_ubatch,
+            self.should_attempt_dp_pad,
+            self.cudagraph_mode,
+        ]
+    }
+
+    /// The record whose wire words are `w`.
+    pub fn from_words(w: [i32; 5]) -> Self {
+        let [num_tokens_unpadded, num_tokens_padded, should_attempt_ubatch, should_attempt_dp_pad, cudagraph_mode] =
+            w;
+        Self {
+            num_tokens_unpadded,
+            num_tokens_padded,
+            should_attempt_ubatch,
+            should_attempt_dp_pad,
+            cudagraph_mode,
+        }
+    }
+}
+
 /// Microbatching configuration (vLLM's `enable_dbo` and its thresholds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UbatchConfig {

@@ -842,3 +842,16 @@ fn zero_tokens_everywhere() {
     assert_eq!(out, vec![0; 5]);
     assert_eq!(d.synced_cudagraph_mode, 1);
 }
+
+#[test]
+fn record_words_are_the_wire_order_and_round_trip() {
+    let r = RankRecord {
+        num_tokens_unpadded: 11,
+        num_tokens_padded: 22,
+        should_attempt_ubatch: 1,
+        should_attempt_dp_pad: 0,
+        cudagraph_mode: 2,
+    };
+    assert_eq!(r.to_words(), [11, 22, 1, 0, 2]);
+    assert_eq!(RankRecord::from_words(r.to_words()), r);
+}
