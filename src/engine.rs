@@ -112,6 +112,23 @@ pub fn coordinate(
     force_exchange: bool,
 ) -> Result<Outcome> {
     let record = plan::make_record(req)?;
+    let slot = {
+        let mut registry = lock(&REGISTRY);
+        Arc::clone(
+            registry
+                .entry(comm as usize)
+                .or_insert_with(|| Arc::new(Mutex::new(Slot(None)))),
+        )
+    };
+    let mut guard =
+        match slot.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(Error::Busy(
+                "another thread is inside dp_coordinate_batch or dp_release on this communicator"
+                    .into(),
+            )),
+        };
     let nccl = nccl::nccl()?;
     let dp_size = nccl.comm_count(comm)?;
     let dp_rank = nccl.comm_user_rank(comm)?;
@@ -134,23 +151,6 @@ pub fn coordinate(
     }
     cuda::driver()?;
     let device = nccl.comm_cu_device(comm)?;
-    let slot = {
-        let mut registry = lock(&REGISTRY);
-        Arc::clone(
-            registry
-                .entry(comm as usize)
-                .or_insert_with(|| Arc::new(Mutex::new(Slot(None)))),
-        )
-    };
-    let mut guard =
-        match slot.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(Error::Busy(
-                "another thread is inside dp_coordinate_batch or dp_release on this communicator"
-                    .into(),
-            )),
-        };
     let ctx = Context::of_stream(stream, device, guard.0.as_ref().map(|s| s.ctx))?;
     cuda::check_not_capturing(stream)?;
     let reusable =
@@ -417,9 +417,10 @@ impl CommState {
 mod tests {
     use super::*;
 
-    fn fake_comm() -> CommPtr {
-        // Never dereferenced by these tests: each fails before NCCL would see it.
-        std::ptr::dangling_mut::<u64>().cast()
+    /// A distinct communicator address per test (tests run in parallel and share the
+    /// registry); never dereferenced: each test fails or stops before NCCL would see it.
+    fn fake_comm(tag: usize) -> CommPtr {
+        (0x1000 + 8 * tag) as CommPtr
     }
 
     #[test]
@@ -428,7 +429,7 @@ mod tests {
             num_tokens_unpadded: -3,
             ..Request::default()
         };
-        let err = coordinate(fake_comm(), std::ptr::null_mut(), &req, false).unwrap_err();
+        let err = coordinate(fake_comm(1), std::ptr::null_mut(), &req, false).unwrap_err();
         assert!(
             matches!(&err, Error::InvalidArgument(m) if m.contains("num_tokens_unpadded = -3")),
             "{err}"
@@ -442,15 +443,12 @@ mod tests {
         match nccl::nccl() {
             Ok(found) => assert!(found.version() > 0),
             Err(_) => {
-                let err = coordinate(
-                    fake_comm(),
-                    std::ptr::null_mut(),
-                    &Request::default(),
-                    false,
-                )
-                .unwrap_err();
+                let comm = fake_comm(2);
+                let err =
+                    coordinate(comm, std::ptr::null_mut(), &Request::default(), false).unwrap_err();
                 assert!(matches!(err, Error::LibraryUnavailable(_)), "{err}");
                 assert!(err.to_string().contains("DPCOORD_NCCL_LIBRARY"), "{err}");
+                release(comm).unwrap();
             }
         }
     }
@@ -464,17 +462,46 @@ mod tests {
     }
 
     #[test]
+    fn a_second_caller_on_a_busy_communicator_gets_busy() {
+        let comm = fake_comm(3);
+        let slot = Arc::new(Mutex::new(Slot(None)));
+        lock(&REGISTRY).insert(comm as usize, Arc::clone(&slot));
+        let held = lock(&slot);
+        let key = comm as usize;
+        let err = std::thread::spawn(move || {
+            coordinate(
+                key as CommPtr,
+                std::ptr::null_mut(),
+                &Request::default(),
+                false,
+            )
+            .err()
+        })
+        .join()
+        .unwrap()
+        .expect("a busy communicator is an error");
+        assert!(
+            matches!(&err, Error::Busy(m) if m.contains("this communicator")),
+            "{err}"
+        );
+        drop(held);
+        release(comm).unwrap();
+        assert!(!lock(&REGISTRY).contains_key(&key));
+    }
+
+    #[test]
     fn releasing_an_unknown_communicator_is_harmless() {
-        release(fake_comm()).unwrap();
-        release(fake_comm()).unwrap();
-        assert!(!lock(&REGISTRY).contains_key(&(fake_comm() as usize)));
+        let comm = fake_comm(4);
+        release(comm).unwrap();
+        release(comm).unwrap();
+        assert!(!lock(&REGISTRY).contains_key(&(comm as usize)));
     }
 
     #[test]
     fn releasing_an_empty_slot_removes_it() {
-        let key = 0x5eed_usize;
-        lock(&REGISTRY).insert(key, Arc::new(Mutex::new(Slot(None))));
-        release(key as CommPtr).unwrap();
-        assert!(!lock(&REGISTRY).contains_key(&key));
+        let comm = fake_comm(5);
+        lock(&REGISTRY).insert(comm as usize, Arc::new(Mutex::new(Slot(None))));
+        release(comm).unwrap();
+        assert!(!lock(&REGISTRY).contains_key(&(comm as usize)));
     }
 }
