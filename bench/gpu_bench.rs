@@ -511,15 +511,31 @@ fn bare_allgather_sync(ctx: &mut Ctx, step: u64) -> Res<u64> {
     )?;
     cuda::synchronize(ctx.s())?;
     let ns = since(t0);
-    let mut got = vec![0; RECORD_WORDS * ctx.n];
-    cuda::copy_to_host(ctx.ag_recv.ptr(), &mut got)?;
-    if got != flat_words(&p.records) {
-        bail!(
-            "WRONG RESULT: bare_allgather_sync, step {step:#x}: gathered {got:?}, sent {:?}",
-            flat_words(&p.records)
-        );
-    }
+    check_exchanged(
+        ctx,
+        ctx.ag_recv.ptr(),
+        &p.records,
+        "bare_allgather_sync",
+        step,
+    )?;
     Ok(ns)
+}
+
+/// Checks that a bare exchange left every rank's record, in rank order, at `recv`.
+fn check_exchanged(
+    ctx: &Ctx,
+    recv: DevicePtr,
+    records: &[RankRecord],
+    variant: &str,
+    step: u64,
+) -> Res<()> {
+    let mut got = vec![0; RECORD_WORDS * ctx.n];
+    cuda::copy_to_host(recv, &mut got)?;
+    let want = flat_words(records);
+    if got != want {
+        bail!("WRONG RESULT: {variant}, step {step:#x}: exchanged {got:?}, expected {want:?}");
+    }
+    Ok(())
 }
 
 /// vLLM's exchange: `ncclAllReduce` (sum) of the `[5, dp]` int32 matrix + synchronize.
@@ -542,14 +558,13 @@ fn bare_allreduce_sync(ctx: &mut Ctx, step: u64) -> Res<u64> {
     )?;
     cuda::synchronize(ctx.s())?;
     let ns = since(t0);
-    let mut got = vec![0; RECORD_WORDS * ctx.n];
-    cuda::copy_to_host(ctx.ar_recv.ptr(), &mut got)?;
-    if got != flat_words(&p.records) {
-        bail!(
-            "WRONG RESULT: bare_allreduce_sync, step {step:#x}: reduced {got:?}, expected {:?}",
-            flat_words(&p.records)
-        );
-    }
+    check_exchanged(
+        ctx,
+        ctx.ar_recv.ptr(),
+        &p.records,
+        "bare_allreduce_sync",
+        step,
+    )?;
     Ok(ns)
 }
 

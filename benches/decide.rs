@@ -90,32 +90,25 @@ fn decide(c: &mut Criterion) {
         );
         assert_eq!(status, dp_status::DP_OK);
 
-        group.bench_function(BenchmarkId::new("with_array", dp_size), |b| {
-            b.iter(|| {
-                dp_decide_batch(
-                    black_box(records.as_ptr()),
-                    black_box(dp_size),
-                    black_box(dp_rank),
-                    black_box(DP_PAD_POLICY_EXPLICIT),
-                    black_box(2),
-                    black_box(out.as_mut_ptr()),
-                    black_box(&mut result),
-                )
-            })
-        });
-        group.bench_function(BenchmarkId::new("without_array", dp_size), |b| {
-            b.iter(|| {
-                dp_decide_batch(
-                    black_box(records.as_ptr()),
-                    black_box(dp_size),
-                    black_box(dp_rank),
-                    black_box(DP_PAD_POLICY_EXPLICIT),
-                    black_box(2),
-                    black_box(std::ptr::null_mut()),
-                    black_box(&mut result),
-                )
-            })
-        });
+        let out_ptr = out.as_mut_ptr();
+        for (name, array) in [
+            ("with_array", out_ptr),
+            ("without_array", std::ptr::null_mut()),
+        ] {
+            group.bench_function(BenchmarkId::new(name, dp_size), |b| {
+                b.iter(|| {
+                    dp_decide_batch(
+                        black_box(records.as_ptr()),
+                        black_box(dp_size),
+                        black_box(dp_rank),
+                        black_box(DP_PAD_POLICY_EXPLICIT),
+                        black_box(2),
+                        black_box(array),
+                        black_box(&mut result),
+                    )
+                })
+            });
+        }
         black_box((&out, &result));
     }
     group.finish();

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <string>
 #include <vector>
+#include "../common/poison.h"
 
 namespace dpt {
 
@@ -61,19 +62,9 @@ inline dp_rank_record Rec(int32_t unpadded, int32_t padded, int32_t attempt_ubat
   return r;
 }
 
-// An object filled with a recognisable byte pattern, to check "outputs untouched on failure".
-template <typename T>
-T Poisoned() {
-  T value;
-  std::memset(static_cast<void*>(&value), 0xA5, sizeof value);
-  return value;
-}
-
-template <typename T>
-bool IsPoisoned(const T& value) {
-  const T expected = Poisoned<T>();
-  return std::memcmp(&value, &expected, sizeof value) == 0;
-}
+// Byte patterns for "outputs untouched on failure" (common/poison.h).
+using dpcoord_test::IsPoisoned;
+using dpcoord_test::Poisoned;
 
 constexpr int32_t kPoison32 = static_cast<int32_t>(0xA5A5A5A5u);
 

@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "gpu_util.h"
+#include "../common/poison.h"
 
 namespace {
 
@@ -98,18 +99,8 @@ void Trace(const char* what) {
         << #expr << "; dp_last_error(): " << dp_last_error(); \
   } while (0)
 
-template <typename T>
-T Poisoned() {
-  T value;
-  std::memset(static_cast<void*>(&value), 0xA5, sizeof value);
-  return value;
-}
-
-template <typename T>
-bool IsPoisoned(const T& value) {
-  const T expected = Poisoned<T>();
-  return std::memcmp(&value, &expected, sizeof value) == 0;
-}
+using dpcoord_test::IsPoisoned;
+using dpcoord_test::Poisoned;
 
 // ---------------------------------------------------------------------------------------------
 // The suite's own collectives, on `boot` and its stream, each bounded by WaitStream's deadline.
