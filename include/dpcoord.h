@@ -336,22 +336,24 @@ enum dp_status dp_release(struct ncclComm *comm);
 /**
  * Fills the caller's `*req` with the defaults (padded -1, no microbatching or DP padding,
  * uniform_decode -1, CUDA-graph NONE, pad policy EXPLICIT, ubatch {false, 2, 32, 512},
- * timeout 0 = forever, step_id 0 = unchecked) and `struct_size = size`, writing only its first
- * `size` bytes. Call it through the header's `dp_batch_request_init(req)`, which passes the
- * caller's `sizeof(*req)`.
+ * timeout 0 = forever, step_id 0 = unchecked) and `struct_size = size`, writing only the
+ * fields inside its first `min(size, sizeof)` bytes (no padding byte, nothing past `size`).
+ * Call it through the header's `dp_batch_request_init(req)`, which passes the caller's
+ * `sizeof(*req)`. `req` must be aligned to 4 bytes when `size` < 56 (the 0.1 layout), else 8.
  *
- * Local, thread-safe. A NULL or misaligned `req`, or a `size` below the 0.1 struct, writes
- * nothing and leaves a message for `dp_last_error`.
+ * Local, thread-safe. A NULL or misaligned `req`, or a `size` below 48 (the 0.1 struct),
+ * writes nothing and leaves a message for `dp_last_error`.
  */
 void dp_batch_request_init_sized(struct dp_batch_request *req, size_t size);
 
 /**
  * Fills the caller's `*res` with an empty result (all zero, false, NULL) and
- * `struct_size = size`, writing only its first `size` bytes. Call it through the header's
- * `dp_batch_result_init(res)`, which passes the caller's `sizeof(*res)`.
+ * `struct_size = size`, writing only the fields inside its first `min(size, sizeof)` bytes.
+ * Call it through the header's `dp_batch_result_init(res)`, which passes the caller's
+ * `sizeof(*res)`. `res` must be aligned to 8 bytes.
  *
- * Local, thread-safe. A NULL or misaligned `res`, or a `size` below the 0.2 struct, writes
- * nothing and leaves a message for `dp_last_error`.
+ * Local, thread-safe. A NULL or misaligned `res`, or a `size` below 56 (the 0.2 struct, the
+ * first with a size), writes nothing and leaves a message for `dp_last_error`.
  */
 void dp_batch_result_init_sized(struct dp_batch_result *res, size_t size);
 

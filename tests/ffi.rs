@@ -218,7 +218,7 @@ fn null_pointers_in_decide_batch() {
     assert_fails(
         dp_decide_batch(records.as_ptr(), 2, 0, 0, 2, out.as_mut_ptr(), null_mut()),
         dp_status::DP_ERR_INVALID_ARGUMENT,
-        &["result", "NULL"],
+        &["res", "NULL"],
     );
     assert_eq!(out, [SENTINEL; 2]);
     // The array is the one nullable pointer.
@@ -250,7 +250,7 @@ fn null_pointers_in_coordinate_batch() {
     assert_fails(
         dp_coordinate_batch(fake_comm(), null_mut(), &req, null_mut()),
         dp_status::DP_ERR_INVALID_ARGUMENT,
-        &["result", "NULL"],
+        &["res", "NULL"],
     );
 }
 
@@ -300,8 +300,10 @@ fn init_writes_the_defaults_over_garbage() {
 
 #[test]
 fn struct_size_too_small_is_refused() {
-    let sizeof = size_of::<dp_batch_request>() as u32;
-    for size in [0, 1, 4, sizeof - 1] {
+    // The smallest request accepted is the 0.1 struct: everything before `step_id`.
+    let first = offset_of!(dp_batch_request, step_id) as u32;
+    assert_eq!(first, 48);
+    for size in [0, 1, 4, first - 1] {
         let mut req = ubatch_request(100);
         req.struct_size = size;
         let mut out = SENTINEL_RECORD;
@@ -309,7 +311,7 @@ fn struct_size_too_small_is_refused() {
         assert_fails(
             dp_make_record(&req, &mut out),
             dp_status::DP_ERR_INVALID_ARGUMENT,
-            &[&format!("struct_size = {size}"), &sizeof.to_string()],
+            &[&format!("req->struct_size = {size}"), &first.to_string()],
         );
         assert_eq!(out, SENTINEL_RECORD);
         let mut result = sentinel_result();
@@ -734,13 +736,15 @@ fn status_strings() {
         "DP_ERR_LIBRARY_UNAVAILABLE",
         "DP_ERR_BUSY",
         "DP_ERR_INTERNAL",
+        "DP_ERR_CANCELLED",
+        "DP_ERR_PEER_EXITED",
     ];
     for (code, name) in names.iter().enumerate() {
         assert_eq!(text(dp_status_string(code as u32)), *name);
         // Static: the same pointer every time.
         assert_eq!(dp_status_string(code as u32), dp_status_string(code as u32));
     }
-    for code in [9, 10, 255, 1 << 31, u32::MAX] {
+    for code in [11, 12, 255, 1 << 31, u32::MAX] {
         assert_eq!(text(dp_status_string(code)), "DP_ERR_UNKNOWN");
     }
 }
@@ -779,6 +783,14 @@ fn every_error_maps_to_its_status() {
         dp_status::DP_ERR_LIBRARY_UNAVAILABLE
     );
     assert_eq!(m(Error::new(ErrorKind::Busy, s())), dp_status::DP_ERR_BUSY);
+    assert_eq!(
+        m(Error::new(ErrorKind::Cancelled, s())),
+        dp_status::DP_ERR_CANCELLED
+    );
+    assert_eq!(
+        m(Error::new(ErrorKind::PeerExited, s())),
+        dp_status::DP_ERR_PEER_EXITED
+    );
     // What a panic caught at the boundary becomes.
     assert_eq!(m(Error::internal(s())), dp_status::DP_ERR_INTERNAL);
 }
@@ -899,8 +911,8 @@ fn a_failure_during_thread_exit_does_not_abort() {
 
 #[test]
 fn dp_batch_request_layout() {
-    assert_eq!(size_of::<dp_batch_request>(), 48);
-    assert_eq!(align_of::<dp_batch_request>(), 4);
+    assert_eq!(size_of::<dp_batch_request>(), 56);
+    assert_eq!(align_of::<dp_batch_request>(), 8);
     assert_eq!(offset_of!(dp_batch_request, struct_size), 0);
     assert_eq!(offset_of!(dp_batch_request, num_tokens_unpadded), 4);
     assert_eq!(offset_of!(dp_batch_request, num_tokens_padded), 8);
@@ -911,6 +923,8 @@ fn dp_batch_request_layout() {
     assert_eq!(offset_of!(dp_batch_request, pad_policy), 24);
     assert_eq!(offset_of!(dp_batch_request, ubatch), 28);
     assert_eq!(offset_of!(dp_batch_request, timeout_ms), 44);
+    // 0.2: appended; the 0.1 struct ends here.
+    assert_eq!(offset_of!(dp_batch_request, step_id), 48);
 }
 
 #[test]
@@ -936,25 +950,28 @@ fn dp_rank_record_layout() {
 
 #[test]
 fn dp_batch_result_layout() {
-    assert_eq!(size_of::<dp_batch_result>(), 48);
+    assert_eq!(size_of::<dp_batch_result>(), 56);
     assert_eq!(align_of::<dp_batch_result>(), 8);
-    assert_eq!(offset_of!(dp_batch_result, should_ubatch), 0);
-    assert_eq!(offset_of!(dp_batch_result, should_dp_pad), 1);
-    assert_eq!(offset_of!(dp_batch_result, has_num_tokens_after_padding), 2);
-    assert_eq!(offset_of!(dp_batch_result, synced_cudagraph_mode), 4);
-    assert_eq!(offset_of!(dp_batch_result, dp_rank), 8);
-    assert_eq!(offset_of!(dp_batch_result, dp_size), 12);
+    // 0.2: a leading struct_size (the one breaking change), then 0.1's fields, then step_id.
+    assert_eq!(offset_of!(dp_batch_result, struct_size), 0);
+    assert_eq!(offset_of!(dp_batch_result, should_ubatch), 4);
+    assert_eq!(offset_of!(dp_batch_result, should_dp_pad), 5);
+    assert_eq!(offset_of!(dp_batch_result, has_num_tokens_after_padding), 6);
+    assert_eq!(offset_of!(dp_batch_result, synced_cudagraph_mode), 8);
+    assert_eq!(offset_of!(dp_batch_result, dp_rank), 12);
+    assert_eq!(offset_of!(dp_batch_result, dp_size), 16);
     assert_eq!(
         offset_of!(dp_batch_result, num_tokens_after_padding_self),
-        16
+        20
     );
-    assert_eq!(offset_of!(dp_batch_result, max_num_tokens_padded), 20);
-    assert_eq!(offset_of!(dp_batch_result, min_num_tokens_unpadded), 24);
+    assert_eq!(offset_of!(dp_batch_result, max_num_tokens_padded), 24);
+    assert_eq!(offset_of!(dp_batch_result, min_num_tokens_unpadded), 28);
     assert_eq!(offset_of!(dp_batch_result, num_tokens_after_padding), 32);
     assert_eq!(
         offset_of!(dp_batch_result, num_tokens_after_padding_device),
         40
     );
+    assert_eq!(offset_of!(dp_batch_result, step_id), 48);
 }
 
 #[test]
@@ -970,6 +987,8 @@ fn dp_status_discriminants() {
         dp_status::DP_ERR_LIBRARY_UNAVAILABLE,
         dp_status::DP_ERR_BUSY,
         dp_status::DP_ERR_INTERNAL,
+        dp_status::DP_ERR_CANCELLED,
+        dp_status::DP_ERR_PEER_EXITED,
     ];
     for (code, status) in all.into_iter().enumerate() {
         assert_eq!(status as u32, code as u32);
