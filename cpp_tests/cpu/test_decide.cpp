@@ -1,4 +1,4 @@
-// dp_decide_batch: every rule of DESIGN.md section 1, "decision".
+// dp_decide_batch: every rule of docs/ARCHITECTURE.md, "Semantics", "The decision".
 #include <cstdint>
 #include <cstring>
 #include <random>

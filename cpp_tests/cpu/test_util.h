@@ -1,4 +1,4 @@
-// Helpers shared by the CPU GoogleTest suite: a reference model of DESIGN.md section 1
+// Helpers shared by the CPU GoogleTest suite: a reference model of docs/ARCHITECTURE.md, "Semantics"
 // (written from the contract, independently of the Rust code), record builders and
 // byte-level "untouched" checks.
 #ifndef DPCOORD_TEST_UTIL_H
@@ -82,7 +82,8 @@ inline bool IsPoisoned(const dp_batch_result& r) {
   return std::memcmp(&r, &expected, sizeof r) == 0;
 }
 
-// The decision of DESIGN.md section 1 for valid records (reference model).
+// The decision of docs/ARCHITECTURE.md ("Semantics", "The decision") for valid records
+// (reference model).
 struct Expected {
   bool inconsistent = false;  // DP_ERR_INCONSISTENT_RANKS
   bool should_ubatch = false;
