@@ -455,6 +455,9 @@ fn snapshot(scratch: &Scratch) -> Vec<u8> {
     scratch.0.to_vec()
 }
 
+/// One C call with one argument moved off its alignment.
+type Call = Box<dyn Fn() -> dp_status>;
+
 #[test]
 fn every_misaligned_pointer_of_the_host_path_is_an_error_naming_it() {
     let mut scratch = Scratch::new();
@@ -480,8 +483,8 @@ fn every_misaligned_pointer_of_the_host_path_is_an_error_naming_it() {
             s.at(array_at),
             s.at(out_at),
         );
-        let moved = |p: *mut u8| p.wrapping_add(k);
-        let calls: [(&str, Box<dyn Fn() -> dp_status>); 9] = [
+        let moved = move |p: *mut u8| p.wrapping_add(k);
+        let calls: [(&str, Call); 9] = [
             (
                 "req",
                 Box::new(move || dp_make_record(moved(req).cast(), out.cast())),
