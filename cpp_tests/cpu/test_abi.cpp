@@ -26,20 +26,11 @@ namespace {
 
 constexpr unsigned char kFill = 0xA5;
 
-// The request as a caller built with the 0.1 header lays it out: 48 bytes, no step_id.
-struct RequestV01 {
-  uint32_t struct_size;
-  int32_t num_tokens_unpadded;
-  int32_t num_tokens_padded;
-  bool allow_microbatching;
-  bool allow_dp_padding;
-  int32_t uniform_decode;
-  int32_t cudagraph_mode;
-  int32_t pad_policy;
-  dp_ubatch_config ubatch;
-  int32_t timeout_ms;
+// The request of a caller built with the 0.1 header: 48 bytes, 4-aligned. 0.2 only appended
+// step_id, so its fields sit at the 0.2 offsets (header_c.c pins each one to its number).
+struct alignas(4) RequestV01 {
+  unsigned char bytes[48];
 };
-static_assert(sizeof(RequestV01) == 48, "the 0.1 request");
 static_assert(offsetof(dp_batch_request, step_id) == sizeof(RequestV01),
               "0.2 appends step_id after the 0.1 fields");
 
@@ -146,15 +137,17 @@ TEST(Growth, OldRequestFlushAgainstAGuardPage) {
   RequestV01* old = guard.Tail<RequestV01>();
   // What a 0.1-sized caller's dp_batch_request_init passes: its own sizeof, 48.
   dp_batch_request_init_sized(reinterpret_cast<dp_batch_request*>(old), sizeof *old);
-  EXPECT_EQ(old->struct_size, 48u);
-  EXPECT_EQ(old->num_tokens_padded, -1);
-  EXPECT_EQ(old->uniform_decode, -1);
-  EXPECT_EQ(old->ubatch.num_ubatches, 2);
-  EXPECT_EQ(old->timeout_ms, 0);
+  EXPECT_EQ(Get<uint32_t>(old, offsetof(dp_batch_request, struct_size)), 48u);
+  EXPECT_EQ(Get<int32_t>(old, offsetof(dp_batch_request, num_tokens_padded)), -1);
+  EXPECT_EQ(Get<int32_t>(old, offsetof(dp_batch_request, uniform_decode)), -1);
+  const size_t num_ubatches =
+      offsetof(dp_batch_request, ubatch) + offsetof(dp_ubatch_config, num_ubatches);
+  EXPECT_EQ(Get<int32_t>(old, num_ubatches), 2);
+  EXPECT_EQ(Get<int32_t>(old, offsetof(dp_batch_request, timeout_ms)), 0);
   SetUbatchRequest(old);
   EXPECT_TRUE(MakesTheUbatchRecord(old));
   // The GPU path reads it the same way (and refuses it before touching the communicator).
-  old->cudagraph_mode = 7;
+  Put<int32_t>(old, offsetof(dp_batch_request, cudagraph_mode), 7);
   dp_batch_result res = dpt::PoisonedResult();
   EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT,
                 dp_coordinate_batch(FakeComm(), nullptr,
