@@ -404,12 +404,21 @@ enum dp_status dp_decide_batch(const struct dp_rank_record *records,
 /* cbindgen writes the trailer after the include guard: this block has its own. */
 #ifndef DPCOORD_H_INIT
 #define DPCOORD_H_INIT
-/** Fills `*req` with the defaults and `struct_size = sizeof(*req)` as this header knows it. */
+/**
+ * Fills `*req` with the defaults and `struct_size = sizeof(*req)` as this header knows it:
+ * start every request here. Local, thread-safe. A NULL or misaligned `req` writes nothing
+ * and leaves a message for dp_last_error().
+ */
 static inline void dp_batch_request_init(dp_batch_request *req) {
   dp_batch_request_init_sized(req, sizeof(*req));
 }
 
-/** Fills `*res` with an empty result and `struct_size = sizeof(*res)` as this header knows it. */
+/**
+ * Fills `*res` with an empty result and `struct_size = sizeof(*res)` as this header knows it:
+ * initialise every result before a call fills it (a result whose struct_size is below 56 is
+ * refused). Local, thread-safe. A NULL or misaligned `res` writes nothing and leaves a message
+ * for dp_last_error().
+ */
 static inline void dp_batch_result_init(dp_batch_result *res) {
   dp_batch_result_init_sized(res, sizeof(*res));
 }
