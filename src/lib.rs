@@ -8,6 +8,8 @@
 pub mod cuda;
 /// cbindgen:ignore
 pub mod engine;
+/// cbindgen:ignore
+pub(crate) mod diag;
 pub mod error;
 pub mod ffi;
 /// cbindgen:ignore
