@@ -25,7 +25,7 @@
 //!
 //! API: [`log!`]`(Level::Trace, Ctx::new().rank(r, n).step(s), "format", args..)` (the
 //! context and the arguments are evaluated only when the level is on), [`enabled`],
-//! [`coordinator_info`] for the GPU path's INFO line.
+//! [`coordinator_info`] for the GPU path's INFO line, [`decision`] for a call's TRACE line.
 //!
 //! # NVTX ranges
 //!
@@ -37,7 +37,7 @@
 pub(crate) mod log;
 pub(crate) mod nvtx;
 
-pub(crate) use self::log::{coordinator_info, enabled, Ctx, Level};
+pub(crate) use self::log::{coordinator_info, decision, enabled, Ctx, Level};
 pub(crate) use self::nvtx::range;
 
 /// Writes one line at `level` when `DPCOORD_DEBUG` lets it through:
