@@ -18,7 +18,10 @@
 #   2. `git clone` of this repository at REF into DIR/root/dpcoord (git runs outside the root);
 #   3. mounts /proc, /sys, /dev (with /dev/shm) and binds the Rust toolchain read-only:
 #      ~/.rustup and ~/.cargo of the user running this (CARGO_HOME inside is a fresh writable
-#      directory, so crates are downloaded as on a fresh machine); copies /etc/resolv.conf;
+#      directory, so crates are downloaded as on a fresh machine); copies /etc/resolv.conf and
+#      this host's locally added CA certificates (/usr/local/share/ca-certificates: on a network
+#      that inspects TLS, cargo and pip need them; the root's own ca-certificates package, which
+#      the scripts install, picks them up);
 #   4. runs, inside `chroot` as root, with a clean environment (PATH, HOME, CI=true):
 #      `scripts/demo.sh`, then `scripts/test.sh`, each under nice, timed;
 #   5. writes the full logs and a summary (each command, its exit code and duration, the cargo
@@ -118,6 +121,11 @@ git clone --quiet --no-checkout "$ROOT" "$FRESH/root/dpcoord"
 git -C "$FRESH/root/dpcoord" checkout --quiet "$COMMIT"
 
 cp /etc/resolv.conf "$FRESH/etc/resolv.conf"
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  mkdir -p "$FRESH/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$FRESH/usr/local/share/ca-certificates/"
+  say "copied this host's local CA certificates: $(cd /usr/local/share/ca-certificates && echo *.crt)"
+fi
 mkdir -p "$FRESH/root/.rustup" "$FRESH/root/.cargo" "$FRESH/root/.cargo-home"
 mount -t proc proc "$FRESH/proc"; MOUNTS+=("$FRESH/proc")
 mount --rbind /sys "$FRESH/sys"; mount --make-rslave "$FRESH/sys"; MOUNTS+=("$FRESH/sys")
