@@ -7,7 +7,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 use cudarc::driver::sys::{self, CUresult};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// The caller's `cudaStream_t` / `CUstream`, as a raw pointer.
 pub type StreamPtr = *mut c_void;
@@ -24,7 +24,10 @@ fn check(status: CUresult, call: &str) -> Result<()> {
     if status == CUresult::CUDA_SUCCESS {
         return Ok(());
     }
-    Err(Error::Cuda(format!("{call} failed: {}", describe(status))))
+    Err(Error::new(
+        ErrorKind::Cuda,
+        format!("{call} failed: {}", describe(status)),
+    ))
 }
 
 /// The driver's name and description of a status, e.g. "CUDA_ERROR_INVALID_VALUE (invalid argument)".
@@ -54,10 +57,10 @@ pub fn driver() -> Result<()> {
     INIT.get_or_init(|| {
         // SAFETY: `is_culib_present` only tries to dlopen the driver library by name.
         if !unsafe { sys::is_culib_present() } {
-            return Err(Error::LibraryUnavailable(
+            return Err(Error::new(
+                ErrorKind::LibraryUnavailable,
                 "the CUDA driver (libcuda.so.1) could not be loaded: no NVIDIA driver on this \
-                 machine, or it is not on the loader's path"
-                    .into(),
+                 machine, or it is not on the loader's path",
             ));
         }
         // SAFETY: cuInit has no pointer arguments; 0 is the only legal flag value.
@@ -113,18 +116,21 @@ impl Context {
             }
             return Context::primary(comm_device);
         }
-        // SAFETY: `stream` is the caller's live stream handle (documented contract of
-        // dp_coordinate_batch); the driver writes its context into a valid local.
         check(
+            // SAFETY: `stream` is the caller's live stream handle (documented contract of
+            // dp_coordinate_batch); the driver writes its context into a valid local.
             unsafe { sys::cuStreamGetCtx(stream.cast(), &mut raw) },
             "cuStreamGetCtx",
         )?;
         let ctx = with_device(raw)?;
         if ctx.device != comm_device {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
                 "stream is on CUDA device {} but the communicator is on CUDA device {comm_device}",
                 ctx.device
-            )));
+            ),
+            ));
         }
         Ok(ctx)
     }
@@ -138,14 +144,14 @@ impl Context {
             return Ok(*ctx);
         }
         let mut cu_device = 0;
-        // SAFETY: writes a device handle into a valid local.
         check(
+            // SAFETY: writes a device handle into a valid local.
             unsafe { sys::cuDeviceGet(&mut cu_device, device) },
             "cuDeviceGet",
         )?;
         let mut raw: sys::CUcontext = std::ptr::null_mut();
-        // SAFETY: writes the retained primary context into a valid local.
         check(
+            // SAFETY: writes the retained primary context into a valid local.
             unsafe { sys::cuDevicePrimaryCtxRetain(&mut raw, cu_device) },
             "cuDevicePrimaryCtxRetain",
         )?;
@@ -157,16 +163,16 @@ impl Context {
     /// Makes this context current for the life of the guard (a no-op when it already is).
     pub fn enter(&self) -> Result<ContextGuard> {
         let mut current: sys::CUcontext = std::ptr::null_mut();
-        // SAFETY: writes the current context (or NULL) into a valid local.
         check(
+            // SAFETY: writes the current context (or NULL) into a valid local.
             unsafe { sys::cuCtxGetCurrent(&mut current) },
             "cuCtxGetCurrent",
         )?;
         if current == self.raw {
             return Ok(ContextGuard { pushed: false });
         }
-        // SAFETY: `self.raw` is a live context (from the stream or a retained primary).
         check(
+            // SAFETY: `self.raw` is a live context (from the stream or a retained primary).
             unsafe { sys::cuCtxPushCurrent_v2(self.raw) },
             "cuCtxPushCurrent",
         )?;
@@ -227,8 +233,8 @@ impl Stream {
     pub fn new() -> Result<Self> {
         let mut raw = std::ptr::null_mut();
         let flags = sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32;
-        // SAFETY: writes the new stream into a valid local.
         check(
+            // SAFETY: writes the new stream into a valid local.
             unsafe { sys::cuStreamCreate(&mut raw, flags) },
             "cuStreamCreate",
         )?;
@@ -255,10 +261,13 @@ pub const MAX_BATCH_WRITES: usize = 8;
 /// `stream` as one operation (no kernel). Same address rules as [`stream_write_u32`].
 pub fn stream_write_u32_batch(stream: StreamPtr, writes: &[(DevicePtr, u32)]) -> Result<()> {
     if writes.is_empty() || writes.len() > MAX_BATCH_WRITES {
-        return Err(Error::InvalidArgument(format!(
-            "stream_write_u32_batch takes 1..={MAX_BATCH_WRITES} writes, got {}",
-            writes.len()
-        )));
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "stream_write_u32_batch takes 1..={MAX_BATCH_WRITES} writes, got {}",
+                writes.len()
+            ),
+        ));
     }
     type WriteParams = sys::CUstreamBatchMemOpParams_union_CUstreamMemOpWriteValueParams_st;
     type WriteValue =
@@ -318,18 +327,21 @@ pub fn check_not_capturing(stream: StreamPtr) -> Result<()> {
     // writes the capture status into a valid local.
     let r = unsafe { sys::cuStreamIsCapturing(stream.cast(), &mut status) };
     if r == CUresult::CUDA_ERROR_STREAM_CAPTURE_IMPLICIT {
-        return Err(Error::InvalidArgument(
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
             "stream is the legacy default stream while another stream is capturing a CUDA \
-             graph; dp_coordinate_batch blocks and cannot be captured"
-                .into(),
+             graph; dp_coordinate_batch blocks and cannot be captured",
         ));
     }
     check(r, "cuStreamIsCapturing")?;
     if status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
-        return Err(Error::InvalidArgument(format!(
-            "stream is capturing a CUDA graph (capture status {status:?}); \
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "stream is capturing a CUDA graph (capture status {status:?}); \
              dp_coordinate_batch blocks on the host and cannot be captured"
-        )));
+            ),
+        ));
     }
     Ok(())
 }
@@ -346,8 +358,8 @@ impl DeviceBuffer {
     /// Allocates `words` int32 in the current context.
     pub fn new(words: usize) -> Result<Self> {
         let mut ptr = 0;
-        // SAFETY: writes the new allocation's address into a valid local.
         check(
+            // SAFETY: writes the new allocation's address into a valid local.
             unsafe { sys::cuMemAlloc_v2(&mut ptr, words * 4) },
             "cuMemAlloc",
         )?;
@@ -384,8 +396,8 @@ impl MappedHost {
     pub fn new(words: usize) -> Result<Self> {
         let mut host: *mut c_void = std::ptr::null_mut();
         let flags = sys::CU_MEMHOSTALLOC_DEVICEMAP | sys::CU_MEMHOSTALLOC_PORTABLE;
-        // SAFETY: writes the new allocation's address into a valid local.
         check(
+            // SAFETY: writes the new allocation's address into a valid local.
             unsafe { sys::cuMemHostAlloc(&mut host, words * 4, flags) },
             "cuMemHostAlloc",
         )?;
@@ -396,8 +408,8 @@ impl MappedHost {
         };
         // SAFETY: `host` is a fresh allocation of `words` int32, exclusively ours.
         unsafe { std::ptr::write_bytes(block.host, 0, words) };
-        // SAFETY: `host` was allocated with DEVICEMAP; the driver writes its device address.
         check(
+            // SAFETY: `host` was allocated with DEVICEMAP; the driver writes its device address.
             unsafe { sys::cuMemHostGetDevicePointer_v2(&mut block.device, host, 0) },
             "cuMemHostGetDevicePointer",
         )?;
@@ -461,8 +473,8 @@ impl Event {
     pub fn new() -> Result<Self> {
         let mut raw = std::ptr::null_mut();
         let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
-        // SAFETY: writes the new event into a valid local.
         check(
+            // SAFETY: writes the new event into a valid local.
             unsafe { sys::cuEventCreate(&mut raw, flags) },
             "cuEventCreate",
         )?;
@@ -516,8 +528,8 @@ impl Module {
     /// JIT-loads NUL-terminated PTX into the current context.
     pub fn load(ptx: &CStr) -> Result<Self> {
         let mut raw = std::ptr::null_mut();
-        // SAFETY: `ptx` is a NUL-terminated image; the driver writes the module handle.
         check(
+            // SAFETY: `ptx` is a NUL-terminated image; the driver writes the module handle.
             unsafe { sys::cuModuleLoadData(&mut raw, ptx.as_ptr().cast()) },
             "cuModuleLoadData (the embedded PTX)",
         )?;
@@ -527,8 +539,8 @@ impl Module {
     /// The kernel named `name`.
     pub fn kernel(&self, name: &CStr) -> Result<Kernel> {
         let mut raw = std::ptr::null_mut();
-        // SAFETY: the module is live; `name` is NUL-terminated.
         check(
+            // SAFETY: the module is live; `name` is NUL-terminated.
             unsafe { sys::cuModuleGetFunction(&mut raw, self.raw, name.as_ptr()) },
             "cuModuleGetFunction",
         )?;
@@ -606,8 +618,8 @@ impl Kernel {
 pub fn device_count() -> Result<i32> {
     driver()?;
     let mut count = 0;
-    // SAFETY: writes the device count into a valid local.
     check(
+        // SAFETY: writes the device count into a valid local.
         unsafe { sys::cuDeviceGetCount(&mut count) },
         "cuDeviceGetCount",
     )?;
@@ -618,14 +630,14 @@ pub fn device_count() -> Result<i32> {
 pub fn device_name(ordinal: i32) -> Result<String> {
     driver()?;
     let mut device = 0;
-    // SAFETY: writes a device handle into a valid local.
     check(
+        // SAFETY: writes a device handle into a valid local.
         unsafe { sys::cuDeviceGet(&mut device, ordinal) },
         "cuDeviceGet",
     )?;
     let mut name = [0 as std::ffi::c_char; 256];
-    // SAFETY: the driver writes at most `name.len()` bytes, NUL-terminated, into the buffer.
     check(
+        // SAFETY: the driver writes at most `name.len()` bytes, NUL-terminated, into the buffer.
         unsafe { sys::cuDeviceGetName(name.as_mut_ptr(), name.len() as i32, device) },
         "cuDeviceGetName",
     )?;

@@ -1,19 +1,27 @@
 //! dpcoord: every data-parallel rank agrees, once per engine step and in one collective on
 //! the caller's NCCL communicator, on microbatching, DP padding and the CUDA-graph mode.
 //!
-//! The C API lives in [`ffi`]; [`plan`] is the pure decision logic it and the GPU path
-//! ([`engine`] over [`nccl`], [`cuda`] and [`kernels`]) share.
+//! The C API lives in [`ffi`] (it is what `include/dpcoord.h` declares); [`rules`] is the pure
+//! decision logic the C API, the GPU path (`coordinator` over `nccl`, `cuda` and `kernels`) and
+//! the host transports share. docs/ARCHITECTURE.md maps the modules.
 
+mod error;
+pub mod ffi;
+pub mod rules;
+
+// The GPU path. Internal; `#[doc(hidden)] pub` only until the bench reaches it through the
+// `testing` module.
 /// cbindgen:ignore
+#[doc(hidden)]
+pub mod coordinator;
+/// cbindgen:ignore
+#[doc(hidden)]
 pub mod cuda;
 /// cbindgen:ignore
-pub mod engine;
-pub mod error;
-pub mod ffi;
-/// cbindgen:ignore
+#[doc(hidden)]
 pub mod kernels;
 /// cbindgen:ignore
+#[doc(hidden)]
 pub mod nccl;
-pub mod plan;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
