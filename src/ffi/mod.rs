@@ -24,6 +24,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::mem::{align_of, offset_of, size_of};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::diag::{self, Ctx, Level};
 use crate::error::{invalid, Error, ErrorKind, Result};
 use crate::rules::{Decision, Request};
 
@@ -254,7 +255,11 @@ pub(crate) fn boundary(body: impl FnOnce() -> Result<()>) -> dp_status {
     match outcome {
         Ok(()) => dp_status::DP_OK,
         Err(e) => {
-            set_last_error(&e.to_string());
+            let message = e.to_string();
+            // Every failure of every exported function passes here once: DPCOORD_DEBUG=WARN
+            // logs it with exactly the text dp_last_error returns.
+            diag::log!(Level::Warn, Ctx::new(), "{message}");
+            set_last_error(&message);
             dp_status::from(e.kind)
         }
     }
