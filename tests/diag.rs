@@ -6,7 +6,6 @@
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use dpcoord::ffi::*;
 use dpcoord::rules::RankRecord;
@@ -49,9 +48,11 @@ fn child() {
     println!("PID={}", std::process::id());
 }
 
+mod diag_support;
+use diag_support::{rerun, scratch};
+
 /// What a child run left behind.
 struct Run {
-    output: Output,
     stdout: String,
     stderr: String,
 }
@@ -68,42 +69,15 @@ impl Run {
     }
 }
 
-/// Runs `child` with `case` and exactly the dpcoord variables in `env` (others removed).
+/// Runs `child` with `case` and exactly the diagnostics variables in `env`.
 fn run(case: &str, env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CASE, case)
-    .env_remove("DPCOORD_DEBUG")
-    .env_remove("DPCOORD_DEBUG_FILE");
-    for (key, value) in env {
-        cmd.env(key, value);
-    }
-    let output = cmd.output().unwrap();
-    let run = Run {
+    let mut env = env.to_vec();
+    env.push((CASE, case));
+    let output = rerun("child", &env);
+    Run {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        output,
-    };
-    assert!(
-        run.output.status.success(),
-        "child failed:\n{}\n{}",
-        run.stdout,
-        run.stderr
-    );
-    run
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dpcoord-diag-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    }
 }
 
 /// The files in `dir`.

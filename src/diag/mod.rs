@@ -36,6 +36,10 @@
 
 pub(crate) mod log;
 pub(crate) mod nvtx;
+/// The helpers the diag tests share with `tests/diag.rs`.
+#[cfg(test)]
+#[path = "../../tests/diag_support/mod.rs"]
+mod test_support;
 
 pub(crate) use self::log::{coordinator_info, decision, enabled, Ctx, Level};
 pub(crate) use self::nvtx::range;
