@@ -8,6 +8,7 @@ use super::{
     dp_status, read_request, request_align, write_out, write_request, write_result,
     REQUEST_MIN_SIZE, RESULT_MIN_SIZE,
 };
+use crate::diag::{self, Ctx};
 use crate::error::{invalid, Result};
 use crate::rules::{self, RankRecord, Request};
 
@@ -115,6 +116,7 @@ pub extern "C" fn dp_decide_batch(
     num_tokens_after_padding: *mut i32,
     res: *mut dp_batch_result,
 ) -> dp_status {
+    let _range = diag::range(c"dp_decide_batch", dp_rank, 0);
     boundary(|| {
         let res_size = check_result(res)?;
         rules::check_decide_args(i64::from(dp_size), dp_rank, pad_policy, num_ubatches)?;
@@ -126,6 +128,11 @@ pub extern "C" fn dp_decide_batch(
         let records = unsafe { std::slice::from_raw_parts(records, n) };
         let has_array = out.is_some();
         let decision = rules::decide(records, dp_rank, pad_policy, num_ubatches, out)?;
+        diag::decision(
+            &Ctx::new().rank(dp_rank, dp_size),
+            "dp_decide_batch",
+            &decision,
+        );
         let mut filled = dp_batch_result::from_decision(&decision, dp_rank, dp_size, 0);
         if has_array && decision.has_num_tokens_after_padding {
             filled.has_num_tokens_after_padding = true;
