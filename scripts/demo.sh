@@ -2,7 +2,7 @@
 # Quick start: set the machine up (scripts/setup.sh: cmake, make, g++ and ca-certificates from
 # apt when missing, as root; otherwise it prints the command to run), build dpcoord (cargo,
 # through CMake), install it into ${PREFIX:-$PWD/_install}, build the C++ demo
-# (cpp_tests/example/demo.cpp) against the installed package, and run it.
+# (examples/demo.cpp) against the installed package, exactly as your project would, and run it.
 #
 #   scripts/demo.sh                      # installs into ./_install
 #   PREFIX=/opt/dpcoord scripts/demo.sh
@@ -29,8 +29,7 @@ cmake --build "$ROOT/build/package" -j "$JOBS"
 cmake --install "$ROOT/build/package"
 
 dp_banner "build the demo against the installed package"
-cmake -S "$ROOT/cpp_tests" -B "$ROOT/build/demo" -DCMAKE_PREFIX_PATH="$PREFIX" \
-  -DDPCOORD_CPU_TESTS=OFF -DDPCOORD_GPU_TESTS=OFF -DDPCOORD_MPI_TESTS=OFF
+cmake -S "$ROOT/examples" -B "$ROOT/build/demo" -DCMAKE_PREFIX_PATH="$PREFIX"
 cmake --build "$ROOT/build/demo" --target dpcoord_demo -j "$JOBS"
 
 dp_banner "run it: build/demo/dpcoord_demo"
