@@ -166,7 +166,7 @@ run_inside() {
 }
 
 run_inside demo "scripts/demo.sh"
-grep -E '^(setup: (installing|Debian|set-up took)|demo.sh: done|every step)' "$LOGS/demo.log" \
+grep -E '^(setup: (installing|Debian|set-up took)|demo.sh: done|dpcoord .* demo|demo finished)' "$LOGS/demo.log" \
   | sed 's/^/    /' | tee -a "$LOGS/summary.txt" || true
 run_inside test "scripts/test.sh"
 {
