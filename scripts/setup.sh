@@ -83,8 +83,12 @@ dp_ensure_apt() {
     return 0
   fi
   if ! dp_is_root; then
-    dp_say "missing Debian packages: ${missing[*]}. Run this, then this script again:"
-    printf '\n    sudo sh -c "%s"\n\n' "$cmd"
+    dp_say "missing Debian packages: ${missing[*]}. Run this as root, then this script again:"
+    if command -v sudo >/dev/null 2>&1; then
+      printf '\n    sudo sh -c "%s"\n\n' "$cmd"
+    else
+      printf '\n    %s\n\n' "$cmd"
+    fi
     exit 1
   fi
   dp_say "installing Debian packages: ${missing[*]}"
