@@ -632,12 +632,15 @@ impl HostGroup {
         if reporter >= self.dp_size || concerned >= self.dp_size || word & 0xffff != 0 {
             return corrupt(name, format!("header.failure = {word:#018x}"));
         }
-        let what =
-            format!("host group '{name}' failed: rank {reporter} reported that rank {concerned}");
+        let what = format!("host group '{name}' failed: rank {reporter}");
         match code {
-            FAIL_TIMEOUT => timeout_error(format!("{what} did not arrive within its timeout")),
-            FAIL_PEER_EXITED => peer_exited(format!("{what} exited or closed the group")),
-            FAIL_CORRUPT => internal(&format!("{what} left corrupt data in the segment")),
+            FAIL_TIMEOUT => timeout_error(format!("{what} timed out waiting for rank {concerned}")),
+            FAIL_PEER_EXITED => peer_exited(format!(
+                "{what} saw rank {concerned} exit or close the group"
+            )),
+            FAIL_CORRUPT => internal(&format!(
+                "{what} found the segment corrupt (the header or the slot of rank {concerned})"
+            )),
             _ => corrupt(name, format!("header.failure = {word:#018x}")),
         }
     }
@@ -749,8 +752,8 @@ impl HostGroup {
             self.fail(&e, code, concerned);
             return Err(e);
         }
-        if let Err((e, code)) = self.gather(k) {
-            self.fail(&e, code, self.dp_rank);
+        if let Err((e, concerned)) = self.gather(k) {
+            self.fail(&e, FAIL_CORRUPT, concerned);
             return Err(e);
         }
         local?;
@@ -877,7 +880,8 @@ impl HostGroup {
     }
 
     /// Copies every rank's buffer of step `k` into the local arrays, checking tag and kind.
-    fn gather(&mut self, k: u64) -> std::result::Result<(), (Error, u64)> {
+    /// On corrupt data, the error and the rank whose slot holds it.
+    fn gather(&mut self, k: u64) -> std::result::Result<(), (Error, usize)> {
         let parity = (k & 1) as usize;
         self.first_invalid = None;
         for r in 0..self.dp_size {
@@ -899,7 +903,7 @@ impl HostGroup {
                 None
             };
             if let Some(what) = bad {
-                return Err((corrupt(&self.name, what), FAIL_CORRUPT));
+                return Err((corrupt(&self.name, what), r));
             }
             if kind == KIND_INVALID && self.first_invalid.is_none() {
                 self.first_invalid = Some(r);
@@ -1197,4 +1201,62 @@ fn check_existing(
         )));
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::offset_of;
+
+    /// tests/host_group.rs corrupts fields by these offsets; a layout change must update both.
+    #[test]
+    fn layout_is_the_one_the_process_tests_corrupt() {
+        let header = [
+            (offset_of!(Header, magic), 0),
+            (offset_of!(Header, layout_version), 8),
+            (offset_of!(Header, dp_size), 12),
+            (offset_of!(Header, owner_uid), 16),
+            (offset_of!(Header, slot_size), 20),
+            (offset_of!(Header, segment_size), 24),
+            (offset_of!(Header, failure), 32),
+            (offset_of!(Header, wake) + offset_of!(WakeLine, epoch), 64),
+            (
+                offset_of!(Header, wake) + offset_of!(WakeLine, sleepers),
+                68,
+            ),
+        ];
+        let slot = [
+            (offset_of!(Slot, seq), 0),
+            (offset_of!(Slot, pid), 8),
+            (offset_of!(Slot, state), 12),
+            (offset_of!(Slot, bufs), 16),
+            (std::mem::size_of::<Buf>(), 48),
+        ];
+        let buf = [
+            (offset_of!(Buf, tag), 0),
+            (offset_of!(Buf, step_id), 8),
+            (offset_of!(Buf, kind), 16),
+            (offset_of!(Buf, pad_policy), 20),
+            (offset_of!(Buf, num_ubatches), 24),
+            (offset_of!(Buf, words), 28),
+        ];
+        for (got, want) in header.into_iter().chain(slot).chain(buf) {
+            assert_eq!(got, want);
+        }
+        assert_eq!(
+            (HEADER_SIZE, SLOT_SIZE, segment_size(8)),
+            (128, 128, 128 * 9)
+        );
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name(b"dp-8.engine_0").is_ok());
+        assert!(check_name(&[b'a'; MAX_NAME_LEN]).is_ok());
+        for bad in [&b""[..], &[b'a'; MAX_NAME_LEN + 1], b"a/b", b"..\0", b"x y"] {
+            let e = check_name(bad).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidArgument);
+            assert!(e.message.contains("name = "), "{e}");
+        }
+    }
 }
