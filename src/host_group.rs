@@ -7,12 +7,14 @@
 //! |---|---|
 //! | header line 0 | magic, layout version, dp_size, owner uid, slot size, segment size, failure word (written once, then read-only except the failure word) |
 //! | header line 1 | futex word (`epoch`) and sleeper count |
-//! | slot r (128 bytes, 64-aligned) | rank r's sequence number, pid and state, then two buffers (by sequence parity) of: tag (the sequence it belongs to), step id, kind (record or invalid-request marker), pad policy, num_ubatches, the five record words |
+//! | member table (8 bytes per rank, whole lines) | each rank's pid and state (empty, joined, closed), written when it joins and leaves |
+//! | slot r (two 64-byte lines) | two buffers, by step parity, each: tag (the step number it holds), step id, kind (record or invalid-request marker), pad policy, num_ubatches, the five record words |
 //!
-//! One step: a rank fills the buffer of parity `k & 1` for its sequence `k`, publishes `seq = k`
-//! with a release store, wakes sleepers, then waits (acquire loads) until every slot holds
-//! `k` or `k + 1` and decides on copies of the buffers. Ranks are never more than one step
-//! apart, so the buffer of parity `k & 1` cannot be overwritten before every rank has read it.
+//! Step `k` (this group's own count, from 1): a rank fills its buffer of parity `k & 1` and
+//! publishes it by storing the tag `k` with release, then waits (acquire loads) until every
+//! rank's buffer of that parity holds `k`, and decides on copies of the buffers. Ranks are
+//! never more than one step apart, so a buffer cannot be overwritten before every rank has
+//! read it, and a step moves one cache line per rank.
 //! Waits spin for [`SPIN_NS`], then sleep on the futex in slices of at most [`SLICE_MS`],
 //! checking between slices whether a peer exited (pidfd, else `kill(pid, 0)`) or closed.
 //!
@@ -52,6 +54,8 @@ const SPIN_NS: u64 = 50_000;
 const PURE_SPIN_NS: u64 = 5_000;
 /// The longest futex sleep between two checks for a dead or closed peer.
 const SLICE_MS: u64 = 10;
+/// The first futex sleep of a wait (the sleeps double up to `SLICE_MS`).
+const FIRST_SLICE_MS: u64 = 1;
 /// How long `close` tries to take the segment lock before it leaves the unlink to a later open.
 const CLOSE_LOCK_MS: u64 = 200;
 
@@ -89,7 +93,7 @@ struct WakeLine {
     sleepers: AtomicU32,
 }
 
-#[repr(C)]
+#[repr(C, align(64))]
 struct Buf {
     tag: AtomicU64,
     step_id: AtomicI64,
@@ -99,20 +103,37 @@ struct Buf {
     words: [AtomicI32; 5],
 }
 
-#[repr(C, align(64))]
-struct Slot {
-    seq: AtomicU64,
+/// One rank's entry in the member table: written when it joins and when it leaves.
+#[repr(C)]
+struct Member {
     pid: AtomicI32,
     state: AtomicU32,
+}
+
+/// One rank's slot: a cache line per buffer, so that a step moves one line per rank.
+#[repr(C)]
+struct Slot {
     bufs: [Buf; 2],
 }
 
 const HEADER_SIZE: usize = std::mem::size_of::<Header>();
+const MEMBER_SIZE: usize = std::mem::size_of::<Member>();
 const SLOT_SIZE: usize = std::mem::size_of::<Slot>();
-const _: () = assert!(HEADER_SIZE == 128 && SLOT_SIZE == 128);
+const _: () = assert!(HEADER_SIZE == 128 && MEMBER_SIZE == 8 && SLOT_SIZE == 128);
+
+/// Bytes of the member table of `dp_size` ranks, rounded up to 128 so that every slot
+/// starts a 128-byte pair of lines (the unit of the adjacent-line prefetcher): a rank's
+/// buffers never share a pair with another rank's.
+fn members_size(dp_size: usize) -> usize {
+    (MEMBER_SIZE * dp_size).div_ceil(128) * 128
+}
+
+fn slots_offset(dp_size: usize) -> usize {
+    HEADER_SIZE + members_size(dp_size)
+}
 
 fn segment_size(dp_size: usize) -> usize {
-    HEADER_SIZE + SLOT_SIZE * dp_size
+    slots_offset(dp_size) + SLOT_SIZE * dp_size
 }
 
 /// What one step agreed on: the decision and the step id (0 when unchecked). The per-rank
@@ -159,10 +180,14 @@ struct Peer {
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// The dp_size the mapping was checked for (0 for a header-only mapping).
+    dp_size: usize,
 }
 
 impl Mapping {
-    fn map(fd: RawFd, len: usize) -> Result<Mapping> {
+    /// Maps `len` bytes: the segment of `dp_size` ranks (`len = segment_size(dp_size)`), or
+    /// only the header (`dp_size = 0`).
+    fn map(fd: RawFd, len: usize, dp_size: usize) -> Result<Mapping> {
         // SAFETY: a fresh shared mapping of `len` bytes of an open descriptor; the kernel picks
         // the address, and failure is checked.
         let ptr = unsafe {
@@ -179,7 +204,8 @@ impl Mapping {
             return Err(os_error("mmap of the group segment"));
         }
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| internal("mmap returned NULL"))?;
-        Ok(Mapping { ptr, len })
+        debug_assert!(dp_size == 0 || len == segment_size(dp_size));
+        Ok(Mapping { ptr, len, dp_size })
     }
 
     fn header(&self) -> &Header {
@@ -188,21 +214,27 @@ impl Mapping {
         unsafe { &*self.ptr.as_ptr().cast::<Header>() }
     }
 
-    /// Slot `r`; `r` below the dp_size this mapping was sized for.
-    fn slot(&self, r: usize) -> &Slot {
-        assert!(
-            segment_size(r + 1) <= self.len,
-            "slot {r} is outside the mapping"
-        );
-        // SAFETY: in bounds (asserted), 64-aligned (page-aligned base, 128-byte header and
-        // slots), and `Slot` consists of atomics, valid for any bits.
+    /// Rank `r`'s member entry; `r` below the mapping's dp_size.
+    fn member(&self, r: usize) -> &Member {
+        assert!(r < self.dp_size, "member {r} is outside the mapping");
+        // SAFETY: in bounds (asserted; the mapping holds the whole member table), 8-aligned,
+        // and `Member` consists of atomics, valid for any bits.
         unsafe {
             &*self
                 .ptr
                 .as_ptr()
-                .add(HEADER_SIZE + SLOT_SIZE * r)
-                .cast::<Slot>()
+                .add(HEADER_SIZE + MEMBER_SIZE * r)
+                .cast::<Member>()
         }
+    }
+
+    /// Rank `r`'s slot; `r` below the mapping's dp_size.
+    fn slot(&self, r: usize) -> &Slot {
+        assert!(r < self.dp_size, "slot {r} is outside the mapping");
+        let at = slots_offset(self.dp_size) + SLOT_SIZE * r;
+        // SAFETY: in bounds (asserted), 64-aligned (page-aligned base, whole-line header,
+        // member table and slots), and `Slot` consists of atomics, valid for any bits.
+        unsafe { &*self.ptr.as_ptr().add(at).cast::<Slot>() }
     }
 }
 
@@ -261,8 +293,20 @@ fn deadline_after(timeout_ms: i32) -> Option<Instant> {
     (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64))
 }
 
-fn now_ns(start: Instant) -> u64 {
-    start.elapsed().as_nanos() as u64
+/// When a wait gives up: a fixed instant (open), or `timeout_ms` after the wait began.
+#[derive(Clone, Copy)]
+enum Deadline {
+    At(Option<Instant>),
+    AfterMs(i32),
+}
+
+impl Deadline {
+    fn resolve(self, start: Instant) -> Option<Instant> {
+        match self {
+            Deadline::At(d) => d,
+            Deadline::AfterMs(ms) => (ms > 0).then(|| start + Duration::from_millis(ms as u64)),
+        }
+    }
 }
 
 /// Sleeps on `word` while it holds `expected`, at most `max`.
@@ -511,8 +555,8 @@ impl HostGroup {
             g.check_segment()?;
             while *next < g.dp_size {
                 let r = *next;
-                let slot = g.map.slot(r);
-                match slot.state.load(Ordering::Acquire) {
+                let member = g.map.member(r);
+                match member.state.load(Ordering::Acquire) {
                     STATE_EMPTY => return Ok(false),
                     STATE_JOINED => {}
                     STATE_CLOSED if r != me => {
@@ -522,25 +566,25 @@ impl HostGroup {
                             g.name
                         )))
                     }
-                    s => return Err(corrupt(&g.name, format!("slot[{r}].state = {s}"))),
+                    s => return Err(corrupt(&g.name, format!("member[{r}].state = {s}"))),
                 }
-                let pid = slot.pid.load(Ordering::Relaxed);
+                let pid = member.pid.load(Ordering::Relaxed);
                 if !pid_plausible(pid) || (r != me && pid == g.pid) || (r == me && pid != g.pid) {
-                    return Err(corrupt(&g.name, format!("slot[{r}].pid = {pid}")));
+                    return Err(corrupt(&g.name, format!("member[{r}].pid = {pid}")));
                 }
                 *next += 1;
             }
             Ok(true)
         };
         let r = self.wait(
-            deadline,
+            Deadline::At(deadline),
             |g| joined(g, &mut next),
             |g| {
                 // Only the ranks that joined so far have a pid to check.
                 for r in 0..g.dp_size {
-                    let slot = g.map.slot(r);
-                    if r != me && slot.state.load(Ordering::Acquire) == STATE_JOINED {
-                        let pid = slot.pid.load(Ordering::Relaxed);
+                    let member = g.map.member(r);
+                    if r != me && member.state.load(Ordering::Acquire) == STATE_JOINED {
+                        let pid = member.pid.load(Ordering::Relaxed);
                         if pid_plausible(pid) && !process_alive(pid) {
                             return Err(peer_exited(format!(
                                 "host group '{}': rank {r} (pid {pid}) exited before every \
@@ -554,7 +598,7 @@ impl HostGroup {
             },
             |g| {
                 let missing: Vec<usize> = (0..g.dp_size)
-                    .filter(|&r| g.map.slot(r).state.load(Ordering::Acquire) != STATE_JOINED)
+                    .filter(|&r| g.map.member(r).state.load(Ordering::Acquire) != STATE_JOINED)
                     .collect();
                 timeout_error(format!(
                     "dp_host_group_open('{}', dp_size {}, dp_rank {me}): ranks {missing:?} did \
@@ -566,7 +610,7 @@ impl HostGroup {
         // A failed open leaves through `Drop` (state CLOSED), which the other ranks see.
         r?;
         for r in 0..self.dp_size {
-            let pid = self.map.slot(r).pid.load(Ordering::Relaxed);
+            let pid = self.map.member(r).pid.load(Ordering::Relaxed);
             let pidfd = if r == me { None } else { pidfd_open(pid) };
             self.peers.push(Peer { pid, pidfd });
         }
@@ -668,34 +712,39 @@ impl HostGroup {
         }
     }
 
-    /// Waits until `ready` says so: spins, then yields, then sleeps on the futex in slices,
-    /// calling `between` after each slice; past `deadline`, fails with `timed_out`.
+    /// Waits until `ready` says so: spins, then yields, then (after waking the ranks that
+    /// sleep on this rank's publication) sleeps on the futex in slices, calling `between`
+    /// after each slice; past the deadline, fails with `timed_out`. The clock is first read
+    /// after 64 polls, so a wait that ends at once costs no clock read.
     fn wait(
         &self,
-        deadline: Option<Instant>,
+        deadline: Deadline,
         mut ready: impl FnMut(&Self) -> Result<bool>,
         mut between: impl FnMut(&Self) -> Result<()>,
         timed_out: impl FnOnce(&Self) -> Error,
     ) -> Result<()> {
-        let start = Instant::now();
         let mut polls = 0u32;
+        let mut start = None;
         loop {
             if ready(self)? {
                 return Ok(());
             }
-            polls += 1;
+            polls = polls.wrapping_add(1);
             if polls % 64 == 0 {
-                let t = now_ns(start);
-                if t >= SPIN_NS {
+                let t = start.get_or_insert_with(Instant::now).elapsed();
+                if t >= Duration::from_nanos(SPIN_NS) {
                     break;
                 }
-                if t >= PURE_SPIN_NS {
+                if t >= Duration::from_nanos(PURE_SPIN_NS) {
                     std::thread::yield_now();
                 }
             }
             std::hint::spin_loop();
         }
+        let deadline = deadline.resolve(start.unwrap_or_else(Instant::now));
+        self.wake();
         let h = self.map.header();
+        let mut slice = Duration::from_millis(FIRST_SLICE_MS);
         loop {
             let epoch = h.wake.epoch.load(Ordering::SeqCst);
             h.wake.sleepers.fetch_add(1, Ordering::SeqCst);
@@ -705,17 +754,18 @@ impl HostGroup {
                 h.wake.sleepers.fetch_sub(1, Ordering::SeqCst);
                 return now_ready.map(|_| ());
             }
-            let mut slice = Duration::from_millis(SLICE_MS);
+            let mut this_slice = slice;
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     h.wake.sleepers.fetch_sub(1, Ordering::SeqCst);
                     return Err(timed_out(self));
                 }
-                slice = slice.min(left);
+                this_slice = this_slice.min(left);
             }
-            futex_wait(&h.wake.epoch, epoch, slice);
+            futex_wait(&h.wake.epoch, epoch, this_slice);
             h.wake.sleepers.fetch_sub(1, Ordering::SeqCst);
+            slice = (slice * 2).min(Duration::from_millis(SLICE_MS));
             if ready(self)? {
                 return Ok(());
             }
@@ -779,20 +829,24 @@ impl HostGroup {
         for (w, v) in b.words.iter().zip(words) {
             w.store(v, Ordering::Relaxed);
         }
-        b.tag.store(k, Ordering::Relaxed);
-        slot.seq.store(k, Ordering::Release);
-        self.wake();
+        // The tag last, with release: a reader that sees it sees the buffer. The ranks
+        // sleeping on it are woken by `wake` once this rank's wait ends or before it sleeps,
+        // off the path of the store.
+        b.tag.store(k, Ordering::Release);
     }
 
-    /// Waits until every slot holds sequence `k` (or `k + 1`: that rank is already a step on).
+    /// Waits until every rank's buffer of parity `k & 1` holds step `k` (a rank already a
+    /// step on has it there too: it cannot pass step `k + 1` before this rank publishes it).
     fn wait_step(&self, k: u64, timeout_ms: i32) -> std::result::Result<(), (Error, u64, usize)> {
         let me = self.dp_rank;
         let next = std::cell::Cell::new(0usize);
         let bad = std::cell::Cell::new(None::<(u64, usize)>);
-        let deadline = deadline_after(timeout_ms);
         let name = &self.name;
+        let parity = (k & 1) as usize;
+        // What the buffer holds before rank r publishes step k: step k - 2, or nothing yet.
+        let before = k.saturating_sub(2);
         let r = self.wait(
-            deadline,
+            Deadline::AfterMs(timeout_ms),
             |g| {
                 let failure = g.map.header().failure.load(Ordering::Acquire);
                 if failure != 0 {
@@ -800,24 +854,22 @@ impl HostGroup {
                 }
                 while next.get() < g.dp_size {
                     let r = next.get();
-                    let slot = g.map.slot(r);
-                    let s = slot.seq.load(Ordering::Acquire);
-                    if s == k || s == k + 1 {
+                    let tag = g.map.slot(r).bufs[parity].tag.load(Ordering::Acquire);
+                    if tag == k {
                         next.set(r + 1);
                         continue;
                     }
-                    if s + 1 != k {
+                    if tag != before {
                         bad.set(Some((FAIL_CORRUPT, r)));
                         return Err(corrupt(
                             name,
                             format!(
-                                "slot[{r}].seq = {s} at step {k} (want {}..={})",
-                                k - 1,
-                                k + 1
+                                "slot[{r}].bufs[{parity}].tag = {tag} at step {k} (want {before} \
+                                 or {k})"
                             ),
                         ));
                     }
-                    if slot.state.load(Ordering::Acquire) != STATE_JOINED {
+                    if g.map.member(r).state.load(Ordering::Acquire) != STATE_JOINED {
                         bad.set(Some((FAIL_PEER_EXITED, r)));
                         return Err(peer_exited(format!(
                             "host group '{name}': rank {r} closed the group (rank {me} waits \
@@ -834,14 +886,13 @@ impl HostGroup {
                     return Ok(());
                 }
                 let peer = &g.peers[r];
-                let slot = g.map.slot(r);
-                let pid = slot.pid.load(Ordering::Relaxed);
+                let pid = g.map.member(r).pid.load(Ordering::Relaxed);
                 if pid != peer.pid {
                     bad.set(Some((FAIL_CORRUPT, r)));
                     return Err(corrupt(
                         name,
                         format!(
-                            "slot[{r}].pid = {pid}, but rank {r} joined as pid {}",
+                            "member[{r}].pid = {pid}, but rank {r} joined as pid {}",
                             peer.pid
                         ),
                     ));
@@ -861,7 +912,11 @@ impl HostGroup {
             },
             |g| {
                 let r = next.get().min(g.dp_size - 1);
-                let s = g.map.slot(r).seq.load(Ordering::Acquire);
+                let bufs = &g.map.slot(r).bufs;
+                let s = bufs[0]
+                    .tag
+                    .load(Ordering::Relaxed)
+                    .max(bufs[1].tag.load(Ordering::Relaxed));
                 timeout_error(format!(
                     "host group '{name}': rank {me} waited timeout_ms = {timeout_ms} at step {k} \
                      for rank {r} (pid {}), which is still at step {s}",
@@ -869,6 +924,8 @@ impl HostGroup {
                 ))
             },
         );
+        // Wakes the ranks sleeping on this rank's publication (or a failure's).
+        self.wake();
         r.map_err(|e| {
             let (code, concerned) = bad.get().unwrap_or(match e.kind {
                 ErrorKind::Timeout => (FAIL_TIMEOUT, next.get().min(self.dp_size - 1)),
@@ -885,14 +942,13 @@ impl HostGroup {
         let parity = (k & 1) as usize;
         self.first_invalid = None;
         for r in 0..self.dp_size {
-            let slot = self.map.slot(r);
-            let pid = slot.pid.load(Ordering::Relaxed);
-            let b = &slot.bufs[parity];
+            let pid = self.map.member(r).pid.load(Ordering::Relaxed);
+            let b = &self.map.slot(r).bufs[parity];
             let tag = b.tag.load(Ordering::Relaxed);
             let kind = b.kind.load(Ordering::Relaxed);
             let bad = if pid != self.peers[r].pid {
                 Some(format!(
-                    "slot[{r}].pid = {pid}, but rank {r} joined as pid {}",
+                    "member[{r}].pid = {pid}, but rank {r} joined as pid {}",
                     self.peers[r].pid
                 ))
             } else if tag != k {
@@ -955,10 +1011,10 @@ impl HostGroup {
     /// Whether another rank still holds the group: joined, not closed, and its process alive.
     fn others_live(&self) -> bool {
         (0..self.dp_size).any(|r| {
-            let slot = self.map.slot(r);
-            let pid = slot.pid.load(Ordering::Relaxed);
+            let member = self.map.member(r);
+            let pid = member.pid.load(Ordering::Relaxed);
             r != self.dp_rank
-                && slot.state.load(Ordering::Acquire) == STATE_JOINED
+                && member.state.load(Ordering::Acquire) == STATE_JOINED
                 && pid_plausible(pid)
                 && pid != self.pid
                 && process_alive(pid)
@@ -971,8 +1027,8 @@ impl HostGroup {
 /// to this segment).
 impl Drop for HostGroup {
     fn drop(&mut self) {
-        let slot = self.map.slot(self.dp_rank);
-        slot.state.store(STATE_CLOSED, Ordering::Release);
+        let member = self.map.member(self.dp_rank);
+        member.state.store(STATE_CLOSED, Ordering::Release);
         self.wake();
         let Some(_lock) = Locked::take(&self.fd, Duration::from_millis(CLOSE_LOCK_MS)) else {
             return; // a later open reclaims the segment once every process is gone
@@ -1053,10 +1109,12 @@ fn join(
         )?;
         map
     };
-    let slot = map.slot(dp_rank);
-    slot.seq.store(0, Ordering::Relaxed);
-    slot.pid.store(pid, Ordering::Relaxed);
-    slot.state.store(STATE_JOINED, Ordering::Release);
+    for b in &map.slot(dp_rank).bufs {
+        b.tag.store(0, Ordering::Relaxed);
+    }
+    let member = map.member(dp_rank);
+    member.pid.store(pid, Ordering::Relaxed);
+    member.state.store(STATE_JOINED, Ordering::Release);
     let h = map.header();
     h.wake.epoch.fetch_add(1, Ordering::SeqCst);
     futex_wake_all(&h.wake.epoch);
@@ -1071,7 +1129,7 @@ fn create(fd: RawFd, dp_size: usize, uid: u32) -> Result<Mapping> {
     if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
         return Err(os_error("ftruncate of the group segment"));
     }
-    let map = Mapping::map(fd, len)?;
+    let map = Mapping::map(fd, len, dp_size)?;
     let h = map.header();
     h.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);
     h.dp_size.store(dp_size as u32, Ordering::Relaxed);
@@ -1102,7 +1160,7 @@ fn check_existing(
             "is {size} bytes, shorter than its {HEADER_SIZE}-byte header (truncated)"
         )));
     }
-    let head = Mapping::map(fd, HEADER_SIZE)?;
+    let head = Mapping::map(fd, HEADER_SIZE, 0)?;
     let h = head.header();
     let magic = h.magic.load(Ordering::Acquire);
     if magic == 0 && h.layout_version.load(Ordering::Relaxed) == 0 {
@@ -1150,18 +1208,18 @@ fn check_existing(
         )));
     }
     drop(head);
-    let map = Mapping::map(fd, size)?;
+    let map = Mapping::map(fd, size, theirs as usize)?;
     let mut live = None;
     let mut previous = None;
     for r in 0..theirs as usize {
-        let slot = map.slot(r);
-        let state = slot.state.load(Ordering::Acquire);
-        let pid = slot.pid.load(Ordering::Relaxed);
+        let member = map.member(r);
+        let state = member.state.load(Ordering::Acquire);
+        let pid = member.pid.load(Ordering::Relaxed);
         match state {
             STATE_EMPTY => continue,
             STATE_JOINED | STATE_CLOSED if pid_plausible(pid) => {}
-            STATE_JOINED | STATE_CLOSED => return Err(bad(format!("has slot[{r}].pid = {pid}"))),
-            s => return Err(bad(format!("has slot[{r}].state = {s}"))),
+            STATE_JOINED | STATE_CLOSED => return Err(bad(format!("has member[{r}].pid = {pid}"))),
+            s => return Err(bad(format!("has member[{r}].state = {s}"))),
         }
         if state == STATE_JOINED && process_alive(pid) {
             live.get_or_insert((r, pid));
@@ -1193,7 +1251,7 @@ fn check_existing(
             "{shown} is held by an earlier run that failed and has not closed it yet"
         )));
     }
-    let own = map.slot(dp_rank);
+    let own = map.member(dp_rank);
     if own.state.load(Ordering::Acquire) == STATE_JOINED {
         let pid = own.pid.load(Ordering::Relaxed);
         return Err(JoinError::Fatal(invalid!(
@@ -1226,11 +1284,12 @@ mod tests {
             ),
         ];
         let slot = [
-            (offset_of!(Slot, seq), 0),
-            (offset_of!(Slot, pid), 8),
-            (offset_of!(Slot, state), 12),
-            (offset_of!(Slot, bufs), 16),
-            (std::mem::size_of::<Buf>(), 48),
+            (offset_of!(Member, pid), 0),
+            (offset_of!(Member, state), 4),
+            (offset_of!(Slot, bufs), 0),
+            (std::mem::size_of::<Buf>(), 64),
+            (members_size(2), 128),
+            (members_size(17), 256),
         ];
         let buf = [
             (offset_of!(Buf, tag), 0),
@@ -1245,7 +1304,7 @@ mod tests {
         }
         assert_eq!(
             (HEADER_SIZE, SLOT_SIZE, segment_size(8)),
-            (128, 128, 128 * 9)
+            (128, 128, 128 + 128 + 128 * 8)
         );
     }
 

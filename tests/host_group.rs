@@ -494,7 +494,7 @@ fn rank_survive(name: &str, dp_size: usize, me: usize, want: &str, timeout_ms: u
 /// killed: a hostile (or crashed, half-writing) process with access to the segment.
 fn hammer(name: &str, dp_size: usize, offset: usize, len: usize) {
     let path = shm_file(name);
-    let want = 128 + 128 * dp_size as u64;
+    let want = segment_size(dp_size) as u64;
     let file = loop {
         if let Ok(f) = std::fs::OpenOptions::new()
             .read(true)
@@ -825,9 +825,14 @@ fn bad_arguments_are_refused() {
     );
 }
 
+/// Bytes of a segment of `dp_size` ranks: header, member table (whole 128-byte pairs), slots.
+fn segment_size(dp_size: usize) -> usize {
+    128 + (8 * dp_size).div_ceil(128) * 128 + 128 * dp_size
+}
+
 /// A segment image: a valid header for `dp_size` and rank 0 held by this (live) process.
 fn segment_image(dp_size: usize) -> Vec<u8> {
-    let mut img = vec![0u8; 128 + 128 * dp_size];
+    let mut img = vec![0u8; segment_size(dp_size)];
     let put = |img: &mut Vec<u8>, at: usize, bytes: &[u8]| {
         img[at..at + bytes.len()].copy_from_slice(bytes)
     };
@@ -837,13 +842,9 @@ fn segment_image(dp_size: usize) -> Vec<u8> {
     // SAFETY: geteuid has no preconditions.
     put(&mut img, 16, &unsafe { libc::geteuid() }.to_le_bytes());
     put(&mut img, 20, &128u32.to_le_bytes());
-    put(&mut img, 24, &((128 + 128 * dp_size) as u64).to_le_bytes());
-    put(
-        &mut img,
-        128 + 8,
-        &(std::process::id() as i32).to_le_bytes(),
-    );
-    put(&mut img, 128 + 12, &1u32.to_le_bytes());
+    put(&mut img, 24, &(segment_size(dp_size) as u64).to_le_bytes());
+    put(&mut img, 128, &(std::process::id() as i32).to_le_bytes());
+    put(&mut img, 132, &1u32.to_le_bytes());
     img
 }
 
@@ -935,18 +936,18 @@ fn foreign_segments_are_refused() {
             "segment_size = 999",
         ),
         (
-            "slot state",
-            patched(128 + 12, &9u32.to_le_bytes()),
+            "member state",
+            patched(132, &9u32.to_le_bytes()),
             0o600,
             2,
-            "slot[0].state = 9",
+            "member[0].state = 9",
         ),
         (
-            "slot pid",
-            patched(128 + 8, &(-5i32).to_le_bytes()),
+            "member pid",
+            patched(128, &(-5i32).to_le_bytes()),
             0o600,
             2,
-            "slot[0].pid = -5",
+            "member[0].pid = -5",
         ),
     ];
     for (what, bytes, mode, dp_size, needle) in cases.into_iter().chain(more) {
@@ -1008,12 +1009,13 @@ fn segment_fields() -> Vec<(String, usize, usize, bool)> {
         ("header.sleepers".into(), 68, 4, false),
     ];
     for r in 0..2 {
-        let s = 128 + 128 * r;
-        fields.push((format!("slot[{r}].seq"), s, 8, false));
-        fields.push((format!("slot[{r}].pid"), s + 8, 4, true));
-        fields.push((format!("slot[{r}].state"), s + 12, 4, false));
+        fields.push((format!("member[{r}].pid"), 128 + 8 * r, 4, true));
+        fields.push((format!("member[{r}].state"), 132 + 8 * r, 4, false));
+    }
+    for r in 0..2 {
+        let s = 256 + 128 * r;
         for p in 0..2 {
-            let b = s + 16 + 48 * p;
+            let b = s + 64 * p;
             for (f, off, len) in [
                 ("tag", 0, 8),
                 ("step_id", 8, 8),
@@ -1037,7 +1039,7 @@ fn segment_fields() -> Vec<(String, usize, usize, bool)> {
 }
 
 /// Garbage written once into each field the next step reads (the header, and rank 0's
-/// sequence, pid and buffer of step 6 while rank 0 waits at step 6): every rank fails that
+/// pid and buffer of step 6 while rank 0 waits at step 6): every rank fails that
 /// step, naming it, instead of hanging or succeeding.
 fn garbage_in_each_field_fails_the_step() {
     let fields = segment_fields();
@@ -1045,8 +1047,7 @@ fn garbage_in_each_field_fails_the_step() {
         !f.contains("epoch")
             && !f.contains("sleepers")
             && !f.contains("state")
-            && !f.starts_with("slot[1]")
-            && !f.contains("bufs[1]")
+            && !f.contains("[1]")
     };
     for (i, (field, offset, len, _)) in fields
         .iter()

@@ -38,7 +38,10 @@ fn main() {
         let children: Vec<_> = (0..n)
             .map(|r| {
                 Command::new(std::env::current_exe().unwrap())
-                    .env(ROLE_ENV, format!("{name} {n} {r} {iters} {warmup} {}", u8::from(pin)))
+                    .env(
+                        ROLE_ENV,
+                        format!("{name} {n} {r} {iters} {warmup} {}", u8::from(pin)),
+                    )
                     .stdout(Stdio::piped())
                     .spawn()
                     .expect("spawn a rank")
@@ -69,8 +72,15 @@ fn main() {
 /// One rank: open, warm up, time `iters` steps, print every sample (ns), close.
 fn rank_main(role: &str) {
     let w: Vec<&str> = role.split(' ').collect();
-    let (name, n, r) = (w[0], w[1].parse::<i32>().unwrap(), w[2].parse::<i32>().unwrap());
-    let (iters, warmup) = (w[3].parse::<usize>().unwrap(), w[4].parse::<usize>().unwrap());
+    let (name, n, r) = (
+        w[0],
+        w[1].parse::<i32>().unwrap(),
+        w[2].parse::<i32>().unwrap(),
+    );
+    let (iters, warmup) = (
+        w[3].parse::<usize>().unwrap(),
+        w[4].parse::<usize>().unwrap(),
+    );
     if w[5] == "1" {
         pin_to_cpu(r as usize);
     }
