@@ -48,10 +48,16 @@ pub(crate) const LAYOUT_VERSION: u32 = 1;
 pub(crate) const MAX_DP_SIZE: i32 = 1024;
 /// Longest group name.
 pub(crate) const MAX_NAME_LEN: usize = 64;
-/// How long a wait spins (then yields) before it sleeps on the futex.
+/// How long a wait spins (then yields) before it sleeps on the futex, on an idle machine.
 const SPIN_NS: u64 = 50_000;
 /// Of which this long without yielding the core.
 const PURE_SPIN_NS: u64 = 5_000;
+/// A yield that took this long ran another process: the machine is oversubscribed; waits
+/// then yield at once...
+const BUSY_YIELD_NS: u64 = 2_000;
+/// ...and keep yielding this long before they sleep (only while other processes want the
+/// core; on an idle core a wait sleeps after `SPIN_NS`).
+const BUSY_SPIN_NS: u64 = 1_000_000;
 /// The longest futex sleep between two checks for a dead or closed peer.
 const SLICE_MS: u64 = 10;
 /// The first futex sleep of a wait (the sleeps double up to `SLICE_MS`).
@@ -160,6 +166,8 @@ pub(crate) struct HostGroup {
     seq: u64,
     /// The effective uid, which owns the segment.
     uid: u32,
+    /// A recent wait found the cores oversubscribed (see `wait`).
+    contended: std::cell::Cell<bool>,
     /// The first failure of a wait; every later call fails with it.
     failed: Option<Error>,
     records: Vec<RankRecord>,
@@ -523,6 +531,7 @@ impl HostGroup {
             peers: Vec::with_capacity(dp_size),
             seq: 0,
             uid: euid(),
+            contended: std::cell::Cell::new(false),
             failed: None,
             records: vec![RankRecord::default(); dp_size],
             step_ids: vec![0; dp_size],
@@ -725,18 +734,29 @@ impl HostGroup {
     ) -> Result<()> {
         let mut polls = 0u32;
         let mut start = None;
+        let mut budget = Duration::from_nanos(SPIN_NS);
         loop {
             if ready(self)? {
                 return Ok(());
             }
             polls = polls.wrapping_add(1);
-            if polls % 64 == 0 {
+            let contended = self.contended.get();
+            if polls % 64 == 0 || contended {
                 let t = start.get_or_insert_with(Instant::now).elapsed();
-                if t >= Duration::from_nanos(SPIN_NS) {
+                if t >= budget {
                     break;
                 }
-                if t >= Duration::from_nanos(PURE_SPIN_NS) {
+                if contended || t >= Duration::from_nanos(PURE_SPIN_NS) {
+                    let before = Instant::now();
                     std::thread::yield_now();
+                    // A yield that ran another process: the cores are oversubscribed, and
+                    // yielding at once gives them to the ranks this one waits for (this wait
+                    // and the next ones, until a yield finds the core idle again).
+                    let busy = before.elapsed() >= Duration::from_nanos(BUSY_YIELD_NS);
+                    self.contended.set(busy);
+                    if busy {
+                        budget = Duration::from_nanos(BUSY_SPIN_NS);
+                    }
                 }
             }
             std::hint::spin_loop();

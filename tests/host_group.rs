@@ -521,8 +521,13 @@ fn hammer(name: &str, dp_size: usize, offset: usize, len: usize) {
     };
     assert_ne!(p, libc::MAP_FAILED);
     let garbage = [0xA5u8; 8];
-    println!("hammering");
+    let mut started = false;
     loop {
+        if !started {
+            // Tells the ranks the garbage is flowing (they wait for it before their steps).
+            std::fs::write(format!("{path}.hammering"), b"").unwrap();
+            started = true;
+        }
         for (i, b) in garbage.iter().take(len).enumerate() {
             // SAFETY: inside the mapping (offset + len <= want, by the field table); volatile
             // so every write happens.
@@ -578,6 +583,15 @@ fn rank_hostile(name: &str, dp_size: usize, me: usize, steps: u64) {
             return;
         }
     };
+    let marker = format!("{}.hammering", shm_file(name));
+    let waited = Instant::now();
+    while !std::path::Path::new(&marker).exists() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "the hammer never started"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let mut errors = 0;
     for step in 0..steps {
         let reqs = step_requests(11, step, dp_size, false, 2_000);
@@ -1085,6 +1099,7 @@ fn garbage_hammered_into_every_field() {
         let _ = hammer.kill();
         let _ = hammer.wait();
         let _ = std::fs::remove_file(shm_file(&name));
+        let _ = std::fs::remove_file(format!("{}.hammering", shm_file(&name)));
         assert_ok(&outcomes);
         let errors: usize = outcomes
             .iter()
