@@ -25,7 +25,7 @@ static int run_rank(const char* name, int dp_size, int dp_rank, int steps) {
     /* This rank's scheduler output for the step (here: made up). */
     dp_batch_request req;
     dp_batch_request_init(&req);
-    req.num_tokens_unpadded = 64 * (dp_rank + 1) + step % 7;
+    req.num_tokens_unpadded = 512 + 64 * dp_rank + step % 7;
     req.num_tokens_padded = -1; /* no CUDA-graph bucket padding of its own */
     req.allow_microbatching = true;
     req.uniform_decode = 0;

@@ -37,6 +37,6 @@ for n in "${ranks[@]}"; do
     pin=(); bind=(--oversubscribe --bind-to none)
   fi
   "$BIN_DIR/dpcoord-host-bench" --ranks "$n" --iters "$iters" --warmup "$warmup" "${pin[@]}"
-  mpirun --allow-run-as-root -np "$n" "${bind[@]}" --mca btl self,vader \
+  mpirun --allow-run-as-root -np "$n" "${bind[@]}" --mca pml ob1 --mca btl self,vader \
     "$BIN_DIR/mpi_allgather" "$iters" "$warmup"
 done

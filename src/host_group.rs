@@ -1117,7 +1117,7 @@ fn join(
     let map = if size == 0 {
         create(fd.as_raw_fd(), dp_size, uid)?
     } else {
-        let map = check_existing(
+        check_existing(
             name,
             &shown,
             fd.as_raw_fd(),
@@ -1126,8 +1126,7 @@ fn join(
             dp_rank,
             uid,
             path,
-        )?;
-        map
+        )?
     };
     for b in &map.slot(dp_rank).bufs {
         b.tag.store(0, Ordering::Relaxed);
