@@ -907,63 +907,47 @@ fn foreign_segments_are_refused() {
             "already held by pid",
         ),
     ];
-    let patched = |at: usize, bytes: &[u8]| {
-        let mut v = img.clone();
-        v[at..at + bytes.len()].copy_from_slice(bytes);
-        v
-    };
-    let more: Vec<(&str, Vec<u8>, u32, i32, &str)> = vec![
-        ("bad magic", patched(0, b"notours!"), 0o600, 2, "magic"),
-        (
-            "another layout version",
-            patched(8, &7u32.to_le_bytes()),
-            0o600,
-            2,
-            "layout version 7",
-        ),
+    // (what, offset, bytes written there, what the error names)
+    let patches: [(&str, usize, &[u8], &str); 8] = [
+        ("bad magic", 0, b"notours!", "magic"),
+        ("layout version", 8, &7u32.to_le_bytes(), "layout version 7"),
         (
             "dp_size out of range",
-            patched(12, &5000u32.to_le_bytes()),
-            0o600,
-            2,
+            12,
+            &5000u32.to_le_bytes(),
             "header.dp_size = 5000",
         ),
         (
             "owner_uid",
-            patched(16, &12345u32.to_le_bytes()),
-            0o600,
-            2,
+            16,
+            &12345u32.to_le_bytes(),
             "owner_uid = 12345",
         ),
-        (
-            "slot_size",
-            patched(20, &64u32.to_le_bytes()),
-            0o600,
-            2,
-            "slot_size = 64",
-        ),
+        ("slot_size", 20, &64u32.to_le_bytes(), "slot_size = 64"),
         (
             "segment_size",
-            patched(24, &999u64.to_le_bytes()),
-            0o600,
-            2,
+            24,
+            &999u64.to_le_bytes(),
             "segment_size = 999",
         ),
         (
             "member state",
-            patched(132, &9u32.to_le_bytes()),
-            0o600,
-            2,
+            132,
+            &9u32.to_le_bytes(),
             "member[0].state = 9",
         ),
         (
             "member pid",
-            patched(128, &(-5i32).to_le_bytes()),
-            0o600,
-            2,
+            128,
+            &(-5i32).to_le_bytes(),
             "member[0].pid = -5",
         ),
     ];
+    let more = patches.iter().map(|&(what, at, bytes, needle)| {
+        let mut v = img.clone();
+        v[at..at + bytes.len()].copy_from_slice(bytes);
+        (what, v, 0o600, 2, needle)
+    });
     for (what, bytes, mode, dp_size, needle) in cases.into_iter().chain(more) {
         write_segment(&name, &bytes, mode);
         let rank = if what == "rank already held" { 0 } else { 1 };
