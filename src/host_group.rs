@@ -901,32 +901,38 @@ impl HostGroup {
                 Ok(true)
             },
             |g| {
-                let r = next.get();
-                if r >= g.dp_size {
-                    return Ok(());
-                }
-                let peer = &g.peers[r];
-                let pid = g.map.member(r).pid.load(Ordering::Relaxed);
-                if pid != peer.pid {
-                    bad.set(Some((FAIL_CORRUPT, r)));
-                    return Err(corrupt(
-                        name,
-                        format!(
-                            "member[{r}].pid = {pid}, but rank {r} joined as pid {}",
-                            peer.pid
-                        ),
-                    ));
-                }
-                let dead = match &peer.pidfd {
-                    Some(fd) => pidfd_exited(fd),
-                    None => !process_alive(peer.pid),
-                };
-                if dead {
-                    bad.set(Some((FAIL_PEER_EXITED, r)));
-                    return Err(peer_exited(format!(
-                        "host group '{name}': rank {r} (pid {pid}) exited (rank {me} waits at \
-                         step {k})"
-                    )));
+                // Every rank not yet arrived, not only the first: a dead rank behind a slow
+                // one is reported within one slice too.
+                for r in next.get()..g.dp_size {
+                    if r == me || g.map.slot(r).bufs[parity].tag.load(Ordering::Acquire) == k {
+                        continue;
+                    }
+                    let peer = &g.peers[r];
+                    let member = g.map.member(r);
+                    let pid = member.pid.load(Ordering::Relaxed);
+                    if pid != peer.pid {
+                        bad.set(Some((FAIL_CORRUPT, r)));
+                        return Err(corrupt(
+                            name,
+                            format!(
+                                "member[{r}].pid = {pid}, but rank {r} joined as pid {}",
+                                peer.pid
+                            ),
+                        ));
+                    }
+                    let dead = match &peer.pidfd {
+                        Some(fd) => pidfd_exited(fd),
+                        None => !process_alive(peer.pid),
+                    };
+                    let closed = member.state.load(Ordering::Acquire) != STATE_JOINED;
+                    if dead || closed {
+                        bad.set(Some((FAIL_PEER_EXITED, r)));
+                        let what = if dead { "exited" } else { "closed the group" };
+                        return Err(peer_exited(format!(
+                            "host group '{name}': rank {r} (pid {pid}) {what} (rank {me} waits \
+                             at step {k})"
+                        )));
+                    }
                 }
                 Ok(())
             },

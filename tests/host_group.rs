@@ -389,7 +389,7 @@ fn child_main(role: &str) {
     match w[0] {
         "steps" => rank_steps(name, dp_size, me, arg(0), arg(1), arg(2) == 1),
         "leave" => rank_leave(name, dp_size, me, w[4], arg(1)),
-        "survive" => rank_survive(name, dp_size, me, w[4], arg(1), w[6]),
+        "survive" => rank_survive(name, dp_size, me, w[4], arg(1), w[6], &w[7..].join(" ")),
         "hammer" => hammer(name, dp_size, arg(0) as usize, arg(1) as usize),
         "hostile" => rank_hostile(name, dp_size, me, arg(0)),
         "tamper" => rank_tamper(name, dp_size, me, arg(0) as usize, arg(1) as usize),
@@ -436,6 +436,15 @@ fn rank_leave(name: &str, dp_size: usize, me: usize, how: &str, hold_ms: u64) {
             assert_eq!(g.close(), dp_status::DP_OK);
             std::thread::sleep(Duration::from_millis(hold_ms));
         }
+        "late" => {
+            // Calls again long after a peer died: the group already failed.
+            std::thread::sleep(Duration::from_millis(hold_ms));
+            let req = c_request(&Request::default());
+            let (s, _, _, msg) = g.step(Some(&req));
+            assert_eq!(s, dp_status::DP_ERR_PEER_EXITED, "{msg}");
+            assert!(msg.contains("rank 0 saw rank 2 exit"), "{msg}");
+            assert_eq!(g.close(), dp_status::DP_OK);
+        }
         "stop" => {
             std::thread::sleep(Duration::from_millis(hold_ms));
             let req = c_request(&Request::default());
@@ -465,7 +474,15 @@ fn good_steps(g: &mut Group, dp_size: usize, me: usize, n: u64) {
 
 /// Steps (timeout `timeout_ms`, 0 = forever) until one fails: it must be `want` naming rank
 /// `peer`; then every later call fails fast with the same status, and close frees.
-fn rank_survive(name: &str, dp_size: usize, me: usize, want: &str, timeout_ms: u64, peer: &str) {
+fn rank_survive(
+    name: &str,
+    dp_size: usize,
+    me: usize,
+    want: &str,
+    timeout_ms: u64,
+    peer: &str,
+    needle: &str,
+) {
     let mut g = open_or_die(name, dp_size, me, 60_000);
     good_steps(&mut g, dp_size, me, 5);
     let want = match want {
@@ -477,6 +494,10 @@ fn rank_survive(name: &str, dp_size: usize, me: usize, want: &str, timeout_ms: u
     req.timeout_ms = timeout_ms as i32;
     let (s, _, _, msg) = g.step(Some(&req));
     assert_eq!(s, want, "rank {me}: {msg}");
+    assert!(
+        msg.contains(needle),
+        "rank {me}: {msg:?} does not contain {needle:?}"
+    );
     assert!(
         msg.contains(&format!("rank {peer}")),
         "rank {me}: {msg:?} does not name rank {peer}"
@@ -690,6 +711,22 @@ fn peer_killed_wait_forever() {
 
 fn peer_killed_with_timeout() {
     peer_killed_is_peer_exited(30_000);
+}
+
+/// Rank 2 dies while rank 1 is busy elsewhere: rank 0 finds the dead rank itself (not only
+/// once the slow rank arrives), and the slow rank, when it calls, fails with the group.
+fn peer_killed_behind_a_slow_rank() {
+    let name = unique("behind");
+    let children = vec![
+        spawn(&format!(
+            "survive {name} 3 0 exited 0 2 exited (rank 0 waits"
+        )),
+        spawn(&format!("leave {name} 3 1 late 2000")),
+        spawn(&format!("leave {name} 3 2 kill 0")),
+    ];
+    let o = wait_all(children);
+    assert_ok(&o[..2]);
+    assert!(killed_by(&o[2], libc::SIGKILL));
 }
 
 fn peer_closes_is_peer_exited() {
@@ -1125,6 +1162,10 @@ fn main() {
         ("two_groups_never_interfere", two_groups_never_interfere),
         ("peer_killed_wait_forever", peer_killed_wait_forever),
         ("peer_killed_with_timeout", peer_killed_with_timeout),
+        (
+            "peer_killed_behind_a_slow_rank",
+            peer_killed_behind_a_slow_rank,
+        ),
         ("peer_closes_is_peer_exited", peer_closes_is_peer_exited),
         ("peer_stops_is_timeout", peer_stops_is_timeout),
         ("stale_segment_is_reclaimed", stale_segment_is_reclaimed),
