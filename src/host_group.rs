@@ -37,6 +37,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::diag::{self, Ctx, Level};
 use crate::error::{invalid, Error, ErrorKind, Result};
 use crate::rules::{self, RankRecord, Request};
 
@@ -623,6 +624,23 @@ impl HostGroup {
             let pidfd = if r == me { None } else { pidfd_open(pid) };
             self.peers.push(Peer { pid, pidfd });
         }
+        diag::log!(
+            Level::Info,
+            self.ctx(0),
+            "host group joined: segment /dev/shm{} ({} bytes), peers watched by {}, dpcoord {}",
+            self.path.to_string_lossy(),
+            self.map.len,
+            if self
+                .peers
+                .iter()
+                .all(|p| p.pidfd.is_some() || p.pid == self.pid)
+            {
+                "pidfd"
+            } else {
+                "kill(pid, 0)"
+            },
+            env!("CARGO_PKG_VERSION")
+        );
         Ok(())
     }
 
@@ -698,8 +716,17 @@ impl HostGroup {
         }
     }
 
+    /// What the diagnostics log says about this rank at step id `step_id`.
+    fn ctx(&self, step_id: i64) -> Ctx<'_> {
+        Ctx::new()
+            .rank(self.dp_rank as i32, self.dp_size as i32)
+            .group(&self.name)
+            .step(step_id)
+    }
+
     /// Marks this rank's copy unusable and tells the other ranks (first failure wins).
     fn fail(&mut self, e: &Error, code: u64, concerned: usize) {
+        diag::log!(Level::Warn, self.ctx(0), "group unusable from here on: {e}");
         if self.failed.is_none() {
             self.failed = Some(e.clone());
         }
@@ -827,7 +854,13 @@ impl HostGroup {
             return Err(e);
         }
         local?;
-        self.decide(k)
+        let step = self.decide(k)?;
+        diag::decision(
+            &self.ctx(step.step_id),
+            "dp_host_group_coordinate",
+            &step.decision,
+        );
+        Ok(step)
     }
 
     fn publish(&self, k: u64, local: &Result<(RankRecord, &Request)>, step_id: i64) {

@@ -544,15 +544,22 @@ fn hammer(name: &str, dp_size: usize, offset: usize, len: usize) {
     let garbage = [0xA5u8; 8];
     let mut started = false;
     loop {
+        // Whole words, as a process writing the field would (bytes written one at a time
+        // would leave plausible values half-way, which no check can tell from a real one).
+        let at = p.cast::<u8>().wrapping_add(offset);
+        // SAFETY: inside the mapping (offset + len <= want, by the field table) and aligned
+        // for the field's width (the table's offsets are the fields'); volatile so every write
+        // happens.
+        unsafe {
+            match len {
+                8 => std::ptr::write_volatile(at.cast::<u64>(), u64::from_ne_bytes(garbage)),
+                _ => std::ptr::write_volatile(at.cast::<u32>(), 0xA5A5_A5A5),
+            }
+        }
         if !started {
-            // Tells the ranks the garbage is flowing (they wait for it before their steps).
+            // Tells the ranks the garbage is there (they wait for it before their steps).
             std::fs::write(format!("{path}.hammering"), b"").unwrap();
             started = true;
-        }
-        for (i, b) in garbage.iter().take(len).enumerate() {
-            // SAFETY: inside the mapping (offset + len <= want, by the field table); volatile
-            // so every write happens.
-            unsafe { std::ptr::write_volatile(p.cast::<u8>().add(offset + i), *b) };
         }
     }
 }

@@ -7,6 +7,7 @@ use super::{
     boundary, check_ptr, check_result, dp_batch_request, dp_batch_result, dp_status, read_request,
     write_out, write_result,
 };
+use crate::diag;
 use crate::error::{Error, ErrorKind, Result};
 use crate::host_group::HostGroup;
 
@@ -115,6 +116,8 @@ pub extern "C" fn dp_host_group_coordinate(
             // A request or result this rank cannot use is still published (as an invalid
             // marker), so that every rank fails this step together.
             let request = read_request(req);
+            let step_id = request.as_ref().map_or(0, |r| r.step_id);
+            let _range = diag::range(c"dp_host_group_coordinate", group.dp_rank() as i32, step_id);
             let res_size = check_result(res);
             let usable = match (&request, &res_size) {
                 (Ok(r), Ok(_)) => Ok(r),
