@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   int iters = argc > 1 ? atoi(argv[1]) : 20000;
   int warmup = argc > 2 ? atoi(argv[2]) : 2000;
 
+  /* The request of dpcoord-host-bench (src/main.rs), field for field: both sides decide the same. */
   dp_batch_request req;
   dp_batch_request_init(&req);
   req.num_tokens_unpadded = 100 + rank;

@@ -736,26 +736,26 @@ fn peer_killed_behind_a_slow_rank() {
     assert!(killed_by(&o[2], libc::SIGKILL));
 }
 
-fn peer_closes_is_peer_exited() {
-    let name = unique("close");
+/// Rank 0 survives (`survive` arguments) what rank 1 does (`leave` arguments); then the
+/// segment is gone.
+fn two_rank_fault(tag: &str, survive: &str, leave: &str) {
+    let name = unique(tag);
     let children = vec![
-        spawn(&format!("survive {name} 2 0 exited 0 1")),
-        spawn(&format!("leave {name} 2 1 close 500")),
+        spawn(&format!("survive {name} 2 0 {survive}")),
+        spawn(&format!("leave {name} 2 1 {leave}")),
     ];
     assert_ok(&wait_all(children));
     assert!(!std::path::Path::new(&shm_file(&name)).exists());
 }
 
+fn peer_closes_is_peer_exited() {
+    two_rank_fault("close", "exited 0 1", "close 500");
+}
+
 /// Rank 1 stops calling: rank 0 times out naming it, and rank 1, when it calls again, fails
 /// with the group (the timeout is in the segment), so both fail together.
 fn peer_stops_is_timeout() {
-    let name = unique("stop");
-    let children = vec![
-        spawn(&format!("survive {name} 2 0 timeout 300 1")),
-        spawn(&format!("leave {name} 2 1 stop 1500")),
-    ];
-    assert_ok(&wait_all(children));
-    assert!(!std::path::Path::new(&shm_file(&name)).exists());
+    two_rank_fault("stop", "timeout 300 1", "stop 1500");
 }
 
 /// Every process of a group killed: the segment stays, and the next open reclaims it.
