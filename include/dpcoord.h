@@ -117,6 +117,11 @@ typedef enum dp_status {
 } dp_status;
 
 /**
+ * Opaque handle of one rank's membership in a host group (`dp_host_group_open`).
+ */
+typedef struct dp_host_group dp_host_group;
+
+/**
  * Microbatching configuration (vLLM's `enable_dbo` and thresholds).
  */
 typedef struct dp_ubatch_config {
@@ -394,6 +399,72 @@ enum dp_status dp_decide_batch(const struct dp_rank_record *records,
                                int32_t num_ubatches,
                                int32_t *num_tokens_after_padding,
                                struct dp_batch_result *res);
+
+/**
+ * Joins the host group `name` as rank `dp_rank` of `dp_size` and waits until every rank
+ * joined: collective over the `dp_size` processes that open the same `name` on this host, in
+ * any order. On `DP_OK`, `*out` receives the handle; on failure `*out` is left untouched.
+ *
+ * `name` is 1-64 characters of `[A-Za-z0-9._-]`; the group lives in the POSIX shared-memory
+ * segment `/dpcoord.<name>` (`/dev/shm/dpcoord.<name>`), created with mode 0600. `dp_size` is
+ * 1..=1024, `dp_rank` 0..dp_size-1. `timeout_ms` bounds the wait for the other ranks
+ * (0 waits forever, still failing within 100 ms when a joined rank exits or gives up) and is
+ * the wait used by a later `dp_host_group_coordinate` whose request cannot be read. A
+ * segment left by processes that are all gone is reclaimed; one still held by a finished
+ * run's last process is waited for (bounded by `timeout_ms`).
+ *
+ * Thread-safe; the handle is owned by the caller until `dp_host_group_close`.
+ * Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (bad name, dp_size, dp_rank, timeout or `out`;
+ * a segment owned by another user, with another mode, dp_size or layout version, truncated
+ * or corrupt; the rank already held by a live process), `DP_ERR_TIMEOUT` (not every rank
+ * joined in time), `DP_ERR_PEER_EXITED` (a rank that joined exited or closed before every
+ * rank joined) or `DP_ERR_INTERNAL` (an OS call failed; the message has its error).
+ */
+enum dp_status dp_host_group_open(const char *name,
+                                  int32_t dp_size,
+                                  int32_t dp_rank,
+                                  int32_t timeout_ms,
+                                  struct dp_host_group **out);
+
+/**
+ * One step: every rank of the group calls it with its own request and all get the same
+ * decision, exactly as from `dp_coordinate_batch` (the host array, no device array): the
+ * same validation, the same decision from the same records, step ids checked. Collective
+ * over the group's ranks, each call matching the same call on every other rank.
+ *
+ * Publishes this rank's record in its slot, spins briefly, then sleeps on a futex until
+ * every rank's record of this step is there, bounded by `req->timeout_ms` (0: forever); a
+ * rank that exited or closed is reported within 100 ms either way. `*res` is written only
+ * on success; `res->num_tokens_after_padding` is owned by the group and valid until the next
+ * call on `g` or its close. No allocation.
+ *
+ * An invalid request fails on every rank of that step with `DP_ERR_INVALID_ARGUMENT` (the
+ * invalid rank's message says why, the others' name the rank), and differing pad flags,
+ * pad policies, num_ubatches or step ids fail on every rank with
+ * `DP_ERR_INCONSISTENT_RANKS`; the step still completed, so the group stays usable. After
+ * `DP_ERR_TIMEOUT`, `DP_ERR_PEER_EXITED` or a corrupt segment (`DP_ERR_INTERNAL`) every rank
+ * fails fast, every later call fails with the first failure, and the group must be closed.
+ *
+ * One thread at a time per handle: a concurrent call on the same handle returns
+ * `DP_ERR_BUSY`. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`, `DP_ERR_INCONSISTENT_RANKS`,
+ * `DP_ERR_TIMEOUT`, `DP_ERR_PEER_EXITED` (naming the rank), `DP_ERR_BUSY` or
+ * `DP_ERR_INTERNAL`.
+ */
+enum dp_status dp_host_group_coordinate(struct dp_host_group *g,
+                                        const struct dp_batch_request *req,
+                                        struct dp_batch_result *res);
+
+/**
+ * Leaves the group and frees the handle: marks this rank closed (a peer waiting on it gets
+ * `DP_ERR_PEER_EXITED`), and unlinks the segment when it is the last rank out. Local; it
+ * always frees, after any status of earlier calls, and never waits longer than 200 ms.
+ * Arrays from earlier results become invalid.
+ *
+ * Must not run while another thread is inside a call on `g` (then it returns
+ * `DP_ERR_BUSY` and frees nothing). Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL or
+ * misaligned `g`) or `DP_ERR_BUSY`.
+ */
+enum dp_status dp_host_group_close(struct dp_host_group *g);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -15,6 +15,7 @@ mod diag;
 pub mod diag;
 mod error;
 pub mod ffi;
+mod host_group;
 pub mod rules;
 
 // The GPU path. Internal; `#[doc(hidden)] pub` only until the bench reaches it through the

@@ -15,9 +15,11 @@
 
 mod gpu;
 mod host;
+mod host_group;
 
 pub use gpu::*;
 pub use host::*;
+pub use host_group::*;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
