@@ -15,5 +15,6 @@ pub mod kernels;
 /// cbindgen:ignore
 pub mod nccl;
 pub mod plan;
+pub mod slices;
 
 pub use error::{Error, Result};
