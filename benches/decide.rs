@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dpcoord::ffi::{dp_batch_result, dp_decide_batch, dp_status, DP_PAD_POLICY_EXPLICIT};
-use dpcoord::plan::{make_record, RankRecord, Request, UbatchConfig};
+use dpcoord::rules::{make_record, RankRecord, Request, UbatchConfig};
 
 const DP_SIZES: [i32; 4] = [1, 8, 64, 1024];
 
@@ -49,6 +49,7 @@ fn step_records(dp_size: i32) -> Vec<RankRecord> {
                     ..UbatchConfig::default()
                 },
                 timeout_ms: 0,
+                step_id: 0,
             };
             make_record(&req).expect("a valid request")
         })
@@ -57,6 +58,7 @@ fn step_records(dp_size: i32) -> Vec<RankRecord> {
 
 fn empty_result() -> dp_batch_result {
     dp_batch_result {
+        struct_size: std::mem::size_of::<dp_batch_result>() as u32,
         should_ubatch: false,
         should_dp_pad: false,
         has_num_tokens_after_padding: false,
@@ -68,6 +70,7 @@ fn empty_result() -> dp_batch_result {
         min_num_tokens_unpadded: 0,
         num_tokens_after_padding: std::ptr::null(),
         num_tokens_after_padding_device: std::ptr::null(),
+        step_id: 0,
     }
 }
 

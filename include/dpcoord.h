@@ -11,6 +11,7 @@
 #define DPCOORD_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 /** Opaque NCCL communicator: ncclComm_t is `struct ncclComm*` (no NCCL header needed). */
 struct ncclComm;
@@ -19,14 +20,14 @@ struct CUstream_st;
 
 
 /**
- * Major version of this header and library (the SONAME carries it).
+ * Major version of this header and library.
  */
 #define DPCOORD_VERSION_MAJOR 0
 
 /**
- * Minor version: grows when functions or struct fields are added.
+ * Minor version; a 0.x minor is a breaking release (the SONAME carries it).
  */
-#define DPCOORD_VERSION_MINOR 1
+#define DPCOORD_VERSION_MINOR 2
 
 /**
  * Patch version.
@@ -67,11 +68,13 @@ typedef enum dp_status {
    */
   DP_OK = 0,
   /**
-   * An argument is NULL, out of range, or a `struct_size` is too small; see `dp_last_error`.
+   * An argument is NULL, misaligned, out of range, or a `struct_size` is too small; see
+   * `dp_last_error`.
    */
   DP_ERR_INVALID_ARGUMENT = 1,
   /**
-   * Ranks passed records that cannot be combined (EXPLICIT pad flags differ); every rank gets it.
+   * Ranks passed records that cannot be combined (EXPLICIT pad flags or step ids differ);
+   * every rank gets it.
    */
   DP_ERR_INCONSISTENT_RANKS = 2,
   /**
@@ -83,7 +86,7 @@ typedef enum dp_status {
    */
   DP_ERR_NCCL = 4,
   /**
-   * The exchange did not finish within `timeout_ms`; the communicator must be aborted.
+   * The exchange did not finish within `timeout_ms`.
    */
   DP_ERR_TIMEOUT = 5,
   /**
@@ -91,13 +94,21 @@ typedef enum dp_status {
    */
   DP_ERR_LIBRARY_UNAVAILABLE = 6,
   /**
-   * Another thread is inside a call on the same communicator.
+   * Another call is in progress on the same coordinator or communicator.
    */
   DP_ERR_BUSY = 7,
   /**
    * A bug in dpcoord (for instance a caught panic); the message says what happened.
    */
   DP_ERR_INTERNAL = 8,
+  /**
+   * The wait was ended by `dp_coordinator_cancel` or `dp_cancel`.
+   */
+  DP_ERR_CANCELLED = 9,
+  /**
+   * A host-group peer process exited or closed the group.
+   */
+  DP_ERR_PEER_EXITED = 10,
 } dp_status;
 
 /**
@@ -105,7 +116,7 @@ typedef enum dp_status {
  */
 typedef struct dp_ubatch_config {
   /**
-   * Microbatching is configured; when false the other fields are ignored.
+   * Microbatching is configured; when false the other fields are ignored. A byte: 0 or 1.
    */
   bool enabled;
   /**
@@ -113,11 +124,13 @@ typedef struct dp_ubatch_config {
    */
   int32_t num_ubatches;
   /**
-   * Minimum tokens of a uniform-decode batch to attempt microbatching; >= 0 (default 32).
+   * Minimum tokens of a uniform-decode batch to attempt microbatching; >= num_ubatches
+   * when enabled (default 32).
    */
   int32_t decode_token_threshold;
   /**
-   * Minimum tokens of a batch with prefill to attempt microbatching; >= 0 (default 512).
+   * Minimum tokens of a batch with prefill to attempt microbatching; >= num_ubatches when
+   * enabled (default 512).
    */
   int32_t prefill_token_threshold;
 } dp_ubatch_config;
@@ -127,7 +140,8 @@ typedef struct dp_ubatch_config {
  */
 typedef struct dp_batch_request {
   /**
-   * `sizeof(dp_batch_request)` as the caller compiled it; lets the struct grow.
+   * `sizeof(dp_batch_request)` as the caller compiled it (set by `dp_batch_request_init`);
+   * the library reads only `min(struct_size, sizeof)` bytes, so the struct can grow.
    */
   uint32_t struct_size;
   /**
@@ -139,11 +153,11 @@ typedef struct dp_batch_request {
    */
   int32_t num_tokens_padded;
   /**
-   * The caller wants microbatching considered.
+   * The caller wants microbatching considered. A byte: 0 or 1.
    */
   bool allow_microbatching;
   /**
-   * The caller wants every rank padded to the same count (EXPLICIT pad policy).
+   * The caller wants every rank padded to the same count (EXPLICIT pad policy). A byte: 0 or 1.
    */
   bool allow_dp_padding;
   /**
@@ -163,41 +177,24 @@ typedef struct dp_batch_request {
    */
   struct dp_ubatch_config ubatch;
   /**
-   * 0 = wait forever; > 0 = the blocking call returns `DP_ERR_TIMEOUT` after this many ms.
+   * 0 = wait forever; > 0 = no blocking call takes longer than this many ms (+100 ms).
    */
   int32_t timeout_ms;
+  /**
+   * The caller's step counter (0.2); 0 = unchecked, else >= 0 and equal on every rank.
+   */
+  int64_t step_id;
 } dp_batch_request;
 
 /**
- * One rank's contribution to the exchange: five `int32_t`, the wire format.
- */
-typedef struct dp_rank_record {
-  /**
-   * Tokens this rank schedules this step.
-   */
-  int32_t num_tokens_unpadded;
-  /**
-   * Tokens including non-DP padding (>= unpadded).
-   */
-  int32_t num_tokens_padded;
-  /**
-   * 1 if this rank wants to microbatch, else 0.
-   */
-  int32_t should_attempt_ubatch;
-  /**
-   * 1 if this rank allows DP padding, else 0.
-   */
-  int32_t should_attempt_dp_pad;
-  /**
-   * This rank's CUDA-graph mode (0 NONE, 1 PIECEWISE, 2 FULL).
-   */
-  int32_t cudagraph_mode;
-} dp_rank_record;
-
-/**
- * The decision every rank shares for this step.
+ * The decision every rank shares for this step. Initialise with `dp_batch_result_init`.
  */
 typedef struct dp_batch_result {
+  /**
+   * `sizeof(dp_batch_result)` as the caller compiled it (set by `dp_batch_result_init`, 0.2);
+   * the library writes only `min(struct_size, sizeof)` bytes.
+   */
+  uint32_t struct_size;
   /**
    * Every rank splits this step into microbatches.
    */
@@ -239,97 +236,48 @@ typedef struct dp_batch_result {
    */
   const int32_t *num_tokens_after_padding;
   /**
-   * Device array of `dp_size` entries written in stream order; NULL from `dp_decide_batch`.
+   * Device array of `dp_size` entries written in stream order; NULL from the host paths.
    */
   const int32_t *num_tokens_after_padding_device;
+  /**
+   * The agreed step id (0.2): every live rank's `step_id`, 0 when unchecked.
+   */
+  int64_t step_id;
 } dp_batch_result;
+
+/**
+ * One rank's contribution to the exchange: five `int32_t`, the wire format.
+ */
+typedef struct dp_rank_record {
+  /**
+   * Tokens this rank schedules this step.
+   */
+  int32_t num_tokens_unpadded;
+  /**
+   * Tokens including non-DP padding (>= unpadded).
+   */
+  int32_t num_tokens_padded;
+  /**
+   * 1 if this rank wants to microbatch, else 0.
+   */
+  int32_t should_attempt_ubatch;
+  /**
+   * 1 if this rank allows DP padding, else 0.
+   */
+  int32_t should_attempt_dp_pad;
+  /**
+   * This rank's CUDA-graph mode (0 NONE, 1 PIECEWISE, 2 FULL).
+   */
+  int32_t cudagraph_mode;
+} dp_rank_record;
 
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
 /**
- * Fills `*req` with the defaults: padded -1, no microbatching or DP padding, uniform_decode
- * -1, CUDA-graph NONE, pad policy EXPLICIT, ubatch {false, 2, 32, 512}, timeout 0 (forever),
- * and `struct_size = sizeof(dp_batch_request)`.
- *
- * Local, thread-safe. A NULL `req` is ignored (and leaves a message for `dp_last_error`).
- */
-void dp_batch_request_init(struct dp_batch_request *req);
-
-/**
- * The local step: validates `*req` and writes this rank's wire record to `*out`.
- *
- * Local (no communication), thread-safe, allocation-free on success. `*out` is written only
- * on success. Returns `DP_OK` or `DP_ERR_INVALID_ARGUMENT` (NULL pointer, small
- * `struct_size`, or a field out of range: the message names the field and value).
- */
-enum dp_status dp_make_record(const struct dp_batch_request *req, struct dp_rank_record *out);
-
-/**
- * The decision from every rank's record (`records[r]` is rank r's, `dp_size` entries).
- *
- * Local and deterministic: every rank passing the same records gets the same answer.
- * `num_tokens_after_padding` (nullable, `dp_size` entries, must not overlap `records`)
- * receives every rank's tokens after padding, and `result->num_tokens_after_padding` then
- * points at it; with NULL, only the scalars are filled and that pointer is NULL. For
- * dp_size == 1 no exchange is implied: no array is written and
- * `has_num_tokens_after_padding` is false. `result->num_tokens_after_padding_device` is
- * always NULL. Outputs are written only on success. Thread-safe, allocation-free.
- * Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (bad sizes, rank, policy, num_ubatches or
- * record field: the message names it) or `DP_ERR_INCONSISTENT_RANKS`.
- */
-enum dp_status dp_decide_batch(const struct dp_rank_record *records,
-                               int32_t dp_size,
-                               int32_t dp_rank,
-                               int32_t pad_policy,
-                               int32_t num_ubatches,
-                               int32_t *num_tokens_after_padding,
-                               struct dp_batch_result *result);
-
-/**
- * The collective: every rank of `comm` calls it with its own request, and all get the
- * same decision in `*result` (written only on success).
- *
- * Validates `*req` first (an invalid request fails before any communication), exchanges
- * one 20-byte record per rank with `ncclAllGather` on `stream`, post-processes on the GPU,
- * and blocks until the decision is on the host: one polled wait, bounded by
- * `req->timeout_ms` and watching `ncclCommGetAsyncError`. With dp_size == 1 it does no GPU
- * work and returns no arrays. `stream` may be NULL, `cudaStreamLegacy` or
- * `cudaStreamPerThread`; it must belong to the communicator's device and must not be
- * capturing a CUDA graph. Ordering: every rank must call it in the same order relative to
- * every other collective on `comm`; use a communicator reserved for coordination
- * (`ncclCommSplit` of the DP communicator) or the same stream as your other collectives.
- *
- * `result->num_tokens_after_padding` (host) and `num_tokens_after_padding_device` are
- * library-owned, stable per communicator, valid until the next call on `comm` or
- * `dp_release(comm)`; the device array is written in stream order on `stream`.
- * Thread-safe across communicators; a concurrent call on the same communicator returns
- * `DP_ERR_BUSY`. The first call per communicator allocates; later calls do not.
- * Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`, `DP_ERR_INCONSISTENT_RANKS`, `DP_ERR_CUDA`,
- * `DP_ERR_NCCL`, `DP_ERR_TIMEOUT` (then abort `comm` with `ncclCommAbort` on every rank
- * and call `dp_release`), `DP_ERR_LIBRARY_UNAVAILABLE` (no CUDA driver or NCCL found),
- * `DP_ERR_BUSY` or `DP_ERR_INTERNAL`.
- */
-enum dp_status dp_coordinate_batch(struct ncclComm *comm,
-                                   struct CUstream_st *stream,
-                                   const struct dp_batch_request *req,
-                                   struct dp_batch_result *result);
-
-/**
- * Frees everything dpcoord cached for `comm` (device and pinned buffers, module, event),
- * after waiting up to 10 s for its work in flight. Call it before `ncclCommDestroy`, or
- * after `ncclCommAbort` (it never calls NCCL, so an aborted communicator is fine). A
- * communicator dpcoord never saw is fine too (`DP_OK`). Arrays from earlier results become
- * invalid. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL), `DP_ERR_TIMEOUT` (work still
- * running after a timed-out call whose communicator was not aborted: the state is kept and
- * a later `dp_release` can retry), `DP_ERR_BUSY` never (it waits for a call in progress).
- */
-enum dp_status dp_release(struct ncclComm *comm);
-
-/**
  * The name of a status code, e.g. "DP_ERR_TIMEOUT"; any other value gives
- * "DP_ERR_UNKNOWN". The string is static. Thread-safe; never fails.
+ * "DP_ERR_UNKNOWN". The string is static. Local, thread-safe; never fails.
  */
 const char *dp_status_string(dp_status status);
 
@@ -345,8 +293,117 @@ const char *dp_last_error(void);
  */
 const char *dp_version(void);
 
+/**
+ * The collective: every rank of `comm` calls it with its own request, and all get the
+ * same decision in `*res` (written only on success).
+ *
+ * Validates `*req` first (an invalid request fails before any communication), exchanges
+ * one 20-byte record per rank with `ncclAllGather` on `stream`, post-processes on the GPU,
+ * and blocks until the decision is on the host: one polled wait, bounded by
+ * `req->timeout_ms` and watching `ncclCommGetAsyncError`. With dp_size == 1 it does no GPU
+ * work and returns no arrays. `stream` may be NULL, `cudaStreamLegacy` or
+ * `cudaStreamPerThread`; it must belong to the communicator's device and must not be
+ * capturing a CUDA graph. Ordering: every rank must call it in the same order relative to
+ * every other collective on `comm`; use a communicator reserved for coordination
+ * (`ncclCommSplit` of the DP communicator) or the same stream as your other collectives.
+ *
+ * `res->num_tokens_after_padding` (host) and `num_tokens_after_padding_device` are
+ * library-owned, stable per communicator, valid until the next call on `comm` or
+ * `dp_release(comm)`; the device array is written in stream order on `stream`.
+ * Thread-safe across communicators; a concurrent call on the same communicator returns
+ * `DP_ERR_BUSY`. The first call per communicator allocates; later calls do not.
+ * Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`, `DP_ERR_INCONSISTENT_RANKS`, `DP_ERR_CUDA`,
+ * `DP_ERR_NCCL`, `DP_ERR_TIMEOUT` (then abort `comm` with `ncclCommAbort` on every rank
+ * and call `dp_release`), `DP_ERR_LIBRARY_UNAVAILABLE` (no CUDA driver or NCCL found),
+ * `DP_ERR_BUSY` or `DP_ERR_INTERNAL`.
+ */
+enum dp_status dp_coordinate_batch(struct ncclComm *comm,
+                                   struct CUstream_st *stream,
+                                   const struct dp_batch_request *req,
+                                   struct dp_batch_result *res);
+
+/**
+ * Frees everything dpcoord cached for `comm` (device and pinned buffers, module, event),
+ * after waiting up to 10 s for its work in flight. Call it before `ncclCommDestroy`, or
+ * after `ncclCommAbort` (it never calls NCCL, so an aborted communicator is fine). A
+ * communicator dpcoord never saw is fine too (`DP_OK`). Arrays from earlier results become
+ * invalid. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL), `DP_ERR_TIMEOUT` (work still
+ * running after a timed-out call whose communicator was not aborted: the state is kept and
+ * a later `dp_release` can retry), `DP_ERR_BUSY` never (it waits for a call in progress).
+ */
+enum dp_status dp_release(struct ncclComm *comm);
+
+/**
+ * Fills the caller's `*req` with the defaults (padded -1, no microbatching or DP padding,
+ * uniform_decode -1, CUDA-graph NONE, pad policy EXPLICIT, ubatch {false, 2, 32, 512},
+ * timeout 0 = forever, step_id 0 = unchecked) and `struct_size = size`, writing only its first
+ * `size` bytes. Call it through the header's `dp_batch_request_init(req)`, which passes the
+ * caller's `sizeof(*req)`.
+ *
+ * Local, thread-safe. A NULL or misaligned `req`, or a `size` below the 0.1 struct, writes
+ * nothing and leaves a message for `dp_last_error`.
+ */
+void dp_batch_request_init_sized(struct dp_batch_request *req, size_t size);
+
+/**
+ * Fills the caller's `*res` with an empty result (all zero, false, NULL) and
+ * `struct_size = size`, writing only its first `size` bytes. Call it through the header's
+ * `dp_batch_result_init(res)`, which passes the caller's `sizeof(*res)`.
+ *
+ * Local, thread-safe. A NULL or misaligned `res`, or a `size` below the 0.2 struct, writes
+ * nothing and leaves a message for `dp_last_error`.
+ */
+void dp_batch_result_init_sized(struct dp_batch_result *res, size_t size);
+
+/**
+ * The local step: validates `*req` and writes this rank's wire record to `*out`.
+ *
+ * Local (no communication), thread-safe, allocation-free on success. `*out` is written only
+ * on success. Returns `DP_OK` or `DP_ERR_INVALID_ARGUMENT` (NULL or misaligned pointer, small
+ * `struct_size`, a bool byte other than 0/1, or a field out of range: the message names the
+ * field and value).
+ */
+enum dp_status dp_make_record(const struct dp_batch_request *req, struct dp_rank_record *out);
+
+/**
+ * The decision from every rank's record (`records[r]` is rank r's, `dp_size` entries).
+ *
+ * Local and deterministic: every rank passing the same records gets the same answer.
+ * `num_tokens_after_padding` (nullable, `dp_size` entries, must not overlap `records`)
+ * receives every rank's tokens after padding, and `res->num_tokens_after_padding` then
+ * points at it; with NULL, only the scalars are filled and that pointer is NULL. For
+ * dp_size == 1 no exchange is implied: no array is written and
+ * `has_num_tokens_after_padding` is false. `res->num_tokens_after_padding_device` is
+ * always NULL and `res->step_id` 0. `*res` must be initialised with `dp_batch_result_init`
+ * (its `struct_size` is read). Outputs are written only on success. Thread-safe,
+ * allocation-free. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (bad pointer, sizes, rank,
+ * policy, num_ubatches or record field: the message names it) or
+ * `DP_ERR_INCONSISTENT_RANKS`.
+ */
+enum dp_status dp_decide_batch(const struct dp_rank_record *records,
+                               int32_t dp_size,
+                               int32_t dp_rank,
+                               int32_t pad_policy,
+                               int32_t num_ubatches,
+                               int32_t *num_tokens_after_padding,
+                               struct dp_batch_result *res);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus
 
 #endif  /* DPCOORD_H */
+
+/* cbindgen writes the trailer after the include guard: this block has its own. */
+#ifndef DPCOORD_H_INIT
+#define DPCOORD_H_INIT
+/** Fills `*req` with the defaults and `struct_size = sizeof(*req)` as this header knows it. */
+static inline void dp_batch_request_init(dp_batch_request *req) {
+  dp_batch_request_init_sized(req, sizeof(*req));
+}
+
+/** Fills `*res` with an empty result and `struct_size = sizeof(*res)` as this header knows it. */
+static inline void dp_batch_result_init(dp_batch_result *res) {
+  dp_batch_result_init_sized(res, sizeof(*res));
+}
+#endif  /* DPCOORD_H_INIT */

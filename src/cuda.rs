@@ -7,7 +7,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 use cudarc::driver::sys::{self, CUresult};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// The caller's `cudaStream_t` / `CUstream`, as a raw pointer.
 pub type StreamPtr = *mut c_void;
@@ -24,7 +24,10 @@ fn check(status: CUresult, call: &str) -> Result<()> {
     if status == CUresult::CUDA_SUCCESS {
         return Ok(());
     }
-    Err(Error::Cuda(format!("{call} failed: {}", describe(status))))
+    Err(Error::new(
+        ErrorKind::Cuda,
+        format!("{call} failed: {}", describe(status)),
+    ))
 }
 
 /// The driver's name and description of a status, e.g. "CUDA_ERROR_INVALID_VALUE (invalid argument)".
@@ -54,10 +57,10 @@ pub fn driver() -> Result<()> {
     INIT.get_or_init(|| {
         // SAFETY: `is_culib_present` only tries to dlopen the driver library by name.
         if !unsafe { sys::is_culib_present() } {
-            return Err(Error::LibraryUnavailable(
+            return Err(Error::new(
+                ErrorKind::LibraryUnavailable,
                 "the CUDA driver (libcuda.so.1) could not be loaded: no NVIDIA driver on this \
-                 machine, or it is not on the loader's path"
-                    .into(),
+                 machine, or it is not on the loader's path",
             ));
         }
         // SAFETY: cuInit has no pointer arguments; 0 is the only legal flag value.
@@ -121,10 +124,13 @@ impl Context {
         )?;
         let ctx = with_device(raw)?;
         if ctx.device != comm_device {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
                 "stream is on CUDA device {} but the communicator is on CUDA device {comm_device}",
                 ctx.device
-            )));
+            ),
+            ));
         }
         Ok(ctx)
     }
@@ -255,10 +261,13 @@ pub const MAX_BATCH_WRITES: usize = 8;
 /// `stream` as one operation (no kernel). Same address rules as [`stream_write_u32`].
 pub fn stream_write_u32_batch(stream: StreamPtr, writes: &[(DevicePtr, u32)]) -> Result<()> {
     if writes.is_empty() || writes.len() > MAX_BATCH_WRITES {
-        return Err(Error::InvalidArgument(format!(
-            "stream_write_u32_batch takes 1..={MAX_BATCH_WRITES} writes, got {}",
-            writes.len()
-        )));
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "stream_write_u32_batch takes 1..={MAX_BATCH_WRITES} writes, got {}",
+                writes.len()
+            ),
+        ));
     }
     type WriteParams = sys::CUstreamBatchMemOpParams_union_CUstreamMemOpWriteValueParams_st;
     type WriteValue =
@@ -318,18 +327,21 @@ pub fn check_not_capturing(stream: StreamPtr) -> Result<()> {
     // writes the capture status into a valid local.
     let r = unsafe { sys::cuStreamIsCapturing(stream.cast(), &mut status) };
     if r == CUresult::CUDA_ERROR_STREAM_CAPTURE_IMPLICIT {
-        return Err(Error::InvalidArgument(
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
             "stream is the legacy default stream while another stream is capturing a CUDA \
-             graph; dp_coordinate_batch blocks and cannot be captured"
-                .into(),
+             graph; dp_coordinate_batch blocks and cannot be captured",
         ));
     }
     check(r, "cuStreamIsCapturing")?;
     if status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
-        return Err(Error::InvalidArgument(format!(
-            "stream is capturing a CUDA graph (capture status {status:?}); \
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "stream is capturing a CUDA graph (capture status {status:?}); \
              dp_coordinate_batch blocks on the host and cannot be captured"
-        )));
+            ),
+        ));
     }
     Ok(())
 }

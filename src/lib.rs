@@ -1,20 +1,28 @@
 //! dpcoord: every data-parallel rank agrees, once per engine step and in one collective on
 //! the caller's NCCL communicator, on microbatching, DP padding and the CUDA-graph mode.
 //!
-//! The C API lives in [`ffi`]; [`plan`] is the pure decision logic it and the GPU path
-//! ([`engine`] over [`nccl`], [`cuda`] and [`kernels`]) share.
+//! The C API lives in [`ffi`] (it is what `include/dpcoord.h` declares); [`rules`] is the pure
+//! decision logic the C API, the GPU path (`coordinator` over `nccl`, `cuda` and `kernels`) and
+//! the host transports share. docs/ARCHITECTURE.md maps the modules.
 
-/// cbindgen:ignore
-pub mod cuda;
-/// cbindgen:ignore
-pub mod engine;
-pub mod error;
+mod error;
 pub mod ffi;
-/// cbindgen:ignore
-pub mod kernels;
-/// cbindgen:ignore
-pub mod nccl;
-pub mod plan;
+pub mod rules;
 pub mod slices;
 
-pub use error::{Error, Result};
+// The GPU path. Internal; `#[doc(hidden)] pub` only until the bench reaches it through the
+// `testing` module.
+/// cbindgen:ignore
+#[doc(hidden)]
+pub mod coordinator;
+/// cbindgen:ignore
+#[doc(hidden)]
+pub mod cuda;
+/// cbindgen:ignore
+#[doc(hidden)]
+pub mod kernels;
+/// cbindgen:ignore
+#[doc(hidden)]
+pub mod nccl;
+
+pub use error::{Error, ErrorKind, Result};

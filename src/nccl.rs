@@ -24,7 +24,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use crate::error::{invalid, Error, Result};
+use crate::error::{invalid, Error, ErrorKind, Result};
 
 /// Opaque `ncclComm_t`.
 pub type CommPtr = *mut c_void;
@@ -282,7 +282,10 @@ pub(crate) fn resolve(sources: &[Source]) -> Result<Nccl> {
             Err(why) => tried.push(Attempt { step, why }),
         }
     }
-    Err(Error::LibraryUnavailable(format_not_found(&tried)))
+    Err(Error::new(
+        ErrorKind::LibraryUnavailable,
+        format_not_found(&tried),
+    ))
 }
 
 /// Reads every entry point from a library that a step found.
@@ -295,11 +298,14 @@ fn load(lookup: Lookup, origin: String) -> Result<Nccl> {
     };
     let required = |name: &CStr| {
         dl_sym(lookup, name).map_err(|e| {
-            Error::LibraryUnavailable(format!(
-                "{library} is not a usable NCCL: required symbol {} is missing ({e}); \
+            Error::new(
+                ErrorKind::LibraryUnavailable,
+                format!(
+                    "{library} is not a usable NCCL: required symbol {} is missing ({e}); \
                  dpcoord does not load another copy in its place",
-                name.to_string_lossy()
-            ))
+                    name.to_string_lossy()
+                ),
+            )
         })
     };
     // SAFETY (all transmutes below): each address is that of the NCCL C function of the same
@@ -507,10 +513,13 @@ impl Nccl {
                 code => return Err(self.async_failure(code, comm)),
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Error::Timeout(format!(
-                    "{func} returned ncclInProgress (nonblocking communicator) and was still \
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{func} returned ncclInProgress (nonblocking communicator) and was still \
                      not enqueued at the deadline"
-                )));
+                    ),
+                ));
             }
             std::thread::yield_now();
         }
@@ -562,20 +571,26 @@ impl Nccl {
 
     /// The error for an NCCL call that returned `code`.
     fn failure(&self, func: &str, code: c_int, comm: CommPtr) -> Error {
-        Error::Nccl(format!(
-            "{func} failed: {}{}",
-            self.describe(code),
-            self.last_error_suffix(comm)
-        ))
+        Error::new(
+            ErrorKind::Nccl,
+            format!(
+                "{func} failed: {}{}",
+                self.describe(code),
+                self.last_error_suffix(comm)
+            ),
+        )
     }
 
     /// The error for a communicator whose asynchronous state is `code`.
     fn async_failure(&self, code: c_int, comm: CommPtr) -> Error {
-        Error::Nccl(format!(
-            "ncclCommGetAsyncError reports the communicator failed: {}{}",
-            self.describe(code),
-            self.last_error_suffix(comm)
-        ))
+        Error::new(
+            ErrorKind::Nccl,
+            format!(
+                "ncclCommGetAsyncError reports the communicator failed: {}{}",
+                self.describe(code),
+                self.last_error_suffix(comm)
+            ),
+        )
     }
 }
 
@@ -583,9 +598,9 @@ impl Nccl {
     /// Communicator set-up for benchmarks and tests (NCCL always has these functions).
     pub fn harness(&self) -> Result<&Harness> {
         self.harness.as_ref().ok_or_else(|| {
-            Error::LibraryUnavailable(
-                "this NCCL lacks ncclGetUniqueId/ncclCommInitRank/ncclCommDestroy/ncclAllReduce"
-                    .into(),
+            Error::new(
+                ErrorKind::LibraryUnavailable,
+                "this NCCL lacks ncclGetUniqueId/ncclCommInitRank/ncclCommDestroy/ncclAllReduce",
             )
         })
     }
@@ -695,7 +710,11 @@ mod tests {
         // Holds on machines with NCCL installed too: a test process has not loaded NCCL, and
         // a set DPCOORD_NCCL_LIBRARY keeps step 4 from loading it.
         let bad = "/nonexistent/dpcoord-test/libnccl.so.2";
-        let Err(Error::LibraryUnavailable(msg)) = resolve(&sources(Some(bad.into()))) else {
+        let Err(Error {
+            kind: ErrorKind::LibraryUnavailable,
+            message: msg,
+        }) = resolve(&sources(Some(bad.into())))
+        else {
             panic!("expected LibraryUnavailable");
         };
         for needle in [
@@ -712,8 +731,10 @@ mod tests {
 
     #[test]
     fn unset_env_is_reported_as_not_set() {
-        let Err(Error::LibraryUnavailable(msg)) =
-            resolve(&[Source::ProcessSymbols, Source::EnvPath(None)])
+        let Err(Error {
+            kind: ErrorKind::LibraryUnavailable,
+            message: msg,
+        }) = resolve(&[Source::ProcessSymbols, Source::EnvPath(None)])
         else {
             panic!("expected LibraryUnavailable");
         };
@@ -723,7 +744,11 @@ mod tests {
     #[test]
     fn env_library_that_is_not_nccl_is_rejected_not_skipped() {
         let srcs = [Source::EnvPath(Some("libm.so.6".into())), Source::Dlopen];
-        let Err(Error::LibraryUnavailable(msg)) = resolve(&srcs) else {
+        let Err(Error {
+            kind: ErrorKind::LibraryUnavailable,
+            message: msg,
+        }) = resolve(&srcs)
+        else {
             panic!("expected LibraryUnavailable");
         };
         assert!(
@@ -760,7 +785,10 @@ mod tests {
         // Never mutates the environment; whichever way this machine is set up.
         match nccl() {
             Ok(n) => assert!(n.version() > 0 && !n.origin().is_empty()),
-            Err(Error::LibraryUnavailable(_)) => {}
+            Err(Error {
+                kind: ErrorKind::LibraryUnavailable,
+                ..
+            }) => {}
             Err(e) => panic!("unexpected {e}"),
         }
     }
@@ -894,10 +922,10 @@ mod tests {
         let c = fake_comm(0, 0);
         assert_eq!(
             n.comm_user_rank(ptr(&c)),
-            Err(Error::Nccl(
+            Err(Error::new(
+                ErrorKind::Nccl,
                 "ncclCommUserRank failed: invalid usage (ncclResult_t 5, NCCL 2.28.3); \
                  ncclGetLastError: peer 3 went away"
-                    .into()
             ))
         );
     }
@@ -905,8 +933,9 @@ mod tests {
     #[test]
     fn empty_or_missing_last_error_is_left_out() {
         let c = fake_comm(0, 0);
-        let want = Err(Error::Nccl(
-            "ncclCommUserRank failed: invalid usage (ncclResult_t 5, NCCL 2.28.3)".into(),
+        let want = Err(Error::new(
+            ErrorKind::Nccl,
+            "ncclCommUserRank failed: invalid usage (ncclResult_t 5, NCCL 2.28.3)",
         ));
         assert_eq!(fake(None).comm_user_rank(ptr(&c)), want);
         assert_eq!(
@@ -920,15 +949,21 @@ mod tests {
         let n = fake(None);
         let null = std::ptr::null_mut();
         assert!(
-            matches!(n.comm_count(null), Err(Error::InvalidArgument(m)) if m.contains("ncclCommCount"))
+            matches!(n.comm_count(null), Err(Error { kind: ErrorKind::InvalidArgument, message: m }) if m.contains("ncclCommCount"))
         );
         assert!(matches!(
             n.check_async_error(null),
-            Err(Error::InvalidArgument(_))
+            Err(Error {
+                kind: ErrorKind::InvalidArgument,
+                ..
+            })
         ));
         assert!(matches!(
             n.all_gather_i32(1, 2, 5, null, null),
-            Err(Error::InvalidArgument(_))
+            Err(Error {
+                kind: ErrorKind::InvalidArgument,
+                ..
+            })
         ));
     }
 
@@ -940,12 +975,20 @@ mod tests {
             n.check_async_error(ptr(&fake_comm(NCCL_IN_PROGRESS, 1))),
             Ok(())
         );
-        let Err(Error::Nccl(m)) = n.check_async_error(ptr(&fake_comm(6, 1))) else {
+        let Err(Error {
+            kind: ErrorKind::Nccl,
+            message: m,
+        }) = n.check_async_error(ptr(&fake_comm(6, 1)))
+        else {
             panic!("expected Nccl error");
         };
         assert!(m.starts_with("ncclCommGetAsyncError reports the communicator failed: remote"));
         assert!(m.contains("(ncclResult_t 6, NCCL 2.28.3)"), "{m}");
-        let Err(Error::Nccl(m)) = n.check_async_error(ptr(&fake_comm(42, 1))) else {
+        let Err(Error {
+            kind: ErrorKind::Nccl,
+            message: m,
+        }) = n.check_async_error(ptr(&fake_comm(42, 1)))
+        else {
             panic!("expected Nccl error");
         };
         assert!(m.contains("unknown result code (ncclResult_t 42"), "{m}");
@@ -957,7 +1000,11 @@ mod tests {
         let c = fake_comm(0, 0);
         let null = std::ptr::null_mut();
         assert_eq!(n.all_gather_i32(0x1000, 0x2000, 5, ptr(&c), null), Ok(()));
-        let Err(Error::Nccl(m)) = n.all_gather_i32(0x1000, 0x2000, 3, ptr(&c), null) else {
+        let Err(Error {
+            kind: ErrorKind::Nccl,
+            message: m,
+        }) = n.all_gather_i32(0x1000, 0x2000, 3, ptr(&c), null)
+        else {
             panic!("expected Nccl error");
         };
         assert!(
@@ -966,7 +1013,10 @@ mod tests {
         );
         assert!(matches!(
             n.all_gather_i32(0, 0x2000, 5, ptr(&c), null),
-            Err(Error::InvalidArgument(_))
+            Err(Error {
+                kind: ErrorKind::InvalidArgument,
+                ..
+            })
         ));
     }
 
@@ -991,13 +1041,16 @@ mod tests {
         let c = fake_comm(6, 1);
         assert!(matches!(
             n.all_gather_i32(1, 2, 7, ptr(&c), null),
-            Err(Error::Nccl(_))
+            Err(Error {
+                kind: ErrorKind::Nccl,
+                ..
+            })
         ));
         let c = fake_comm(NCCL_IN_PROGRESS, i32::MAX);
         let deadline = Some(Instant::now() + Duration::from_millis(5));
         assert!(matches!(
             n.all_gather_i32_until(1, 2, 7, ptr(&c), null, deadline),
-            Err(Error::Timeout(m)) if m.contains("ncclAllGather")
+            Err(Error { kind: ErrorKind::Timeout, message: m }) if m.contains("ncclAllGather")
         ));
     }
 }

@@ -7,8 +7,8 @@ use std::mem::{align_of, offset_of, size_of, MaybeUninit};
 use std::ptr::{null, null_mut};
 
 use dpcoord::ffi::*;
-use dpcoord::plan::{self, RankRecord};
-use dpcoord::Error;
+use dpcoord::rules::{self, RankRecord};
+use dpcoord::{Error, ErrorKind};
 use proptest::prelude::*;
 
 const SENTINEL: i32 = -777;
@@ -85,6 +85,7 @@ const SENTINEL_RECORD: RankRecord = RankRecord {
 
 fn sentinel_result() -> dp_batch_result {
     dp_batch_result {
+        struct_size: std::mem::size_of::<dp_batch_result>() as u32,
         should_ubatch: true,
         should_dp_pad: true,
         has_num_tokens_after_padding: true,
@@ -96,6 +97,7 @@ fn sentinel_result() -> dp_batch_result {
         min_num_tokens_unpadded: SENTINEL,
         num_tokens_after_padding: SENTINEL_PTR as *const i32,
         num_tokens_after_padding_device: SENTINEL_PTR as *const i32,
+        step_id: 0,
     }
 }
 
@@ -377,7 +379,7 @@ fn make_record_matches_plan() {
             req.cudagraph_mode = unpadded % 3;
             let mut out = SENTINEL_RECORD;
             assert_eq!(dp_make_record(&req, &mut out), dp_status::DP_OK);
-            let want = plan::make_record(&plan::Request {
+            let want = rules::make_record(&rules::Request {
                 num_tokens_unpadded: req.num_tokens_unpadded,
                 num_tokens_padded: req.num_tokens_padded,
                 allow_microbatching: req.allow_microbatching,
@@ -385,13 +387,14 @@ fn make_record_matches_plan() {
                 uniform_decode: req.uniform_decode,
                 cudagraph_mode: req.cudagraph_mode,
                 pad_policy: req.pad_policy,
-                ubatch: plan::UbatchConfig {
+                ubatch: rules::UbatchConfig {
                     enabled: req.ubatch.enabled,
                     num_ubatches: req.ubatch.num_ubatches,
                     decode_token_threshold: req.ubatch.decode_token_threshold,
                     prefill_token_threshold: req.ubatch.prefill_token_threshold,
                 },
                 timeout_ms: req.timeout_ms,
+                step_id: 0,
             })
             .unwrap();
             assert_eq!(out, want);
@@ -755,26 +758,29 @@ fn version_matches_the_package_and_the_constants() {
 
 #[test]
 fn every_error_maps_to_its_status() {
-    let m = |e: Error| dp_status::from(&e);
+    let m = |e: Error| dp_status::from(e.kind);
     let s = String::new;
     assert_eq!(
-        m(Error::InvalidArgument(s())),
+        m(Error::new(ErrorKind::InvalidArgument, s())),
         dp_status::DP_ERR_INVALID_ARGUMENT
     );
     assert_eq!(
-        m(Error::InconsistentRanks(s())),
+        m(Error::new(ErrorKind::InconsistentRanks, s())),
         dp_status::DP_ERR_INCONSISTENT_RANKS
     );
-    assert_eq!(m(Error::Cuda(s())), dp_status::DP_ERR_CUDA);
-    assert_eq!(m(Error::Nccl(s())), dp_status::DP_ERR_NCCL);
-    assert_eq!(m(Error::Timeout(s())), dp_status::DP_ERR_TIMEOUT);
+    assert_eq!(m(Error::new(ErrorKind::Cuda, s())), dp_status::DP_ERR_CUDA);
+    assert_eq!(m(Error::new(ErrorKind::Nccl, s())), dp_status::DP_ERR_NCCL);
     assert_eq!(
-        m(Error::LibraryUnavailable(s())),
+        m(Error::new(ErrorKind::Timeout, s())),
+        dp_status::DP_ERR_TIMEOUT
+    );
+    assert_eq!(
+        m(Error::new(ErrorKind::LibraryUnavailable, s())),
         dp_status::DP_ERR_LIBRARY_UNAVAILABLE
     );
-    assert_eq!(m(Error::Busy(s())), dp_status::DP_ERR_BUSY);
+    assert_eq!(m(Error::new(ErrorKind::Busy, s())), dp_status::DP_ERR_BUSY);
     // What a panic caught at the boundary becomes.
-    assert_eq!(m(Error::Internal(s())), dp_status::DP_ERR_INTERNAL);
+    assert_eq!(m(Error::internal(s())), dp_status::DP_ERR_INTERNAL);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1021,7 +1027,7 @@ proptest! {
         }
         let rank = i32::from(rank_seed) % records.len() as i32;
         let mut want_out = vec![SENTINEL; records.len()];
-        let want = plan::decide(&records, rank, policy, n, Some(&mut want_out));
+        let want = rules::decide(&records, rank, policy, n, Some(&mut want_out));
         let mut out = vec![SENTINEL; records.len()];
         let mut result = sentinel_result();
         let status = decide_ffi(&records, rank, policy, n, Some(&mut out), &mut result);
@@ -1049,7 +1055,7 @@ proptest! {
                 );
             }
             Err(e) => {
-                prop_assert_eq!(status, dp_status::from(&e));
+                prop_assert_eq!(status, dp_status::from(e.kind));
                 prop_assert_eq!(format!("{e}"), last_error());
                 prop_assert_eq!(fields(&result), fields(&sentinel_result()));
             }

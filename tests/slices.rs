@@ -5,8 +5,8 @@
 //! and `tests/v1/worker/test_ubatch_utils.py`; the function is
 //! `vllm/v1/worker/ubatch_utils.py::maybe_create_ubatch_slices`.
 
-use dpcoord::error::Error;
 use dpcoord::slices::{make_ubatch_slices, SliceInputs, UbatchSlice};
+use dpcoord::{Error, ErrorKind};
 
 type Slices = (Vec<UbatchSlice>, Vec<UbatchSlice>);
 
@@ -46,7 +46,7 @@ fn sl(v: &[(i32, i32, i32, i32)]) -> Vec<UbatchSlice> {
 /// The error message of an invalid-argument failure.
 fn invalid(counts: &[i32], p: i32, rp: i32, n: i32, s: i32) -> String {
     match run(counts, p, rp, n, s) {
-        Err(Error::InvalidArgument(m)) => m,
+        Err(e) if e.kind == ErrorKind::InvalidArgument => e.message,
         other => panic!("expected an invalid-argument error, got {other:?}"),
     }
 }

@@ -86,10 +86,7 @@ fn library(
     match make_ubatch_slices(&inputs, &mut slices, Some(&mut padded)) {
         Ok(()) => Some((slices, padded)),
         Err(e) => {
-            assert!(
-                matches!(e, dpcoord::error::Error::InvalidArgument(_)),
-                "{e}"
-            );
+            assert_eq!(e.kind, dpcoord::ErrorKind::InvalidArgument, "{e}");
             None
         }
     }

@@ -3,7 +3,7 @@
 //! (PTX ISA 8.0, target sm_70: loads on any sm_70+ GPU with any CUDA 12+ driver).
 //!
 //! `dp_pack_record` writes this rank's record into the send buffer (one thread);
-//! `dp_postprocess` turns the allgathered records into the decision of [`crate::plan::decide`],
+//! `dp_postprocess` turns the allgathered records into the decision of [`crate::rules::decide`],
 //! written to a device array and to a mapped pinned host block laid out as the `HOST_*`
 //! constants say, `HOST_SEQ` last.
 //!
@@ -76,7 +76,7 @@ pub const fn host_block_words(dp_size: usize) -> usize {
 
 /// Status word: the decision is valid and both arrays were written.
 pub const STATUS_OK: i32 = 0;
-/// Status word: some record (or argument) is invalid; rerun `plan::decide` on the copy.
+/// Status word: some record (or argument) is invalid; rerun `rules::decide` on the copy.
 pub const STATUS_INVALID_RECORD: i32 = 1;
 /// Status word: EXPLICIT pad policy and the ranks' `should_attempt_dp_pad` flags differ.
 pub const STATUS_INCONSISTENT: i32 = 2;

@@ -1,11 +1,11 @@
-//! `plan::decide` and `plan::make_record` against a second, deliberately naive implementation
+//! `rules::decide` and `rules::make_record` against a second, deliberately naive implementation
 //! written straight from DESIGN.md section 1, over random inputs (some of them invalid).
 //!
 //! The model builds vLLM's `[5, dp_size]` matrix and reads every rule off it with
 //! `iter().all/min/max`; it allocates freely and favours the obvious over the fast.
 
-use dpcoord::plan::{decide, make_record, Decision, RankRecord, Request, UbatchConfig};
-use dpcoord::Error;
+use dpcoord::rules::{decide, make_record, Decision, RankRecord, Request, UbatchConfig};
+use dpcoord::{Error, ErrorKind};
 use proptest::prelude::*;
 
 const CASES: u32 = 2000;
@@ -20,8 +20,14 @@ enum Kind {
 
 fn kind(e: &Error) -> Kind {
     match e {
-        Error::InvalidArgument(_) => Kind::InvalidArgument,
-        Error::InconsistentRanks(_) => Kind::InconsistentRanks,
+        Error {
+            kind: ErrorKind::InvalidArgument,
+            ..
+        } => Kind::InvalidArgument,
+        Error {
+            kind: ErrorKind::InconsistentRanks,
+            ..
+        } => Kind::InconsistentRanks,
         other => panic!("plan returned a non-plan error: {other:?}"),
     }
 }
@@ -407,7 +413,11 @@ fn check_decide(
         (Err(e), Err(k)) => {
             prop_assert_eq!(kind(e), *k, "{}", e);
             prop_assert!(out.iter().all(|&v| v == SENTINEL), "array written on error");
-            if let Error::InconsistentRanks(message) = e {
+            if let Error {
+                kind: ErrorKind::InconsistentRanks,
+                message,
+            } = e
+            {
                 check_names_a_disagreeing_pair(message, records)?;
             }
         }
@@ -504,6 +514,7 @@ fn request() -> impl Strategy<Value = Request> {
                     prefill_token_threshold: prefill,
                 },
                 timeout_ms: timeout,
+                step_id: 0,
             },
         )
 }
@@ -522,6 +533,7 @@ fn valid_request(shared: (i32, UbatchConfig), mine: (i32, i32, bool, bool, i32, 
         pad_policy,
         ubatch,
         timeout_ms: 0,
+        step_id: 0,
     }
 }
 
@@ -667,7 +679,7 @@ proptest! {
                 .map(i64::from);
                 prop_assert_eq!(got_words, w);
             }
-            (Err(Error::InvalidArgument(message)), Err(bad)) => {
+            (Err(Error { kind: ErrorKind::InvalidArgument, message }), Err(bad)) => {
                 prop_assert!(
                     bad.iter().any(|field| message.contains(&format!("{field} = "))),
                     "message {:?} names none of {:?}", message, bad

@@ -17,7 +17,7 @@
 //! Each call is timed with `std::time::Instant` around the call only (host wall time: the
 //! latency a caller sees); inputs are prepared and results CHECKED outside the timed region.
 //! Every rank derives every rank's request from (step, rank), so each checks its result
-//! against `plan::decide` on all records; a mismatch aborts the run. Rank 0 prints median,
+//! against `rules::decide` on all records; a mismatch aborts the run. Rank 0 prints median,
 //! p99 and min per variant (its own samples, plus every rank's median) and appends CSV rows
 //! `ranks,variant,iters,median_us,p99_us,min_us,gpus,ranks_share_gpu`.
 //!
@@ -35,11 +35,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dpcoord::cuda::{self, DeviceBuffer, DevicePtr};
-use dpcoord::ffi::{self, dp_batch_request, dp_batch_result, dp_status, dp_ubatch_config};
+use dpcoord::ffi::{self, dp_batch_request, dp_batch_result, dp_status};
 use dpcoord::kernels::RECORD_WORDS;
 use dpcoord::nccl::{self, CommPtr, Nccl, UniqueId};
-use dpcoord::plan::{self, Decision, RankRecord, Request, UbatchConfig};
-use dpcoord::{engine, Error};
+use dpcoord::rules::{self, Decision, RankRecord, Request, UbatchConfig};
+use dpcoord::{coordinator, Error};
 
 const ENV_RANK: &str = "DPCOORD_BENCH_RANK";
 const ENV_DIR: &str = "DPCOORD_BENCH_DIR";
@@ -67,7 +67,7 @@ impl fmt::Display for Fail {
 
 impl From<Error> for Fail {
     fn from(e: Error) -> Self {
-        Fail(format!("{:?}: {e}", dp_status::from(&e)))
+        Fail(format!("{:?}: {e}", dp_status::from(e.kind)))
     }
 }
 
@@ -194,8 +194,8 @@ pub fn step_plan(step: u64, n: usize) -> Res<StepPlan> {
     let ubatch = UbatchConfig {
         enabled: h % 4 != 0,
         num_ubatches: if (h >> 8) % 8 == 0 { 3 } else { 2 },
-        decode_token_threshold: plan::DEFAULT_DECODE_TOKEN_THRESHOLD,
-        prefill_token_threshold: plan::DEFAULT_PREFILL_TOKEN_THRESHOLD,
+        decode_token_threshold: rules::DEFAULT_DECODE_TOKEN_THRESHOLD,
+        prefill_token_threshold: rules::DEFAULT_PREFILL_TOKEN_THRESHOLD,
     };
     let allow_dp_padding = (h >> 16) % 3 != 0;
     let mut requests = Vec::with_capacity(n);
@@ -225,23 +225,24 @@ pub fn step_plan(step: u64, n: usize) -> Res<StepPlan> {
             allow_dp_padding,
             uniform_decode,
             cudagraph_mode: mode,
-            pad_policy: plan::PAD_POLICY_EXPLICIT,
+            pad_policy: rules::PAD_POLICY_EXPLICIT,
             ubatch,
             timeout_ms: REQUEST_TIMEOUT_MS,
+            step_id: 0,
         };
-        records.push(plan::make_record(&req)?);
+        records.push(rules::make_record(&req)?);
         requests.push(req);
     }
     let num_ubatches = requests[0].effective_num_ubatches();
     Ok(StepPlan {
         requests,
         records,
-        pad_policy: plan::PAD_POLICY_EXPLICIT,
+        pad_policy: rules::PAD_POLICY_EXPLICIT,
         num_ubatches,
     })
 }
 
-/// The decision `plan::decide` reaches on `records` for `rank`, and the per-rank array the
+/// The decision `rules::decide` reaches on `records` for `rank`, and the per-rank array the
 /// GPU path returns (`should_dp_pad ? max padded : own padded`, also for one rank).
 pub struct Expected {
     pub decision: Decision,
@@ -249,7 +250,7 @@ pub struct Expected {
 }
 
 pub fn expect(records: &[RankRecord], rank: usize, pad_policy: i32, nub: i32) -> Res<Expected> {
-    let decision = plan::decide(records, rank as i32, pad_policy, nub, None)?;
+    let decision = rules::decide(records, rank as i32, pad_policy, nub, None)?;
     let array = records
         .iter()
         .map(|r| {
@@ -312,14 +313,14 @@ pub fn compare(variant: &str, step: u64, got: &Observed, want: &Expected) -> Res
     ];
     for (field, g, w) in scalars {
         if g != w {
-            bail!("WRONG RESULT: {variant}, step {step:#x}: {field} = {g}, plan::decide says {w}");
+            bail!("WRONG RESULT: {variant}, step {step:#x}: {field} = {g}, rules::decide says {w}");
         }
     }
     for (place, values) in &got.arrays {
         if values != &want.array {
             bail!(
                 "WRONG RESULT: {variant}, step {step:#x}: {place} num_tokens_after_padding = \
-                 {values:?}, plan::decide says {:?}",
+                 {values:?}, rules::decide says {:?}",
                 want.array
             );
         }
@@ -568,13 +569,13 @@ fn bare_allreduce_sync(ctx: &mut Ctx, step: u64) -> Res<u64> {
     Ok(ns)
 }
 
-/// `engine::coordinate(.., force_exchange = true)` on the dedicated stream: the full GPU
+/// `coordinator::coordinate(.., force_exchange = true)` on the dedicated stream: the full GPU
 /// path even on a one-rank communicator (DESIGN.md section 5's bench-only entry point).
 fn dpcoord_forced_exchange(ctx: &mut Ctx, step: u64) -> Res<u64> {
     let p = step_plan(step, ctx.n)?;
     let req = p.requests[ctx.rank];
     let t0 = Instant::now();
-    let out = engine::coordinate(ctx.comm, ctx.s(), &req, true)?;
+    let out = coordinator::coordinate(ctx.comm, ctx.s(), &req, true)?;
     let ns = since(t0);
     let want = expect(&p.records, ctx.rank, p.pad_policy, p.num_ubatches)?;
     if out.dp_rank != ctx.rank as i32 || out.dp_size != ctx.n as i32 {
@@ -625,27 +626,12 @@ fn dpcoord_dedicated_stream(ctx: &mut Ctx, step: u64) -> Res<u64> {
 }
 
 fn c_request(r: &Request) -> dp_batch_request {
-    dp_batch_request {
-        struct_size: std::mem::size_of::<dp_batch_request>() as u32,
-        num_tokens_unpadded: r.num_tokens_unpadded,
-        num_tokens_padded: r.num_tokens_padded,
-        allow_microbatching: r.allow_microbatching,
-        allow_dp_padding: r.allow_dp_padding,
-        uniform_decode: r.uniform_decode,
-        cudagraph_mode: r.cudagraph_mode,
-        pad_policy: r.pad_policy,
-        ubatch: dp_ubatch_config {
-            enabled: r.ubatch.enabled,
-            num_ubatches: r.ubatch.num_ubatches,
-            decode_token_threshold: r.ubatch.decode_token_threshold,
-            prefill_token_threshold: r.ubatch.prefill_token_threshold,
-        },
-        timeout_ms: r.timeout_ms,
-    }
+    dp_batch_request::from(r)
 }
 
 fn empty_result() -> dp_batch_result {
     dp_batch_result {
+        struct_size: std::mem::size_of::<dp_batch_result>() as u32,
         should_ubatch: false,
         should_dp_pad: false,
         has_num_tokens_after_padding: false,
@@ -657,6 +643,7 @@ fn empty_result() -> dp_batch_result {
         min_num_tokens_unpadded: -1,
         num_tokens_after_padding: std::ptr::null(),
         num_tokens_after_padding_device: std::ptr::null(),
+        step_id: -1,
     }
 }
 

@@ -19,7 +19,7 @@
 //! - `pipeline_stream_sync`: ... `cuStreamSynchronize`, then read the host block;
 //! - `pipeline_memop_spin`: `cuStreamBatchMemOp` pack (one kernel: the post kernel), spin;
 //! - `pipeline_host_decide`: pack kernel, allgather, async copy of the records into mapped
-//!   host memory + stream sync, `plan::decide` on the host (no post kernel).
+//!   host memory + stream sync, `rules::decide` on the host (no post kernel).
 
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ use dpcoord::cuda::{
 };
 use dpcoord::kernels as k;
 use dpcoord::kernels::RECORD_WORDS;
-use dpcoord::plan::{self, RankRecord};
+use dpcoord::rules::{self, RankRecord};
 
 use crate::{
     bail, compare, expect, flat_words, since, slot, step_plan, Ctx, Observed, Res, StepPlan,
@@ -183,7 +183,7 @@ impl Kit {
     }
 
     /// Checks the host block (published as `seq`) and the device array against
-    /// `plan::decide` on `records`.
+    /// `rules::decide` on `records`.
     #[allow(clippy::too_many_arguments)]
     fn check_post(
         &self,
@@ -414,7 +414,7 @@ pub fn pipeline_memop_spin(ctx: &mut Ctx, step: u64) -> Res<u64> {
 }
 
 /// No post kernel: the gathered records are copied into mapped host memory and decided on
-/// the host with `plan::decide`.
+/// the host with `rules::decide`.
 pub fn pipeline_host_decide(ctx: &mut Ctx, step: u64) -> Res<u64> {
     let p = step_plan(step, ctx.n)?;
     let w = p.records[ctx.rank].to_words();
@@ -432,7 +432,7 @@ pub fn pipeline_host_decide(ctx: &mut Ctx, step: u64) -> Res<u64> {
     let records: Vec<RankRecord> = (0..n)
         .map(|r| RankRecord::from_words(std::array::from_fn(|i| host.load(r * RECORD_WORDS + i))))
         .collect();
-    let decision = plan::decide(
+    let decision = rules::decide(
         &records,
         ctx.rank as i32,
         p.pad_policy,
@@ -450,7 +450,7 @@ pub fn pipeline_host_decide(ctx: &mut Ctx, step: u64) -> Res<u64> {
     let want = expect(&p.records, ctx.rank, p.pad_policy, p.num_ubatches)?;
     if decision? != want.decision {
         bail!(
-            "WRONG RESULT: {}, step {step:#x}: host decision differs from plan::decide",
+            "WRONG RESULT: {}, step {step:#x}: host decision differs from rules::decide",
             ctx.variant
         );
     }
@@ -459,7 +459,7 @@ pub fn pipeline_host_decide(ctx: &mut Ctx, step: u64) -> Res<u64> {
 
 // ---- the library's per-call checks, without any device work ----
 
-/// What `engine::coordinate` does on the host before its first enqueue, timed alone:
+/// What `coordinator::coordinate` does on the host before its first enqueue, timed alone:
 /// `make_record`, the three NCCL queries, the stream's context (with the cached hint),
 /// the capture check and making the context current.
 pub fn call_checks(ctx: &mut Ctx, step: u64) -> Res<u64> {
@@ -468,7 +468,7 @@ pub fn call_checks(ctx: &mut Ctx, step: u64) -> Res<u64> {
     let s = ctx.s();
     let known = cuda::Context::of_stream(s, ctx.nccl.comm_cu_device(ctx.comm)?, None)?;
     let t0 = Instant::now();
-    let record = plan::make_record(&req)?;
+    let record = rules::make_record(&req)?;
     let n = ctx.nccl.comm_count(ctx.comm)?;
     let rank = ctx.nccl.comm_user_rank(ctx.comm)?;
     let device = ctx.nccl.comm_cu_device(ctx.comm)?;

@@ -2,8 +2,8 @@
 """Table and plot of the GPU benchmark CSVs (dpcoord-gpu-bench and torch_reference.py).
 
 Usage:
-    python3 bench/plot.py bench-out/gpu_bench.csv bench-out/torch_reference.csv
-            [--out bench/latency_vs_dp.png] [--table] [--no-plot]
+    python3 gpu-bench/plot.py bench-out/gpu_bench.csv bench-out/torch_reference.csv
+            [--out gpu-bench/latency_vs_dp.png] [--table] [--no-plot]
 
 Reads rows `ranks,variant,iters,median_us,p99_us,min_us,gpus,ranks_share_gpu` (rows with
 empty figures are variants the device refused). `--table` prints, per rank count, every

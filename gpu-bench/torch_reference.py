@@ -11,7 +11,7 @@ post-processing run anyway (no early exit), as the dpcoord side's forced exchang
 the result is checked against the multi-rank rules.
 
 Usage:
-    python3 bench/torch_reference.py --ranks N --backend nccl|gloo [--iters 1000]
+    python3 gpu-bench/torch_reference.py --ranks N --backend nccl|gloo [--iters 1000]
                                      [--warmup 100] [--csv FILE] [--deadline-s 240]
 
 The launcher spawns N rank processes of this script (file:// rendezvous in a temporary
@@ -52,7 +52,7 @@ M64 = (1 << 64) - 1
 
 
 # ---------------------------------------------------------------------------------------
-# Requests: the same generator as bench/gpu_bench.rs (splitmix64 over (step, rank))
+# Requests: the same generator as gpu-bench/src/main.rs (splitmix64 over (step, rank))
 
 
 def mix(x):

@@ -1,9 +1,10 @@
-//! The decision logic of DESIGN.md section 1: pure, allocation-free, no FFI and no CUDA.
+//! The decision rules (docs/ARCHITECTURE.md, "Semantics"): pure, allocation-free, no FFI and
+//! no CUDA.
 //!
 //! [`make_record`] turns one rank's request into its 20-byte wire record; [`decide`] turns
 //! every rank's record into the decision all ranks share.
 
-use crate::error::{invalid, Error, Result};
+use crate::error::{invalid, Error, ErrorKind, Result};
 
 /// `cudagraph_mode` values: NONE.
 pub const CUDAGRAPH_NONE: i32 = 0;
@@ -107,6 +108,8 @@ pub struct Request {
     pub ubatch: UbatchConfig,
     /// 0 waits forever; > 0 bounds the blocking wait in milliseconds.
     pub timeout_ms: i32,
+    /// The caller's step counter; 0 = unchecked, else equal on every rank.
+    pub step_id: i64,
 }
 
 impl Default for Request {
@@ -121,6 +124,7 @@ impl Default for Request {
             pad_policy: PAD_POLICY_EXPLICIT,
             ubatch: UbatchConfig::default(),
             timeout_ms: 0,
+            step_id: 0,
         }
     }
 }
@@ -182,6 +186,12 @@ impl Request {
                 self.timeout_ms
             ));
         }
+        if self.step_id < 0 {
+            return Err(invalid!(
+                "step_id = {} must be >= 0 (0 = unchecked)",
+                self.step_id
+            ));
+        }
         Ok(())
     }
 
@@ -239,6 +249,35 @@ pub struct Decision {
     pub min_num_tokens_unpadded: i32,
 }
 
+/// The step id every live rank agrees on: 0 when every live rank passed 0 (unchecked), else
+/// the one id every live rank passed. `live[r] == 0` marks a dead slot (not compared); `None`
+/// means every rank is live. Differing ids are [`ErrorKind::InconsistentRanks`] naming two
+/// ranks and their ids.
+pub fn check_step_ids(step_ids: &[i64], live: Option<&[u8]>) -> Result<i64> {
+    let is_live = |r: usize| live.map_or(true, |l| l[r] != 0);
+    let mut first: Option<(usize, i64)> = None;
+    for (rank, &id) in step_ids.iter().enumerate() {
+        if !is_live(rank) {
+            continue;
+        }
+        match first {
+            None => first = Some((rank, id)),
+            Some((r0, id0)) if id0 != id => {
+                return Err(Error::new(
+                    ErrorKind::InconsistentRanks,
+                    format!(
+                        "step ids differ across ranks: rank {r0} passed step_id {id0}, rank \
+                         {rank} passed step_id {id}; every rank must pass the same step_id \
+                         (a rank is a step ahead or behind)"
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(first.map_or(0, |(_, id)| id))
+}
+
 /// Checks the decision parameters that do not depend on the records.
 pub fn check_decide_args(
     dp_size: i64,
@@ -259,7 +298,7 @@ pub fn check_decide_args(
     check_num_ubatches("num_ubatches", num_ubatches)
 }
 
-/// The decision of DESIGN.md section 1 over every rank's record (`records[r]` is rank r's).
+/// The decision (docs/ARCHITECTURE.md, "Semantics") over every rank's record (`records[r]` is rank r's).
 ///
 /// When `out` is given (length `records.len()`), it receives the tokens after padding of
 /// every rank, and only on success; for dp_size == 1 it is left untouched.
@@ -290,11 +329,14 @@ pub fn decide(
     let should_ubatch = summary.all_attempt_ubatch && !last_ubatch_empty;
     let policy_pad = if pad_policy == PAD_POLICY_EXPLICIT {
         if let Some((padding_rank, other_rank)) = summary.dp_pad_disagreement {
-            return Err(Error::InconsistentRanks(format!(
+            return Err(Error::new(
+                ErrorKind::InconsistentRanks,
+                format!(
                 "should_attempt_dp_pad (allow_dp_padding) differs across ranks under pad_policy \
                  EXPLICIT: rank {padding_rank} has 1, rank {other_rank} has 0; every rank must \
                  pass the same allow_dp_padding"
-            )));
+            ),
+            ));
         }
         summary.all_attempt_dp_pad
     } else {
@@ -411,9 +453,7 @@ impl Summary {
             for (rank, r) in records.iter().enumerate() {
                 check_record(rank, r)?;
             }
-            return Err(Error::Internal(
-                "a record failed the fast check only".into(),
-            ));
+            return Err(Error::internal("a record failed the fast check only"));
         }
         let disagree = acc.dp_pad_or != acc.dp_pad_and;
         let first = |pad: i32| records.iter().position(|r| r.should_attempt_dp_pad == pad);

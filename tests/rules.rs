@@ -1,12 +1,12 @@
-//! One test per rule of DESIGN.md section 1, through the Rust API of `dpcoord::plan`.
+//! One test per rule of DESIGN.md section 1, through the Rust API of `dpcoord::rules`.
 //!
 //! `make_record`: threshold selection, padded default, validation (field and value named).
 //! `decide`: early exit at dp_size 1, CUDA-graph minimum, the last-microbatch-empty rule at its
 //! exact boundary, both pad policies, microbatching forcing padding, the per-rank array, and
 //! every invalid argument (with the output array left untouched).
 
-use dpcoord::plan::{decide, make_record, Decision, RankRecord, Request, UbatchConfig};
-use dpcoord::Error;
+use dpcoord::rules::{decide, make_record, Decision, RankRecord, Request, UbatchConfig};
+use dpcoord::{Error, ErrorKind};
 
 /// What an output array holds before a call; any entry still equal to it was not written.
 const SENTINEL: i32 = -777;
@@ -47,7 +47,10 @@ fn attempts(req: &Request) -> i32 {
 /// The message of an `InvalidArgument`, failing the test on anything else.
 fn invalid_message<T: std::fmt::Debug>(result: Result<T, Error>) -> String {
     match result {
-        Err(Error::InvalidArgument(message)) => message,
+        Err(Error {
+            kind: ErrorKind::InvalidArgument,
+            message,
+        }) => message,
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
 }
@@ -607,7 +610,10 @@ fn explicit_mixed_flags_fail_every_rank_naming_both_ranks() {
         for rank in 0..records.len() as i32 {
             let (r, _) = decide_all(&records, rank, EXPLICIT, 2);
             match r {
-                Err(Error::InconsistentRanks(message)) => {
+                Err(Error {
+                    kind: ErrorKind::InconsistentRanks,
+                    message,
+                }) => {
                     assert_names(
                         &message,
                         &[

@@ -13,10 +13,10 @@ use crate::cuda::{
     self, Context, DeviceBuffer, DevicePtr, Event, EventState, Kernel, KernelArg, MappedHost,
     Module,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::{self as k, RECORD_WORDS};
 use crate::nccl::{self, CommPtr, Nccl};
-use crate::plan::{self, Decision, RankRecord, Request};
+use crate::rules::{self, Decision, RankRecord, Request};
 
 /// Opaque stream handle as the caller passed it.
 pub type StreamPtr = cuda::StreamPtr;
@@ -111,7 +111,7 @@ pub fn coordinate(
     req: &Request,
     force_exchange: bool,
 ) -> Result<Outcome> {
-    let record = plan::make_record(req)?;
+    let record = rules::make_record(req)?;
     let slot = {
         let mut registry = lock(&REGISTRY);
         Arc::clone(
@@ -124,9 +124,9 @@ pub fn coordinate(
         match slot.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(Error::Busy(
-                "another thread is inside dp_coordinate_batch or dp_release on this communicator"
-                    .into(),
+            Err(TryLockError::WouldBlock) => return Err(Error::new(
+                ErrorKind::Busy,
+                "another thread is inside dp_coordinate_batch or dp_release on this communicator",
             )),
         };
     let nccl = nccl::nccl()?;
@@ -134,7 +134,7 @@ pub fn coordinate(
     let dp_rank = nccl.comm_user_rank(comm)?;
     let num_ubatches = req.effective_num_ubatches();
     if dp_size == 1 && !force_exchange {
-        let decision = plan::decide(&[record], 0, req.pad_policy, num_ubatches, None)?;
+        let decision = rules::decide(&[record], 0, req.pad_policy, num_ubatches, None)?;
         return Ok(Outcome {
             decision,
             dp_rank,
@@ -144,10 +144,13 @@ pub fn coordinate(
         });
     }
     if dp_size as usize > k::MAX_DP_SIZE {
-        return Err(Error::InvalidArgument(format!(
-            "the communicator has {dp_size} ranks; dpcoord supports at most {}",
-            k::MAX_DP_SIZE
-        )));
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "the communicator has {dp_size} ranks; dpcoord supports at most {}",
+                k::MAX_DP_SIZE
+            ),
+        ));
     }
     cuda::driver()?;
     let device = nccl.comm_cu_device(comm)?;
@@ -218,11 +221,14 @@ fn retire(slot: &mut Option<CommState>) -> Result<()> {
     let start = Instant::now();
     while state.in_flight && state.event.query().ok() == Some(EventState::Pending) {
         if start.elapsed() >= RELEASE_WAIT {
-            return Err(Error::Timeout(format!(
-                "work of an earlier call on this communicator is still running after {} s; \
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "work of an earlier call on this communicator is still running after {} s; \
                  abort the communicator (ncclCommAbort) first, then release it",
-                RELEASE_WAIT.as_secs()
-            )));
+                    RELEASE_WAIT.as_secs()
+                ),
+            ));
         }
         std::thread::sleep(Duration::from_micros(100));
     }
@@ -360,17 +366,20 @@ impl CommState {
             nccl.check_async_error(comm)?;
             let done = cuda::stream_idle(stream)?;
             if done && self.host.load(k::HOST_SEQ) as u32 != self.seq {
-                return Err(Error::Internal(
-                    "the post-processing kernel finished without publishing its result".into(),
+                return Err(Error::internal(
+                    "the post-processing kernel finished without publishing its result",
                 ));
             }
             let waited = now - start;
             if timeout_ms > 0 && waited >= limit {
-                return Err(Error::Timeout(format!(
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
                     "the exchange did not complete within timeout_ms = {timeout_ms} (a rank did \
                      not call dp_coordinate_batch, or is stuck); the communicator is unusable: \
                      abort it with ncclCommAbort on every rank, then call dp_release"
-                )));
+                ),
+                ));
             }
             if waited >= SPIN_BEFORE_YIELD {
                 std::thread::yield_now();
@@ -401,9 +410,9 @@ impl CommState {
                         }))
                     })
                     .collect();
-                match plan::decide(&records, self.dp_rank, pad_policy, num_ubatches, None) {
+                match rules::decide(&records, self.dp_rank, pad_policy, num_ubatches, None) {
                     Err(e) => Err(e),
-                    Ok(_) => Err(Error::Internal(format!(
+                    Ok(_) => Err(Error::internal(format!(
                         "the post-processing kernel flagged status {flagged} but the host logic \
                          accepts the same records"
                     ))),
@@ -431,7 +440,7 @@ mod tests {
         };
         let err = coordinate(fake_comm(1), std::ptr::null_mut(), &req, false).unwrap_err();
         assert!(
-            matches!(&err, Error::InvalidArgument(m) if m.contains("num_tokens_unpadded = -3")),
+            matches!(&err, Error { kind: ErrorKind::InvalidArgument, message: m } if m.contains("num_tokens_unpadded = -3")),
             "{err}"
         );
     }
@@ -446,7 +455,7 @@ mod tests {
                 let comm = fake_comm(2);
                 let err =
                     coordinate(comm, std::ptr::null_mut(), &Request::default(), false).unwrap_err();
-                assert!(matches!(err, Error::LibraryUnavailable(_)), "{err}");
+                assert!(err.kind == ErrorKind::LibraryUnavailable, "{err}");
                 assert!(err.to_string().contains("DPCOORD_NCCL_LIBRARY"), "{err}");
                 release(comm).unwrap();
             }
@@ -457,7 +466,7 @@ mod tests {
     fn without_a_driver_cuda_reports_library_unavailable_not_a_panic() {
         match cuda::driver() {
             Ok(()) => {}
-            Err(e) => assert!(matches!(e, Error::LibraryUnavailable(_)), "{e}"),
+            Err(e) => assert!(e.kind == ErrorKind::LibraryUnavailable, "{e}"),
         }
     }
 
@@ -481,7 +490,7 @@ mod tests {
         .unwrap()
         .expect("a busy communicator is an error");
         assert!(
-            matches!(&err, Error::Busy(m) if m.contains("this communicator")),
+            matches!(&err, Error { kind: ErrorKind::Busy, message: m } if m.contains("this communicator")),
             "{err}"
         );
         drop(held);

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU benchmark in one command, on the GPU machine, from the repository root:
 #
-#     bash bench/run_gpu_bench.sh            # needs target/release/dpcoord-gpu-bench (carried)
+#     bash gpu-bench/run_gpu_bench.sh            # needs target/release/dpcoord-gpu-bench (carried)
 #
-# Runs dpcoord-gpu-bench and bench/torch_reference.py (NCCL and Gloo) at 1, 2, 4 ranks (and
+# Runs dpcoord-gpu-bench and gpu-bench/torch_reference.py (NCCL and Gloo) at 1, 2, 4 ranks (and
 # 8 when the machine has >= 8 GPUs), most important first, writes CSVs and logs to
 # ${OUT:-bench-out}, and prints a compact table at the end. With fewer GPUs than ranks the
 # ranks share a GPU over loopback sockets (~5 ms / ~17 ms per tiny collective at 2 / 4
@@ -26,7 +26,7 @@ export NCCL_NVLS_ENABLE=0
 
 die() { echo "run_gpu_bench.sh: $*" >&2; exit 2; }
 
-[[ -f bench/gpu_bench.rs && -f bench/torch_reference.py ]] || die "run me from the repository root"
+[[ -f gpu-bench/src/main.rs && -f gpu-bench/torch_reference.py ]] || die "run me from the repository root"
 [[ -x "$BIN" ]] || die "$BIN is missing or not executable: build it with 'cargo build --release --bin dpcoord-gpu-bench' on the development machine and carry it"
 command -v nvidia-smi >/dev/null || die "nvidia-smi not found: is this the GPU machine?"
 
@@ -97,7 +97,7 @@ rust_step() {
 torch_step() {
   local r=$1 be=$2 it=$3 wu=$4 limit=$5
   run_step "torch_${be}_r$r" "$limit" \
-    "$PYTHON" bench/torch_reference.py --ranks "$r" --backend "$be" --iters "$it" --warmup "$wu" \
+    "$PYTHON" gpu-bench/torch_reference.py --ranks "$r" --backend "$be" --iters "$it" --warmup "$wu" \
     --csv "$TORCH_CSV" --deadline-s $(( limit - 5 ))
 }
 
@@ -128,9 +128,9 @@ CSVS=()
 [[ -s "$RUST_CSV" ]] && CSVS+=("$RUST_CSV")
 [[ -s "$TORCH_CSV" ]] && CSVS+=("$TORCH_CSV")
 if (( ${#CSVS[@]} > 0 )); then
-  "$PYTHON" bench/plot.py "${CSVS[@]}" --table --no-plot | tee "$OUT/summary.txt" || true
-  "$PYTHON" bench/plot.py "${CSVS[@]}" --out "$OUT/latency_vs_dp.png" >/dev/null 2>&1 \
-    && echo "plot: $OUT/latency_vs_dp.png" || echo "plot: not drawn here (matplotlib?); run bench/plot.py on the CSVs"
+  "$PYTHON" gpu-bench/plot.py "${CSVS[@]}" --table --no-plot | tee "$OUT/summary.txt" || true
+  "$PYTHON" gpu-bench/plot.py "${CSVS[@]}" --out "$OUT/latency_vs_dp.png" >/dev/null 2>&1 \
+    && echo "plot: $OUT/latency_vs_dp.png" || echo "plot: not drawn here (matplotlib?); run gpu-bench/plot.py on the CSVs"
 else
   echo "no CSV rows were written"
 fi

@@ -1,0 +1,200 @@
+//! The host path: struct initialisers, the local step and the decision from every rank's
+//! records (the caller exchanges them: MPI, its own transport).
+
+use std::mem::size_of;
+
+use super::{
+    boundary, check_ptr, check_result, dp_batch_request, dp_batch_result, dp_status,
+    dp_ubatch_config, read_request, write_out, write_result,
+};
+use crate::error::{invalid, Result};
+use crate::rules::{self, RankRecord, Request};
+
+/// Fills the caller's `*req` with the defaults (padded -1, no microbatching or DP padding,
+/// uniform_decode -1, CUDA-graph NONE, pad policy EXPLICIT, ubatch {false, 2, 32, 512},
+/// timeout 0 = forever, step_id 0 = unchecked) and `struct_size = size`, writing only its first
+/// `size` bytes. Call it through the header's `dp_batch_request_init(req)`, which passes the
+/// caller's `sizeof(*req)`.
+///
+/// Local, thread-safe. A NULL or misaligned `req`, or a `size` below the 0.1 struct, writes
+/// nothing and leaves a message for `dp_last_error`.
+#[no_mangle]
+pub extern "C" fn dp_batch_request_init_sized(req: *mut dp_batch_request, size: usize) {
+    boundary(|| {
+        check_ptr(req.cast_const(), "req")?;
+        let min = std::mem::offset_of!(dp_batch_request, step_id);
+        if size < min {
+            return Err(invalid!(
+                "size = {size} is smaller than {min}, the size of the first version of \
+                 dp_batch_request"
+            ));
+        }
+        let value = request_struct(&Request::default(), size);
+        let n = size.min(size_of::<dp_batch_request>());
+        // SAFETY: `req` is non-NULL and aligned (checked) and the caller promises `size`
+        // writable bytes; `value` is a valid local written through `n <= sizeof` bytes.
+        unsafe { write_prefix(req, &value, n) };
+        Ok(())
+    });
+}
+
+/// Fills the caller's `*res` with an empty result (all zero, false, NULL) and
+/// `struct_size = size`, writing only its first `size` bytes. Call it through the header's
+/// `dp_batch_result_init(res)`, which passes the caller's `sizeof(*res)`.
+///
+/// Local, thread-safe. A NULL or misaligned `res`, or a `size` below the 0.2 struct, writes
+/// nothing and leaves a message for `dp_last_error`.
+#[no_mangle]
+pub extern "C" fn dp_batch_result_init_sized(res: *mut dp_batch_result, size: usize) {
+    boundary(|| {
+        check_ptr(res.cast_const(), "res")?;
+        if size < size_of::<dp_batch_result>() {
+            return Err(invalid!(
+                "size = {size} is smaller than {}, the size of the first version of \
+                 dp_batch_result",
+                size_of::<dp_batch_result>()
+            ));
+        }
+        let mut value = dp_batch_result::empty();
+        value.struct_size = size.min(u32::MAX as usize) as u32;
+        // SAFETY: `res` is non-NULL and aligned (checked) and the caller promises `size`
+        // (>= sizeof) writable bytes.
+        unsafe { write_prefix(res, &value, size_of::<dp_batch_result>()) };
+        Ok(())
+    });
+}
+
+/// Copies the first `n` bytes of `value` over `*dst`, field bytes and padding alike.
+///
+/// # Safety
+/// `dst` must be valid for `n` writable bytes and `n <= size_of::<T>()`.
+unsafe fn write_prefix<T: Copy>(dst: *mut T, value: &T, n: usize) {
+    let bytes = std::ptr::from_ref(value).cast::<u8>();
+    // SAFETY: the caller promises `n` writable bytes at `dst`; `value` is readable for
+    // sizeof(T) >= n bytes (padding of a `Copy` value is copied as bytes by `ptr::copy`,
+    // which is defined for untyped memory).
+    unsafe { std::ptr::copy_nonoverlapping(bytes, dst.cast::<u8>(), n) }
+}
+
+/// The C struct holding `r`, with `struct_size = size` (saturated to u32).
+fn request_struct(r: &Request, size: usize) -> dp_batch_request {
+    dp_batch_request {
+        struct_size: size.min(u32::MAX as usize) as u32,
+        num_tokens_unpadded: r.num_tokens_unpadded,
+        num_tokens_padded: r.num_tokens_padded,
+        allow_microbatching: r.allow_microbatching,
+        allow_dp_padding: r.allow_dp_padding,
+        uniform_decode: r.uniform_decode,
+        cudagraph_mode: r.cudagraph_mode,
+        pad_policy: r.pad_policy,
+        ubatch: dp_ubatch_config {
+            enabled: r.ubatch.enabled,
+            num_ubatches: r.ubatch.num_ubatches,
+            decode_token_threshold: r.ubatch.decode_token_threshold,
+            prefill_token_threshold: r.ubatch.prefill_token_threshold,
+        },
+        timeout_ms: r.timeout_ms,
+        step_id: r.step_id,
+    }
+}
+
+impl From<&Request> for dp_batch_request {
+    /// The C request holding `r`, sized as this library's struct (for Rust callers of the C
+    /// API: tests and benchmarks).
+    fn from(r: &Request) -> Self {
+        request_struct(r, size_of::<dp_batch_request>())
+    }
+}
+
+/// The local step: validates `*req` and writes this rank's wire record to `*out`.
+///
+/// Local (no communication), thread-safe, allocation-free on success. `*out` is written only
+/// on success. Returns `DP_OK` or `DP_ERR_INVALID_ARGUMENT` (NULL or misaligned pointer, small
+/// `struct_size`, a bool byte other than 0/1, or a field out of range: the message names the
+/// field and value).
+#[no_mangle]
+pub extern "C" fn dp_make_record(req: *const dp_batch_request, out: *mut RankRecord) -> dp_status {
+    boundary(|| {
+        let request = read_request(req)?;
+        check_ptr(out.cast_const(), "out")?;
+        write_out(out, rules::make_record(&request)?);
+        Ok(())
+    })
+}
+
+/// The decision from every rank's record (`records[r]` is rank r's, `dp_size` entries).
+///
+/// Local and deterministic: every rank passing the same records gets the same answer.
+/// `num_tokens_after_padding` (nullable, `dp_size` entries, must not overlap `records`)
+/// receives every rank's tokens after padding, and `res->num_tokens_after_padding` then
+/// points at it; with NULL, only the scalars are filled and that pointer is NULL. For
+/// dp_size == 1 no exchange is implied: no array is written and
+/// `has_num_tokens_after_padding` is false. `res->num_tokens_after_padding_device` is
+/// always NULL and `res->step_id` 0. `*res` must be initialised with `dp_batch_result_init`
+/// (its `struct_size` is read). Outputs are written only on success. Thread-safe,
+/// allocation-free. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (bad pointer, sizes, rank,
+/// policy, num_ubatches or record field: the message names it) or
+/// `DP_ERR_INCONSISTENT_RANKS`.
+#[no_mangle]
+pub extern "C" fn dp_decide_batch(
+    records: *const RankRecord,
+    dp_size: i32,
+    dp_rank: i32,
+    pad_policy: i32,
+    num_ubatches: i32,
+    num_tokens_after_padding: *mut i32,
+    res: *mut dp_batch_result,
+) -> dp_status {
+    boundary(|| {
+        let res_size = check_result(res)?;
+        rules::check_decide_args(i64::from(dp_size), dp_rank, pad_policy, num_ubatches)?;
+        check_ptr(records, "records")?;
+        let n = dp_size as usize;
+        let out = host_array(records, n, num_tokens_after_padding)?;
+        // SAFETY: `records` is non-NULL and aligned (checked) and the caller promises
+        // `dp_size` (>= 1, checked) readable records there for the duration of the call.
+        let records = unsafe { std::slice::from_raw_parts(records, n) };
+        let has_array = out.is_some();
+        let decision = rules::decide(records, dp_rank, pad_policy, num_ubatches, out)?;
+        let mut filled = dp_batch_result::from_decision(&decision, dp_rank, dp_size, 0);
+        if has_array && decision.has_num_tokens_after_padding {
+            filled.has_num_tokens_after_padding = true;
+            filled.num_tokens_after_padding = num_tokens_after_padding;
+        }
+        write_result(res, res_size, &filled);
+        Ok(())
+    })
+}
+
+/// The caller's optional output array of `n` int32 (checked: aligned, not overlapping the
+/// `n` records), as a slice.
+fn host_array<'a>(
+    records: *const RankRecord,
+    n: usize,
+    out: *mut i32,
+) -> Result<Option<&'a mut [i32]>> {
+    if out.is_null() {
+        return Ok(None);
+    }
+    check_ptr(out.cast_const(), "num_tokens_after_padding")?;
+    let records_bytes = n * size_of::<RankRecord>();
+    let out_bytes = n * size_of::<i32>();
+    let (r0, o0) = (records as usize, out as usize);
+    if o0 < r0 + records_bytes && r0 < o0 + out_bytes {
+        return Err(invalid!("num_tokens_after_padding overlaps records"));
+    }
+    // SAFETY: non-NULL, aligned, `n` writable int32 promised by the caller, and checked
+    // above not to overlap `records`, so the two slices never alias.
+    Ok(Some(unsafe { std::slice::from_raw_parts_mut(out, n) }))
+}
+
+/// Rust callers' counterpart of the header's inline `dp_batch_request_init(req)`: records this
+/// library's `sizeof(dp_batch_request)` (for tests and benchmarks written in Rust).
+pub fn dp_batch_request_init(req: *mut dp_batch_request) {
+    dp_batch_request_init_sized(req, size_of::<dp_batch_request>());
+}
+
+/// Rust callers' counterpart of the header's inline `dp_batch_result_init(res)`.
+pub fn dp_batch_result_init(res: *mut dp_batch_result) {
+    dp_batch_result_init_sized(res, size_of::<dp_batch_result>());
+}

@@ -1,0 +1,458 @@
+//! The C ABI: every `extern "C"` function of `include/dpcoord.h`, and the one room where C's
+//! pointers, sizes and bytes are checked.
+//!
+//! Conventions, for every function here: pointers are checked for NULL and for their type's
+//! alignment before use; a struct is read through its `struct_size` (only
+//! `min(struct_size, sizeof)` bytes, the rest takes defaults) and written the same way; C
+//! `bool`s are read as bytes (0 or 1, anything else is an error naming the field); outputs are
+//! written only on success; a panic never crosses the boundary (it becomes `DP_ERR_INTERNAL`);
+//! every failure leaves a thread-local message for `dp_last_error`.
+
+#![allow(non_camel_case_types)]
+// The exported functions take raw pointers from C by design; each is checked before use and
+// each dereference carries a SAFETY note stating the C caller's promise.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
+mod gpu;
+mod host;
+
+pub use gpu::*;
+pub use host::*;
+
+use std::cell::RefCell;
+use std::ffi::{c_char, CStr, CString};
+use std::mem::{align_of, offset_of, size_of, size_of_val};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::error::{invalid, Error, ErrorKind, Result};
+use crate::rules::{Decision, Request, UbatchConfig};
+
+/// Major version of this header and library.
+pub const DPCOORD_VERSION_MAJOR: u32 = 0;
+/// Minor version; a 0.x minor is a breaking release (the SONAME carries it).
+pub const DPCOORD_VERSION_MINOR: u32 = 2;
+/// Patch version.
+pub const DPCOORD_VERSION_PATCH: u32 = 0;
+
+/// `pad_policy`: pad iff every rank set `allow_dp_padding` (vLLM's rule).
+pub const DP_PAD_POLICY_EXPLICIT: i32 = 0;
+/// `pad_policy`: pad iff the synced CUDA-graph mode is not NONE (newer vLLM).
+pub const DP_PAD_POLICY_WHEN_CUDAGRAPH: i32 = 1;
+/// `cudagraph_mode`: no CUDA graph.
+pub const DP_CUDAGRAPH_NONE: i32 = 0;
+/// `cudagraph_mode`: piecewise CUDA graphs.
+pub const DP_CUDAGRAPH_PIECEWISE: i32 = 1;
+/// `cudagraph_mode`: full CUDA graphs.
+pub const DP_CUDAGRAPH_FULL: i32 = 2;
+
+/// Opaque NCCL communicator: `ncclComm_t` is `struct ncclComm*`.
+pub struct ncclComm {
+    _opaque: [u8; 0],
+}
+
+/// Opaque CUDA stream: `cudaStream_t` (and `CUstream`) is `struct CUstream_st*`.
+pub struct CUstream_st {
+    _opaque: [u8; 0],
+}
+
+/// Status of every dpcoord call. Numbered explicitly; a number never changes meaning.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum dp_status {
+    /// Success.
+    DP_OK = 0,
+    /// An argument is NULL, misaligned, out of range, or a `struct_size` is too small; see
+    /// `dp_last_error`.
+    DP_ERR_INVALID_ARGUMENT = 1,
+    /// Ranks passed records that cannot be combined (EXPLICIT pad flags or step ids differ);
+    /// every rank gets it.
+    DP_ERR_INCONSISTENT_RANKS = 2,
+    /// A CUDA driver call failed.
+    DP_ERR_CUDA = 3,
+    /// An NCCL call failed or the communicator holds an asynchronous error.
+    DP_ERR_NCCL = 4,
+    /// The exchange did not finish within `timeout_ms`.
+    DP_ERR_TIMEOUT = 5,
+    /// The CUDA driver or NCCL could not be loaded, or lacks a needed function.
+    DP_ERR_LIBRARY_UNAVAILABLE = 6,
+    /// Another call is in progress on the same coordinator or communicator.
+    DP_ERR_BUSY = 7,
+    /// A bug in dpcoord (for instance a caught panic); the message says what happened.
+    DP_ERR_INTERNAL = 8,
+    /// The wait was ended by `dp_coordinator_cancel` or `dp_cancel`.
+    DP_ERR_CANCELLED = 9,
+    /// A host-group peer process exited or closed the group.
+    DP_ERR_PEER_EXITED = 10,
+}
+
+impl From<ErrorKind> for dp_status {
+    fn from(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::InvalidArgument => dp_status::DP_ERR_INVALID_ARGUMENT,
+            ErrorKind::InconsistentRanks => dp_status::DP_ERR_INCONSISTENT_RANKS,
+            ErrorKind::Cuda => dp_status::DP_ERR_CUDA,
+            ErrorKind::Nccl => dp_status::DP_ERR_NCCL,
+            ErrorKind::Timeout => dp_status::DP_ERR_TIMEOUT,
+            ErrorKind::LibraryUnavailable => dp_status::DP_ERR_LIBRARY_UNAVAILABLE,
+            ErrorKind::Busy => dp_status::DP_ERR_BUSY,
+            ErrorKind::Internal => dp_status::DP_ERR_INTERNAL,
+            ErrorKind::Cancelled => dp_status::DP_ERR_CANCELLED,
+            ErrorKind::PeerExited => dp_status::DP_ERR_PEER_EXITED,
+        }
+    }
+}
+
+/// A status code as it crosses from C: read as an integer, since C may pass any value.
+pub type dp_status_code = u32;
+
+/// Microbatching configuration (vLLM's `enable_dbo` and thresholds).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct dp_ubatch_config {
+    /// Microbatching is configured; when false the other fields are ignored. A byte: 0 or 1.
+    pub enabled: bool,
+    /// Microbatches per step; >= 2 when enabled (default 2).
+    pub num_ubatches: i32,
+    /// Minimum tokens of a uniform-decode batch to attempt microbatching; >= num_ubatches
+    /// when enabled (default 32).
+    pub decode_token_threshold: i32,
+    /// Minimum tokens of a batch with prefill to attempt microbatching; >= num_ubatches when
+    /// enabled (default 512).
+    pub prefill_token_threshold: i32,
+}
+
+/// One rank's request for this step. Initialise with `dp_batch_request_init`, then set fields.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct dp_batch_request {
+    /// `sizeof(dp_batch_request)` as the caller compiled it (set by `dp_batch_request_init`);
+    /// the library reads only `min(struct_size, sizeof)` bytes, so the struct can grow.
+    pub struct_size: u32,
+    /// Tokens this rank schedules this step; >= 0.
+    pub num_tokens_unpadded: i32,
+    /// Tokens incl. non-DP padding (CUDA-graph bucket, TP); -1 = same as unpadded; else >= unpadded.
+    pub num_tokens_padded: i32,
+    /// The caller wants microbatching considered. A byte: 0 or 1.
+    pub allow_microbatching: bool,
+    /// The caller wants every rank padded to the same count (EXPLICIT pad policy). A byte: 0 or 1.
+    pub allow_dp_padding: bool,
+    /// 1 = only single-token decodes, 0 = contains prefill, -1 = unknown (only without microbatching).
+    pub uniform_decode: i32,
+    /// 0 NONE, 1 PIECEWISE, 2 FULL.
+    pub cudagraph_mode: i32,
+    /// 0 EXPLICIT, 1 WHEN_CUDAGRAPH; every rank must pass the same value.
+    pub pad_policy: i32,
+    /// Microbatching configuration; every rank must pass the same value.
+    pub ubatch: dp_ubatch_config,
+    /// 0 = wait forever; > 0 = no blocking call takes longer than this many ms (+100 ms).
+    pub timeout_ms: i32,
+    /// The caller's step counter (0.2); 0 = unchecked, else >= 0 and equal on every rank.
+    pub step_id: i64,
+}
+
+/// The smallest `struct_size` accepted: `sizeof(dp_batch_request)` of version 0.1 (no `step_id`).
+const REQUEST_MIN_SIZE: usize = offset_of!(dp_batch_request, step_id);
+
+/// The decision every rank shares for this step. Initialise with `dp_batch_result_init`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct dp_batch_result {
+    /// `sizeof(dp_batch_result)` as the caller compiled it (set by `dp_batch_result_init`, 0.2);
+    /// the library writes only `min(struct_size, sizeof)` bytes.
+    pub struct_size: u32,
+    /// Every rank splits this step into microbatches.
+    pub should_ubatch: bool,
+    /// Every rank is padded to `max_num_tokens_padded`.
+    pub should_dp_pad: bool,
+    /// `num_tokens_after_padding` holds `dp_size` entries (false when dp_size == 1 or no array).
+    pub has_num_tokens_after_padding: bool,
+    /// The minimum CUDA-graph mode across ranks: the mode every rank uses.
+    pub synced_cudagraph_mode: i32,
+    /// This rank.
+    pub dp_rank: i32,
+    /// Number of ranks.
+    pub dp_size: i32,
+    /// This rank's tokens after padding (own padded count when dp_size == 1).
+    pub num_tokens_after_padding_self: i32,
+    /// Maximum padded token count across ranks.
+    pub max_num_tokens_padded: i32,
+    /// Minimum unpadded token count across ranks.
+    pub min_num_tokens_unpadded: i32,
+    /// Host array of `dp_size` tokens-after-padding, or NULL (see `has_num_tokens_after_padding`).
+    pub num_tokens_after_padding: *const i32,
+    /// Device array of `dp_size` entries written in stream order; NULL from the host paths.
+    pub num_tokens_after_padding_device: *const i32,
+    /// The agreed step id (0.2): every live rank's `step_id`, 0 when unchecked.
+    pub step_id: i64,
+}
+
+/// The smallest `struct_size` accepted: the whole 0.2 struct (the first version with a size).
+const RESULT_MIN_SIZE: usize = size_of::<dp_batch_result>();
+
+impl dp_batch_result {
+    /// The C result of a decision (arrays NULL; the caller sets them when it has them).
+    pub(crate) fn from_decision(d: &Decision, dp_rank: i32, dp_size: i32, step_id: i64) -> Self {
+        Self {
+            struct_size: size_of::<dp_batch_result>() as u32,
+            should_ubatch: d.should_ubatch,
+            should_dp_pad: d.should_dp_pad,
+            has_num_tokens_after_padding: false,
+            synced_cudagraph_mode: d.synced_cudagraph_mode,
+            dp_rank,
+            dp_size,
+            num_tokens_after_padding_self: d.num_tokens_after_padding_self,
+            max_num_tokens_padded: d.max_num_tokens_padded,
+            min_num_tokens_unpadded: d.min_num_tokens_unpadded,
+            num_tokens_after_padding: std::ptr::null(),
+            num_tokens_after_padding_device: std::ptr::null(),
+            step_id,
+        }
+    }
+
+    /// The result of `dp_batch_result_init`: everything zero/false/NULL.
+    fn empty() -> Self {
+        Self::from_decision(
+            &Decision {
+                should_ubatch: false,
+                should_dp_pad: false,
+                has_num_tokens_after_padding: false,
+                synced_cudagraph_mode: 0,
+                num_tokens_after_padding_self: 0,
+                max_num_tokens_padded: 0,
+                min_num_tokens_unpadded: 0,
+            },
+            0,
+            0,
+            0,
+        )
+    }
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(message: &str) {
+    let text = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
+    // During thread-local destruction (a C++ thread_local destructor calling dpcoord) the
+    // slot is gone: the message is dropped rather than aborting the process.
+    let _ = LAST_ERROR.try_with(|slot| *slot.borrow_mut() = text);
+}
+
+/// Runs `body` behind the boundary: panics and errors become a status plus a last error.
+pub(crate) fn boundary(body: impl FnOnce() -> Result<()>) -> dp_status {
+    let outcome = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic with a non-string payload".to_string());
+        Err(Error::internal(format!(
+            "panic caught at the C boundary: {what}"
+        )))
+    });
+    match outcome {
+        Ok(()) => dp_status::DP_OK,
+        Err(e) => {
+            set_last_error(&e.to_string());
+            dp_status::from(e.kind)
+        }
+    }
+}
+
+/// Checks a pointer argument: non-NULL and aligned for `T`.
+pub(crate) fn check_ptr<T>(ptr: *const T, name: &str) -> Result<()> {
+    check_ptr_align(ptr.cast(), name, align_of::<T>())
+}
+
+/// Checks a pointer argument: non-NULL and aligned to `align` bytes.
+pub(crate) fn check_ptr_align(ptr: *const u8, name: &str, align: usize) -> Result<()> {
+    if ptr.is_null() {
+        return Err(invalid!("{name} is NULL"));
+    }
+    if (ptr as usize) % align != 0 {
+        return Err(invalid!(
+            "{name} = {ptr:p} is not aligned to {align} bytes, as its type requires"
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the leading `uint32_t struct_size` of a caller's struct (checked: non-NULL,
+/// 4-aligned), and refuses a size below `min`.
+fn read_struct_size(ptr: *const u8, name: &str, type_name: &str, min: usize) -> Result<usize> {
+    check_ptr_align(ptr, name, align_of::<u32>())?;
+    // SAFETY: non-NULL and 4-aligned (checked); every dpcoord struct starts with a u32
+    // struct_size, which the C caller promises is readable.
+    let size = unsafe { ptr.cast::<u32>().read() } as usize;
+    if size < min {
+        return Err(invalid!(
+            "{name}->struct_size = {size} is smaller than {min}, the size of the first version of \
+             {type_name}; call {type_name}_init first"
+        ));
+    }
+    Ok(size)
+}
+
+/// Reads one `T` field at `offset` of a caller struct whose first `size` bytes are readable,
+/// or `None` when the caller's (older) struct ends before it.
+fn read_field<T: Copy>(base: *const u8, size: usize, offset: usize) -> Option<T> {
+    if offset + size_of::<T>() > size {
+        return None;
+    }
+    // SAFETY: the field lies within the caller's first `size` bytes (checked), which the
+    // C caller promises are readable; read unaligned because only `struct_size` alignment
+    // was required of an older struct.
+    Some(unsafe { base.add(offset).cast::<T>().read_unaligned() })
+}
+
+/// Reads a C `bool` field as a byte: 0 or 1, anything else is an error naming it.
+fn read_bool(
+    base: *const u8,
+    size: usize,
+    offset: usize,
+    name: &str,
+    default: bool,
+) -> Result<bool> {
+    match read_field::<u8>(base, size, offset) {
+        None => Ok(default),
+        Some(0) => Ok(false),
+        Some(1) => Ok(true),
+        Some(byte) => Err(invalid!(
+            "{name} holds the byte {byte}; a C bool must be 0 (false) or 1 (true)"
+        )),
+    }
+}
+
+/// Reads a `dp_batch_request`: `struct_size` first, then only the fields inside it (the rest
+/// takes the defaults of `dp_batch_request_init`), bools as bytes; then validates it.
+pub(crate) fn read_request(req: *const dp_batch_request) -> Result<Request> {
+    let base = req.cast::<u8>();
+    let size = read_struct_size(base, "req", "dp_batch_request", REQUEST_MIN_SIZE)?;
+    let d = Request::default();
+    macro_rules! int {
+        ($($field:ident).+, $default:expr) => {
+            read_field(base, size, offset_of!(dp_batch_request, $($field).+)).unwrap_or($default)
+        };
+    }
+    macro_rules! flag {
+        ($($field:ident).+, $default:expr) => {
+            read_bool(
+                base,
+                size,
+                offset_of!(dp_batch_request, $($field).+),
+                concat!("req->", stringify!($($field).+)),
+                $default,
+            )?
+        };
+    }
+    let request = Request {
+        num_tokens_unpadded: int!(num_tokens_unpadded, d.num_tokens_unpadded),
+        num_tokens_padded: int!(num_tokens_padded, d.num_tokens_padded),
+        allow_microbatching: flag!(allow_microbatching, d.allow_microbatching),
+        allow_dp_padding: flag!(allow_dp_padding, d.allow_dp_padding),
+        uniform_decode: int!(uniform_decode, d.uniform_decode),
+        cudagraph_mode: int!(cudagraph_mode, d.cudagraph_mode),
+        pad_policy: int!(pad_policy, d.pad_policy),
+        ubatch: UbatchConfig {
+            enabled: flag!(ubatch.enabled, d.ubatch.enabled),
+            num_ubatches: int!(ubatch.num_ubatches, d.ubatch.num_ubatches),
+            decode_token_threshold: int!(
+                ubatch.decode_token_threshold,
+                d.ubatch.decode_token_threshold
+            ),
+            prefill_token_threshold: int!(
+                ubatch.prefill_token_threshold,
+                d.ubatch.prefill_token_threshold
+            ),
+        },
+        timeout_ms: int!(timeout_ms, d.timeout_ms),
+        step_id: int!(step_id, d.step_id),
+    };
+    request.validate().map_err(|e| e.context("req"))?;
+    Ok(request)
+}
+
+/// Checks a result pointer (non-NULL, aligned, `struct_size` readable and large enough) and
+/// returns the caller's `struct_size`, before any work is done.
+pub(crate) fn check_result(res: *mut dp_batch_result) -> Result<usize> {
+    check_ptr(res.cast_const(), "res")?;
+    read_struct_size(
+        res.cast_const().cast(),
+        "res",
+        "dp_batch_result",
+        RESULT_MIN_SIZE,
+    )
+}
+
+/// Writes `value` into the caller's result, field by field and only the fields inside its
+/// first `size` bytes (from [`check_result`]); `struct_size` is left as the caller set it.
+pub(crate) fn write_result(res: *mut dp_batch_result, size: usize, value: &dp_batch_result) {
+    let base = res.cast::<u8>();
+    macro_rules! put {
+        ($($field:ident),+) => {$(
+            let offset = offset_of!(dp_batch_result, $field);
+            if offset + size_of_val(&value.$field) <= size {
+                // SAFETY: `res` was checked by `check_result` (non-NULL, aligned, struct_size
+                // readable), and the field lies inside the caller's `size` bytes.
+                unsafe { std::ptr::write_unaligned(base.add(offset).cast(), value.$field) };
+            }
+        )+};
+    }
+    put!(
+        should_ubatch,
+        should_dp_pad,
+        has_num_tokens_after_padding,
+        synced_cudagraph_mode,
+        dp_rank,
+        dp_size,
+        num_tokens_after_padding_self,
+        max_num_tokens_padded,
+        min_num_tokens_unpadded,
+        num_tokens_after_padding,
+        num_tokens_after_padding_device,
+        step_id
+    );
+}
+
+/// Writes `value` through an output pointer (checked by `check_ptr` first).
+pub(crate) fn write_out<T>(out: *mut T, value: T) {
+    // SAFETY: every caller checked `out` with `check_ptr` first, and the C caller promises
+    // it points at writable memory for one `T`.
+    unsafe { out.write(value) }
+}
+
+/// The name of a status code, e.g. "DP_ERR_TIMEOUT"; any other value gives
+/// "DP_ERR_UNKNOWN". The string is static. Local, thread-safe; never fails.
+#[no_mangle]
+pub extern "C" fn dp_status_string(status: dp_status_code) -> *const c_char {
+    let name = match status {
+        0 => c"DP_OK",
+        code => ErrorKind::from_code(code).map_or(c"DP_ERR_UNKNOWN", ErrorKind::status_name),
+    };
+    name.as_ptr()
+}
+
+/// The message of this thread's last failed dpcoord call ("" if none yet): it names the
+/// field and value, or carries CUDA's/NCCL's own text. Thread-local; the pointer stays
+/// valid until the next failing dpcoord call on this thread. Never fails.
+#[no_mangle]
+pub extern "C" fn dp_last_error() -> *const c_char {
+    LAST_ERROR
+        .try_with(|slot| slot.borrow().as_ptr())
+        .unwrap_or(c"".as_ptr())
+}
+
+/// The library's version string, "MAJOR.MINOR.PATCH"; static. Never fails.
+#[no_mangle]
+pub extern "C" fn dp_version() -> *const c_char {
+    const VERSION: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => panic!("CARGO_PKG_VERSION contains a NUL"),
+        };
+    VERSION.as_ptr()
+}
+
+#[cfg(test)]
+mod tests;
