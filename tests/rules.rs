@@ -155,11 +155,13 @@ fn custom_thresholds_select_by_uniform_decode() {
             "unpadded {unpadded} uniform {uniform}"
         );
     }
-    // A zero threshold attempts even with zero tokens.
-    req.ubatch.decode_token_threshold = 0;
-    req.num_tokens_unpadded = 0;
+    // The lowest legal threshold is num_ubatches (0.2): 2 tokens attempt, 1 does not.
+    req.ubatch.decode_token_threshold = 2;
+    req.num_tokens_unpadded = 2;
     req.uniform_decode = 1;
     assert_eq!(attempts(&req), 1);
+    req.num_tokens_unpadded = 1;
+    assert_eq!(attempts(&req), 0);
     // And i32::MAX tokens reach an i32::MAX threshold.
     req.ubatch.prefill_token_threshold = i32::MAX;
     req.uniform_decode = 0;
@@ -257,8 +259,17 @@ fn valid_field_edges_are_accepted() {
             ubatch: UbatchConfig {
                 enabled: true,
                 num_ubatches: 2,
-                decode_token_threshold: 0,
-                prefill_token_threshold: 0,
+                decode_token_threshold: 2,
+                prefill_token_threshold: 2,
+            },
+            ..base
+        },
+        Request {
+            ubatch: UbatchConfig {
+                enabled: true,
+                num_ubatches: 4,
+                decode_token_threshold: 4,
+                prefill_token_threshold: 4,
             },
             ..base
         },
@@ -387,6 +398,42 @@ fn invalid_request_cases() -> Vec<(Request, Vec<&'static str>)> {
         (
             with_ubatch(|u| u.decode_token_threshold = -1),
             vec!["decode_token_threshold = -1"],
+        ),
+        // The threshold rule (0.2): both thresholds >= num_ubatches when enabled, the message
+        // naming the field and the bound.
+        (
+            with_ubatch(|u| u.decode_token_threshold = 1),
+            vec![
+                "ubatch.decode_token_threshold = 1",
+                ">= ubatch.num_ubatches = 2",
+            ],
+        ),
+        (
+            with_ubatch(|u| u.prefill_token_threshold = 0),
+            vec![
+                "ubatch.prefill_token_threshold = 0",
+                ">= ubatch.num_ubatches = 2",
+            ],
+        ),
+        (
+            with_ubatch(|u| {
+                u.num_ubatches = 4;
+                u.decode_token_threshold = 3;
+            }),
+            vec![
+                "ubatch.decode_token_threshold = 3",
+                ">= ubatch.num_ubatches = 4",
+            ],
+        ),
+        (
+            with_ubatch(|u| {
+                u.num_ubatches = 4;
+                u.prefill_token_threshold = 3;
+            }),
+            vec![
+                "ubatch.prefill_token_threshold = 3",
+                ">= ubatch.num_ubatches = 4",
+            ],
         ),
         (
             with_ubatch(|u| u.prefill_token_threshold = -1),

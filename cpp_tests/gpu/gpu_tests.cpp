@@ -352,8 +352,9 @@ StepShape ShapeOf(uint64_t seed, int step, int dp_size) {
   s.pad_policy = rng.Chance(50) ? DP_PAD_POLICY_EXPLICIT : DP_PAD_POLICY_WHEN_CUDAGRAPH;
   s.ubatch.enabled = rng.Chance(70);
   const int32_t kUbatches[] = {2, 2, 2, 3, 4};
-  const int32_t kDecode[] = {0, 1, 16, 32, 64};
-  const int32_t kPrefill[] = {0, 128, 512, 1024};
+  // Thresholds >= 4, the largest num_ubatches (0.2: both must be >= num_ubatches).
+  const int32_t kDecode[] = {4, 16, 32, 64};
+  const int32_t kPrefill[] = {4, 128, 512, 1024};
   s.ubatch.num_ubatches = rng.Pick(kUbatches);
   s.ubatch.decode_token_threshold = rng.Pick(kDecode);
   s.ubatch.prefill_token_threshold = rng.Pick(kPrefill);
