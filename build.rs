@@ -3,8 +3,17 @@
 use std::path::PathBuf;
 
 fn main() {
-    let major = std::env::var("CARGO_PKG_VERSION_MAJOR").expect("cargo sets the version");
-    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libdpcoord.so.{major}");
+    // A 0.x minor is a breaking release, so it is part of the SONAME (cargo-c's convention):
+    // 0.2.x is libdpcoord.so.0.2, and a binary linked against 0.1 never loads it. From 1.0 on
+    // the major alone. CMakeLists.txt computes the same name.
+    let version = |part: &str| std::env::var(part).expect("cargo sets the version");
+    let major = version("CARGO_PKG_VERSION_MAJOR");
+    let soname = if major == "0" {
+        format!("libdpcoord.so.0.{}", version("CARGO_PKG_VERSION_MINOR"))
+    } else {
+        format!("libdpcoord.so.{major}")
+    };
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{soname}");
     println!("cargo:rustc-cdylib-link-arg=-Wl,--version-script=exports.map");
     println!("cargo:rerun-if-changed=exports.map");
     println!("cargo:rerun-if-changed=cbindgen.toml");

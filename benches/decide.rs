@@ -3,6 +3,8 @@
 //!
 //! Run: `cargo bench --bench decide -- --warm-up-time 1 --measurement-time 3`.
 
+#![allow(missing_docs)] // criterion_group! generates undocumented items.
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};

@@ -1,32 +1,35 @@
 #!/usr/bin/env bash
-# Runs every test: Rust formatting and lints, the header freshness check, the Rust tests,
-# then installs the package into a temporary prefix and runs the C/C++ suite (header checks,
-# CPU GoogleTest suite, package checks, demo, and the GPU suite, which builds everywhere and
-# skips without a GPU) through ctest. Exits non-zero on any failure.
+# Runs every test: sets the machine up (scripts/setup.sh installs what is missing: Debian
+# packages as root, else it prints the command; rustfmt + clippy; the pinned NVIDIA wheels into
+# .deps/), then Rust formatting and lints, the header freshness check, the Rust tests (with the
+# real-NCCL ones), installs the package into a temporary prefix and runs the C/C++ suite through
+# ctest: header checks, CPU GoogleTest suite, package checks (CMake, pkg-config, exports,
+# relocation), the demo, the MPI suite under mpirun (2 and 4 processes), and the GPU suite, which
+# builds everywhere and reports itself skipped without a GPU. Exits non-zero on any failure and
+# on any skipped test outside the GPU suite.
 #
 #   scripts/test.sh
 #
-# Needs: Rust with rustfmt and clippy, CMake >= 3.16, a C++17 compiler, GoogleTest, binutils,
-# python3 with the pinned NVRTC (pip install nvidia-cuda-nvrtc-cu12==12.0.76, or
-# DPCOORD_NVRTC=<path to libnvrtc.so.12>). To build the GPU suite against CUDA / NCCL outside
-# the system paths: DPCOORD_CUDA_ROOT=<dir> NCCL_ROOT=<dir> (see cpp_tests/gpu/CMakeLists.txt);
-# on a machine without CUDA/NCCL headers, DPCOORD_GPU_TESTS=OFF leaves the GPU suite out.
-# DPCOORD_ALLOW_STALE_HEADER=1 turns a failed header check into a warning (not under CI).
-# Under CI=true cargo runs with --locked. Build trees: target/ (cargo), build/test-package and
-# build/test-cpp (CMake), reused across runs.
+# Needs only Rust and, on a fresh Debian machine, root for apt-get (or run the command it
+# prints). DPCOORD_ALLOW_STALE_HEADER=1 turns a failed header check into a warning (not under
+# CI). Under CI=true cargo runs with --locked. Build trees: target/ (cargo), build/test-package
+# and build/test-cpp (CMake), reused across runs. JOBS (default: nproc) sets the parallelism.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/setup.sh
+source "$ROOT/scripts/setup.sh"
 CARGO="${CARGO:-cargo}"
 JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
 LOCKED=()
 if [[ "${CI:-}" == "true" ]]; then LOCKED=(--locked); fi
 
-STEP="(setup)"
+STEP="set-up"
 STEP_START=$SECONDS
 START=$SECONDS
 PREFIX=""
+TIMES=()
 cleanup() {
   local rc=$?
   if [[ -n "$PREFIX" && -d "$PREFIX" ]]; then rm -rf "$PREFIX"; fi
@@ -37,20 +40,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
+step_done() {
+  TIMES+=("$(printf '%5ds  %s' $((SECONDS - STEP_START)) "$STEP")")
+  printf -- '---- %s: done in %ds\n' "$STEP" $((SECONDS - STEP_START))
+}
+
 step() {
-  if [[ "$STEP" != "(setup)" ]]; then
-    printf -- '---- %s: done in %ds\n' "$STEP" $((SECONDS - STEP_START))
-  fi
+  step_done
   STEP="$1"
   STEP_START=$SECONDS
-  printf '\n==================== %s ====================\n' "$STEP"
+  dp_banner "$STEP"
 }
+
+dp_setup test
 
 step "cargo fmt --check"
 "$CARGO" fmt --all --check
 
-step "cargo clippy --all-targets -- -D warnings"
-"$CARGO" clippy "${LOCKED[@]}" --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+"$CARGO" clippy "${LOCKED[@]}" --workspace --all-targets -- -D warnings
 
 step "cargo build + header freshness (include/dpcoord.h)"
 "$CARGO" build "${LOCKED[@]}"
@@ -84,19 +92,14 @@ else
   echo "include/dpcoord.h is up to date"
 fi
 
-step "cargo test"
-"$CARGO" test "${LOCKED[@]}" --all-targets
+step "cargo test --workspace --all-targets (+ doc tests)"
+"$CARGO" test "${LOCKED[@]}" --workspace --all-targets
 "$CARGO" test "${LOCKED[@]}" --doc
-# The tests that need a real NCCL (ignored by default): CI always has one (NCCL_ROOT).
-if [[ -n "${NCCL_ROOT:-}" ]]; then
-  DPCOORD_TEST_NCCL_LIBRARY="$NCCL_ROOT/lib/libnccl.so.2" \
-    "$CARGO" test "${LOCKED[@]}" --lib -- --ignored
-elif [[ "${CI:-}" == "true" ]]; then
-  echo "CI must set NCCL_ROOT so the real-NCCL tests run" >&2
-  exit 1
-else
-  echo "NCCL_ROOT not set: the real-NCCL tests stay ignored (listed as ignored above)"
-fi
+
+# The tests that need a real NCCL (ignored by default); set-up provided one (NCCL_ROOT).
+step "cargo test --lib -- --ignored (real NCCL: $NCCL_ROOT)"
+DPCOORD_TEST_NCCL_LIBRARY="$NCCL_ROOT/lib/libnccl.so.2" \
+  "$CARGO" test "${LOCKED[@]}" --lib -- --ignored
 
 step "install the package into a temporary prefix"
 PREFIX="$(mktemp -d "${TMPDIR:-/tmp}/dpcoord-prefix.XXXXXX")"
@@ -108,9 +111,8 @@ cmake --build "$ROOT/build/test-package" -j "$JOBS"
 cmake --install "$ROOT/build/test-package"
 
 step "build cpp_tests against the installed package"
-cpp_args=(-DCMAKE_PREFIX_PATH="$PREFIX" -DDPCOORD_GPU_TESTS="${DPCOORD_GPU_TESTS:-ON}")
-if [[ -n "${DPCOORD_CUDA_ROOT:-}" ]]; then cpp_args+=(-DDPCOORD_CUDA_ROOT="$DPCOORD_CUDA_ROOT"); fi
-if [[ -n "${NCCL_ROOT:-}" ]]; then cpp_args+=(-DNCCL_ROOT="$NCCL_ROOT"); fi
+cpp_args=(-DCMAKE_PREFIX_PATH="$PREFIX" -DDPCOORD_CPU_TESTS=ON -DDPCOORD_MPI_TESTS=ON
+  -DDPCOORD_GPU_TESTS=ON -DDPCOORD_CUDA_ROOT="$DPCOORD_CUDA_ROOT" -DNCCL_ROOT="$NCCL_ROOT")
 # A fresh configure each run: the prefix is new, and no cached path may point at an old one.
 rm -rf "$ROOT/build/test-cpp"
 cmake -S "$ROOT/cpp_tests" -B "$ROOT/build/test-cpp" "${cpp_args[@]}"
@@ -119,4 +121,21 @@ cmake --build "$ROOT/build/test-cpp" -j "$JOBS"
 step "ctest"
 printf 'total so far: %ds\n' $((SECONDS - START))
 cd "$ROOT/build/test-cpp"
-ctest --output-on-failure -j "$JOBS"
+ctest --output-on-failure -j "$JOBS" 2>&1 | tee ctest.log
+# Only the GPU suite may skip (it does without a GPU, and says so); any other skip fails.
+mapfile -t gpu_tests < <(ctest -N -L '^gpu$' | sed -n 's/^ *Test *#[0-9]*: //p')
+unexpected=()
+while read -r name; do
+  if [[ " ${gpu_tests[*]} " != *" $name "* ]]; then unexpected+=("$name"); fi
+done < <(sed -n 's/^[[:space:]]*[0-9]* - \([^ ]*\) (\(Skipped\|Not Run\|Disabled\)).*/\1/p' ctest.log)
+if [[ ${#unexpected[@]} -gt 0 ]]; then
+  echo "skipped outside the GPU suite (not allowed): ${unexpected[*]}" >&2
+  exit 1
+fi
+step_done
+STEP="(summary)"
+
+printf '\n==================== summary ====================\n'
+printf '%s\n' "${TIMES[@]}"
+grep -E '^[0-9]+% tests passed' ctest.log || true
+printf 'test.sh: every step passed in %ds\n' $((SECONDS - START))

@@ -116,9 +116,9 @@ impl Context {
             }
             return Context::primary(comm_device);
         }
-        // SAFETY: `stream` is the caller's live stream handle (documented contract of
-        // dp_coordinate_batch); the driver writes its context into a valid local.
         check(
+            // SAFETY: `stream` is the caller's live stream handle (documented contract of
+            // dp_coordinate_batch); the driver writes its context into a valid local.
             unsafe { sys::cuStreamGetCtx(stream.cast(), &mut raw) },
             "cuStreamGetCtx",
         )?;
@@ -144,14 +144,14 @@ impl Context {
             return Ok(*ctx);
         }
         let mut cu_device = 0;
-        // SAFETY: writes a device handle into a valid local.
         check(
+            // SAFETY: writes a device handle into a valid local.
             unsafe { sys::cuDeviceGet(&mut cu_device, device) },
             "cuDeviceGet",
         )?;
         let mut raw: sys::CUcontext = std::ptr::null_mut();
-        // SAFETY: writes the retained primary context into a valid local.
         check(
+            // SAFETY: writes the retained primary context into a valid local.
             unsafe { sys::cuDevicePrimaryCtxRetain(&mut raw, cu_device) },
             "cuDevicePrimaryCtxRetain",
         )?;
@@ -163,16 +163,16 @@ impl Context {
     /// Makes this context current for the life of the guard (a no-op when it already is).
     pub fn enter(&self) -> Result<ContextGuard> {
         let mut current: sys::CUcontext = std::ptr::null_mut();
-        // SAFETY: writes the current context (or NULL) into a valid local.
         check(
+            // SAFETY: writes the current context (or NULL) into a valid local.
             unsafe { sys::cuCtxGetCurrent(&mut current) },
             "cuCtxGetCurrent",
         )?;
         if current == self.raw {
             return Ok(ContextGuard { pushed: false });
         }
-        // SAFETY: `self.raw` is a live context (from the stream or a retained primary).
         check(
+            // SAFETY: `self.raw` is a live context (from the stream or a retained primary).
             unsafe { sys::cuCtxPushCurrent_v2(self.raw) },
             "cuCtxPushCurrent",
         )?;
@@ -233,8 +233,8 @@ impl Stream {
     pub fn new() -> Result<Self> {
         let mut raw = std::ptr::null_mut();
         let flags = sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32;
-        // SAFETY: writes the new stream into a valid local.
         check(
+            // SAFETY: writes the new stream into a valid local.
             unsafe { sys::cuStreamCreate(&mut raw, flags) },
             "cuStreamCreate",
         )?;
@@ -358,8 +358,8 @@ impl DeviceBuffer {
     /// Allocates `words` int32 in the current context.
     pub fn new(words: usize) -> Result<Self> {
         let mut ptr = 0;
-        // SAFETY: writes the new allocation's address into a valid local.
         check(
+            // SAFETY: writes the new allocation's address into a valid local.
             unsafe { sys::cuMemAlloc_v2(&mut ptr, words * 4) },
             "cuMemAlloc",
         )?;
@@ -396,8 +396,8 @@ impl MappedHost {
     pub fn new(words: usize) -> Result<Self> {
         let mut host: *mut c_void = std::ptr::null_mut();
         let flags = sys::CU_MEMHOSTALLOC_DEVICEMAP | sys::CU_MEMHOSTALLOC_PORTABLE;
-        // SAFETY: writes the new allocation's address into a valid local.
         check(
+            // SAFETY: writes the new allocation's address into a valid local.
             unsafe { sys::cuMemHostAlloc(&mut host, words * 4, flags) },
             "cuMemHostAlloc",
         )?;
@@ -408,8 +408,8 @@ impl MappedHost {
         };
         // SAFETY: `host` is a fresh allocation of `words` int32, exclusively ours.
         unsafe { std::ptr::write_bytes(block.host, 0, words) };
-        // SAFETY: `host` was allocated with DEVICEMAP; the driver writes its device address.
         check(
+            // SAFETY: `host` was allocated with DEVICEMAP; the driver writes its device address.
             unsafe { sys::cuMemHostGetDevicePointer_v2(&mut block.device, host, 0) },
             "cuMemHostGetDevicePointer",
         )?;
@@ -473,8 +473,8 @@ impl Event {
     pub fn new() -> Result<Self> {
         let mut raw = std::ptr::null_mut();
         let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
-        // SAFETY: writes the new event into a valid local.
         check(
+            // SAFETY: writes the new event into a valid local.
             unsafe { sys::cuEventCreate(&mut raw, flags) },
             "cuEventCreate",
         )?;
@@ -528,8 +528,8 @@ impl Module {
     /// JIT-loads NUL-terminated PTX into the current context.
     pub fn load(ptx: &CStr) -> Result<Self> {
         let mut raw = std::ptr::null_mut();
-        // SAFETY: `ptx` is a NUL-terminated image; the driver writes the module handle.
         check(
+            // SAFETY: `ptx` is a NUL-terminated image; the driver writes the module handle.
             unsafe { sys::cuModuleLoadData(&mut raw, ptx.as_ptr().cast()) },
             "cuModuleLoadData (the embedded PTX)",
         )?;
@@ -539,8 +539,8 @@ impl Module {
     /// The kernel named `name`.
     pub fn kernel(&self, name: &CStr) -> Result<Kernel> {
         let mut raw = std::ptr::null_mut();
-        // SAFETY: the module is live; `name` is NUL-terminated.
         check(
+            // SAFETY: the module is live; `name` is NUL-terminated.
             unsafe { sys::cuModuleGetFunction(&mut raw, self.raw, name.as_ptr()) },
             "cuModuleGetFunction",
         )?;
@@ -618,8 +618,8 @@ impl Kernel {
 pub fn device_count() -> Result<i32> {
     driver()?;
     let mut count = 0;
-    // SAFETY: writes the device count into a valid local.
     check(
+        // SAFETY: writes the device count into a valid local.
         unsafe { sys::cuDeviceGetCount(&mut count) },
         "cuDeviceGetCount",
     )?;
@@ -630,14 +630,14 @@ pub fn device_count() -> Result<i32> {
 pub fn device_name(ordinal: i32) -> Result<String> {
     driver()?;
     let mut device = 0;
-    // SAFETY: writes a device handle into a valid local.
     check(
+        // SAFETY: writes a device handle into a valid local.
         unsafe { sys::cuDeviceGet(&mut device, ordinal) },
         "cuDeviceGet",
     )?;
     let mut name = [0 as std::ffi::c_char; 256];
-    // SAFETY: the driver writes at most `name.len()` bytes, NUL-terminated, into the buffer.
     check(
+        // SAFETY: the driver writes at most `name.len()` bytes, NUL-terminated, into the buffer.
         unsafe { sys::cuDeviceGetName(name.as_mut_ptr(), name.len() as i32, device) },
         "cuDeviceGetName",
     )?;

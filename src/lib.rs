@@ -5,6 +5,14 @@
 //! decision logic the C API, the GPU path (`coordinator` over `nccl`, `cuda` and `kernels`) and
 //! the host transports share. docs/ARCHITECTURE.md maps the modules.
 
+/// cbindgen:ignore
+#[cfg(not(feature = "testing"))]
+mod diag;
+// The benchmarks measure the log's and the ranges' call sites (benches/diag.rs).
+/// cbindgen:ignore
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod diag;
 mod error;
 pub mod ffi;
 pub mod rules;

@@ -308,9 +308,10 @@ fn load(lookup: Lookup, origin: String) -> Result<Nccl> {
             )
         })
     };
-    // SAFETY (all transmutes below): each address is that of the NCCL C function of the same
-    // name, whose C signature (nccl.h) the target function-pointer type matches exactly:
-    // enums are `int`, handles are pointers, `size_t` is `usize`.
+    // Every transmute below turns the address of the NCCL C function of the same name into the
+    // function-pointer type whose signature matches its nccl.h declaration exactly: enums are
+    // `int`, handles are pointers, `size_t` is `usize`.
+    // SAFETY: see the note above.
     let all_gather =
         unsafe { std::mem::transmute::<*mut c_void, AllGatherFn>(required(c"ncclAllGather")?) };
     // SAFETY: see above.
@@ -339,19 +340,22 @@ fn load(lookup: Lookup, origin: String) -> Result<Nccl> {
     });
     let optional = |name: &CStr| dl_sym(lookup, name).ok();
     let harness = (|| {
-        // SAFETY (all four): the address of the NCCL function of that name, whose nccl.h
-        // signature the function-pointer type matches (ncclUniqueId is passed by value as
-        // the 128-byte repr(C) struct it is; ncclRedOp_t and ncclDataType_t are int).
         Some(Harness {
+            // SAFETY: the address of the NCCL function of that name, whose nccl.h signature the
+            // function-pointer type matches (ncclUniqueId is passed by value as the 128-byte
+            // repr(C) struct it is; ncclRedOp_t and ncclDataType_t are int); so for the others.
             get_unique_id: unsafe {
                 std::mem::transmute::<*mut c_void, GetUniqueIdFn>(optional(c"ncclGetUniqueId")?)
             },
+            // SAFETY: as for get_unique_id.
             comm_init_rank: unsafe {
                 std::mem::transmute::<*mut c_void, CommInitRankFn>(optional(c"ncclCommInitRank")?)
             },
+            // SAFETY: as for get_unique_id.
             comm_destroy: unsafe {
                 std::mem::transmute::<*mut c_void, CommFinishFn>(optional(c"ncclCommDestroy")?)
             },
+            // SAFETY: as for get_unique_id.
             all_reduce: unsafe {
                 std::mem::transmute::<*mut c_void, AllReduceFn>(optional(c"ncclAllReduce")?)
             },
@@ -621,9 +625,9 @@ impl Harness {
     /// `ncclGetUniqueId`: a new id for rank 0 to share.
     pub fn unique_id(&self, nccl: &Nccl) -> Result<UniqueId> {
         let mut id = UniqueId { internal: [0; 128] };
-        // SAFETY: ncclGetUniqueId writes 128 bytes into a valid out pointer.
         nccl.checked(
             "ncclGetUniqueId",
+            // SAFETY: ncclGetUniqueId writes 128 bytes into a valid out pointer.
             unsafe { (self.get_unique_id)(&mut id) },
             std::ptr::null_mut(),
         )?;

@@ -1,45 +1,21 @@
 //! The C ABI called from Rust: NULL and `struct_size` checks, field validation, outputs left
 //! untouched on failure, the thread-local last error, the string getters, and the layouts of
-//! DESIGN.md section 2 pinned byte for byte.
+//! docs/ARCHITECTURE.md ("C API") pinned byte for byte. The byte-level growth, bool and
+//! alignment rules are in tests/ffi_abi.rs.
 
-use std::ffi::{c_char, CStr};
+mod ffi_common;
+
 use std::mem::{align_of, offset_of, size_of, MaybeUninit};
 use std::ptr::{null, null_mut};
 
 use dpcoord::ffi::*;
 use dpcoord::rules::{self, RankRecord};
 use dpcoord::{Error, ErrorKind};
+use ffi_common::{
+    assert_fails, fake_comm, in_child_process, last_error, sentinel_result, text, SENTINEL,
+    SENTINEL_RECORD,
+};
 use proptest::prelude::*;
-
-const SENTINEL: i32 = -777;
-/// An address a successful call never writes into a result pointer field.
-const SENTINEL_PTR: usize = 0xdead_bee0;
-
-fn text(ptr: *const c_char) -> String {
-    assert!(!ptr.is_null());
-    // SAFETY: the library returns NUL-terminated strings valid until the next failing call on
-    // this thread; it is copied at once.
-    unsafe { CStr::from_ptr(ptr) }
-        .to_str()
-        .expect("UTF-8")
-        .to_owned()
-}
-
-fn last_error() -> String {
-    text(dp_last_error())
-}
-
-/// Asserts `status` is `want` and the last error contains every needle.
-fn assert_fails(status: dp_status, want: dp_status, needles: &[&str]) {
-    assert_eq!(status, want, "last error: {}", last_error());
-    let message = last_error();
-    for needle in needles {
-        assert!(
-            message.contains(needle),
-            "last error {message:?} does not contain {needle:?}"
-        );
-    }
-}
 
 /// Leaves a known message as the last error, so that a later check sees a fresh one.
 fn poison_last_error() {
@@ -75,32 +51,6 @@ fn rec(unpadded: i32, padded: i32, ubatch: i32, dp_pad: i32, mode: i32) -> RankR
     }
 }
 
-const SENTINEL_RECORD: RankRecord = RankRecord {
-    num_tokens_unpadded: SENTINEL,
-    num_tokens_padded: SENTINEL,
-    should_attempt_ubatch: SENTINEL,
-    should_attempt_dp_pad: SENTINEL,
-    cudagraph_mode: SENTINEL,
-};
-
-fn sentinel_result() -> dp_batch_result {
-    dp_batch_result {
-        struct_size: std::mem::size_of::<dp_batch_result>() as u32,
-        should_ubatch: true,
-        should_dp_pad: true,
-        has_num_tokens_after_padding: true,
-        synced_cudagraph_mode: SENTINEL,
-        dp_rank: SENTINEL,
-        dp_size: SENTINEL,
-        num_tokens_after_padding_self: SENTINEL,
-        max_num_tokens_padded: SENTINEL,
-        min_num_tokens_unpadded: SENTINEL,
-        num_tokens_after_padding: SENTINEL_PTR as *const i32,
-        num_tokens_after_padding_device: SENTINEL_PTR as *const i32,
-        step_id: 0,
-    }
-}
-
 /// Every field of a result, comparable.
 type ResultFields = (bool, bool, bool, [i32; 6], [usize; 2]);
 
@@ -130,14 +80,6 @@ fn assert_untouched(r: &dp_batch_result) {
         fields(&sentinel_result()),
         "result written on failure"
     );
-}
-
-/// A non-NULL communicator for argument checks that must fail before the communicator is
-/// used (NULL checks and request validation come first, DESIGN.md section 3). It points at
-/// zeroed memory, never at a real `ncclComm`.
-fn fake_comm() -> *mut ncclComm {
-    static ZEROS: [u64; 512] = [0; 512];
-    ZEROS.as_ptr() as *mut ncclComm
 }
 
 /// `dp_decide_batch` over a slice, with an optional array.
@@ -218,7 +160,7 @@ fn null_pointers_in_decide_batch() {
     assert_fails(
         dp_decide_batch(records.as_ptr(), 2, 0, 0, 2, out.as_mut_ptr(), null_mut()),
         dp_status::DP_ERR_INVALID_ARGUMENT,
-        &["result", "NULL"],
+        &["res", "NULL"],
     );
     assert_eq!(out, [SENTINEL; 2]);
     // The array is the one nullable pointer.
@@ -250,7 +192,7 @@ fn null_pointers_in_coordinate_batch() {
     assert_fails(
         dp_coordinate_batch(fake_comm(), null_mut(), &req, null_mut()),
         dp_status::DP_ERR_INVALID_ARGUMENT,
-        &["result", "NULL"],
+        &["res", "NULL"],
     );
 }
 
@@ -300,8 +242,10 @@ fn init_writes_the_defaults_over_garbage() {
 
 #[test]
 fn struct_size_too_small_is_refused() {
-    let sizeof = size_of::<dp_batch_request>() as u32;
-    for size in [0, 1, 4, sizeof - 1] {
+    // The smallest request accepted is the 0.1 struct: everything before `step_id`.
+    let first = offset_of!(dp_batch_request, step_id) as u32;
+    assert_eq!(first, 48);
+    for size in [0, 1, 4, first - 1] {
         let mut req = ubatch_request(100);
         req.struct_size = size;
         let mut out = SENTINEL_RECORD;
@@ -309,7 +253,7 @@ fn struct_size_too_small_is_refused() {
         assert_fails(
             dp_make_record(&req, &mut out),
             dp_status::DP_ERR_INVALID_ARGUMENT,
-            &[&format!("struct_size = {size}"), &sizeof.to_string()],
+            &[&format!("req->struct_size = {size}"), &first.to_string()],
         );
         assert_eq!(out, SENTINEL_RECORD);
         let mut result = sentinel_result();
@@ -441,8 +385,8 @@ fn out_of_range_request_fields_are_named() {
 
 #[test]
 fn coordinate_batch_validates_fields_before_using_the_communicator() {
-    // DESIGN.md section 1 (any field out of range is an invalid argument naming it) and
-    // section 3 (validate first): these fail before the (fake) communicator is touched.
+    // docs/ARCHITECTURE.md: any field out of range is an invalid argument naming it, and the
+    // request is validated first: these fail before the (fake) communicator is touched.
     for (edit, needle) in [
         (
             (|r| r.cudagraph_mode = 7) as fn(&mut dp_batch_request),
@@ -734,13 +678,15 @@ fn status_strings() {
         "DP_ERR_LIBRARY_UNAVAILABLE",
         "DP_ERR_BUSY",
         "DP_ERR_INTERNAL",
+        "DP_ERR_CANCELLED",
+        "DP_ERR_PEER_EXITED",
     ];
     for (code, name) in names.iter().enumerate() {
         assert_eq!(text(dp_status_string(code as u32)), *name);
         // Static: the same pointer every time.
         assert_eq!(dp_status_string(code as u32), dp_status_string(code as u32));
     }
-    for code in [9, 10, 255, 1 << 31, u32::MAX] {
+    for code in [11, 12, 255, 1 << 31, u32::MAX] {
         assert_eq!(text(dp_status_string(code)), "DP_ERR_UNKNOWN");
     }
 }
@@ -779,6 +725,14 @@ fn every_error_maps_to_its_status() {
         dp_status::DP_ERR_LIBRARY_UNAVAILABLE
     );
     assert_eq!(m(Error::new(ErrorKind::Busy, s())), dp_status::DP_ERR_BUSY);
+    assert_eq!(
+        m(Error::new(ErrorKind::Cancelled, s())),
+        dp_status::DP_ERR_CANCELLED
+    );
+    assert_eq!(
+        m(Error::new(ErrorKind::PeerExited, s())),
+        dp_status::DP_ERR_PEER_EXITED
+    );
     // What a panic caught at the boundary becomes.
     assert_eq!(m(Error::internal(s())), dp_status::DP_ERR_INTERNAL);
 }
@@ -846,61 +800,43 @@ fn last_error_is_empty_on_a_fresh_thread() {
         .unwrap();
 }
 
-/// Runs only as the child of `a_failure_during_thread_exit_does_not_abort`.
-#[test]
-#[ignore = "child process of a_failure_during_thread_exit_does_not_abort"]
-fn thread_exit_child() {
-    if std::env::var_os("DPCOORD_TEST_THREAD_EXIT_CHILD").is_none() {
-        return;
-    }
-    struct FailsAtThreadExit;
-    impl Drop for FailsAtThreadExit {
-        fn drop(&mut self) {
-            // A C++ thread_local whose destructor calls dp_release, say: it runs after
-            // dpcoord's own thread-local last error has been destroyed.
-            let status = dp_release(null_mut());
-            assert_eq!(status, dp_status::DP_ERR_INVALID_ARGUMENT);
-            let _ = dp_last_error();
-        }
-    }
-    thread_local! { static AT_EXIT: FailsAtThreadExit = const { FailsAtThreadExit }; }
-    std::thread::spawn(|| {
-        AT_EXIT.with(|_| {});
-        // The first failure creates dpcoord's thread-local after ours: it is destroyed first.
-        assert_eq!(dp_release(null_mut()), dp_status::DP_ERR_INVALID_ARGUMENT);
-    })
-    .join()
-    .unwrap();
-}
-
 /// A failing call made while the thread's thread-locals are being destroyed (from a C++
 /// `thread_local` destructor, or a Rust one) must not abort the process: the last-error slot
-/// is gone then, and the message is dropped instead. Runs `thread_exit_child` in a child
-/// process, since a failure here would kill the test binary.
+/// is gone then, and the message is dropped instead. Runs in a child process, since a failure
+/// here would kill the test binary.
 #[test]
 fn a_failure_during_thread_exit_does_not_abort() {
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "thread_exit_child", "--ignored", "--nocapture"])
-        .env("DPCOORD_TEST_THREAD_EXIT_CHILD", "1")
-        .env("RUST_BACKTRACE", "0")
-        .output()
+    in_child_process("a_failure_during_thread_exit_does_not_abort", || {
+        struct FailsAtThreadExit;
+        impl Drop for FailsAtThreadExit {
+            fn drop(&mut self) {
+                // A C++ thread_local whose destructor calls dp_release, say: it runs after
+                // dpcoord's own thread-local last error has been destroyed.
+                let status = dp_release(null_mut());
+                assert_eq!(status, dp_status::DP_ERR_INVALID_ARGUMENT);
+                let _ = dp_last_error();
+            }
+        }
+        thread_local! { static AT_EXIT: FailsAtThreadExit = const { FailsAtThreadExit }; }
+        std::thread::spawn(|| {
+            AT_EXIT.with(|_| {});
+            // The first failure creates dpcoord's thread-local after ours: it is destroyed
+            // first.
+            assert_eq!(dp_release(null_mut()), dp_status::DP_ERR_INVALID_ARGUMENT);
+        })
+        .join()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "child died ({:?}):\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    });
 }
 
 // ---------------------------------------------------------------------------------------
-// Layouts (DESIGN.md section 2)
+// Layouts (docs/ARCHITECTURE.md, "C API")
 // ---------------------------------------------------------------------------------------
 
 #[test]
 fn dp_batch_request_layout() {
-    assert_eq!(size_of::<dp_batch_request>(), 48);
-    assert_eq!(align_of::<dp_batch_request>(), 4);
+    assert_eq!(size_of::<dp_batch_request>(), 56);
+    assert_eq!(align_of::<dp_batch_request>(), 8);
     assert_eq!(offset_of!(dp_batch_request, struct_size), 0);
     assert_eq!(offset_of!(dp_batch_request, num_tokens_unpadded), 4);
     assert_eq!(offset_of!(dp_batch_request, num_tokens_padded), 8);
@@ -911,6 +847,8 @@ fn dp_batch_request_layout() {
     assert_eq!(offset_of!(dp_batch_request, pad_policy), 24);
     assert_eq!(offset_of!(dp_batch_request, ubatch), 28);
     assert_eq!(offset_of!(dp_batch_request, timeout_ms), 44);
+    // 0.2: appended; the 0.1 struct ends here.
+    assert_eq!(offset_of!(dp_batch_request, step_id), 48);
 }
 
 #[test]
@@ -936,25 +874,28 @@ fn dp_rank_record_layout() {
 
 #[test]
 fn dp_batch_result_layout() {
-    assert_eq!(size_of::<dp_batch_result>(), 48);
+    assert_eq!(size_of::<dp_batch_result>(), 56);
     assert_eq!(align_of::<dp_batch_result>(), 8);
-    assert_eq!(offset_of!(dp_batch_result, should_ubatch), 0);
-    assert_eq!(offset_of!(dp_batch_result, should_dp_pad), 1);
-    assert_eq!(offset_of!(dp_batch_result, has_num_tokens_after_padding), 2);
-    assert_eq!(offset_of!(dp_batch_result, synced_cudagraph_mode), 4);
-    assert_eq!(offset_of!(dp_batch_result, dp_rank), 8);
-    assert_eq!(offset_of!(dp_batch_result, dp_size), 12);
+    // 0.2: a leading struct_size (the one breaking change), then 0.1's fields, then step_id.
+    assert_eq!(offset_of!(dp_batch_result, struct_size), 0);
+    assert_eq!(offset_of!(dp_batch_result, should_ubatch), 4);
+    assert_eq!(offset_of!(dp_batch_result, should_dp_pad), 5);
+    assert_eq!(offset_of!(dp_batch_result, has_num_tokens_after_padding), 6);
+    assert_eq!(offset_of!(dp_batch_result, synced_cudagraph_mode), 8);
+    assert_eq!(offset_of!(dp_batch_result, dp_rank), 12);
+    assert_eq!(offset_of!(dp_batch_result, dp_size), 16);
     assert_eq!(
         offset_of!(dp_batch_result, num_tokens_after_padding_self),
-        16
+        20
     );
-    assert_eq!(offset_of!(dp_batch_result, max_num_tokens_padded), 20);
-    assert_eq!(offset_of!(dp_batch_result, min_num_tokens_unpadded), 24);
+    assert_eq!(offset_of!(dp_batch_result, max_num_tokens_padded), 24);
+    assert_eq!(offset_of!(dp_batch_result, min_num_tokens_unpadded), 28);
     assert_eq!(offset_of!(dp_batch_result, num_tokens_after_padding), 32);
     assert_eq!(
         offset_of!(dp_batch_result, num_tokens_after_padding_device),
         40
     );
+    assert_eq!(offset_of!(dp_batch_result, step_id), 48);
 }
 
 #[test]
@@ -970,6 +911,8 @@ fn dp_status_discriminants() {
         dp_status::DP_ERR_LIBRARY_UNAVAILABLE,
         dp_status::DP_ERR_BUSY,
         dp_status::DP_ERR_INTERNAL,
+        dp_status::DP_ERR_CANCELLED,
+        dp_status::DP_ERR_PEER_EXITED,
     ];
     for (code, status) in all.into_iter().enumerate() {
         assert_eq!(status as u32, code as u32);

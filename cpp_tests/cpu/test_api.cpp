@@ -27,6 +27,8 @@ TEST(StatusString, EveryCode) {
       {DP_ERR_LIBRARY_UNAVAILABLE, 6, "DP_ERR_LIBRARY_UNAVAILABLE"},
       {DP_ERR_BUSY, 7, "DP_ERR_BUSY"},
       {DP_ERR_INTERNAL, 8, "DP_ERR_INTERNAL"},
+      {DP_ERR_CANCELLED, 9, "DP_ERR_CANCELLED"},
+      {DP_ERR_PEER_EXITED, 10, "DP_ERR_PEER_EXITED"},
   };
   for (const auto& c : codes) {
     EXPECT_EQ(static_cast<int>(c.status), c.value) << c.name << " was renumbered";
@@ -39,7 +41,7 @@ TEST(StatusString, EveryCode) {
 
 TEST(StatusString, UnknownCode) {
   // Values a C++ enum of this range can hold; larger ones are tested from C (header_c.c).
-  for (int v : {9, 10, 15}) {
+  for (int v : {11, 12, 15}) {
     ASSERT_NE(dp_status_string(static_cast<dp_status>(v)), nullptr);
     EXPECT_STREQ(dp_status_string(static_cast<dp_status>(v)), "DP_ERR_UNKNOWN") << v;
   }
@@ -84,6 +86,7 @@ TEST(LastError, SurvivesSuccessfulCalls) {
   req.cudagraph_mode = 1;
   ASSERT_STATUS(DP_OK, dp_make_record(&req, &rec));
   dp_batch_result r;
+  dp_batch_result_init(&r);
   ASSERT_STATUS(DP_OK, dp_decide_batch(&rec, 1, 0, 0, 2, nullptr, &r));
   EXPECT_EQ(std::string(dp_last_error()), failure);
   EXPECT_TRUE(LastErrorMentions({"cudagraph_mode", "7"}));
@@ -132,7 +135,7 @@ ncclComm* FakeComm() {
 
 TEST(CoordinateBatch, NullCommunicator) {
   const dp_batch_request req = DefaultRequest();
-  dp_batch_result r = dpt::Poisoned<dp_batch_result>();
+  dp_batch_result r = dpt::PoisonedResult();
   EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT, dp_coordinate_batch(nullptr, nullptr, &req, &r));
   EXPECT_TRUE(LastErrorMentions({"comm"}));
   EXPECT_TRUE(dpt::IsPoisoned(r));
@@ -143,7 +146,7 @@ TEST(CoordinateBatch, EverythingNull) {
 }
 
 TEST(CoordinateBatch, NullRequest) {
-  dp_batch_result r = dpt::Poisoned<dp_batch_result>();
+  dp_batch_result r = dpt::PoisonedResult();
   EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT, dp_coordinate_batch(FakeComm(), nullptr, nullptr, &r));
   EXPECT_TRUE(LastErrorMentions({"req"}));
   EXPECT_TRUE(dpt::IsPoisoned(r));
@@ -152,13 +155,13 @@ TEST(CoordinateBatch, NullRequest) {
 TEST(CoordinateBatch, NullResult) {
   const dp_batch_request req = DefaultRequest();
   EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT, dp_coordinate_batch(FakeComm(), nullptr, &req, nullptr));
-  EXPECT_TRUE(LastErrorMentions({"result"}));
+  EXPECT_TRUE(LastErrorMentions({"res", "NULL"}));
 }
 
 TEST(CoordinateBatch, InvalidRequestFailsBeforeAnyCommunication) {
   dp_batch_request req = DefaultRequest();
   req.num_tokens_unpadded = -1;
-  dp_batch_result r = dpt::Poisoned<dp_batch_result>();
+  dp_batch_result r = dpt::PoisonedResult();
   EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT, dp_coordinate_batch(FakeComm(), nullptr, &req, &r));
   EXPECT_TRUE(LastErrorMentions({"num_tokens_unpadded", "-1"}));
   EXPECT_TRUE(dpt::IsPoisoned(r));

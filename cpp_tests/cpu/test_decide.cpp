@@ -18,13 +18,14 @@ constexpr int32_t kWhenCudagraph = DP_PAD_POLICY_WHEN_CUDAGRAPH;
 // One successful decision with an out array, checked against the reference model.
 struct Decided {
   dp_batch_result result;
+  dp_batch_result_init(&result);
   std::vector<int32_t> array;
 };
 
 Decided DecideOk(const std::vector<dp_rank_record>& recs, int32_t rank, int32_t policy,
                  int32_t n = 2) {
   Decided d;
-  d.result = dpt::Poisoned<dp_batch_result>();
+  d.result = dpt::PoisonedResult();
   d.array.assign(recs.size(), dpt::kPoison32);
   const int32_t size = static_cast<int32_t>(recs.size());
   const dp_status s =
@@ -40,7 +41,7 @@ Decided DecideOk(const std::vector<dp_rank_record>& recs, int32_t rank, int32_t 
 // A failing call: the status, and neither the result nor the array touched.
 void DecideFails(dp_status expected, const std::vector<dp_rank_record>& recs, int32_t size,
                  int32_t rank, int32_t policy, int32_t n) {
-  dp_batch_result result = dpt::Poisoned<dp_batch_result>();
+  dp_batch_result result = dpt::PoisonedResult();
   std::vector<int32_t> array(recs.empty() ? 1 : recs.size(), dpt::kPoison32);
   EXPECT_STATUS(expected, dp_decide_batch(recs.empty() ? nullptr : recs.data(), size, rank,
                                           policy, n, array.data(), &result));
@@ -209,7 +210,7 @@ TEST(Decide, PerRankArrayAndSelfForEveryRank) {
 
 TEST(Decide, NullArrayFillsOnlyTheScalars) {
   const std::vector<dp_rank_record> recs = {Rec(3, 4, 0, 1, 1), Rec(9, 12, 0, 1, 1)};
-  dp_batch_result r = dpt::Poisoned<dp_batch_result>();
+  dp_batch_result r = dpt::PoisonedResult();
   ASSERT_STATUS(DP_OK, dp_decide_batch(recs.data(), 2, 0, kExplicit, 2, nullptr, &r));
   EXPECT_FALSE(r.has_num_tokens_after_padding);
   EXPECT_EQ(r.num_tokens_after_padding, nullptr);
@@ -228,6 +229,7 @@ TEST(Decide, RecordsAreNotModified) {
   std::vector<dp_rank_record> copy = recs;
   std::vector<int32_t> out(2);
   dp_batch_result r;
+  dp_batch_result_init(&r);
   ASSERT_STATUS(DP_OK, dp_decide_batch(copy.data(), 2, 1, kExplicit, 2, out.data(), &r));
   EXPECT_EQ(std::memcmp(copy.data(), recs.data(), sizeof(dp_rank_record) * 2), 0);
 }
@@ -239,7 +241,7 @@ TEST(Decide, SingleRankNoExchange) {
   for (int32_t policy : {kExplicit, kWhenCudagraph}) {
     const dp_rank_record own = Rec(700, 768, 1, 1, 2);
     int32_t array[1] = {dpt::kPoison32};
-    dp_batch_result r = dpt::Poisoned<dp_batch_result>();
+    dp_batch_result r = dpt::PoisonedResult();
     ASSERT_STATUS(DP_OK, dp_decide_batch(&own, 1, 0, policy, 2, array, &r));
     EXPECT_FALSE(r.should_ubatch);
     EXPECT_FALSE(r.should_dp_pad);
@@ -259,7 +261,7 @@ TEST(Decide, SingleRankNoExchange) {
 TEST(Decide, SingleRankOwnModeAndNullArray) {
   for (int32_t mode = 0; mode <= 2; ++mode) {
     const dp_rank_record own = Rec(5, 5, 0, 0, mode);
-    dp_batch_result r = dpt::Poisoned<dp_batch_result>();
+    dp_batch_result r = dpt::PoisonedResult();
     ASSERT_STATUS(DP_OK, dp_decide_batch(&own, 1, 0, kWhenCudagraph, 2, nullptr, &r));
     EXPECT_EQ(r.synced_cudagraph_mode, mode);
     EXPECT_FALSE(r.should_dp_pad);
@@ -398,7 +400,7 @@ TEST(DecideArgs, OutArrayOverlappingRecordsIsRefused) {
   // Records occupy int32 [2, 12); the array needs 2 int32s.
   for (size_t out_at : {size_t{1}, size_t{2}, size_t{6}, size_t{11}}) {
     std::vector<int32_t> buffer(16, 0);
-    dp_batch_result r = dpt::Poisoned<dp_batch_result>();
+    dp_batch_result r = dpt::PoisonedResult();
     EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT, DecideInBuffer(&buffer, 2, out_at, &r))
         << "array at int32 " << out_at;
     EXPECT_TRUE(LastErrorMentions({"overlap"}));
@@ -410,6 +412,7 @@ TEST(DecideArgs, OutArrayAdjacentToRecordsIsFine) {
   for (size_t out_at : {size_t{0}, size_t{12}}) {  // just before, just after
     std::vector<int32_t> buffer(16, 0);
     dp_batch_result r;
+    dp_batch_result_init(&r);
     EXPECT_STATUS(DP_OK, DecideInBuffer(&buffer, 2, out_at, &r)) << "array at int32 " << out_at;
     EXPECT_EQ(buffer[out_at], 1);
     EXPECT_EQ(buffer[out_at + 1], 2);

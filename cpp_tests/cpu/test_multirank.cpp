@@ -121,7 +121,7 @@ void Simulate(uint32_t seed, int ranks, int steps, bool mixed_pad_flags,
           continue;
         }
         out.array.assign(static_cast<size_t>(ranks), dpt::kPoison32);
-        out.result = dpt::Poisoned<dp_batch_result>();
+        out.result = dpt::PoisonedResult();
         out.status = dp_decide_batch(all.data(), ranks, rank, c.pad_policy,
                                      c.ubatch.enabled ? c.ubatch.num_ubatches : 2,
                                      out.array.data(), &out.result);

@@ -28,6 +28,7 @@ TEST(RequestInit, Defaults) {
   EXPECT_EQ(req.ubatch.decode_token_threshold, 32);
   EXPECT_EQ(req.ubatch.prefill_token_threshold, 512);
   EXPECT_EQ(req.timeout_ms, 0);
+  EXPECT_EQ(req.step_id, 0);
 }
 
 TEST(RequestInit, DefaultsAreAValidRequest) {
@@ -318,10 +319,11 @@ const BadField kBadFields[] = {
      },
      "prefill_token_threshold", "-4"},
     {"timeout_negative", [](dp_batch_request* r) { r->timeout_ms = -1; }, "timeout_ms", "-1"},
+    {"step_id_negative", [](dp_batch_request* r) { r->step_id = -1; }, "req->step_id", "-1"},
     {"struct_size_zero", [](dp_batch_request* r) { r->struct_size = 0; }, "struct_size", "0"},
-    {"struct_size_one_short",
-     [](dp_batch_request* r) { r->struct_size = sizeof(dp_batch_request) - 1; }, "struct_size",
-     nullptr},
+    {"struct_size_one_short_of_0_1",
+     [](dp_batch_request* r) { r->struct_size = offsetof(dp_batch_request, step_id) - 1; },
+     "req->struct_size", nullptr},
 };
 
 void PrintTo(const BadField& bad, std::ostream* os) { *os << bad.name; }
@@ -337,7 +339,9 @@ TEST_P(MakeRecordBadField, Rejected) {
   if (bad.value != nullptr) {
     EXPECT_TRUE(LastErrorMentions({bad.field, bad.value}));
   } else {
-    EXPECT_TRUE(LastErrorMentions({bad.field, std::to_string(sizeof(dp_batch_request) - 1)}));
+    // The smallest size accepted is the 0.1 request: everything before step_id.
+    EXPECT_TRUE(LastErrorMentions({bad.field, std::to_string(offsetof(dp_batch_request, step_id) - 1),
+                                   std::to_string(offsetof(dp_batch_request, step_id))}));
   }
   EXPECT_TRUE(dpt::IsPoisoned(rec)) << "the record was written on failure";
 }

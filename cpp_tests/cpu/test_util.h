@@ -68,6 +68,20 @@ using dpcoord_test::Poisoned;
 
 constexpr int32_t kPoison32 = static_cast<int32_t>(0xA5A5A5A5u);
 
+// A result filled with the poison pattern whose struct_size is set as dp_batch_result_init
+// sets it (a poisoned struct_size would claim a 2.7 GB newer struct).
+inline dp_batch_result PoisonedResult() {
+  dp_batch_result r = Poisoned<dp_batch_result>();
+  r.struct_size = sizeof r;
+  return r;
+}
+
+// Whether `r` still holds the pattern of PoisonedResult() (chosen over the template).
+inline bool IsPoisoned(const dp_batch_result& r) {
+  const dp_batch_result expected = PoisonedResult();
+  return std::memcmp(&r, &expected, sizeof r) == 0;
+}
+
 // The decision of DESIGN.md section 1 for valid records (reference model).
 struct Expected {
   bool inconsistent = false;  // DP_ERR_INCONSISTENT_RANKS

@@ -22,13 +22,13 @@ DPT_STATIC_ASSERT(record_2, offsetof(dp_rank_record, should_attempt_ubatch) == 8
 DPT_STATIC_ASSERT(record_3, offsetof(dp_rank_record, should_attempt_dp_pad) == 12);
 DPT_STATIC_ASSERT(record_4, offsetof(dp_rank_record, cudagraph_mode) == 16);
 
-/* The first published layout of the request (append-only from here on). */
+/* The request: 0.1's 48 bytes, then 0.2's step_id (append-only from here on). */
 DPT_STATIC_ASSERT(ubatch_size, sizeof(dp_ubatch_config) == 16);
 DPT_STATIC_ASSERT(ubatch_0, offsetof(dp_ubatch_config, enabled) == 0);
 DPT_STATIC_ASSERT(ubatch_1, offsetof(dp_ubatch_config, num_ubatches) == 4);
 DPT_STATIC_ASSERT(ubatch_2, offsetof(dp_ubatch_config, decode_token_threshold) == 8);
 DPT_STATIC_ASSERT(ubatch_3, offsetof(dp_ubatch_config, prefill_token_threshold) == 12);
-DPT_STATIC_ASSERT(request_size, sizeof(dp_batch_request) == 48);
+DPT_STATIC_ASSERT(request_size, sizeof(dp_batch_request) == 56);
 DPT_STATIC_ASSERT(request_0, offsetof(dp_batch_request, struct_size) == 0);
 DPT_STATIC_ASSERT(request_1, offsetof(dp_batch_request, num_tokens_unpadded) == 4);
 DPT_STATIC_ASSERT(request_2, offsetof(dp_batch_request, num_tokens_padded) == 8);
@@ -39,35 +39,42 @@ DPT_STATIC_ASSERT(request_6, offsetof(dp_batch_request, cudagraph_mode) == 20);
 DPT_STATIC_ASSERT(request_7, offsetof(dp_batch_request, pad_policy) == 24);
 DPT_STATIC_ASSERT(request_8, offsetof(dp_batch_request, ubatch) == 28);
 DPT_STATIC_ASSERT(request_9, offsetof(dp_batch_request, timeout_ms) == 44);
+DPT_STATIC_ASSERT(request_10, offsetof(dp_batch_request, step_id) == 48);
 
-/* The result (LP64: 8-byte pointers). */
-DPT_STATIC_ASSERT(result_size, sizeof(void*) != 8 || sizeof(dp_batch_result) == 48);
-DPT_STATIC_ASSERT(result_0, offsetof(dp_batch_result, should_ubatch) == 0);
-DPT_STATIC_ASSERT(result_1, offsetof(dp_batch_result, should_dp_pad) == 1);
-DPT_STATIC_ASSERT(result_2, offsetof(dp_batch_result, has_num_tokens_after_padding) == 2);
-DPT_STATIC_ASSERT(result_3, offsetof(dp_batch_result, synced_cudagraph_mode) == 4);
-DPT_STATIC_ASSERT(result_4, offsetof(dp_batch_result, dp_rank) == 8);
-DPT_STATIC_ASSERT(result_5, offsetof(dp_batch_result, dp_size) == 12);
-DPT_STATIC_ASSERT(result_6, offsetof(dp_batch_result, num_tokens_after_padding_self) == 16);
-DPT_STATIC_ASSERT(result_7, offsetof(dp_batch_result, max_num_tokens_padded) == 20);
-DPT_STATIC_ASSERT(result_8, offsetof(dp_batch_result, min_num_tokens_unpadded) == 24);
-DPT_STATIC_ASSERT(result_9,
+/* The result (LP64: 8-byte pointers): 0.2's leading struct_size, 0.1's fields, step_id. */
+DPT_STATIC_ASSERT(result_size, sizeof(void*) != 8 || sizeof(dp_batch_result) == 56);
+DPT_STATIC_ASSERT(result_0, offsetof(dp_batch_result, struct_size) == 0);
+DPT_STATIC_ASSERT(result_1, offsetof(dp_batch_result, should_ubatch) == 4);
+DPT_STATIC_ASSERT(result_2, offsetof(dp_batch_result, should_dp_pad) == 5);
+DPT_STATIC_ASSERT(result_3, offsetof(dp_batch_result, has_num_tokens_after_padding) == 6);
+DPT_STATIC_ASSERT(result_4, offsetof(dp_batch_result, synced_cudagraph_mode) == 8);
+DPT_STATIC_ASSERT(result_5, offsetof(dp_batch_result, dp_rank) == 12);
+DPT_STATIC_ASSERT(result_6, offsetof(dp_batch_result, dp_size) == 16);
+DPT_STATIC_ASSERT(result_7, offsetof(dp_batch_result, num_tokens_after_padding_self) == 20);
+DPT_STATIC_ASSERT(result_8, offsetof(dp_batch_result, max_num_tokens_padded) == 24);
+DPT_STATIC_ASSERT(result_9, offsetof(dp_batch_result, min_num_tokens_unpadded) == 28);
+DPT_STATIC_ASSERT(result_10,
                   sizeof(void*) != 8 || offsetof(dp_batch_result, num_tokens_after_padding) == 32);
-DPT_STATIC_ASSERT(result_10, sizeof(void*) != 8 ||
+DPT_STATIC_ASSERT(result_11, sizeof(void*) != 8 ||
                                  offsetof(dp_batch_result, num_tokens_after_padding_device) == 40);
+DPT_STATIC_ASSERT(result_12, sizeof(void*) != 8 || offsetof(dp_batch_result, step_id) == 48);
 
 /* Status codes are numbered explicitly and never renumbered. */
 DPT_STATIC_ASSERT(status_0, DP_OK == 0 && DP_ERR_INVALID_ARGUMENT == 1);
 DPT_STATIC_ASSERT(status_1, DP_ERR_INCONSISTENT_RANKS == 2 && DP_ERR_CUDA == 3);
 DPT_STATIC_ASSERT(status_2, DP_ERR_NCCL == 4 && DP_ERR_TIMEOUT == 5);
 DPT_STATIC_ASSERT(status_3, DP_ERR_LIBRARY_UNAVAILABLE == 6 && DP_ERR_BUSY == 7);
-DPT_STATIC_ASSERT(status_4, DP_ERR_INTERNAL == 8);
+DPT_STATIC_ASSERT(status_4, DP_ERR_INTERNAL == 8 && DP_ERR_CANCELLED == 9);
+DPT_STATIC_ASSERT(status_5, DP_ERR_PEER_EXITED == 10);
 DPT_STATIC_ASSERT(constants, DP_PAD_POLICY_EXPLICIT == 0 && DP_PAD_POLICY_WHEN_CUDAGRAPH == 1 &&
                                  DP_CUDAGRAPH_NONE == 0 && DP_CUDAGRAPH_PIECEWISE == 1 &&
                                  DP_CUDAGRAPH_FULL == 2);
 
-/* Every signature, as C sees it. */
+/* Every signature, as C sees it (the init functions are the header's inlines). */
 static void (*const p_init)(dp_batch_request*) = dp_batch_request_init;
+static void (*const p_result_init)(dp_batch_result*) = dp_batch_result_init;
+static void (*const p_init_sized)(dp_batch_request*, size_t) = dp_batch_request_init_sized;
+static void (*const p_result_init_sized)(dp_batch_result*, size_t) = dp_batch_result_init_sized;
 static dp_status (*const p_make)(const dp_batch_request*, dp_rank_record*) = dp_make_record;
 static dp_status (*const p_decide)(const dp_rank_record*, int32_t, int32_t, int32_t, int32_t,
                                    int32_t*, dp_batch_result*) = dp_decide_batch;
@@ -99,7 +106,8 @@ int main(void) {
   check(strcmp(p_version(), version) == 0, "dp_version() equals the version macros");
 
   /* Any value is accepted from C; unknown ones have a name too. */
-  check(strcmp(p_status_string((dp_status)9), "DP_ERR_UNKNOWN") == 0, "status 9");
+  check(strcmp(p_status_string((dp_status)11), "DP_ERR_UNKNOWN") == 0, "status 11");
+  check(strcmp(p_status_string(DP_ERR_PEER_EXITED), "DP_ERR_PEER_EXITED") == 0, "status 10");
   check(strcmp(p_status_string((dp_status)1000), "DP_ERR_UNKNOWN") == 0, "status 1000");
   check(strcmp(p_status_string((dp_status)0x7FFFFFFF), "DP_ERR_UNKNOWN") == 0, "status INT_MAX");
   check(strcmp(p_status_string((dp_status)-1), "DP_ERR_UNKNOWN") == 0, "status -1");
@@ -108,6 +116,11 @@ int main(void) {
   /* The host path from C. */
   p_init(&req);
   check(req.struct_size == sizeof req, "struct_size");
+  check(req.step_id == 0, "step_id defaults to 0 (unchecked)");
+  p_result_init(&res);
+  check(res.struct_size == sizeof res, "result struct_size");
+  p_init_sized(&req, sizeof req);
+  p_result_init_sized(&res, sizeof res);
   req.num_tokens_unpadded = 17;
   s = p_make(&req, &rec);
   check(s == DP_OK, "dp_make_record");

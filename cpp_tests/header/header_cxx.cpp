@@ -20,10 +20,13 @@ static_assert(std::is_trivially_copyable<dp_batch_request>::value, "C layout");
 static_assert(std::is_standard_layout<dp_batch_result>::value, "C layout");
 static_assert(std::is_trivially_copyable<dp_batch_result>::value, "C layout");
 static_assert(sizeof(dp_rank_record) == 20, "the 20-byte wire record");
-static_assert(sizeof(dp_batch_request) == 48, "the first published request layout");
-static_assert(offsetof(dp_batch_request, timeout_ms) == 44, "the first published layout");
-static_assert(sizeof(void*) != 8 || sizeof(dp_batch_result) == 48, "the result layout");
-static_assert(DP_OK == 0 && DP_ERR_INTERNAL == 8, "status numbering");
+static_assert(sizeof(dp_batch_request) == 56, "the 0.2 request layout");
+static_assert(offsetof(dp_batch_request, timeout_ms) == 44, "the 0.1 fields are unchanged");
+static_assert(offsetof(dp_batch_request, step_id) == 48, "0.2 appends step_id");
+static_assert(alignof(dp_batch_request) == 8, "int64_t step_id");
+static_assert(sizeof(void*) != 8 || sizeof(dp_batch_result) == 56, "the 0.2 result layout");
+static_assert(offsetof(dp_batch_result, struct_size) == 0, "0.2: the result starts with its size");
+static_assert(DP_OK == 0 && DP_ERR_INTERNAL == 8 && DP_ERR_PEER_EXITED == 10, "status numbering");
 
 // Every signature, with C linkage, as C++ sees it.
 extern "C" {
@@ -56,6 +59,8 @@ int main() {
   recs[1] = recs[0];
   int32_t after[2] = {0, 0};
   dp_batch_result res;
+  dp_batch_result_init(&res);
+  if (res.struct_size != sizeof res) ++failures;
   if (p_decide(recs, 2, 1, DP_PAD_POLICY_EXPLICIT, 2, after, &res) != DP_OK) ++failures;
   if (res.num_tokens_after_padding != after || after[1] != 3) ++failures;
   if (p_coordinate(nullptr, nullptr, &req, &res) != DP_ERR_INVALID_ARGUMENT) ++failures;

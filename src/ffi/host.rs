@@ -1,108 +1,78 @@
 //! The host path: struct initialisers, the local step and the decision from every rank's
 //! records (the caller exchanges them: MPI, its own transport).
 
-use std::mem::size_of;
+use std::mem::{size_of, MaybeUninit};
 
 use super::{
-    boundary, check_ptr, check_result, dp_batch_request, dp_batch_result, dp_status,
-    dp_ubatch_config, read_request, write_out, write_result,
+    boundary, check_ptr, check_ptr_align, check_result, dp_batch_request, dp_batch_result,
+    dp_status, read_request, request_align, write_out, write_request, write_result,
+    REQUEST_MIN_SIZE, RESULT_MIN_SIZE,
 };
 use crate::error::{invalid, Result};
 use crate::rules::{self, RankRecord, Request};
 
 /// Fills the caller's `*req` with the defaults (padded -1, no microbatching or DP padding,
 /// uniform_decode -1, CUDA-graph NONE, pad policy EXPLICIT, ubatch {false, 2, 32, 512},
-/// timeout 0 = forever, step_id 0 = unchecked) and `struct_size = size`, writing only its first
-/// `size` bytes. Call it through the header's `dp_batch_request_init(req)`, which passes the
-/// caller's `sizeof(*req)`.
+/// timeout 0 = forever, step_id 0 = unchecked) and `struct_size = size`, writing only the
+/// fields inside its first `min(size, sizeof)` bytes (no padding byte, nothing past `size`).
+/// Call it through the header's `dp_batch_request_init(req)`, which passes the caller's
+/// `sizeof(*req)`. `req` must be aligned to 4 bytes when `size` < 56 (the 0.1 layout), else 8.
 ///
-/// Local, thread-safe. A NULL or misaligned `req`, or a `size` below the 0.1 struct, writes
-/// nothing and leaves a message for `dp_last_error`.
+/// Local, thread-safe. A NULL or misaligned `req`, or a `size` below 48 (the 0.1 struct),
+/// writes nothing and leaves a message for `dp_last_error`.
 #[no_mangle]
 pub extern "C" fn dp_batch_request_init_sized(req: *mut dp_batch_request, size: usize) {
     boundary(|| {
-        check_ptr(req.cast_const(), "req")?;
-        let min = std::mem::offset_of!(dp_batch_request, step_id);
-        if size < min {
+        check_ptr_align(req.cast_const().cast(), "req", request_align(size))?;
+        if size < REQUEST_MIN_SIZE {
             return Err(invalid!(
-                "size = {size} is smaller than {min}, the size of the first version of \
-                 dp_batch_request"
+                "size = {size} is smaller than {REQUEST_MIN_SIZE}, the size of the first \
+                 version of dp_batch_request"
             ));
         }
-        let value = request_struct(&Request::default(), size);
-        let n = size.min(size_of::<dp_batch_request>());
-        // SAFETY: `req` is non-NULL and aligned (checked) and the caller promises `size`
-        // writable bytes; `value` is a valid local written through `n <= sizeof` bytes.
-        unsafe { write_prefix(req, &value, n) };
+        // SAFETY: `req` is non-NULL and aligned (checked) and the C caller promises `size`
+        // writable bytes there.
+        unsafe { write_request(req, size, &Request::default()) };
         Ok(())
     });
 }
 
 /// Fills the caller's `*res` with an empty result (all zero, false, NULL) and
-/// `struct_size = size`, writing only its first `size` bytes. Call it through the header's
-/// `dp_batch_result_init(res)`, which passes the caller's `sizeof(*res)`.
+/// `struct_size = size`, writing only the fields inside its first `min(size, sizeof)` bytes.
+/// Call it through the header's `dp_batch_result_init(res)`, which passes the caller's
+/// `sizeof(*res)`. `res` must be aligned to 8 bytes.
 ///
-/// Local, thread-safe. A NULL or misaligned `res`, or a `size` below the 0.2 struct, writes
-/// nothing and leaves a message for `dp_last_error`.
+/// Local, thread-safe. A NULL or misaligned `res`, or a `size` below 56 (the 0.2 struct, the
+/// first with a size), writes nothing and leaves a message for `dp_last_error`.
 #[no_mangle]
 pub extern "C" fn dp_batch_result_init_sized(res: *mut dp_batch_result, size: usize) {
     boundary(|| {
         check_ptr(res.cast_const(), "res")?;
-        if size < size_of::<dp_batch_result>() {
+        if size < RESULT_MIN_SIZE {
             return Err(invalid!(
-                "size = {size} is smaller than {}, the size of the first version of \
-                 dp_batch_result",
-                size_of::<dp_batch_result>()
+                "size = {size} is smaller than {RESULT_MIN_SIZE}, the size of the first version \
+                 of dp_batch_result"
             ));
         }
-        let mut value = dp_batch_result::empty();
-        value.struct_size = size.min(u32::MAX as usize) as u32;
-        // SAFETY: `res` is non-NULL and aligned (checked) and the caller promises `size`
-        // (>= sizeof) writable bytes.
-        unsafe { write_prefix(res, &value, size_of::<dp_batch_result>()) };
+        let struct_size = u32::try_from(size).unwrap_or(u32::MAX);
+        // SAFETY: `res` is non-NULL and 8-aligned (checked) and the C caller promises `size`
+        // (>= 4) writable bytes there.
+        unsafe { res.cast::<u32>().write(struct_size) };
+        write_result(res, size, &dp_batch_result::empty());
         Ok(())
     });
-}
-
-/// Copies the first `n` bytes of `value` over `*dst`, field bytes and padding alike.
-///
-/// # Safety
-/// `dst` must be valid for `n` writable bytes and `n <= size_of::<T>()`.
-unsafe fn write_prefix<T: Copy>(dst: *mut T, value: &T, n: usize) {
-    let bytes = std::ptr::from_ref(value).cast::<u8>();
-    // SAFETY: the caller promises `n` writable bytes at `dst`; `value` is readable for
-    // sizeof(T) >= n bytes (padding of a `Copy` value is copied as bytes by `ptr::copy`,
-    // which is defined for untyped memory).
-    unsafe { std::ptr::copy_nonoverlapping(bytes, dst.cast::<u8>(), n) }
-}
-
-/// The C struct holding `r`, with `struct_size = size` (saturated to u32).
-fn request_struct(r: &Request, size: usize) -> dp_batch_request {
-    dp_batch_request {
-        struct_size: size.min(u32::MAX as usize) as u32,
-        num_tokens_unpadded: r.num_tokens_unpadded,
-        num_tokens_padded: r.num_tokens_padded,
-        allow_microbatching: r.allow_microbatching,
-        allow_dp_padding: r.allow_dp_padding,
-        uniform_decode: r.uniform_decode,
-        cudagraph_mode: r.cudagraph_mode,
-        pad_policy: r.pad_policy,
-        ubatch: dp_ubatch_config {
-            enabled: r.ubatch.enabled,
-            num_ubatches: r.ubatch.num_ubatches,
-            decode_token_threshold: r.ubatch.decode_token_threshold,
-            prefill_token_threshold: r.ubatch.prefill_token_threshold,
-        },
-        timeout_ms: r.timeout_ms,
-        step_id: r.step_id,
-    }
 }
 
 impl From<&Request> for dp_batch_request {
     /// The C request holding `r`, sized as this library's struct (for Rust callers of the C
     /// API: tests and benchmarks).
     fn from(r: &Request) -> Self {
-        request_struct(r, size_of::<dp_batch_request>())
+        let mut c = MaybeUninit::<dp_batch_request>::zeroed();
+        // SAFETY: `c` is a local of exactly `size_of::<dp_batch_request>()` writable bytes.
+        unsafe { write_request(c.as_mut_ptr(), size_of::<dp_batch_request>(), r) };
+        // SAFETY: zeroed (valid for every field: integers, and false for the bools), then
+        // every field written from `r` (bools as `bool`).
+        unsafe { c.assume_init() }
     }
 }
 
@@ -180,7 +150,7 @@ fn host_array<'a>(
     let records_bytes = n * size_of::<RankRecord>();
     let out_bytes = n * size_of::<i32>();
     let (r0, o0) = (records as usize, out as usize);
-    if o0 < r0 + records_bytes && r0 < o0 + out_bytes {
+    if o0 < r0.saturating_add(records_bytes) && r0 < o0.saturating_add(out_bytes) {
         return Err(invalid!("num_tokens_after_padding overlaps records"));
     }
     // SAFETY: non-NULL, aligned, `n` writable int32 promised by the caller, and checked

@@ -21,11 +21,12 @@ pub use host::*;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
-use std::mem::{align_of, offset_of, size_of, size_of_val};
+use std::mem::{align_of, offset_of, size_of};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::diag::{self, Ctx, Level};
 use crate::error::{invalid, Error, ErrorKind, Result};
-use crate::rules::{Decision, Request, UbatchConfig};
+use crate::rules::{Decision, Request};
 
 /// Major version of this header and library.
 pub const DPCOORD_VERSION_MAJOR: u32 = 0;
@@ -254,7 +255,11 @@ pub(crate) fn boundary(body: impl FnOnce() -> Result<()>) -> dp_status {
     match outcome {
         Ok(()) => dp_status::DP_OK,
         Err(e) => {
-            set_last_error(&e.to_string());
+            let message = e.to_string();
+            // Every failure of every exported function passes here once: DPCOORD_DEBUG=WARN
+            // logs it with exactly the text dp_last_error returns.
+            diag::log!(Level::Warn, Ctx::new(), "{message}");
+            set_last_error(&message);
             dp_status::from(e.kind)
         }
     }
@@ -278,8 +283,8 @@ pub(crate) fn check_ptr_align(ptr: *const u8, name: &str, align: usize) -> Resul
     Ok(())
 }
 
-/// Reads the leading `uint32_t struct_size` of a caller's struct (checked: non-NULL,
-/// 4-aligned), and refuses a size below `min`.
+/// Reads the leading `uint32_t struct_size` of a caller's struct (checked first: non-NULL,
+/// 4-aligned; nothing else of the struct is touched), and refuses a size below `min`.
 fn read_struct_size(ptr: *const u8, name: &str, type_name: &str, min: usize) -> Result<usize> {
     check_ptr_align(ptr, name, align_of::<u32>())?;
     // SAFETY: non-NULL and 4-aligned (checked); every dpcoord struct starts with a u32
@@ -294,83 +299,156 @@ fn read_struct_size(ptr: *const u8, name: &str, type_name: &str, min: usize) -> 
     Ok(size)
 }
 
-/// Reads one `T` field at `offset` of a caller struct whose first `size` bytes are readable,
-/// or `None` when the caller's (older) struct ends before it.
-fn read_field<T: Copy>(base: *const u8, size: usize, offset: usize) -> Option<T> {
-    if offset + size_of::<T>() > size {
-        return None;
-    }
-    // SAFETY: the field lies within the caller's first `size` bytes (checked), which the
-    // C caller promises are readable; read unaligned because only `struct_size` alignment
-    // was required of an older struct.
-    Some(unsafe { base.add(offset).cast::<T>().read_unaligned() })
+/// Whether a field of `width` bytes at `offset` lies inside both the caller's first `size`
+/// bytes and this library's struct `S`.
+fn inside<S>(offset: usize, width: usize, size: usize) -> bool {
+    offset + width <= size.min(size_of::<S>())
 }
 
-/// Reads a C `bool` field as a byte: 0 or 1, anything else is an error naming it.
-fn read_bool(
+/// Reads the field at `offset` of a caller's struct `S` whose first `size` bytes are
+/// readable, or `None` when the caller's (older) struct ends before the field does. The
+/// field's type is the one `_field` projects from `S` (`|s: &S| s.field`, never called), so a
+/// read can never take the wrong width.
+fn read_field<S, T: Copy>(
+    _field: impl Fn(&S) -> T,
     base: *const u8,
     size: usize,
     offset: usize,
-    name: &str,
-    default: bool,
-) -> Result<bool> {
-    match read_field::<u8>(base, size, offset) {
-        None => Ok(default),
-        Some(0) => Ok(false),
-        Some(1) => Ok(true),
+) -> Option<T> {
+    if !inside::<S>(offset, size_of::<T>(), size) {
+        return None;
+    }
+    // SAFETY: the field lies within the caller's first `size` bytes (checked), which the C
+    // caller promises are readable; read unaligned because only `struct_size`'s alignment is
+    // required of an older struct.
+    Some(unsafe { base.add(offset).cast::<T>().read_unaligned() })
+}
+
+/// Writes `value` into the field at `offset` of a caller's struct `S` whose first `size`
+/// bytes are writable, and nothing when the caller's (older) struct ends before the field
+/// does; the field's type is the one `_field` projects from `S`, as in [`read_field`].
+///
+/// # Safety
+/// `base` must be valid for `size` writable bytes.
+unsafe fn write_field<S, T: Copy>(
+    _field: impl Fn(&S) -> T,
+    base: *mut u8,
+    size: usize,
+    offset: usize,
+    value: T,
+) {
+    if inside::<S>(offset, size_of::<T>(), size) {
+        // SAFETY: the field lies within the caller's first `size` bytes (checked), which the
+        // caller of this function promises are writable; unaligned, as in `read_field`.
+        unsafe { base.add(offset).cast::<T>().write_unaligned(value) }
+    }
+}
+
+/// A C `bool` read as a byte (`None`: past the caller's struct): 0 or 1, anything else is an
+/// error naming the field and the byte.
+fn bool_from_byte(byte: Option<u8>, name: &str) -> Result<Option<bool>> {
+    match byte {
+        None => Ok(None),
+        Some(0) => Ok(Some(false)),
+        Some(1) => Ok(Some(true)),
         Some(byte) => Err(invalid!(
             "{name} holds the byte {byte}; a C bool must be 0 (false) or 1 (true)"
         )),
     }
 }
 
+/// Invokes `$visit!` with every field of `dp_batch_request` after `struct_size`, in layout
+/// order, each tagged `int` or `flag` (a C `bool`): the one list of the request's fields that
+/// the reader ([`read_request`]) and the writer ([`write_request`]) walk. The fields of
+/// `rules::Request` carry the same names (and the compiler checks the same types).
+macro_rules! request_fields {
+    ($visit:ident) => {
+        $visit! {
+            num_tokens_unpadded: int,
+            num_tokens_padded: int,
+            allow_microbatching: flag,
+            allow_dp_padding: flag,
+            uniform_decode: int,
+            cudagraph_mode: int,
+            pad_policy: int,
+            ubatch.enabled: flag,
+            ubatch.num_ubatches: int,
+            ubatch.decode_token_threshold: int,
+            ubatch.prefill_token_threshold: int,
+            timeout_ms: int,
+            step_id: int,
+        }
+    };
+}
+
+/// The alignment of a caller's request of `size` bytes: 8 once it holds the 0.2 `step_id`
+/// (an `int64_t`), 4 for the 0.1 layout (all 4-byte fields).
+fn request_align(size: usize) -> usize {
+    if size >= offset_of!(dp_batch_request, step_id) + size_of::<i64>() {
+        align_of::<dp_batch_request>()
+    } else {
+        align_of::<u32>()
+    }
+}
+
 /// Reads a `dp_batch_request`: `struct_size` first, then only the fields inside it (the rest
-/// takes the defaults of `dp_batch_request_init`), bools as bytes; then validates it.
+/// takes the defaults of `dp_batch_request_init`), bools as bytes; then validates it. Never
+/// forms a reference to the caller's struct and never reads a byte past `struct_size`.
 pub(crate) fn read_request(req: *const dp_batch_request) -> Result<Request> {
     let base = req.cast::<u8>();
     let size = read_struct_size(base, "req", "dp_batch_request", REQUEST_MIN_SIZE)?;
-    let d = Request::default();
-    macro_rules! int {
-        ($($field:ident).+, $default:expr) => {
-            read_field(base, size, offset_of!(dp_batch_request, $($field).+)).unwrap_or($default)
+    check_ptr_align(base, "req", request_align(size))?;
+    let mut request = Request::default();
+    macro_rules! read {
+        ($($($field:ident).+ : $kind:ident,)+) => {$(
+            let offset = offset_of!(dp_batch_request, $($field).+);
+            read!(@$kind offset, request.$($field).+, $($field).+);
+        )+};
+        (@int $offset:ident, $dst:expr, $($field:ident).+) => {
+            if let Some(v) = read_field(|r: &dp_batch_request| r.$($field).+, base, size, $offset) {
+                $dst = v;
+            }
+        };
+        (@flag $offset:ident, $dst:expr, $($field:ident).+) => {
+            let byte = read_field(|r: &dp_batch_request| u8::from(r.$($field).+), base, size, $offset);
+            let name = concat!("req->", stringify!($($field).+));
+            if let Some(v) = bool_from_byte(byte, name)? {
+                $dst = v;
+            }
         };
     }
-    macro_rules! flag {
-        ($($field:ident).+, $default:expr) => {
-            read_bool(
-                base,
-                size,
-                offset_of!(dp_batch_request, $($field).+),
-                concat!("req->", stringify!($($field).+)),
-                $default,
-            )?
-        };
-    }
-    let request = Request {
-        num_tokens_unpadded: int!(num_tokens_unpadded, d.num_tokens_unpadded),
-        num_tokens_padded: int!(num_tokens_padded, d.num_tokens_padded),
-        allow_microbatching: flag!(allow_microbatching, d.allow_microbatching),
-        allow_dp_padding: flag!(allow_dp_padding, d.allow_dp_padding),
-        uniform_decode: int!(uniform_decode, d.uniform_decode),
-        cudagraph_mode: int!(cudagraph_mode, d.cudagraph_mode),
-        pad_policy: int!(pad_policy, d.pad_policy),
-        ubatch: UbatchConfig {
-            enabled: flag!(ubatch.enabled, d.ubatch.enabled),
-            num_ubatches: int!(ubatch.num_ubatches, d.ubatch.num_ubatches),
-            decode_token_threshold: int!(
-                ubatch.decode_token_threshold,
-                d.ubatch.decode_token_threshold
-            ),
-            prefill_token_threshold: int!(
-                ubatch.prefill_token_threshold,
-                d.ubatch.prefill_token_threshold
-            ),
-        },
-        timeout_ms: int!(timeout_ms, d.timeout_ms),
-        step_id: int!(step_id, d.step_id),
-    };
-    request.validate().map_err(|e| e.context("req"))?;
+    request_fields!(read);
+    request
+        .validate()
+        .map_err(|e| Error::new(e.kind, format!("req->{}", e.message)))?;
     Ok(request)
+}
+
+/// Writes `r` into a caller's request whose first `size` bytes are writable: `struct_size =
+/// size` (saturated to `u32`), then every field inside `min(size, sizeof)`; no other byte.
+///
+/// # Safety
+/// `req` must be valid for `size` writable bytes.
+pub(crate) unsafe fn write_request(req: *mut dp_batch_request, size: usize, r: &Request) {
+    let base = req.cast::<u8>();
+    let struct_size = u32::try_from(size).unwrap_or(u32::MAX);
+    macro_rules! write {
+        ($($($field:ident).+ : $kind:ident,)+) => {
+            // SAFETY: the caller promises `size` writable bytes at `req`; `write_field`
+            // writes only inside them.
+            unsafe {
+                write_field(|r: &dp_batch_request| r.struct_size, base, size, 0, struct_size);
+                $(write_field(
+                    |c: &dp_batch_request| c.$($field).+,
+                    base,
+                    size,
+                    offset_of!(dp_batch_request, $($field).+),
+                    r.$($field).+,
+                );)+
+            }
+        };
+    }
+    request_fields!(write);
 }
 
 /// Checks a result pointer (non-NULL, aligned, `struct_size` readable and large enough) and
@@ -391,12 +469,17 @@ pub(crate) fn write_result(res: *mut dp_batch_result, size: usize, value: &dp_ba
     let base = res.cast::<u8>();
     macro_rules! put {
         ($($field:ident),+) => {$(
-            let offset = offset_of!(dp_batch_result, $field);
-            if offset + size_of_val(&value.$field) <= size {
-                // SAFETY: `res` was checked by `check_result` (non-NULL, aligned, struct_size
-                // readable), and the field lies inside the caller's `size` bytes.
-                unsafe { std::ptr::write_unaligned(base.add(offset).cast(), value.$field) };
-            }
+            // SAFETY: `res` was checked by `check_result` (non-NULL, aligned, struct_size
+            // readable): the caller promises `size` writable bytes there.
+            unsafe {
+                write_field(
+                    |r: &dp_batch_result| r.$field,
+                    base,
+                    size,
+                    offset_of!(dp_batch_result, $field),
+                    value.$field,
+                )
+            };
         )+};
     }
     put!(

@@ -43,3 +43,52 @@ fn a_message_with_a_nul_byte_is_kept_readable() {
     boundary(|| Err(Error::internal("before\0after")));
     assert!(last_error().contains("before\\0after"), "{}", last_error());
 }
+
+/// A request with no field at its default (and valid).
+fn every_field_set() -> Request {
+    Request {
+        num_tokens_unpadded: 600,
+        num_tokens_padded: 640,
+        allow_microbatching: true,
+        allow_dp_padding: true,
+        uniform_decode: 0,
+        cudagraph_mode: 2,
+        pad_policy: 1,
+        ubatch: crate::rules::UbatchConfig {
+            enabled: true,
+            num_ubatches: 3,
+            decode_token_threshold: 40,
+            prefill_token_threshold: 600,
+        },
+        timeout_ms: 1000,
+        step_id: 9,
+    }
+}
+
+#[test]
+fn every_request_field_round_trips_through_the_field_list() {
+    let r = every_field_set();
+    assert_ne!(r, Request::default());
+    // 64 bytes, 8-aligned: a newer caller's struct.
+    let mut buf = [u64::MAX; 8];
+    let p = buf.as_mut_ptr().cast::<dp_batch_request>();
+    // SAFETY: `buf` holds 64 writable bytes.
+    unsafe { write_request(p, 64, &r) };
+    assert_eq!(buf[7], u64::MAX, "written past sizeof");
+    assert_eq!(read_request(p), Ok(r));
+    assert_eq!(
+        read_request(std::ptr::from_ref(&dp_batch_request::from(&r))),
+        Ok(r)
+    );
+}
+
+#[test]
+fn a_0_1_request_reads_as_step_id_0() {
+    let r = every_field_set();
+    let mut buf = [u64::MAX; 7];
+    let p = buf.as_mut_ptr().cast::<dp_batch_request>();
+    // SAFETY: `buf` holds 56 writable bytes; only the first 48 are written.
+    unsafe { write_request(p, REQUEST_MIN_SIZE, &r) };
+    assert_eq!(buf[6], u64::MAX, "step_id written into a 0.1 request");
+    assert_eq!(read_request(p), Ok(Request { step_id: 0, ..r }));
+}

@@ -6,6 +6,8 @@
 //   every rank:  dp_decide_batch(records, ...)                 same records -> same decision
 //
 // The four ranks run one after another in this process; the "allgather" is a shared array.
+// Build it against an installed dpcoord (examples/CMakeLists.txt):
+//   cmake -S examples -B build/examples -DCMAKE_PREFIX_PATH=<prefix> && cmake --build build/examples
 #include <dpcoord.h>
 
 #include <cstdio>
@@ -89,6 +91,7 @@ dp_status RunStep(int number, const Step& step) {
   for (int r = 0; r < kRanks; ++r) {
     std::vector<int32_t> after(kRanks);
     dp_batch_result res;
+    dp_batch_result_init(&res);  // struct_size: the library writes only what it holds
     const dp_status s = dp_decide_batch(allgathered.data(), kRanks, r, step.pad_policy,
                                         /*num_ubatches=*/2, after.data(), &res);
     const dp_rank_record& rec = allgathered[r];

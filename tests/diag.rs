@@ -1,0 +1,228 @@
+//! `DPCOORD_DEBUG` through the C ABI: nothing written when off, one WARN line per failure with
+//! exactly `dp_last_error`'s text, the line's prefix, `DPCOORD_DEBUG_FILE` with `%h`/`%p`,
+//! stderr otherwise. The library reads the environment once per process, so each case runs
+//! the `child` test of this binary in a fresh process with its own environment.
+
+use std::ffi::CStr;
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dpcoord::ffi::*;
+use dpcoord::rules::RankRecord;
+
+/// What the child does, chosen by `DPCOORD_TEST_CASE`.
+const CASE: &str = "DPCOORD_TEST_CASE";
+
+#[test]
+#[ignore = "the body of the DPCOORD_DEBUG tests, run by them in a subprocess"]
+fn child() {
+    let case = std::env::var(CASE).expect("run by the tests below with DPCOORD_TEST_CASE set");
+    match case.as_str() {
+        // One failing call: a field out of range.
+        "fail" => {
+            let mut req = MaybeUninit::<dp_batch_request>::uninit();
+            dp_batch_request_init(req.as_mut_ptr());
+            // SAFETY: dp_batch_request_init wrote every field.
+            let mut req = unsafe { req.assume_init() };
+            req.num_tokens_unpadded = -3;
+            let mut record = RankRecord::from_words([0; 5]);
+            let status = dp_make_record(&req, &mut record);
+            assert_eq!(status, dp_status::DP_ERR_INVALID_ARGUMENT);
+            // SAFETY: dp_last_error returns a NUL-terminated string valid until the next
+            // failing call on this thread; it is copied at once.
+            let message = unsafe { CStr::from_ptr(dp_last_error()) };
+            println!("LAST_ERROR={}", message.to_str().unwrap());
+        }
+        // Successful local calls only.
+        "succeed" => {
+            let mut req = MaybeUninit::<dp_batch_request>::uninit();
+            dp_batch_request_init(req.as_mut_ptr());
+            // SAFETY: dp_batch_request_init wrote every field.
+            let mut req = unsafe { req.assume_init() };
+            req.num_tokens_unpadded = 64;
+            let mut record = RankRecord::from_words([0; 5]);
+            assert_eq!(dp_make_record(&req, &mut record), dp_status::DP_OK);
+        }
+        other => panic!("unknown case {other}"),
+    }
+    println!("PID={}", std::process::id());
+}
+
+/// What a child run left behind.
+struct Run {
+    output: Output,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The value the child printed as `KEY=value` (libtest may put `test child ... ` first).
+    fn printed(&self, key: &str) -> String {
+        let prefix = format!("{key}=");
+        self.stdout
+            .lines()
+            .find_map(|l| l.split_once(&prefix).map(|(_, value)| value))
+            .unwrap_or_else(|| panic!("the child printed no {key}: {}", self.stdout))
+            .to_owned()
+    }
+}
+
+/// Runs `child` with `case` and exactly the dpcoord variables in `env` (others removed).
+fn run(case: &str, env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "child",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CASE, case)
+    .env_remove("DPCOORD_DEBUG")
+    .env_remove("DPCOORD_DEBUG_FILE");
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let output = cmd.output().unwrap();
+    let run = Run {
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        output,
+    };
+    assert!(
+        run.output.status.success(),
+        "child failed:\n{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    run
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dpcoord-diag-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The files in `dir`.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// The lines of stderr that dpcoord wrote (libtest writes nothing there on success).
+fn dpcoord_lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| l.contains(" dpcoord ")).collect()
+}
+
+/// The host name as the log prints it (up to the first dot).
+fn host() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    name.trim().split('.').next().unwrap().to_owned()
+}
+
+/// Checks `line` is `host:pid:tid dpcoord LEVEL rest` for this host and `pid`; returns `rest`.
+fn parse_line<'a>(line: &'a str, pid: &str, level: &str) -> &'a str {
+    let (prefix, rest) = line
+        .split_once(" dpcoord ")
+        .unwrap_or_else(|| panic!("no ' dpcoord ' in {line:?}"));
+    let parts: Vec<&str> = prefix.split(':').collect();
+    assert_eq!(parts.len(), 3, "prefix {prefix:?} is not host:pid:tid");
+    assert_eq!(parts[0], host(), "{line:?}");
+    assert_eq!(parts[1], pid, "{line:?}");
+    let tid: u32 = parts[2].parse().expect("the tid is a number");
+    assert!(tid > 0, "{line:?}");
+    rest.strip_prefix(level)
+        .and_then(|r| r.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{line:?} is not at level {level}"))
+}
+
+#[test]
+fn off_writes_nothing_anywhere() {
+    let dir = scratch("off");
+    let file = dir.join("dp.log");
+    for level in [None, Some(""), Some("VERSION"), Some("TRACEX")] {
+        let mut env = vec![("DPCOORD_DEBUG_FILE", file.to_str().unwrap())];
+        if let Some(level) = level {
+            env.push(("DPCOORD_DEBUG", level));
+        }
+        let run = run("fail", &env);
+        assert!(run.printed("LAST_ERROR").contains("num_tokens_unpadded"));
+        assert!(dpcoord_lines(&run.stderr).is_empty(), "{:?}", run.stderr);
+        assert!(
+            files(&dir).is_empty(),
+            "DPCOORD_DEBUG={level:?} wrote a file"
+        );
+    }
+}
+
+#[test]
+fn warn_logs_a_failure_once_with_exactly_the_last_error() {
+    for level in ["WARN", "info", "Trace"] {
+        let run = run("fail", &[("DPCOORD_DEBUG", level)]);
+        let lines = dpcoord_lines(&run.stderr);
+        assert_eq!(lines.len(), 1, "DPCOORD_DEBUG={level}: {lines:?}");
+        let message = parse_line(lines[0], &run.printed("PID"), "WARN");
+        assert_eq!(message, run.printed("LAST_ERROR"));
+        assert!(message.contains("num_tokens_unpadded = -3"), "{message}");
+    }
+}
+
+#[test]
+fn the_file_name_gets_the_host_and_the_pid() {
+    let dir = scratch("file");
+    let pattern = dir.join("dp.%h.%p.%%.log");
+    let run = run(
+        "fail",
+        &[
+            ("DPCOORD_DEBUG", "WARN"),
+            ("DPCOORD_DEBUG_FILE", pattern.to_str().unwrap()),
+        ],
+    );
+    let pid = run.printed("PID");
+    let want = dir.join(format!("dp.{}.{pid}.%.log", host()));
+    assert_eq!(files(&dir), vec![want.clone()]);
+    assert!(dpcoord_lines(&run.stderr).is_empty(), "{:?}", run.stderr);
+    let text = std::fs::read_to_string(&want).unwrap();
+    assert!(text.ends_with('\n'));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text:?}");
+    assert_eq!(
+        parse_line(lines[0], &pid, "WARN"),
+        run.printed("LAST_ERROR")
+    );
+}
+
+#[test]
+fn a_file_that_cannot_be_opened_falls_back_to_stderr() {
+    let dir = scratch("unwritable");
+    let inside_a_file = dir.join("not-a-dir");
+    std::fs::write(&inside_a_file, "").unwrap();
+    let path = inside_a_file.join("dp.log");
+    let run = run(
+        "fail",
+        &[
+            ("DPCOORD_DEBUG", "WARN"),
+            ("DPCOORD_DEBUG_FILE", path.to_str().unwrap()),
+        ],
+    );
+    let lines = dpcoord_lines(&run.stderr);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].contains("DPCOORD_DEBUG_FILE") && lines[0].contains("stderr"));
+    assert_eq!(
+        parse_line(lines[1], &run.printed("PID"), "WARN"),
+        run.printed("LAST_ERROR")
+    );
+}
+
+#[test]
+fn successful_calls_log_no_warning() {
+    let run = run("succeed", &[("DPCOORD_DEBUG", "WARN")]);
+    assert!(dpcoord_lines(&run.stderr).is_empty(), "{:?}", run.stderr);
+}
