@@ -13,11 +13,15 @@
 // each dereference carries a SAFETY note stating the C caller's promise.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+mod decide;
 mod gpu;
 mod host;
+mod slices;
 
+pub use decide::*;
 pub use gpu::*;
 pub use host::*;
+pub use slices::*;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
