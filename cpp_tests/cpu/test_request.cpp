@@ -214,10 +214,15 @@ TEST(MakeRecord, DisabledUbatchIgnoresItsFields) {
 
 TEST(MakeRecord, EnabledUbatchAcceptsNumUbatchesFromTwo) {
   dp_batch_request req = UbatchRequest(100, 1);
-  for (int32_t n : {2, 3, 4, 64}) {
+  for (int32_t n : {2, 3, 4, 32}) {  // up to the default decode threshold (32)
     req.ubatch.num_ubatches = n;
     EXPECT_EQ(MakeOk(req).should_attempt_ubatch, 1) << "num_ubatches " << n;
   }
+  // More microbatches need thresholds at least as large (0.2's threshold rule).
+  req.ubatch.num_ubatches = 64;
+  req.ubatch.decode_token_threshold = 64;
+  req.ubatch.prefill_token_threshold = 64;
+  EXPECT_EQ(MakeOk(req).should_attempt_ubatch, 1) << "num_ubatches 64";
 }
 
 TEST(MakeRecord, UniformDecodeUnknownIsLegalOnlyWithoutMicrobatching) {
