@@ -358,6 +358,7 @@ pub fn decide(
 /// pad flag is not compared; its `out` entry is max(padded) of the live ranks when padding,
 /// else 0. `dp_rank` must be live. When `out` is given (length `records.len()`), it receives
 /// every rank's tokens after padding, and only on success; for dp_size == 1 it is untouched.
+#[inline(always)]
 pub fn decide_with_options(
     records: &[RankRecord],
     dp_rank: i32,
@@ -531,6 +532,7 @@ impl Acc {
     };
 
     /// Folds a run of consecutive (live) records.
+    #[inline(always)]
     fn add_run(&mut self, run: &[RankRecord]) {
         let blocks = run.chunks_exact(BLOCK);
         let tail = blocks.remainder();
@@ -606,6 +608,7 @@ impl Summary {
     /// One branch-free pass over the live records (the whole slice when every rank is live,
     /// else each run of live ranks); only the error path walks them again, to name the first
     /// bad field or the two disagreeing ranks.
+    #[inline(always)]
     fn of(records: &[RankRecord], live: Option<&[u8]>) -> Result<Self> {
         let mut acc = Acc::EMPTY;
         match live {
