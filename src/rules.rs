@@ -260,7 +260,34 @@ pub struct Decision {
 /// the one id every live rank passed. `live[r] == 0` marks a dead slot (not compared); `None`
 /// means every rank is live. Differing ids are [`ErrorKind::InconsistentRanks`] naming two
 /// ranks and their ids.
+///
+/// One branch-free pass compares every (live) id with the first live one; only a mismatch or a
+/// negative id walks them again, to name the ranks.
+#[inline(always)]
 pub fn check_step_ids(step_ids: &[i64], live: Option<&[u8]>) -> Result<i64> {
+    let first_live = match live {
+        None => (!step_ids.is_empty()).then_some(0),
+        Some(l) => l.iter().position(|&b| b != 0),
+    };
+    let Some(r0) = first_live else {
+        return Ok(0);
+    };
+    let id0 = step_ids[r0];
+    let (differ, sign) = match live {
+        None => step_ids
+            .iter()
+            .fold((0i64, 0i64), |(d, n), &id| (d | (id ^ id0), n | id)),
+        Some(l) => step_ids
+            .iter()
+            .zip(l)
+            .fold((0i64, 0i64), |(d, n), (&id, &b)| {
+                let m = -i64::from(b != 0);
+                (d | ((id ^ id0) & m), n | (id & m))
+            }),
+    };
+    if differ == 0 && sign >= 0 {
+        return Ok(id0);
+    }
     let is_live = |r: usize| live.map_or(true, |l| l[r] != 0);
     let mut first: Option<(usize, i64)> = None;
     for (rank, &id) in step_ids.iter().enumerate() {
@@ -441,6 +468,7 @@ pub fn decide_with_options(
 
 /// Every rank's tokens after padding: max(padded) when padding, else its own padded count; a
 /// dead slot's is max(padded) when padding, else 0 (its record is not read).
+#[inline(always)]
 fn fill_after_padding(
     out: &mut [i32],
     records: &[RankRecord],
@@ -464,6 +492,7 @@ fn fill_after_padding(
 }
 
 /// `active_ranks`: `dp_size` bytes, each 0 (dead) or 1 (live), the calling rank live.
+#[inline(always)]
 fn check_active_ranks(live: &[u8], dp_size: usize, dp_rank: i32) -> Result<()> {
     if live.len() != dp_size {
         return Err(invalid!(
@@ -575,32 +604,37 @@ impl Acc {
     }
 }
 
-/// Calls `f` with every maximal run `[begin, end)` of live ranks (`live[r] == 1`), in order.
-fn for_each_live_run(live: &[u8], mut f: impl FnMut(usize, usize)) {
-    /// Mask bytes checked at once for "all live".
-    const CHUNK: usize = 64;
-    let mut begin: Option<usize> = None;
-    let mut r = 0;
-    while r < live.len() {
-        if begin.is_some() && r + CHUNK <= live.len() {
-            let all_live = live[r..r + CHUNK].iter().fold(1u8, |a, &b| a & b) == 1;
-            if all_live {
-                r += CHUNK;
-                continue;
-            }
+/// Every maximal run `[begin, end)` of live ranks (`live[r] == 1`), in order.
+struct LiveRuns<'a> {
+    live: &'a [u8],
+    r: usize,
+}
+
+impl Iterator for LiveRuns<'_> {
+    type Item = (usize, usize);
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<(usize, usize)> {
+        /// Mask bytes checked at once for "all live".
+        const CHUNK: usize = 64;
+        let live = self.live;
+        let mut r = self.r;
+        while r < live.len() && live[r] != 1 {
+            r += 1;
         }
-        match (live[r] == 1, begin) {
-            (true, None) => begin = Some(r),
-            (false, Some(b)) => {
-                f(b, r);
-                begin = None;
-            }
-            _ => {}
+        if r == live.len() {
+            self.r = r;
+            return None;
         }
-        r += 1;
-    }
-    if let Some(b) = begin {
-        f(b, live.len());
+        let begin = r;
+        while r + CHUNK <= live.len() && live[r..r + CHUNK].iter().fold(1u8, |a, &b| a & b) == 1 {
+            r += CHUNK;
+        }
+        while r < live.len() && live[r] == 1 {
+            r += 1;
+        }
+        self.r = r;
+        Some((begin, r))
     }
 }
 
@@ -613,7 +647,11 @@ impl Summary {
         let mut acc = Acc::EMPTY;
         match live {
             None => acc.add_run(records),
-            Some(live) => for_each_live_run(live, |b, e| acc.add_run(&records[b..e])),
+            Some(live) => {
+                for (begin, end) in (LiveRuns { live, r: 0 }) {
+                    acc.add_run(&records[begin..end]);
+                }
+            }
         }
         let is_live = |rank: usize| live.map_or(true, |l| l[rank] == 1);
         let (min_unpadded, unpadded_minus_padded) = acc.field(0);

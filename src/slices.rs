@@ -11,6 +11,8 @@
 //! `cu` is never stored: one pass validates the counts and sums them, a second walks the
 //! running sum only as far as the last split point (block sums skip whole blocks that lie
 //! before the next split point), and a backward scan finds where the last real request ends.
+//! The sums are exact: 64-bit where they could exceed `i32::MAX`, 32-bit where they provably
+//! cannot (every partial sum of valid counts is <= P).
 
 use crate::error::{invalid, Result};
 
@@ -57,7 +59,7 @@ pub fn check_sizes(num_requests: i64, num_ubatches: i32) -> Result<()> {
 }
 
 /// Counts per block of the split walk: block sums are added without a branch per request.
-const BLOCK: usize = 16;
+const BLOCK: usize = 32;
 
 /// vLLM's `maybe_create_ubatch_slices` for a step that microbatches: writes the `n` slices to
 /// `slices` and, when given, the `n` padded slices to `padded_slices` (both exactly
@@ -152,7 +154,7 @@ pub fn make_ubatch_slices(
         let (request_end, next_begin) = if is_last {
             (num_requests - trailing_zeros(counts), 0)
         } else {
-            walk.locate(token_end)
+            walk.locate(token_end as i32)
         };
         *slice = UbatchSlice {
             request_begin: request_begin as i32,
@@ -172,15 +174,17 @@ pub fn make_ubatch_slices(
     Ok(())
 }
 
-/// `sum(counts)` in 64 bits, or the first negative count as an error. One branch-free pass.
+/// `sum(counts)`, exact (64 bits), or the first negative count as an error.
+///
+/// One branch-free pass in 32 bits: a wrapping sum and the OR of the counts. The OR is >= every
+/// non-negative count (and negative iff some count is), so when `R * OR` fits in an `i32` no
+/// partial sum can overflow and the 32-bit sum is exact; only otherwise (counts near 2^31 / R)
+/// is the sum taken again in 64 bits.
 fn checked_sum(counts: &[i32]) -> Result<i64> {
-    let mut sum = 0i64;
-    let mut sign = 0i32;
-    for &c in counts {
-        sum += i64::from(c);
-        sign |= c;
-    }
-    if sign < 0 {
+    let (sum, or) = counts
+        .iter()
+        .fold((0i32, 0i32), |(sum, or), &c| (sum.wrapping_add(c), or | c));
+    if or < 0 {
         let (j, c) = counts
             .iter()
             .enumerate()
@@ -189,7 +193,11 @@ fn checked_sum(counts: &[i32]) -> Result<i64> {
             .unwrap_or_default();
         return Err(invalid!("num_scheduled_tokens[{j}] = {c} must be >= 0"));
     }
-    Ok(sum)
+    if (counts.len() as u64).saturating_mul(or as u64) <= i32::MAX as u64 {
+        Ok(i64::from(sum))
+    } else {
+        Ok(counts.iter().map(|&c| i64::from(c)).sum())
+    }
 }
 
 /// Zero-length requests before the first token: `bisect_right(cu, 0) - 1`.
@@ -203,12 +211,15 @@ fn trailing_zeros(counts: &[i32]) -> usize {
 }
 
 /// A forward walk over the running sum `cu`, for split points visited in ascending order.
+///
+/// Only walked once the counts are validated: every count >= 0 and their sum <= P <=
+/// `i32::MAX`, so every partial sum fits in an `i32`.
 struct Walk<'a> {
     counts: &'a [i32],
     /// Requests consumed so far.
     j: usize,
     /// `cu[j]`.
-    cu: i64,
+    cu: i32,
 }
 
 impl<'a> Walk<'a> {
@@ -223,27 +234,24 @@ impl<'a> Walk<'a> {
     /// For a split point `0 < t < cu[R]`, at or after the previous one: returns
     /// `(bisect_left(cu, t), bisect_right(cu, t) - 1)`, the end of the microbatch before `t`
     /// and the beginning of the one after it.
-    fn locate(&mut self, t: i64) -> (usize, usize) {
+    fn locate(&mut self, t: i32) -> (usize, usize) {
         // Skip whole blocks whose end is still before t (their requests end before t).
-        while self.j + BLOCK <= self.counts.len() {
-            let block: i64 = self.counts[self.j..self.j + BLOCK]
-                .iter()
-                .map(|&c| i64::from(c))
-                .sum();
-            if self.cu + block >= t {
+        for block in self.counts[self.j..].chunks_exact(BLOCK) {
+            let sum = block.iter().fold(0i32, |a, &c| a + c);
+            if self.cu + sum >= t {
                 break;
             }
-            self.cu += block;
+            self.cu += sum;
             self.j += BLOCK;
         }
         // Now cu[j] < t <= cu[R] (cu[j] < t holds: the previous split was below t, or j = 0).
-        while self.cu + i64::from(self.counts[self.j]) < t {
-            self.cu += i64::from(self.counts[self.j]);
+        while self.cu + self.counts[self.j] < t {
+            self.cu += self.counts[self.j];
             self.j += 1;
         }
         // cu[j] < t <= cu[j + 1]: the first index with cu >= t is j + 1.
         let end = self.j + 1;
-        if self.cu + i64::from(self.counts[self.j]) > t {
+        if self.cu + self.counts[self.j] > t {
             // t falls inside request j: it straddles, and begins the next microbatch.
             return (end, self.j);
         }
