@@ -594,13 +594,18 @@ impl Acc {
         }
     }
 
-    /// `(min, max)` of field `f` over every word of that field.
-    fn field(&self, f: usize) -> (i32, i32) {
-        (f..WORDS)
-            .step_by(5)
-            .fold((i32::MAX, i32::MIN), |(lo, hi), i| {
-                (lo.min(self.lo[i]), hi.max(self.hi[i]))
-            })
+    /// Per field `f`, `(min, max)` over every word of that field (words `f, f + 5, ...`).
+    #[inline(always)]
+    fn fields(&self) -> ([i32; 5], [i32; 5]) {
+        let mut lo = [i32::MAX; 5];
+        let mut hi = [i32::MIN; 5];
+        for (l, h) in self.lo.chunks_exact(5).zip(self.hi.chunks_exact(5)) {
+            for f in 0..5 {
+                lo[f] = lo[f].min(l[f]);
+                hi[f] = hi[f].max(h[f]);
+            }
+        }
+        (lo, hi)
     }
 }
 
@@ -654,11 +659,9 @@ impl Summary {
             }
         }
         let is_live = |rank: usize| live.map_or(true, |l| l[rank] == 1);
-        let (min_unpadded, unpadded_minus_padded) = acc.field(0);
-        let (min_padded, max_padded) = acc.field(1);
-        let (ubatch_lo, ubatch_hi) = acc.field(2);
-        let (dp_pad_lo, dp_pad_hi) = acc.field(3);
-        let (mode_lo, mode_hi) = acc.field(4);
+        let (lo, hi) = acc.fields();
+        let [min_unpadded, min_padded, ubatch_lo, dp_pad_lo, mode_lo] = lo;
+        let [unpadded_minus_padded, max_padded, ubatch_hi, dp_pad_hi, mode_hi] = hi;
         let valid = min_unpadded >= 0
             && min_padded >= 0
             && unpadded_minus_padded <= 0

@@ -140,7 +140,7 @@ pub extern "C" fn dp_decide_batch(
             step_ids: std::ptr::null(),
         };
         decide(
-            CALL,
+            "dp_decide_batch",
             records,
             dp_size,
             dp_rank,
@@ -176,7 +176,7 @@ pub extern "C" fn dp_decide_batch_with_options(
     boundary(|| {
         let options = read_options(opts)?;
         decide(
-            CALL,
+            "dp_decide_batch_with_options",
             records,
             dp_size,
             dp_rank,
@@ -222,7 +222,7 @@ fn read_options(opts: *const dp_decide_options) -> Result<RawOptions> {
 
 /// The one implementation behind both entry points (`call` names the entry point).
 fn decide(
-    call: &CStr,
+    call: &str,
     records: *const RankRecord,
     dp_size: i32,
     dp_rank: i32,
@@ -285,11 +285,7 @@ fn decide(
         step_ids,
     };
     let (decision, step_id) = decide_fast(records, dp_rank, &decide_options, out)?;
-    diag::decision(
-        &Ctx::new().rank(dp_rank, dp_size),
-        call.to_str().unwrap_or_default(),
-        &decision,
-    );
+    diag::decision(&Ctx::new().rank(dp_rank, dp_size), call, &decision);
     let mut filled = dp_batch_result::from_decision(&decision, dp_rank, dp_size, step_id);
     if has_array && decision.has_num_tokens_after_padding {
         filled.has_num_tokens_after_padding = true;
