@@ -21,6 +21,9 @@ use dpcoord::diag::bench;
 use dpcoord::ffi::{dp_batch_request, dp_batch_request_init, dp_make_record, dp_status};
 use dpcoord::rules::RankRecord;
 
+/// A benchmarked function: the arguments a call site has (rank, step id, tokens).
+type CallSite = fn(i32, i64, i32);
+
 /// The level this run's environment selects, as it appears in the benchmarks' names.
 fn level() -> String {
     match std::env::var("DPCOORD_DEBUG") {
@@ -47,7 +50,7 @@ fn request(unpadded: i32) -> dp_batch_request {
 fn call_sites(c: &mut Criterion) {
     let level = level();
     let mut group = c.benchmark_group(format!("diag/{level}"));
-    let sites: [(&str, fn(i32, i64, i32)); 3] = [
+    let sites: [(&str, CallSite); 3] = [
         ("plain", bench::plain),
         ("trace_site", bench::with_trace),
         ("nvtx_range", bench::with_range),

@@ -117,6 +117,18 @@ typedef enum dp_status {
 } dp_status;
 
 /**
+ * An explicit coordinator for one NCCL communicator: create it once per communicator (on
+ * every rank), then `dp_coordinator_begin` / `dp_coordinator_end` once per step. Opaque;
+ * owned by the caller until `dp_coordinator_destroy`.
+ */
+typedef struct dp_coordinator dp_coordinator;
+
+/**
+ * Opaque handle of one rank's membership in a host group (`dp_host_group_open`).
+ */
+typedef struct dp_host_group dp_host_group;
+
+/**
  * Options of `dp_decide_batch_with_options`. Initialise with `dp_decide_options_init`, then
  * set fields; the library reads only `min(struct_size, sizeof)` bytes, so the struct can grow.
  */
@@ -411,28 +423,113 @@ enum dp_status dp_decide_batch_with_options(const struct dp_rank_record *records
                                             struct dp_batch_result *res);
 
 /**
- * The collective: every rank of `comm` calls it with its own request, and all get the
- * same decision in `*res` (written only on success).
+ * Creates a coordinator for `comm` and writes it to `*out` (local: asks NCCL for the
+ * communicator's size, rank and device; no collective, no GPU work; device memory is
+ * allocated by the first `dp_coordinator_begin`).
  *
- * Validates `*req` first (an invalid request fails before any communication), exchanges
- * one 20-byte record per rank with `ncclAllGather` on `stream`, post-processes on the GPU,
- * and blocks until the decision is on the host: one polled wait, bounded by
- * `req->timeout_ms` and watching `ncclCommGetAsyncError`. With dp_size == 1 it does no GPU
- * work and returns no arrays. `stream` may be NULL, `cudaStreamLegacy` or
- * `cudaStreamPerThread`; it must belong to the communicator's device and must not be
- * capturing a CUDA graph. Ordering: every rank must call it in the same order relative to
- * every other collective on `comm`; use a communicator reserved for coordination
- * (`ncclCommSplit` of the DP communicator) or the same stream as your other collectives.
+ * `comm` must be a live communicator of the process's NCCL and stay live until the
+ * coordinator is destroyed (or, after a failure, until it is aborted). The coordinator
+ * belongs to the caller; nothing in dpcoord is keyed by the communicator's address.
+ * Create, use and destroy coordinators on every rank together: each exchange carries the
+ * coordinator's sequence number, and ranks whose coordinators are out of step get an error.
+ * `DPCOORD_SEND_BUFFER=device` (read here) makes NCCL read the send slot from device memory
+ * instead of mapped pinned host memory.
+ * Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL, a bad `DPCOORD_SEND_BUFFER`),
+ * `DP_ERR_NCCL`, `DP_ERR_LIBRARY_UNAVAILABLE` (no NCCL found).
+ */
+enum dp_status dp_coordinator_create(struct ncclComm *comm, struct dp_coordinator **out);
+
+/**
+ * Begins this step's exchange (collective: every rank of the communicator calls it, in the
+ * same order relative to every other collective on that communicator) and returns at once.
  *
- * `res->num_tokens_after_padding` (host) and `num_tokens_after_padding_device` are
- * library-owned, stable per communicator, valid until the next call on `comm` or
- * `dp_release(comm)`; the device array is written in stream order on `stream`.
- * Thread-safe across communicators; a concurrent call on the same communicator returns
- * `DP_ERR_BUSY`. The first call per communicator allocates; later calls do not.
- * Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`, `DP_ERR_INCONSISTENT_RANKS`, `DP_ERR_CUDA`,
- * `DP_ERR_NCCL`, `DP_ERR_TIMEOUT` (then abort `comm` with `ncclCommAbort` on every rank
- * and call `dp_release`), `DP_ERR_LIBRARY_UNAVAILABLE` (no CUDA driver or NCCL found),
- * `DP_ERR_BUSY` or `DP_ERR_INTERNAL`.
+ * Validates `*req` (an invalid request fails before any communication), writes this rank's
+ * slot (the coordinator's sequence number, `req->step_id`, the record) into mapped pinned
+ * memory, and enqueues on `stream`: `ncclAllGather` of every rank's slot, then the
+ * post-processing kernel, which checks every slot and writes the decision to the device
+ * array and to mapped host memory. The host does not wait for the GPU; the caller may
+ * enqueue more work on `stream` and do host work before `dp_coordinator_end`. The first
+ * begin of a coordinator runs NCCL's first collective on a helper thread and waits for it to
+ * be enqueued, bounded by `req->timeout_ms` (NCCL connects lazily inside it). `stream` may
+ * be NULL, `cudaStreamLegacy` or `cudaStreamPerThread`; it must belong to the communicator's
+ * device, must not be capturing a CUDA graph, and must stay alive until `end`. With
+ * dp_size 1 no GPU work is done. The device array of the previous step stays valid until
+ * this call. `begin` and `end` may run on different threads, never at once.
+ * Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`, `DP_ERR_BUSY` (an exchange is in flight, or
+ * another thread is inside a call on `c`), `DP_ERR_CUDA`, `DP_ERR_NCCL`, `DP_ERR_TIMEOUT`
+ * (first call only), `DP_ERR_CANCELLED`, `DP_ERR_LIBRARY_UNAVAILABLE`; after a failure once
+ * enqueued, every later call fails with it.
+ */
+enum dp_status dp_coordinator_begin(struct dp_coordinator *c,
+                                    struct CUstream_st *stream,
+                                    const struct dp_batch_request *req);
+
+/**
+ * Writes to `*done` whether the exchange begun last has finished, or failed
+ * (`dp_coordinator_end` then says how). Local; never blocks (a few loads and at most one
+ * `ncclCommGetAsyncError`). Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL, or no
+ * exchange in flight), `DP_ERR_BUSY`, `DP_ERR_CANCELLED`, or the earlier failure.
+ */
+enum dp_status dp_coordinator_poll(struct dp_coordinator *c, bool *done);
+
+/**
+ * Waits for the exchange begun last and writes its decision to `*res` (only on `DP_OK`).
+ *
+ * The wait spins on a word the kernel writes last, bounded by the request's `timeout_ms`
+ * counted from `dp_coordinator_begin` (plus at most 100 ms), ended early by
+ * `dp_coordinator_cancel`, and watching `ncclCommGetAsyncError` and the stream. A result is
+ * accepted only when the kernel verified every rank's slot (this exchange's sequence number,
+ * equal step ids) and NCCL reports no error. `res->num_tokens_after_padding` (host) and
+ * `num_tokens_after_padding_device` are owned by the coordinator and stay valid until the
+ * next `begin` on it or its destruction; the device array is written in `stream` order.
+ * Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL, a bad `res->struct_size`, no exchange
+ * in flight, or invalid records: every rank gets it), `DP_ERR_INCONSISTENT_RANKS` (pad flags
+ * or step ids differ, or ranks out of step), `DP_ERR_TIMEOUT`, `DP_ERR_NCCL`, `DP_ERR_CUDA`,
+ * `DP_ERR_CANCELLED`, `DP_ERR_BUSY`, `DP_ERR_INTERNAL`. After `TIMEOUT`, `NCCL`, `CUDA` or
+ * `CANCELLED`: abort the communicator on every rank, then destroy the coordinator.
+ */
+enum dp_status dp_coordinator_end(struct dp_coordinator *c, struct dp_batch_result *res);
+
+/**
+ * Ends a wait on `c` from any thread (a watchdog): a waiting `dp_coordinator_end` (or the
+ * first `begin`) returns `DP_ERR_CANCELLED`, and so does every later call on `c`.
+ *
+ * Returns once no thread is inside dpcoord for `c` (each checks every 50 us): then
+ * `ncclCommAbort` on the communicator is safe, after which `dp_coordinator_destroy`.
+ * Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL), or `DP_ERR_BUSY` when a thread is still
+ * inside: a caller's thread inside a CUDA or NCCL call after 100 ms (call cancel again), or
+ * dpcoord's helper thread inside NCCL's first collective, which only `ncclCommAbort` can free
+ * (the message says which). Cancelling with nothing in flight is fine.
+ */
+enum dp_status dp_coordinator_cancel(struct dp_coordinator *c);
+
+/**
+ * Destroys `c` (local; never waits and never calls NCCL, so it may follow `ncclCommAbort`).
+ *
+ * Device and pinned memory that work still in flight may write (an exchange begun and not
+ * ended, a timed-out or cancelled one) is freed only once that work has finished (checked by
+ * later create/destroy calls), or never, if a helper thread is still inside NCCL. Arrays of
+ * earlier results become invalid. NULL is fine. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`
+ * (misaligned), `DP_ERR_BUSY` (another thread is inside a call on `c`: nothing is freed).
+ */
+enum dp_status dp_coordinator_destroy(struct dp_coordinator *c);
+
+/**
+ * The collective in one call: `dp_coordinator_begin` + `dp_coordinator_end` on a
+ * coordinator that dpcoord keeps per communicator (keyed by its address), created on the
+ * first call once NCCL answered for `comm`.
+ *
+ * Every rank of `comm` calls it with its own request, and all get the same decision in
+ * `*res` (written only on success). Blocks until the decision is on the host: behind the
+ * work already queued on `stream` (use the explicit coordinator, begin early and end late,
+ * or a dedicated stream, to avoid the stall). `stream` as for `dp_coordinator_begin`.
+ * Ordering: every rank must call it in the same order relative to every other collective on
+ * `comm`; use a communicator reserved for coordination (`ncclCommSplit`). The arrays are
+ * owned by the cache entry, valid until the next call on `comm` or `dp_release(comm)`. Call
+ * `dp_release(comm)` before `ncclCommDestroy`/`ncclCommAbort`: a new communicator created at
+ * the address of an unreleased one would inherit its state. Thread-safe across
+ * communicators; a concurrent call on the same communicator returns `DP_ERR_BUSY`.
+ * Returns what `dp_coordinator_begin` and `dp_coordinator_end` return.
  */
 enum dp_status dp_coordinate_batch(struct ncclComm *comm,
                                    struct CUstream_st *stream,
@@ -440,13 +537,18 @@ enum dp_status dp_coordinate_batch(struct ncclComm *comm,
                                    struct dp_batch_result *res);
 
 /**
- * Frees everything dpcoord cached for `comm` (device and pinned buffers, module, event),
- * after waiting up to 10 s for its work in flight. Call it before `ncclCommDestroy`, or
- * after `ncclCommAbort` (it never calls NCCL, so an aborted communicator is fine). A
- * communicator dpcoord never saw is fine too (`DP_OK`). Arrays from earlier results become
- * invalid. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL), `DP_ERR_TIMEOUT` (work still
- * running after a timed-out call whose communicator was not aborted: the state is kept and
- * a later `dp_release` can retry), `DP_ERR_BUSY` never (it waits for a call in progress).
+ * `dp_coordinator_cancel` for the coordinator `dp_coordinate_batch` keeps for `comm` (from
+ * any thread; a communicator never used with dpcoord is fine). Then abort `comm` and call
+ * `dp_release(comm)`. Never calls NCCL. Returns as `dp_coordinator_cancel`.
+ */
+enum dp_status dp_cancel(struct ncclComm *comm);
+
+/**
+ * Removes and destroys the coordinator `dp_coordinate_batch` keeps for `comm`, as
+ * `dp_coordinator_destroy` does (never waits, never calls NCCL, so it may follow
+ * `ncclCommAbort`). A communicator dpcoord never saw is fine. Arrays from earlier results
+ * become invalid. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL), `DP_ERR_BUSY` (a
+ * `dp_coordinate_batch` on `comm` is running on another thread: `dp_cancel` it first).
  */
 enum dp_status dp_release(struct ncclComm *comm);
 
@@ -483,6 +585,72 @@ void dp_batch_result_init_sized(struct dp_batch_result *res, size_t size);
  * field and value).
  */
 enum dp_status dp_make_record(const struct dp_batch_request *req, struct dp_rank_record *out);
+
+/**
+ * Joins the host group `name` as rank `dp_rank` of `dp_size` and waits until every rank
+ * joined: collective over the `dp_size` processes that open the same `name` on this host, in
+ * any order. On `DP_OK`, `*out` receives the handle; on failure `*out` is left untouched.
+ *
+ * `name` is 1-64 characters of `[A-Za-z0-9._-]`; the group lives in the POSIX shared-memory
+ * segment `/dpcoord.<name>` (`/dev/shm/dpcoord.<name>`), created with mode 0600. `dp_size` is
+ * 1..=1024, `dp_rank` 0..dp_size-1. `timeout_ms` bounds the wait for the other ranks
+ * (0 waits forever, still failing within 100 ms when a joined rank exits or gives up) and is
+ * the wait used by a later `dp_host_group_coordinate` whose request cannot be read. A
+ * segment left by processes that are all gone is reclaimed; one still held by a finished
+ * run's last process is waited for (bounded by `timeout_ms`).
+ *
+ * Thread-safe; the handle is owned by the caller until `dp_host_group_close`.
+ * Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (bad name, dp_size, dp_rank, timeout or `out`;
+ * a segment owned by another user, with another mode, dp_size or layout version, truncated
+ * or corrupt; the rank already held by a live process), `DP_ERR_TIMEOUT` (not every rank
+ * joined in time), `DP_ERR_PEER_EXITED` (a rank that joined exited or closed before every
+ * rank joined) or `DP_ERR_INTERNAL` (an OS call failed; the message has its error).
+ */
+enum dp_status dp_host_group_open(const char *name,
+                                  int32_t dp_size,
+                                  int32_t dp_rank,
+                                  int32_t timeout_ms,
+                                  struct dp_host_group **out);
+
+/**
+ * One step: every rank of the group calls it with its own request and all get the same
+ * decision, exactly as from `dp_coordinate_batch` (the host array, no device array): the
+ * same validation, the same decision from the same records, step ids checked. Collective
+ * over the group's ranks, each call matching the same call on every other rank.
+ *
+ * Publishes this rank's record in its slot, spins briefly, then sleeps on a futex until
+ * every rank's record of this step is there, bounded by `req->timeout_ms` (0: forever); a
+ * rank that exited or closed is reported within 100 ms either way. `*res` is written only
+ * on success; `res->num_tokens_after_padding` is owned by the group and valid until the next
+ * call on `g` or its close. No allocation.
+ *
+ * An invalid request fails on every rank of that step with `DP_ERR_INVALID_ARGUMENT` (the
+ * invalid rank's message says why, the others' name the rank), and differing pad flags,
+ * pad policies, num_ubatches or step ids fail on every rank with
+ * `DP_ERR_INCONSISTENT_RANKS`; the step still completed, so the group stays usable. After
+ * `DP_ERR_TIMEOUT`, `DP_ERR_PEER_EXITED` or a corrupt segment (`DP_ERR_INTERNAL`) every rank
+ * fails fast, every later call fails with the first failure, and the group must be closed.
+ *
+ * One thread at a time per handle: a concurrent call on the same handle returns
+ * `DP_ERR_BUSY`. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`, `DP_ERR_INCONSISTENT_RANKS`,
+ * `DP_ERR_TIMEOUT`, `DP_ERR_PEER_EXITED` (naming the rank), `DP_ERR_BUSY` or
+ * `DP_ERR_INTERNAL`.
+ */
+enum dp_status dp_host_group_coordinate(struct dp_host_group *g,
+                                        const struct dp_batch_request *req,
+                                        struct dp_batch_result *res);
+
+/**
+ * Leaves the group and frees the handle: marks this rank closed (a peer waiting on it gets
+ * `DP_ERR_PEER_EXITED`), and unlinks the segment when it is the last rank out. Local; it
+ * always frees, after any status of earlier calls, and never waits longer than 200 ms.
+ * Arrays from earlier results become invalid.
+ *
+ * Must not run while another thread is inside a call on `g` (then it returns
+ * `DP_ERR_BUSY` and frees nothing). Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL or
+ * misaligned `g`) or `DP_ERR_BUSY`.
+ */
+enum dp_status dp_host_group_close(struct dp_host_group *g);
 
 /**
  * Which requests and tokens of this rank's step go into each microbatch, for a step whose
@@ -523,12 +691,21 @@ enum dp_status dp_make_ubatch_slices(const int32_t *num_scheduled_tokens,
 /* cbindgen writes the trailer after the include guard: this block has its own. */
 #ifndef DPCOORD_H_INIT
 #define DPCOORD_H_INIT
-/** Fills `*req` with the defaults and `struct_size = sizeof(*req)` as this header knows it. */
+/**
+ * Fills `*req` with the defaults and `struct_size = sizeof(*req)` as this header knows it:
+ * start every request here. Local, thread-safe. A NULL or misaligned `req` writes nothing
+ * and leaves a message for dp_last_error().
+ */
 static inline void dp_batch_request_init(dp_batch_request *req) {
   dp_batch_request_init_sized(req, sizeof(*req));
 }
 
-/** Fills `*res` with an empty result and `struct_size = sizeof(*res)` as this header knows it. */
+/**
+ * Fills `*res` with an empty result and `struct_size = sizeof(*res)` as this header knows it:
+ * initialise every result before a call fills it (a result whose struct_size is below 56 is
+ * refused). Local, thread-safe. A NULL or misaligned `res` writes nothing and leaves a message
+ * for dp_last_error().
+ */
 static inline void dp_batch_result_init(dp_batch_result *res) {
   dp_batch_result_init_sized(res, sizeof(*res));
 }

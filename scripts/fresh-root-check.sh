@@ -28,7 +28,9 @@
 #      and ctest summary lines) to DIR.log/ (default /var/tmp/dpcoord-fresh-root.log/) and
 #      prints the summary. Exit status: 0 when both commands succeeded.
 set -euo pipefail
-
+# The whole script is one compound command, read before it runs: editing this file while a
+# check runs (it takes minutes) cannot change what the running check does.
+{
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FRESH=/var/tmp/dpcoord-fresh-root
 BASE=""
@@ -94,6 +96,11 @@ if [[ -e "$FRESH" ]]; then
   grep " $FRESH/" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do
     umount -R -l "$m" || true
   done
+  # Never delete through a mount that is still there (the Rust toolchain is bound in).
+  if grep -q " $FRESH/" /proc/mounts; then
+    echo "fresh-root-check: something is still mounted below $FRESH: refusing to remove it" >&2
+    exit 1
+  fi
   rm -rf "$FRESH"
 fi
 rm -rf "$LOGS"
@@ -159,7 +166,7 @@ run_inside() {
 }
 
 run_inside demo "scripts/demo.sh"
-grep -E '^(setup: (installing|Debian|set-up took)|demo.sh: done|every step)' "$LOGS/demo.log" \
+grep -E '^(setup: (installing|Debian|set-up took)|demo.sh: done|dpcoord .* demo|demo finished)' "$LOGS/demo.log" \
   | sed 's/^/    /' | tee -a "$LOGS/summary.txt" || true
 run_inside test "scripts/test.sh"
 {
@@ -171,3 +178,4 @@ run_inside test "scripts/test.sh"
 } | sed 's/^/    /' | tee -a "$LOGS/summary.txt"
 say "done in $((SECONDS - T0))s: $([[ $RESULT -eq 0 ]] && echo 'both commands succeeded' || echo FAILED)"
 exit "$RESULT"
+}

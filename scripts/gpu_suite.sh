@@ -9,9 +9,11 @@
 #    /usr/local/cuda) and the system NCCL;
 # 3. runs ctest's gpu_ranks_2 and gpu_ranks_4, gpu_ranks_8 only with >= 8 GPUs (8 ranks sharing
 #    fewer GPUs talk over loopback sockets: too slow for this suite's time budget), and the
-#    example (gpu_example_step_loop);
+#    examples (gpu_example_step_loop, and examples/' gpu_split_phase and gpu_dedicated_stream);
 # 4. runs a representative subset with 2 ranks under compute-sanitizer, each tool separately
-#    (memcheck, racecheck, initcheck, synccheck), every rank under the sanitizer;
+#    (memcheck, racecheck, initcheck, synccheck), every rank under the sanitizer, the
+#    coordinator's fault tests included (DPCOORD_GPU_SANITIZER=1: their wall-clock bounds are
+#    not asserted under a sanitizer's slowdown);
 # 5. prints one summary line per run, e.g. "gpu_ranks_2: 12 passed, 0 failed, 1 skipped".
 #
 # Logs (build, ctest, per-rank output and GoogleTest XML) go to ${OUT:-./gpu-logs} (many files:
@@ -35,7 +37,7 @@ OUT="${OUT:-./gpu-logs}"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build/gpu-suite}"
 CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 SANITIZERS="${SANITIZERS-memcheck racecheck initcheck synccheck}"
-SANITIZER_FILTER="${SANITIZER_FILTER:-Gpu.RandomStepsMatchHostDecision:Gpu.EdgeCasesAtFullRankCount:Gpu.DeviceArrayIsStreamOrderedForAKernelAfterTheCall:Gpu.StreamKinds:Gpu.InconsistentPadFlagsFailEveryRank:Gpu.InvalidRequestOnEveryRankFailsWithoutACollective:Gpu.ReleaseThenCallAgain}"
+SANITIZER_FILTER="${SANITIZER_FILTER:-Gpu.RandomStepsMatchHostDecision:Gpu.EdgeCasesAtFullRankCount:Gpu.DeviceArrayIsStreamOrderedForAKernelAfterTheCall:Gpu.StreamKinds:Gpu.InconsistentPadFlagsFailEveryRank:Gpu.InvalidRequestOnEveryRankFailsWithoutACollective:Gpu.ReleaseThenCallAgain:Gpu.Coordinator*:Gpu.TimeoutWhenARankNeverCalls}"
 
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -84,7 +86,8 @@ if ! cmake -S "$ROOT/cpp_tests" -B "$TESTS_BUILD" "${CONFIG[@]}" >"$OUT/build.lo
     fail_setup "configuring cpp_tests/gpu" "$OUT/build.log"
 fi
 cmake --build "$TESTS_BUILD" --target dpcoord_gpu_tests dpcoord_gpu_launcher \
-  dpcoord_example_step_loop >>"$OUT/build.log" 2>&1 || fail_setup "building" "$OUT/build.log"
+  dpcoord_example_step_loop dpcoord_example_gpu_split_phase dpcoord_example_gpu_dedicated_stream \
+  >>"$OUT/build.log" 2>&1 || fail_setup "building" "$OUT/build.log"
 TESTS_BIN="$(find "$TESTS_BUILD" -type f -name dpcoord_gpu_tests -perm -u+x | head -n 1)"
 BIN_DIR="$(dirname "$TESTS_BIN")"
 LAUNCHER="$BIN_DIR/dpcoord_gpu_launcher"
@@ -118,18 +121,19 @@ for n in "${RANK_COUNTS[@]}"; do
   fi
   SUMMARY+=("$line")
 done
-say "ctest gpu_example_step_loop ($(elapsed))"
-if (cd "$TESTS_BUILD" && ctest -R '^gpu_example_step_loop$' --output-on-failure) \
-  >"$OUT/gpu_example_step_loop.log" 2>&1; then
-  if grep -q 'Skipped' "$OUT/gpu_example_step_loop.log"; then
-    SUMMARY+=("gpu_example_step_loop: 0 passed, 0 failed, 1 skipped")
+for ex in gpu_example_step_loop gpu_example_gpu_split_phase gpu_example_gpu_dedicated_stream; do
+  say "ctest $ex ($(elapsed))"
+  if (cd "$TESTS_BUILD" && ctest -R "^${ex}\$" --output-on-failure) >"$OUT/$ex.log" 2>&1; then
+    if grep -q 'Skipped' "$OUT/$ex.log"; then
+      SUMMARY+=("$ex: 0 passed, 0 failed, 1 skipped")
+    else
+      SUMMARY+=("$ex: 1 passed, 0 failed")
+    fi
   else
-    SUMMARY+=("gpu_example_step_loop: 1 passed, 0 failed")
+    FAILED=1
+    SUMMARY+=("$ex: 0 passed, 1 failed")
   fi
-else
-  FAILED=1
-  SUMMARY+=("gpu_example_step_loop: 0 passed, 1 failed")
-fi
+done
 
 # 4. compute-sanitizer, one tool per run, 2 ranks, a representative subset, small counts.
 SANITIZER="$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")"
@@ -157,7 +161,7 @@ tool_options() {
 for tool in $SANITIZERS; do
   name="sanitizer_$tool"
   say "$name ($(elapsed))"
-  DPCOORD_GPU_STEPS="${DPCOORD_GPU_SANITIZER_STEPS:-24}" DPCOORD_GPU_REPEAT=20 \
+  DPCOORD_GPU_SANITIZER=1 DPCOORD_GPU_STEPS="${DPCOORD_GPU_SANITIZER_STEPS:-24}" DPCOORD_GPU_REPEAT=20 \
     "$LAUNCHER" --ranks 2 --name "$name" --timeout "${SANITIZER_TIMEOUT:-150}" \
     --out "$OUT/$name" --gtest-xml \
     --wrap "$SANITIZER --tool $tool --error-exitcode 1 $(tool_options "$tool")" \

@@ -83,8 +83,12 @@ dp_ensure_apt() {
     return 0
   fi
   if ! dp_is_root; then
-    dp_say "missing Debian packages: ${missing[*]}. Run this, then this script again:"
-    printf '\n    sudo sh -c "%s"\n\n' "$cmd"
+    dp_say "missing Debian packages: ${missing[*]}. Run this as root, then this script again:"
+    if command -v sudo >/dev/null 2>&1; then
+      printf '\n    sudo sh -c "%s"\n\n' "$cmd"
+    else
+      printf '\n    %s\n\n' "$cmd"
+    fi
     exit 1
   fi
   dp_say "installing Debian packages: ${missing[*]}"
@@ -157,11 +161,14 @@ dp_ensure_wheels() {
     export DPCOORD_CUDA_ROOT="${DPCOORD_CUDA_ROOT:-$target/nvidia/cuda_runtime}"
     export NCCL_ROOT="${NCCL_ROOT:-$target/nvidia/nccl}"
   fi
-  local f
-  for f in "$DPCOORD_NVRTC" "$DPCOORD_CUDA_ROOT/include/cuda_runtime.h" \
-           "$NCCL_ROOT/include/nccl.h" "$NCCL_ROOT/lib/libnccl.so.2"; do
+  local check var f
+  for check in DPCOORD_NVRTC: DPCOORD_CUDA_ROOT:/include/cuda_runtime.h \
+               NCCL_ROOT:/include/nccl.h NCCL_ROOT:/lib/libnccl.so.2; do
+    var="${check%%:*}"
+    f="${!var}${check#*:}"
     if [[ ! -e "$f" ]]; then
-      dp_say "missing: $f (remove ${DPCOORD_DEPS:-$DP_REPO_ROOT/.deps}/pip to reinstall the wheels)"
+      dp_say "missing: $f ($var=${!var}; for the wheels' copy, remove \
+${DPCOORD_DEPS:-$DP_REPO_ROOT/.deps}/pip to reinstall them)"
       exit 1
     fi
   done

@@ -1,37 +1,91 @@
-//! The GPU path of `dp_coordinate_batch`: per-communicator cached state and the call
-//! sequence of DESIGN.md section 3 (pack -> ncclAllGather -> post-process kernel -> one polled
-//! host wait). The event of that sequence is recorded only when a call fails with work in
-//! flight: on success the kernel's last write is the completion signal, and nothing of the
-//! call is left running that could touch dpcoord's buffers.
+//! The GPU path: an explicit coordinator per communicator (`dp_coordinator_*`), split into
+//! `begin` (enqueue on the caller's stream, return), `poll` (never blocks) and `end` (one
+//! bounded host wait), plus the per-communicator cache of `dp_coordinate_batch` on top of it.
+//!
+//! One exchange: the host writes its slot (sequence number, step id, record) into mapped
+//! pinned memory that `ncclAllGather` reads as its send buffer (or, with
+//! `DPCOORD_SEND_BUFFER=device`, copies it to a device buffer first), NCCL gathers every
+//! rank's slot into device memory, `dp_postprocess` checks every slot and publishes the
+//! decision to mapped memory (sequence word last) and to the device array, and `end` spins on
+//! the sequence word. Nothing is trusted that the kernel did not verify (every slot carries
+//! this exchange's sequence number, the step ids agree) and that NCCL did not flag
+//! (`ncclCommGetAsyncError` is read before a result is accepted).
+//!
+//! Bounded waits: NCCL >= 2.22 connects lazily inside the first collective on a communicator,
+//! on the calling thread and with no timeout. The first exchange of a coordinator therefore
+//! calls `ncclAllGather` on a helper thread and waits for it, bounded by `timeout_ms` and by
+//! `cancel`; if it does not return in time the coordinator fails with `DP_ERR_TIMEOUT` and
+//! the helper is left inside NCCL, where only `ncclCommAbort` frees it (it touches nothing
+//! afterwards). Later exchanges call NCCL on the caller's thread (connections exist; a
+//! nonblocking communicator's `ncclInProgress` is polled against the same deadline).
+//! A helper thread works for both kinds of communicator, where detecting a nonblocking one
+//! would leave the blocking kind, the common one, unbounded.
+//!
+//! State whose work may still be pending is never freed: `destroy` and `dp_release` hand it to
+//! a graveyard that frees it once the event recorded behind that work has completed (checked
+//! at later create/destroy calls), or never, when a helper may still be inside NCCL.
 
 use std::collections::HashMap;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::cuda::{
-    self, Context, DeviceBuffer, DevicePtr, Event, EventState, Kernel, KernelArg, MappedHost,
-    Module,
+    self, Context, DeviceBuffer, DevicePtr, Event, Kernel, MappedHost, Module, PostArgs,
+    StreamHandle,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::kernels::{self as k, RECORD_WORDS};
-use crate::nccl::{self, CommPtr, Nccl};
+use crate::ffi::dp_batch_result;
+use crate::kernels::{self as k, SLOT_WORDS};
+use crate::nccl::{self, CommHandle, Nccl};
 use crate::rules::{self, Decision, RankRecord, Request};
 
-/// Opaque stream handle as the caller passed it.
-pub type StreamPtr = cuda::StreamPtr;
+/// Environment variable choosing the send buffer: `host` (default: mapped pinned memory that
+/// NCCL reads) or `device` (a device buffer filled by one async copy on the stream).
+pub(crate) const ENV_SEND_BUFFER: &str = "DPCOORD_SEND_BUFFER";
 
-/// How long `release` waits for work still in flight before it gives up (and keeps the
-/// state rather than free memory the device may still write).
-const RELEASE_WAIT: Duration = Duration::from_secs(10);
 /// Host polls between two reads of the clock.
 const POLLS_PER_CLOCK: u32 = 64;
-/// Time between two checks of the communicator and the stream for failures (and of the
-/// deadline). A healthy exchange finishes before the first check, so the checks (each a
-/// driver or NCCL call) stay off the fast path.
+/// Time between two checks of the communicator, the stream, `cancel` and the deadline. A
+/// healthy exchange finishes before the first check, keeping those calls off the fast path.
 const CHECK_INTERVAL: Duration = Duration::from_micros(50);
 /// After this long spinning, the wait yields the CPU between polls.
 const SPIN_BEFORE_YIELD: Duration = Duration::from_millis(1);
+/// How long `cancel` waits for the threads inside the coordinator to leave (each checks for
+/// `cancel` every [`CHECK_INTERVAL`]).
+const CANCEL_WAIT: Duration = Duration::from_millis(100);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where this rank's slot is when NCCL reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendPath {
+    /// Mapped pinned host memory, read by NCCL directly (no operation on the stream).
+    Host,
+    /// A device buffer, filled from the pinned slot by `cuMemcpyHtoDAsync` on the stream.
+    Device,
+}
+
+impl SendPath {
+    /// The path `DPCOORD_SEND_BUFFER` selects (`host` when unset).
+    pub(crate) fn from_env() -> Result<SendPath> {
+        Self::parse(std::env::var(ENV_SEND_BUFFER).ok().as_deref())
+    }
+
+    /// The path a value of `DPCOORD_SEND_BUFFER` selects.
+    pub(crate) fn parse(value: Option<&str>) -> Result<SendPath> {
+        match value {
+            None | Some("") | Some("host") => Ok(SendPath::Host),
+            Some("device") => Ok(SendPath::Device),
+            Some(other) => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("{ENV_SEND_BUFFER} = {other:?} must be \"host\" or \"device\""),
+            )),
+        }
+    }
+}
 
 /// What one coordinated step produced.
 #[derive(Debug, Clone, Copy)]
@@ -42,314 +96,673 @@ pub struct Outcome {
     pub dp_rank: i32,
     /// Number of ranks.
     pub dp_size: i32,
+    /// The agreed step id (0 when unchecked).
+    pub step_id: i64,
     /// Library-owned host array of `dp_size` entries, or NULL when dp_size == 1.
     pub host_array: *const i32,
     /// Library-owned device array of `dp_size` entries, or 0 when dp_size == 1.
     pub device_array: DevicePtr,
 }
 
-/// How this rank's record reaches the send buffer, in stream order.
-enum Pack {
-    /// One `cuStreamBatchMemOp` of five 32-bit writes: no kernel launch.
-    MemOps,
-    /// The `dp_pack_record` kernel, where the device lacks stream memory operations.
-    Kernel(Kernel),
+impl Outcome {
+    /// The C result of this outcome (arrays set when there are any).
+    pub(crate) fn c_result(&self) -> dp_batch_result {
+        let mut r = dp_batch_result::from_decision(
+            &self.decision,
+            self.dp_rank,
+            self.dp_size,
+            self.step_id,
+        );
+        if self.decision.has_num_tokens_after_padding {
+            r.has_num_tokens_after_padding = true;
+            r.num_tokens_after_padding = self.host_array;
+            r.num_tokens_after_padding_device = self.device_array as *const i32;
+        }
+        r
+    }
 }
 
-/// One call's inputs to the device work.
-struct Step {
-    record: RankRecord,
-    pad_policy: i32,
-    num_ubatches: i32,
-    /// When the whole call must have finished (`timeout_ms`), if bounded.
-    deadline: Option<Instant>,
+/// What every thread may touch without the coordinator's lock: `cancel`'s flag and the count
+/// of threads inside.
+#[derive(Default)]
+struct Shared {
+    cancelled: AtomicBool,
+    /// Threads inside `begin`, `poll` or `end`.
+    active: AtomicU32,
+    /// A helper thread is inside NCCL's first `ncclAllGather` (only `ncclCommAbort` frees it).
+    helper_inside: AtomicBool,
 }
 
-/// Everything cached for one communicator: created on first use, reused by every call.
-struct CommState {
-    ctx: Context,
-    dp_size: i32,
-    dp_rank: i32,
-    pack: Pack,
-    post: Kernel,
-    send: DeviceBuffer,
-    recv: DeviceBuffer,
-    device_out: DeviceBuffer,
-    host: MappedHost,
-    /// Recorded only when a call fails with work in flight (`in_flight`): a successful call
-    /// has nothing in flight once the kernel published its result, so it records nothing.
-    event: Event,
-    in_flight: bool,
-    /// Sequence number of the last launched post-processing kernel.
-    seq: u32,
-    /// Set when a call failed after joining the collective: the ranks are out of step, so
-    /// the communicator must be aborted and released; every later call says so.
-    broken: Option<Error>,
-    // Declared last: dropped after the kernels that belong to it.
-    _module: Module,
+/// Counts a thread inside the coordinator for as long as it lives.
+struct Inside<'a>(&'a Shared);
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
-/// A communicator's state, absent until first use or after a failed rebuild.
-struct Slot(Option<CommState>);
-
-/// Per-communicator slots, keyed by the communicator's address.
-static REGISTRY: LazyLock<Mutex<HashMap<usize, Arc<Mutex<Slot>>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+fn cancelled_error() -> Error {
+    Error::new(
+        ErrorKind::Cancelled,
+        "the coordinator was cancelled (dp_coordinator_cancel / dp_cancel): abort the \
+         communicator (ncclCommAbort) on every rank, then destroy the coordinator \
+         (dp_coordinator_destroy / dp_release)",
+    )
 }
 
-/// The coordinated decision for this rank's `req` on `comm`, exchanged on `stream`.
-///
-/// `comm` must be a live communicator of the process's NCCL and `stream` a live stream (or a
-/// special handle) of the same device. With `force_exchange`, a one-rank communicator
-/// still runs the GPU path (benchmarks only); otherwise dp_size 1 does no GPU work.
-pub fn coordinate(
-    comm: CommPtr,
-    stream: StreamPtr,
-    req: &Request,
-    force_exchange: bool,
-) -> Result<Outcome> {
-    let record = rules::make_record(req)?;
-    let slot = {
-        let mut registry = lock(&REGISTRY);
-        Arc::clone(
-            registry
-                .entry(comm as usize)
-                .or_insert_with(|| Arc::new(Mutex::new(Slot(None)))),
-        )
-    };
-    let mut guard =
-        match slot.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(Error::new(
-                ErrorKind::Busy,
-                "another thread is inside dp_coordinate_batch or dp_release on this communicator",
-            )),
-        };
-    let nccl = nccl::nccl()?;
-    let dp_size = nccl.comm_count(comm)?;
-    let dp_rank = nccl.comm_user_rank(comm)?;
-    let num_ubatches = req.effective_num_ubatches();
-    if dp_size == 1 && !force_exchange {
-        let decision = rules::decide(&[record], 0, req.pad_policy, num_ubatches, None)?;
-        return Ok(Outcome {
-            decision,
-            dp_rank,
-            dp_size,
-            host_array: std::ptr::null(),
-            device_array: 0,
-        });
+impl Shared {
+    /// Enters the coordinator, unless it was cancelled. The count is raised before the flag
+    /// is read (both sequentially consistent), so `cancel` either sees this thread inside or
+    /// this thread sees the flag.
+    fn enter(&self) -> Result<Inside<'_>> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let inside = Inside(self);
+        if self.cancelled.load(Ordering::SeqCst) {
+            return Err(cancelled_error());
+        }
+        Ok(inside)
     }
-    if dp_size as usize > k::MAX_DP_SIZE {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            format!(
-                "the communicator has {dp_size} ranks; dpcoord supports at most {}",
-                k::MAX_DP_SIZE
-            ),
-        ));
-    }
-    cuda::driver()?;
-    let device = nccl.comm_cu_device(comm)?;
-    let ctx = Context::of_stream(stream, device, guard.0.as_ref().map(|s| s.ctx))?;
-    cuda::check_not_capturing(stream)?;
-    let reusable =
-        matches!(&guard.0, Some(s) if s.ctx == ctx && s.dp_size == dp_size && s.dp_rank == dp_rank);
-    if !reusable {
-        retire(&mut guard.0)?;
-        guard.0 = Some(CommState::new(ctx, dp_size, dp_rank, stream)?);
-    }
-    let state = guard.0.as_mut().expect("state was just ensured");
-    if let Some(e) = &state.broken {
-        return Err(e.context(
-            "an earlier dp_coordinate_batch on this communicator failed mid-exchange, so the \
-             ranks are out of step: abort the communicator (ncclCommAbort) on every rank and \
-             call dp_release; the earlier failure",
-        ));
-    }
-    let start = Instant::now();
-    let deadline =
-        (req.timeout_ms > 0).then(|| start + Duration::from_millis(req.timeout_ms as u64));
-    let step = Step {
-        record,
-        pad_policy: req.pad_policy,
-        num_ubatches,
-        deadline,
-    };
-    let exchanged = state
-        .enqueue(nccl, comm, stream, &step)
-        .and_then(|()| state.wait(nccl, comm, stream, start, req.timeout_ms));
-    if let Err(e) = exchanged {
-        state.mark_broken(stream, &e);
-        return Err(e);
-    }
-    let decision = state.read_decision(req.pad_policy, num_ubatches)?;
-    Ok(Outcome {
-        decision,
-        dp_rank,
-        dp_size,
-        host_array: state.host.host_ptr(k::host_array_offset()),
-        device_array: state.device_out.ptr(),
-    })
-}
 
-/// Frees the state cached for `comm` after its work in flight has finished. Unknown
-/// communicators are fine. Never touches NCCL, so it may follow `ncclCommAbort`.
-pub fn release(comm: CommPtr) -> Result<()> {
-    let Some(slot) = lock(&REGISTRY).remove(&(comm as usize)) else {
-        return Ok(());
-    };
-    let mut guard = lock(&slot);
-    let outcome = retire(&mut guard.0);
-    if outcome.is_err() {
-        // Keep the state (its memory may still be written) so a later release can retry.
-        drop(guard);
-        lock(&REGISTRY).entry(comm as usize).or_insert(slot);
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
     }
-    outcome
-}
 
-/// Waits (bounded) for a state's work in flight, then frees it in its own context.
-fn retire(slot: &mut Option<CommState>) -> Result<()> {
-    let Some(state) = slot.as_ref() else {
-        return Ok(());
-    };
-    let _current = state.ctx.enter()?;
-    let start = Instant::now();
-    while state.in_flight && state.event.query().ok() == Some(EventState::Pending) {
-        if start.elapsed() >= RELEASE_WAIT {
+    /// Sets the flag, then waits (bounded) until no thread is inside.
+    fn cancel(&self) -> Result<()> {
+        self.cancelled.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        while self.active.load(Ordering::SeqCst) != 0 {
+            if start.elapsed() >= CANCEL_WAIT {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "cancelled, but a thread is still inside dpcoord for this coordinator \
+                         after {} ms (inside an NCCL or CUDA call); call cancel again before \
+                         ncclCommAbort",
+                        CANCEL_WAIT.as_millis()
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        }
+        if self.helper_inside.load(Ordering::SeqCst) {
             return Err(Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "work of an earlier call on this communicator is still running after {} s; \
-                 abort the communicator (ncclCommAbort) first, then release it",
-                    RELEASE_WAIT.as_secs()
-                ),
+                ErrorKind::Busy,
+                "cancelled; no caller thread is inside dpcoord, but its helper thread is still \
+                 inside the first ncclAllGather on this communicator (NCCL's lazy connect to a \
+                 peer that is not calling), where only ncclCommAbort can free it: abort the \
+                 communicator on every rank, then destroy the coordinator",
             ));
         }
-        std::thread::sleep(Duration::from_micros(100));
+        Ok(())
     }
-    *slot = None;
-    Ok(())
 }
 
-impl CommState {
-    fn new(ctx: Context, dp_size: i32, dp_rank: i32, stream: StreamPtr) -> Result<Self> {
+/// The device side of a coordinator: created on its first exchange, in the stream's context.
+struct GpuState {
+    ctx: Context,
+    post: Kernel,
+    /// This rank's slot, written by the host (NCCL's send buffer on the host path).
+    send_host: MappedHost,
+    /// The device send buffer (device path only).
+    send_device: Option<DeviceBuffer>,
+    /// Every rank's slot, gathered by NCCL.
+    recv: DeviceBuffer,
+    device_out: DeviceBuffer,
+    /// The kernel's host block.
+    host: MappedHost,
+    /// Recorded only behind work that may still be pending when the coordinator fails or
+    /// is destroyed.
+    event: Event,
+    event_recorded: bool,
+    /// A helper thread may still be inside NCCL with pointers to these buffers: never free.
+    leak: bool,
+    module: Module,
+}
+
+impl GpuState {
+    fn new(ctx: Context, dp_size: usize, send_path: SendPath) -> Result<GpuState> {
         let _current = ctx.enter()?;
-        let n = dp_size as usize;
         let module = Module::load(k::POSTPROCESS_PTX_CSTR)?;
-        let send = DeviceBuffer::new(RECORD_WORDS)?;
-        // CUDA 12 drivers support stream memory operations everywhere (the v1 attribute that
-        // used to say so is deprecated and may read 0); a platform that still refuses them
-        // answers this first, harmless write, and gets the pack kernel instead.
-        let pack = match cuda::stream_write_u32_batch(stream, &[(send.ptr(), 0)]) {
-            Ok(()) => Pack::MemOps,
-            Err(_) => Pack::Kernel(module.kernel(k::PACK_RECORD_KERNEL)?),
+        let post = module.kernel(k::POSTPROCESS_KERNEL)?;
+        let send_host = MappedHost::new(SLOT_WORDS)?;
+        let send_device = match send_path {
+            SendPath::Host => None,
+            SendPath::Device => Some(DeviceBuffer::new(SLOT_WORDS)?),
         };
-        Ok(Self {
+        // Zeroed: no slot carries sequence number 0, so nothing left here is ever accepted.
+        let recv = DeviceBuffer::new(SLOT_WORDS * dp_size)?;
+        let device_out = DeviceBuffer::new(dp_size)?;
+        let host = MappedHost::new(k::host_block_words(dp_size))?;
+        let event = Event::new()?;
+        Ok(GpuState {
             ctx,
-            dp_size,
-            dp_rank,
-            pack,
-            post: module.kernel(k::POSTPROCESS_KERNEL)?,
-            send,
-            recv: DeviceBuffer::new(RECORD_WORDS * n)?,
-            device_out: DeviceBuffer::new(n)?,
-            host: MappedHost::new(k::host_block_words(n))?,
-            event: Event::new()?,
-            in_flight: false,
-            seq: 0,
-            broken: None,
-            _module: module,
+            post,
+            send_host,
+            send_device,
+            recv,
+            device_out,
+            host,
+            event,
+            event_recorded: false,
+            leak: false,
+            module,
         })
     }
 
-    /// Enqueues pack -> allgather -> post-process -> event on `stream`.
-    fn enqueue(
-        &mut self,
-        nccl: &Nccl,
-        comm: CommPtr,
-        stream: StreamPtr,
+    /// The send buffer NCCL reads.
+    fn send_ptr(&self) -> DevicePtr {
+        match &self.send_device {
+            Some(d) => d.ptr(),
+            None => self.send_host.device_ptr(),
+        }
+    }
+
+    /// Records the event behind whatever is queued on `stream` (best effort: a failure
+    /// leaves the state to be leaked rather than freed too early).
+    fn record_pending(&mut self, stream: StreamHandle) {
+        if let Ok(_current) = self.ctx.enter() {
+            self.event_recorded = self.event.record(stream).is_ok();
+            if !self.event_recorded {
+                self.leak = true;
+            }
+        } else {
+            self.leak = true;
+        }
+    }
+
+    /// Whether freeing now is safe: no helper inside NCCL, and the recorded work finished.
+    fn idle(&self) -> bool {
+        if self.leak {
+            return false;
+        }
+        if !self.event_recorded {
+            return true;
+        }
+        match self.ctx.enter() {
+            // A failed query (the work failed, or the context is gone) means nothing of it
+            // runs any more.
+            Ok(_current) => self.event.done().unwrap_or(true),
+            Err(_) => true,
+        }
+    }
+
+    /// Frees everything in its own context; a context destroyed (or reset) meanwhile took
+    /// the memory with it, and nothing is freed twice.
+    fn free(self) {
+        if !self.ctx.still_alive() {
+            return;
+        }
+        let Ok(_current) = self.ctx.enter() else {
+            return;
+        };
+        self.event.destroy();
+        self.send_host.free();
+        if let Some(d) = self.send_device {
+            d.free();
+        }
+        self.recv.free();
+        self.device_out.free();
+        self.host.free();
+        self.module.unload();
+    }
+}
+
+/// States whose work may still be pending, freed once it is not.
+static GRAVEYARD: Mutex<Vec<GpuState>> = Mutex::new(Vec::new());
+
+/// Frees what in the graveyard is idle now.
+fn sweep_graveyard() {
+    let ready: Vec<GpuState> = {
+        let mut g = lock(&GRAVEYARD);
+        let (ready, waiting): (Vec<_>, Vec<_>) = g.drain(..).partition(GpuState::idle);
+        *g = waiting;
+        ready
+    };
+    for state in ready {
+        state.free();
+    }
+}
+
+/// Frees `state` now if idle, else hands it to the graveyard.
+fn retire(state: GpuState) {
+    if state.idle() {
+        state.free();
+    } else {
+        lock(&GRAVEYARD).push(state);
+    }
+}
+
+/// The first `ncclAllGather`, on a helper thread: its result, once it returned.
+struct Connect {
+    code: Mutex<Option<i32>>,
+}
+
+/// One `begin`'s inputs to the device work.
+struct Step {
+    record: RankRecord,
+    step_id: i64,
+    pad_policy: i32,
+    num_ubatches: i32,
+    deadline: Option<Instant>,
+    start: Instant,
+}
+
+/// An exchange begun and not yet ended.
+struct InFlight {
+    start: Instant,
+    deadline: Option<Instant>,
+    timeout_ms: i32,
+    pad_policy: i32,
+    num_ubatches: i32,
+    step_id: i64,
+    kind: Flight,
+}
+
+enum Flight {
+    /// dp_size 1 (not forced): decided locally, no GPU work.
+    Local(Decision),
+    /// On the GPU: published with `seq` on `stream`.
+    Exchange { seq: u32, stream: StreamHandle },
+}
+
+/// Everything behind the coordinator's lock.
+struct Inner {
+    gpu: Option<GpuState>,
+    seq: u32,
+    /// An exchange's `ncclAllGather` returned: NCCL's connections exist.
+    connected: bool,
+    in_flight: Option<InFlight>,
+    /// The first failure mid-exchange; every later call fails with it.
+    broken: Option<Error>,
+}
+
+/// One coordinator: caller-owned, for one communicator.
+pub struct Coordinator {
+    comm: CommHandle,
+    nccl: &'static Nccl,
+    dp_size: i32,
+    dp_rank: i32,
+    device: i32,
+    /// Run the GPU path even for dp_size 1 (benchmarks, through `testing`).
+    force_exchange: bool,
+    send_path: SendPath,
+    shared: Arc<Shared>,
+    inner: Mutex<Inner>,
+}
+
+impl Coordinator {
+    /// A coordinator for `comm` (local: queries NCCL for the rank, size and device; allocates
+    /// device memory on the first exchange).
+    pub(crate) fn new(comm: CommHandle, force_exchange: bool) -> Result<Coordinator> {
+        let send_path = SendPath::from_env()?;
+        Self::with_send_path(comm, force_exchange, send_path)
+    }
+
+    /// As [`Coordinator::new`], with the send buffer chosen by the caller.
+    pub(crate) fn with_send_path(
+        comm: CommHandle,
+        force_exchange: bool,
+        send_path: SendPath,
+    ) -> Result<Coordinator> {
+        sweep_graveyard();
+        Self::build(comm, nccl::nccl()?, force_exchange, send_path)
+    }
+
+    /// A coordinator over a fake NCCL (unit tests without a GPU).
+    #[cfg(test)]
+    pub(crate) fn with_nccl(nccl: &'static Nccl, force_exchange: bool) -> Coordinator {
+        // SAFETY: the fake NCCL never dereferences the communicator.
+        let comm = unsafe { CommHandle::from_raw(0x1000 as *mut std::ffi::c_void) };
+        Self::build(comm, nccl, force_exchange, SendPath::Host).expect("the fake answers")
+    }
+
+    fn build(
+        comm: CommHandle,
+        nccl: &'static Nccl,
+        force_exchange: bool,
+        send_path: SendPath,
+    ) -> Result<Coordinator> {
+        let dp_size = nccl.comm_count(comm)?;
+        let dp_rank = nccl.comm_user_rank(comm)?;
+        let device = nccl.comm_cu_device(comm)?;
+        if dp_size < 1 || dp_size as usize > k::MAX_DP_SIZE {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "the communicator has {dp_size} ranks; dpcoord supports 1..={}",
+                    k::MAX_DP_SIZE
+                ),
+            ));
+        }
+        Ok(Coordinator {
+            comm,
+            nccl,
+            dp_size,
+            dp_rank,
+            device,
+            force_exchange,
+            send_path,
+            shared: Arc::new(Shared::default()),
+            inner: Mutex::new(Inner {
+                gpu: None,
+                seq: 0,
+                connected: false,
+                in_flight: None,
+                broken: None,
+            }),
+        })
+    }
+
+    /// The communicator's size and this rank, as NCCL reported them at creation.
+    pub(crate) fn shape(&self) -> (i32, i32) {
+        (self.dp_size, self.dp_rank)
+    }
+
+    fn try_inner(&self, what: &str) -> Result<MutexGuard<'_, Inner>> {
+        match self.inner.try_lock() {
+            Ok(g) => Ok(g),
+            Err(TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(TryLockError::WouldBlock) => Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "{what}: another thread is inside a call on this coordinator (begin, poll \
+                     and end must not run at once on one coordinator)"
+                ),
+            )),
+        }
+    }
+
+    /// Enqueues this rank's exchange on `stream` and returns (collective: every rank calls
+    /// it, in the same order relative to every other collective on the communicator).
+    pub(crate) fn begin(&self, stream: StreamHandle, req: &Request) -> Result<()> {
+        let _inside = self.shared.enter()?;
+        let mut inner = self.try_inner("dp_coordinator_begin")?;
+        if let Some(e) = &inner.broken {
+            return Err(broken_error(e));
+        }
+        if inner.in_flight.is_some() {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                "dp_coordinator_begin: an exchange is already in flight on this coordinator; \
+                 call dp_coordinator_end first",
+            ));
+        }
+        let record = rules::make_record(req)?;
+        let start = Instant::now();
+        let deadline =
+            (req.timeout_ms > 0).then(|| start + Duration::from_millis(req.timeout_ms as u64));
+        let num_ubatches = req.effective_num_ubatches();
+        let kind = if self.dp_size == 1 && !self.force_exchange {
+            Flight::Local(rules::decide(
+                &[record],
+                0,
+                req.pad_policy,
+                num_ubatches,
+                None,
+            )?)
+        } else {
+            let step = Step {
+                record,
+                step_id: req.step_id,
+                pad_policy: req.pad_policy,
+                num_ubatches,
+                deadline,
+                start,
+            };
+            self.enqueue(&mut inner, stream, &step)?
+        };
+        inner.in_flight = Some(InFlight {
+            start,
+            deadline,
+            timeout_ms: req.timeout_ms,
+            pad_policy: req.pad_policy,
+            num_ubatches,
+            step_id: req.step_id,
+            kind,
+        });
+        Ok(())
+    }
+
+    /// Host write of the slot, allgather, post kernel. A failure before anything is
+    /// enqueued leaves the coordinator usable; one after breaks it.
+    fn enqueue(&self, inner: &mut Inner, stream: StreamHandle, step: &Step) -> Result<Flight> {
+        match &inner.gpu {
+            Some(gpu) => {
+                if !gpu.ctx.owns(stream)? {
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        "stream belongs to another CUDA context than the stream of this \
+                         coordinator's first exchange; use one context per coordinator",
+                    ));
+                }
+            }
+            None => {
+                let ctx = Context::of_stream(stream, self.device)?;
+                inner.gpu = Some(GpuState::new(ctx, self.dp_size as usize, self.send_path)?);
+            }
+        }
+        cuda::check_not_capturing(stream)?;
+        let seq = inner.seq.wrapping_add(1).max(1);
+        let connected = inner.connected;
+        let gpu = inner.gpu.as_mut().expect("state was just ensured");
+        let _current = gpu.ctx.enter()?;
+        gpu.send_host
+            .store(0, &k::slot_words(seq, step.step_id, step.record.to_words()));
+        // The stores reach memory before the launch below makes the GPU read them.
+        fence(Ordering::SeqCst);
+        inner.seq = seq;
+        let result = self.enqueue_device_work(gpu, stream, seq, connected, step);
+        match result {
+            Ok(()) => {
+                inner.connected = true;
+                Ok(Flight::Exchange { seq, stream })
+            }
+            Err(e) => {
+                let gpu = inner.gpu.as_mut().expect("state exists");
+                gpu.record_pending(stream);
+                inner.broken = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn enqueue_device_work(
+        &self,
+        gpu: &mut GpuState,
+        stream: StreamHandle,
+        seq: u32,
+        connected: bool,
         step: &Step,
     ) -> Result<()> {
-        let _current = self.ctx.enter()?;
-        let send = self.send.ptr();
-        let words = step.record.to_words();
-        match &self.pack {
-            Pack::MemOps => {
-                let write = |i: usize| (send + 4 * i as u64, words[i] as u32);
-                cuda::stream_write_u32_batch(
-                    stream,
-                    &[write(0), write(1), write(2), write(3), write(4)],
-                )?;
-            }
-            Pack::Kernel(pack) => {
-                let args = [
-                    send.as_arg(),
-                    words[0].as_arg(),
-                    words[1].as_arg(),
-                    words[2].as_arg(),
-                    words[3].as_arg(),
-                    words[4].as_arg(),
-                ];
-                pack.launch(1, stream, &args)?;
-            }
+        if let Some(d) = &gpu.send_device {
+            cuda::copy_host_to_device_async(d.ptr(), &gpu.send_host, 0, SLOT_WORDS, stream)?;
         }
-        nccl.all_gather_i32_until(
-            send,
-            self.recv.ptr(),
-            RECORD_WORDS,
-            comm,
-            stream,
-            step.deadline,
-        )?;
-        self.seq = self.seq.wrapping_add(1).max(1);
-        let (recv, out, host, seq) = (
-            self.recv.ptr(),
-            self.device_out.ptr(),
-            self.host.device_ptr(),
-            self.seq,
-        );
-        let post_args = [
-            recv.as_arg(),
-            self.dp_size.as_arg(),
-            self.dp_rank.as_arg(),
-            step.pad_policy.as_arg(),
-            step.num_ubatches.as_arg(),
-            out.as_arg(),
-            host.as_arg(),
-            seq.as_arg(),
-        ];
-        self.post.launch(k::BLOCK_THREADS, stream, &post_args)
+        let (send, recv) = (gpu.send_ptr(), gpu.recv.ptr());
+        if connected {
+            self.nccl.all_gather_i32_until(
+                send,
+                recv,
+                SLOT_WORDS,
+                self.comm,
+                stream,
+                step.deadline,
+            )?;
+        } else {
+            self.first_all_gather(gpu, send, recv, stream, step.deadline, step.start)?;
+        }
+        let args = PostArgs {
+            slots: recv,
+            dp_size: self.dp_size,
+            dp_rank: self.dp_rank,
+            pad_policy: step.pad_policy,
+            num_ubatches: step.num_ubatches,
+            seq,
+            device_out: gpu.device_out.ptr(),
+            host: gpu.host.device_ptr(),
+        };
+        gpu.post.launch_post(k::BLOCK_THREADS, stream, &args)
     }
 
-    /// After a failure with work possibly in flight: remembers the failure and records the
-    /// event behind that work, so `dp_release` can wait for it before freeing the buffers.
-    fn mark_broken(&mut self, stream: StreamPtr, error: &Error) {
-        self.broken = Some(error.clone());
-        if let Ok(_current) = self.ctx.enter() {
-            self.in_flight = self.event.record(stream).is_ok();
-        }
-    }
-
-    /// The one host wait: polls the sequence word the kernel writes last, checking the
-    /// communicator, the device and the clock every few polls.
-    fn wait(
+    /// The first `ncclAllGather` of this coordinator, on a helper thread the wait can leave.
+    fn first_all_gather(
         &self,
-        nccl: &Nccl,
-        comm: CommPtr,
-        stream: StreamPtr,
+        gpu: &mut GpuState,
+        send: DevicePtr,
+        recv: DevicePtr,
+        stream: StreamHandle,
+        deadline: Option<Instant>,
         start: Instant,
-        timeout_ms: i32,
     ) -> Result<()> {
-        let limit = Duration::from_millis(timeout_ms as u64);
-        let mut polls: u32 = 0;
-        let mut next_check = start + CHECK_INTERVAL;
+        let connect = Arc::new(Connect {
+            code: Mutex::new(None),
+        });
+        let (nccl, comm, ctx) = (self.nccl, self.comm, gpu.ctx);
+        let shared = Arc::clone(&self.shared);
+        let result = Arc::clone(&connect);
+        shared.helper_inside.store(true, Ordering::SeqCst);
+        let spawned = std::thread::Builder::new()
+            .name("dpcoord-connect".into())
+            .spawn(move || {
+                let code = match ctx.enter() {
+                    Ok(_current) => nccl.all_gather_code(send, recv, SLOT_WORDS, comm, stream),
+                    Err(_) => -1,
+                };
+                // From here on the communicator is never touched: the caller may abort it.
+                *lock(&result.code) = Some(code);
+                shared.helper_inside.store(false, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            self.shared.helper_inside.store(false, Ordering::SeqCst);
+            return Err(Error::internal(format!(
+                "could not start the thread for the first ncclAllGather: {e}"
+            )));
+        }
         loop {
-            if self.host.load(k::HOST_SEQ) as u32 == self.seq {
+            if let Some(code) = *lock(&connect.code) {
+                if code == -1 {
+                    return Err(Error::new(
+                        ErrorKind::Cuda,
+                        "the helper thread could not make the stream's CUDA context current",
+                    ));
+                }
+                return match self.nccl.all_gather_outcome(code)? {
+                    true => Ok(()),
+                    false => self.nccl.wait_enqueued_until(self.comm, deadline),
+                };
+            }
+            if self.shared.is_cancelled() {
+                gpu.leak = true;
+                return Err(cancelled_error());
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                gpu.leak = true;
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the first ncclAllGather on this communicator (NCCL connects to the \
+                         peers inside it) did not return within timeout_ms = {} ms: a rank did \
+                         not call, or is stuck; a dpcoord helper thread is left inside NCCL, \
+                         where only ncclCommAbort frees it: abort the communicator on every \
+                         rank, then destroy the coordinator",
+                        deadline.map_or(0, |d| (d - start).as_millis())
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+
+    /// Whether the exchange begun last has finished (or failed: `end` says how). Never
+    /// blocks.
+    pub(crate) fn poll(&self) -> Result<bool> {
+        let _inside = self.shared.enter()?;
+        let inner = self.try_inner("dp_coordinator_poll")?;
+        if let Some(e) = &inner.broken {
+            return Err(broken_error(e));
+        }
+        let Some(flight) = &inner.in_flight else {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "dp_coordinator_poll: no exchange in flight (call dp_coordinator_begin first)",
+            ));
+        };
+        let Flight::Exchange { seq, .. } = flight.kind else {
+            return Ok(true);
+        };
+        let gpu = inner.gpu.as_ref().expect("an exchange has GPU state");
+        if gpu.host.load(k::HOST_SEQ) as u32 == seq {
+            return Ok(true);
+        }
+        if flight.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(true);
+        }
+        Ok(self.nccl.check_async_error(self.comm).is_err())
+    }
+
+    /// Waits for the exchange begun last (bounded by its `timeout_ms`, counted from `begin`,
+    /// and by `cancel`) and returns its checked decision.
+    pub(crate) fn end(&self) -> Result<Outcome> {
+        let _inside = self.shared.enter()?;
+        let mut inner = self.try_inner("dp_coordinator_end")?;
+        if let Some(e) = &inner.broken {
+            return Err(broken_error(e));
+        }
+        let Some(flight) = inner.in_flight.take() else {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "dp_coordinator_end: no exchange in flight (call dp_coordinator_begin first)",
+            ));
+        };
+        let (seq, stream) = match flight.kind {
+            Flight::Local(decision) => {
+                return Ok(Outcome {
+                    decision,
+                    dp_rank: self.dp_rank,
+                    dp_size: self.dp_size,
+                    step_id: flight.step_id,
+                    host_array: std::ptr::null(),
+                    device_array: 0,
+                })
+            }
+            Flight::Exchange { seq, stream } => (seq, stream),
+        };
+        let inner = &mut *inner;
+        let gpu = inner.gpu.as_mut().expect("an exchange has GPU state");
+        let waited = self
+            .wait(gpu, seq, stream, &flight)
+            .and_then(|()| self.nccl.check_async_error(self.comm));
+        if let Err(e) = waited {
+            gpu.record_pending(stream);
+            inner.broken = Some(e.clone());
+            return Err(e);
+        }
+        match self.read_decision(gpu, &flight, seq) {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                // Bad records or step ids: every rank exchanged and got the same error, so
+                // the ranks stay in step. Anything else (stale slots) breaks the coordinator.
+                let stale = gpu.host.load(k::HOST_STATUS) == k::STATUS_STALE;
+                let in_step = matches!(
+                    e.kind,
+                    ErrorKind::InvalidArgument | ErrorKind::InconsistentRanks
+                );
+                if stale || !in_step {
+                    inner.broken = Some(e.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The one host wait: polls the sequence word the kernel writes last, checking
+    /// `cancel`, the communicator, the stream and the clock every [`CHECK_INTERVAL`].
+    fn wait(&self, gpu: &GpuState, seq: u32, stream: StreamHandle, f: &InFlight) -> Result<()> {
+        let mut polls: u32 = 0;
+        let mut next_check = f.start + CHECK_INTERVAL;
+        loop {
+            if gpu.host.load(k::HOST_SEQ) as u32 == seq {
                 fence(Ordering::Acquire);
                 return Ok(());
             }
@@ -363,154 +776,314 @@ impl CommState {
                 continue;
             }
             next_check = now + CHECK_INTERVAL;
-            nccl.check_async_error(comm)?;
+            if self.shared.is_cancelled() {
+                return Err(cancelled_error());
+            }
+            self.nccl.check_async_error(self.comm)?;
             let done = cuda::stream_idle(stream)?;
-            if done && self.host.load(k::HOST_SEQ) as u32 != self.seq {
+            if done && gpu.host.load(k::HOST_SEQ) as u32 != seq {
                 return Err(Error::internal(
                     "the post-processing kernel finished without publishing its result",
                 ));
             }
-            let waited = now - start;
-            if timeout_ms > 0 && waited >= limit {
+            if f.deadline.is_some_and(|d| now >= d) {
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     format!(
-                    "the exchange did not complete within timeout_ms = {timeout_ms} (a rank did \
-                     not call dp_coordinate_batch, or is stuck); the communicator is unusable: \
-                     abort it with ncclCommAbort on every rank, then call dp_release"
-                ),
+                        "the exchange did not complete within timeout_ms = {} (a rank did not \
+                         call, or is stuck); the communicator is unusable: abort it with \
+                         ncclCommAbort on every rank, then destroy the coordinator",
+                        f.timeout_ms
+                    ),
                 ));
             }
-            if waited >= SPIN_BEFORE_YIELD {
+            if now - f.start >= SPIN_BEFORE_YIELD {
                 std::thread::yield_now();
             }
         }
     }
 
-    /// Reads the decision the kernel published, or the error it flagged.
-    fn read_decision(&self, pad_policy: i32, num_ubatches: i32) -> Result<Decision> {
-        let word = |i| self.host.load(i);
+    /// Reads the verdict and decision the kernel published.
+    fn read_decision(&self, gpu: &GpuState, f: &InFlight, seq: u32) -> Result<Outcome> {
+        let word = |i| gpu.host.load(i);
+        let n = self.dp_size as usize;
         match word(k::HOST_STATUS) {
-            k::STATUS_OK => Ok(Decision {
-                should_ubatch: word(k::HOST_SHOULD_UBATCH) != 0,
-                should_dp_pad: word(k::HOST_SHOULD_DP_PAD) != 0,
-                has_num_tokens_after_padding: true,
-                synced_cudagraph_mode: word(k::HOST_SYNCED_CUDAGRAPH_MODE),
-                num_tokens_after_padding_self: word(k::HOST_NUM_TOKENS_AFTER_PADDING_SELF),
-                max_num_tokens_padded: word(k::HOST_MAX_NUM_TOKENS_PADDED),
-                min_num_tokens_unpadded: word(k::HOST_MIN_NUM_TOKENS_UNPADDED),
+            k::STATUS_OK => Ok(Outcome {
+                decision: Decision {
+                    should_ubatch: word(k::HOST_SHOULD_UBATCH) != 0,
+                    should_dp_pad: word(k::HOST_SHOULD_DP_PAD) != 0,
+                    has_num_tokens_after_padding: true,
+                    synced_cudagraph_mode: word(k::HOST_SYNCED_CUDAGRAPH_MODE),
+                    num_tokens_after_padding_self: word(k::HOST_NUM_TOKENS_AFTER_PADDING_SELF),
+                    max_num_tokens_padded: word(k::HOST_MAX_NUM_TOKENS_PADDED),
+                    min_num_tokens_unpadded: word(k::HOST_MIN_NUM_TOKENS_UNPADDED),
+                },
+                dp_rank: self.dp_rank,
+                dp_size: self.dp_size,
+                step_id: k::step_id_of(word(k::HOST_STEP_LO), word(k::HOST_STEP_HI)),
+                host_array: gpu.host.host_ptr(k::host_array_offset()),
+                device_array: gpu.device_out.ptr(),
             }),
             flagged => {
-                // Error path: rerun the host logic on the record copy for the exact message.
-                let base = k::host_records_offset(self.dp_size as usize);
-                let records: Vec<RankRecord> = (0..self.dp_size as usize)
+                // Error path: the exact message from the kernel's copy of the slots.
+                let base = k::host_slots_offset(n);
+                let slot = |r: usize, i: usize| word(base + r * SLOT_WORDS + i);
+                if flagged == k::STATUS_STALE {
+                    return Err(stale_error(n, self.dp_rank, seq, &slot));
+                }
+                let ids: Vec<i64> = (0..n)
+                    .map(|r| k::step_id_of(slot(r, k::SLOT_STEP_LO), slot(r, k::SLOT_STEP_HI)))
+                    .collect();
+                rules::check_step_ids(&ids, None)?;
+                let records: Vec<RankRecord> = (0..n)
                     .map(|r| {
-                        RankRecord::from_words(std::array::from_fn(|i| {
-                            word(base + r * RECORD_WORDS + i)
-                        }))
+                        RankRecord::from_words(std::array::from_fn(|i| slot(r, k::SLOT_RECORD + i)))
                     })
                     .collect();
-                match rules::decide(&records, self.dp_rank, pad_policy, num_ubatches, None) {
+                match rules::decide(&records, self.dp_rank, f.pad_policy, f.num_ubatches, None) {
                     Err(e) => Err(e),
                     Ok(_) => Err(Error::internal(format!(
-                        "the post-processing kernel flagged status {flagged} but the host logic \
-                         accepts the same records"
+                        "the post-processing kernel flagged status {flagged} but the host \
+                         logic accepts the same records"
                     ))),
                 }
             }
         }
     }
+
+    /// Ends a wait from any thread: see [`Shared::cancel`]; records the event behind an
+    /// exchange begun and not ended, so `destroy` frees nothing it still writes.
+    pub(crate) fn cancel(&self) -> Result<()> {
+        let outcome = self.shared.cancel();
+        if let Ok(mut inner) = self.inner.try_lock() {
+            let inner = &mut *inner;
+            if let (
+                Some(InFlight {
+                    kind: Flight::Exchange { stream, .. },
+                    ..
+                }),
+                Some(gpu),
+            ) = (&inner.in_flight, inner.gpu.as_mut())
+            {
+                if !gpu.event_recorded {
+                    gpu.record_pending(*stream);
+                }
+            }
+            if inner.broken.is_none() {
+                inner.broken = Some(cancelled_error());
+            }
+        }
+        outcome
+    }
+
+    /// Frees the coordinator's device state without waiting: state whose work may be
+    /// pending goes to the graveyard. Never calls NCCL. `Busy` (and nothing freed) while
+    /// another thread is inside a call on it. The coordinator itself may then be dropped.
+    pub(crate) fn destroy(&self) -> Result<()> {
+        let busy = || {
+            Error::new(
+                ErrorKind::Busy,
+                "dp_coordinator_destroy: another thread is inside a call on this coordinator;                  cancel it first (dp_coordinator_cancel)",
+            )
+        };
+        if self.shared.active.load(Ordering::SeqCst) != 0 {
+            return Err(busy());
+        }
+        let mut inner = self
+            .try_inner("dp_coordinator_destroy")
+            .map_err(|_| busy())?;
+        let inner = &mut *inner;
+        if let Some(mut gpu) = inner.gpu.take() {
+            if self.shared.helper_inside.load(Ordering::SeqCst) {
+                gpu.leak = true;
+            }
+            if let Some(InFlight {
+                kind: Flight::Exchange { stream, .. },
+                ..
+            }) = &inner.in_flight
+            {
+                if !gpu.event_recorded {
+                    gpu.record_pending(*stream);
+                }
+            }
+            retire(gpu);
+        }
+        inner.in_flight = None;
+        sweep_graveyard();
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // A coordinator dropped without `destroy` (a panic unwinding) still never frees
+        // memory that pending work may write.
+        if let Some(mut gpu) = self.gpu.take() {
+            gpu.leak |= self.in_flight.is_some() || self.broken.is_some();
+            retire(gpu);
+        }
+    }
+}
+
+fn broken_error(first: &Error) -> Error {
+    if first.kind == ErrorKind::Cancelled {
+        return first.clone();
+    }
+    first.context(
+        "an earlier exchange on this coordinator failed mid-exchange, so the ranks are out of \
+         step: abort the communicator (ncclCommAbort) on every rank and destroy the \
+         coordinator; the earlier failure",
+    )
+}
+
+/// The message for slots that do not carry this exchange's sequence number.
+fn stale_error(n: usize, dp_rank: i32, seq: u32, slot: &dyn Fn(usize, usize) -> i32) -> Error {
+    let bad: Vec<String> = (0..n)
+        .filter(|&r| slot(r, k::SLOT_SEQ) as u32 != seq)
+        .take(4)
+        .map(|r| format!("rank {r} carries {}", slot(r, k::SLOT_SEQ) as u32))
+        .collect();
+    let own_ok = slot(dp_rank as usize, k::SLOT_SEQ) as u32 == seq;
+    let (kind, why) = if own_ok {
+        (
+            ErrorKind::InconsistentRanks,
+            "the ranks' coordinators are out of step (a rank skipped a call or recreated its \
+             coordinator)",
+        )
+    } else {
+        (
+            ErrorKind::Nccl,
+            "the collective did not deliver this call's data (an aborted or failed \
+             ncclAllGather)",
+        )
+    };
+    Error::new(
+        kind,
+        format!(
+            "stale exchange: slots must carry this exchange's sequence number {seq}, but {}: \
+             {why}; nothing of this exchange was used",
+            bad.join(", ")
+        ),
+    )
+}
+
+// ---- the cached per-communicator form of dp_coordinate_batch ----
+
+/// One cached communicator: the cancel flags reachable without its lock, the coordinator
+/// behind it. `None` once released (a caller that raced the release retries the lookup).
+struct Entry {
+    shared: Arc<Shared>,
+    coordinator: Mutex<Option<Coordinator>>,
+}
+
+/// Coordinators of `dp_coordinate_batch`, keyed by the communicator's address.
+static CACHE: LazyLock<Mutex<HashMap<usize, Arc<Entry>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn busy_comm() -> Error {
+    Error::new(
+        ErrorKind::Busy,
+        "another thread is inside dp_coordinate_batch or dp_release on this communicator",
+    )
+}
+
+/// `dp_coordinate_batch`: begin + end on the coordinator cached for `comm`, created (only
+/// once NCCL answered for the communicator) on first use.
+pub(crate) fn coordinate(comm: CommHandle, stream: StreamHandle, req: &Request) -> Result<Outcome> {
+    rules::make_record(req)?;
+    loop {
+        let existing = lock(&CACHE).get(&(comm.as_raw() as usize)).cloned();
+        let entry = match existing {
+            Some(e) => e,
+            None => {
+                let c = Coordinator::new(comm, false)?;
+                let fresh = Arc::new(Entry {
+                    shared: Arc::clone(&c.shared),
+                    coordinator: Mutex::new(Some(c)),
+                });
+                let mut cache = lock(&CACHE);
+                let kept = cache
+                    .entry(comm.as_raw() as usize)
+                    .or_insert_with(|| Arc::clone(&fresh));
+                let kept = Arc::clone(kept);
+                drop(cache);
+                // Another thread created one first: ours has no GPU state and is dropped.
+                drop(fresh);
+                kept
+            }
+        };
+        let mut guard = match entry.coordinator.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(busy_comm()),
+        };
+        let Some(c) = guard.as_ref() else {
+            continue; // released meanwhile: look again
+        };
+        // A new communicator at a released one's address, of another shape: start afresh
+        // (the old state is retired without waiting).
+        let (size, rank) = (c.nccl.comm_count(comm)?, c.nccl.comm_user_rank(comm)?);
+        if (size, rank) != c.shape() {
+            c.destroy()?;
+            guard.take();
+            let key = comm.as_raw() as usize;
+            let mut cache = lock(&CACHE);
+            if cache.get(&key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                cache.remove(&key);
+            }
+            continue; // the next lookup creates a coordinator of the new shape
+        }
+        c.begin(stream, req)?;
+        return c.end();
+    }
+}
+
+/// `dp_cancel`: cancels the coordinator cached for `comm` (none: nothing to do).
+pub(crate) fn cancel(comm: CommHandle) -> Result<()> {
+    let entry = lock(&CACHE).get(&(comm.as_raw() as usize)).cloned();
+    match entry {
+        Some(e) => e.shared.cancel(),
+        None => Ok(()),
+    }
+}
+
+/// `dp_release`: removes `comm`'s coordinator from the cache (under the entry's lock) and
+/// destroys it without waiting: state whose work may be pending is freed later, never
+/// early. Never calls NCCL, so it may follow `ncclCommAbort`.
+pub(crate) fn release(comm: CommHandle) -> Result<()> {
+    let key = comm.as_raw() as usize;
+    let Some(entry) = lock(&CACHE).get(&key).cloned() else {
+        sweep_graveyard();
+        return Ok(());
+    };
+    let mut guard = match entry.coordinator.try_lock() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                "dp_release: a dp_coordinate_batch on this communicator is running on another \
+                 thread; cancel it first (dp_cancel), or release after it returned",
+            ))
+        }
+    };
+    {
+        let mut cache = lock(&CACHE);
+        if cache.get(&key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+            cache.remove(&key);
+        }
+    }
+    if let Some(c) = guard.as_ref() {
+        if let Err(e) = c.destroy() {
+            lock(&CACHE)
+                .entry(key)
+                .or_insert_with(|| Arc::clone(&entry));
+            return Err(e);
+        }
+    }
+    guard.take();
+    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A distinct communicator address per test (tests run in parallel and share the
-    /// registry); never dereferenced: each test fails or stops before NCCL would see it.
-    fn fake_comm(tag: usize) -> CommPtr {
-        (0x1000 + 8 * tag) as CommPtr
-    }
-
-    #[test]
-    fn invalid_request_fails_before_any_communication() {
-        let req = Request {
-            num_tokens_unpadded: -3,
-            ..Request::default()
-        };
-        let err = coordinate(fake_comm(1), std::ptr::null_mut(), &req, false).unwrap_err();
-        assert!(
-            matches!(&err, Error { kind: ErrorKind::InvalidArgument, message: m } if m.contains("num_tokens_unpadded = -3")),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn without_nccl_the_call_reports_library_unavailable() {
-        // Only meaningful where no NCCL can be found (CI, this crate's dev machines); where
-        // one is, `nccl()` succeeding is checked instead of calling it with a fake comm.
-        match nccl::nccl() {
-            Ok(found) => assert!(found.version() > 0),
-            Err(_) => {
-                let comm = fake_comm(2);
-                let err =
-                    coordinate(comm, std::ptr::null_mut(), &Request::default(), false).unwrap_err();
-                assert!(err.kind == ErrorKind::LibraryUnavailable, "{err}");
-                assert!(err.to_string().contains("DPCOORD_NCCL_LIBRARY"), "{err}");
-                release(comm).unwrap();
-            }
-        }
-    }
-
-    #[test]
-    fn without_a_driver_cuda_reports_library_unavailable_not_a_panic() {
-        match cuda::driver() {
-            Ok(()) => {}
-            Err(e) => assert!(e.kind == ErrorKind::LibraryUnavailable, "{e}"),
-        }
-    }
-
-    #[test]
-    fn a_second_caller_on_a_busy_communicator_gets_busy() {
-        let comm = fake_comm(3);
-        let slot = Arc::new(Mutex::new(Slot(None)));
-        lock(&REGISTRY).insert(comm as usize, Arc::clone(&slot));
-        let held = lock(&slot);
-        let key = comm as usize;
-        let err = std::thread::spawn(move || {
-            coordinate(
-                key as CommPtr,
-                std::ptr::null_mut(),
-                &Request::default(),
-                false,
-            )
-            .err()
-        })
-        .join()
-        .unwrap()
-        .expect("a busy communicator is an error");
-        assert!(
-            matches!(&err, Error { kind: ErrorKind::Busy, message: m } if m.contains("this communicator")),
-            "{err}"
-        );
-        drop(held);
-        release(comm).unwrap();
-        assert!(!lock(&REGISTRY).contains_key(&key));
-    }
-
-    #[test]
-    fn releasing_an_unknown_communicator_is_harmless() {
-        let comm = fake_comm(4);
-        release(comm).unwrap();
-        release(comm).unwrap();
-        assert!(!lock(&REGISTRY).contains_key(&(comm as usize)));
-    }
-
-    #[test]
-    fn releasing_an_empty_slot_removes_it() {
-        let comm = fake_comm(5);
-        lock(&REGISTRY).insert(comm as usize, Arc::new(Mutex::new(Slot(None))));
-        release(comm).unwrap();
-        assert!(!lock(&REGISTRY).contains_key(&(comm as usize)));
-    }
-}
+mod tests;

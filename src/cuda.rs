@@ -1,80 +1,287 @@
-//! The CUDA driver API through `cudarc` (loaded at run time): the context that owns the
-//! caller's stream, device buffers, mapped pinned host memory, an event, the kernel module
-//! and launches. Every driver failure becomes [`Error::Cuda`] with the driver's own text.
+//! The CUDA driver API, loaded at run time like NCCL: the process's own `libcuda.so.1` first
+//! (`dlopen` with `RTLD_NOLOAD`), else `dlopen("libcuda.so.1")`; never the unversioned
+//! `libcuda.so`, which a toolkit's `stubs/` directory on `LD_LIBRARY_PATH` shadows. Every
+//! symbol is resolved once, up front. A missing library, a stub driver, no device or a
+//! missing symbol is `LibraryUnavailable` naming what was tried; it is not cached, so a
+//! process that gains a driver later finds it. Every driver failure becomes a `Cuda` error
+//! with the driver's own text.
 
-use std::ffi::{c_void, CStr};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::{Mutex, OnceLock, PoisonError};
-
-use cudarc::driver::sys::{self, CUresult};
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// The caller's `cudaStream_t` / `CUstream`, as a raw pointer.
-pub type StreamPtr = *mut c_void;
-/// A device address.
+/// A driver status (`CUresult`), read as an integer.
+type CuResult = c_int;
+type CuContext = *mut c_void;
+type CuStream = *mut c_void;
+type CuEvent = *mut c_void;
+type CuModule = *mut c_void;
+type CuFunction = *mut c_void;
+/// A device address (`CUdeviceptr`).
 pub type DevicePtr = u64;
 
-/// The legacy default stream handle (`cudaStreamLegacy`, `CU_STREAM_LEGACY`).
-pub const STREAM_LEGACY: usize = 0x1;
-/// The per-thread default stream handle (`cudaStreamPerThread`, `CU_STREAM_PER_THREAD`).
-pub const STREAM_PER_THREAD: usize = 0x2;
+const CUDA_SUCCESS: CuResult = 0;
+const CUDA_ERROR_NO_DEVICE: CuResult = 100;
+const CUDA_ERROR_STUB_LIBRARY: CuResult = 34;
+const CUDA_ERROR_INSUFFICIENT_DRIVER: CuResult = 35;
+const CUDA_ERROR_NOT_READY: CuResult = 600;
+const CUDA_ERROR_STREAM_CAPTURE_IMPLICIT: CuResult = 906;
+const CU_MEMHOSTALLOC_PORTABLE: c_uint = 1;
+const CU_MEMHOSTALLOC_DEVICEMAP: c_uint = 2;
+const CU_EVENT_DISABLE_TIMING: c_uint = 2;
+const CU_STREAM_CAPTURE_STATUS_NONE: c_int = 0;
 
-/// Turns a driver status into `Ok` or an [`Error::Cuda`] naming the call and the driver's text.
-fn check(status: CUresult, call: &str) -> Result<()> {
-    if status == CUresult::CUDA_SUCCESS {
-        return Ok(());
+/// The legacy default stream handle (`cudaStreamLegacy`, `CU_STREAM_LEGACY`).
+pub(crate) const STREAM_LEGACY: usize = 0x1;
+/// The per-thread default stream handle (`cudaStreamPerThread`, `CU_STREAM_PER_THREAD`).
+pub(crate) const STREAM_PER_THREAD: usize = 0x2;
+
+/// The library names tried, in order (see the module docs).
+const LIBRARY: &CStr = c"libcuda.so.1";
+
+/// The caller's `cudaStream_t` / `CUstream`: its own type, so a swapped communicator and
+/// stream do not compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamHandle(*mut c_void);
+
+// SAFETY: a stream handle is an opaque driver handle usable from any thread; dpcoord never
+// dereferences it.
+unsafe impl Send for StreamHandle {}
+// SAFETY: as above.
+unsafe impl Sync for StreamHandle {}
+
+impl StreamHandle {
+    /// Wraps a raw stream handle.
+    ///
+    /// # Safety
+    /// `raw` is NULL, `cudaStreamLegacy`, `cudaStreamPerThread` or a live stream of this
+    /// process, and stays live for as long as the handle is used.
+    pub unsafe fn from_raw(raw: *mut c_void) -> Self {
+        Self(raw)
     }
-    Err(Error::new(
-        ErrorKind::Cuda,
-        format!("{call} failed: {}", describe(status)),
-    ))
+
+    /// The raw handle.
+    pub fn as_raw(self) -> *mut c_void {
+        self.0
+    }
+
+    /// NULL, legacy or per-thread: a default stream, owned by no context of its own.
+    fn is_special(self) -> bool {
+        matches!(self.0 as usize, 0 | STREAM_LEGACY | STREAM_PER_THREAD)
+    }
 }
 
-/// The driver's name and description of a status, e.g. "CUDA_ERROR_INVALID_VALUE (invalid argument)".
-fn describe(status: CUresult) -> String {
-    let (mut name, mut text) = (std::ptr::null(), std::ptr::null());
-    // SAFETY: both calls only write a pointer to a static string into the out-parameters,
-    // which are valid locals; a NULL result is handled below.
-    unsafe {
-        sys::cuGetErrorName(status, &mut name);
-        sys::cuGetErrorString(status, &mut text);
-    }
-    let read = |p: *const std::ffi::c_char| {
-        if p.is_null() {
-            format!("{status:?}")
-        } else {
-            // SAFETY: non-NULL pointers from cuGetErrorName/String point at static
-            // NUL-terminated strings owned by the driver.
-            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+/// Declares the driver's function table: every entry point resolved once, up front.
+macro_rules! driver_table {
+    ($($field:ident = $sym:literal: fn($($arg:ty),*);)*) => {
+        /// The resolved driver: one function pointer per entry point dpcoord uses (some only
+        /// with the `testing` feature; all resolved, so a driver is accepted or refused alike).
+        #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+        pub(crate) struct Driver {
+            $($field: unsafe extern "C" fn($($arg),*) -> CuResult,)*
+            /// `cuCtxGetId` (optional: CUDA 12.0+), to notice a context destroyed and re-made.
+            ctx_get_id: Option<unsafe extern "C" fn(CuContext, *mut u64) -> CuResult>,
+            /// Where the library was found.
+            origin: String,
+        }
+
+        impl Driver {
+            fn load(handle: *mut c_void, origin: String) -> std::result::Result<Driver, String> {
+                $(
+                    let p = sym(handle, $sym).ok_or_else(|| {
+                        format!("{origin} lacks the driver function {}", $sym.to_string_lossy())
+                    })?;
+                    // SAFETY: `p` is the address of the driver function of that name, whose
+                    // cuda.h signature the field's type matches (handles are pointers, enums
+                    // and CUresult are int, size_t is usize, CUdeviceptr is u64).
+                    let $field = unsafe {
+                        std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($arg),*) -> CuResult>(p)
+                    };
+                )*
+                let ctx_get_id = sym(handle, c"cuCtxGetId").map(|p| {
+                    // SAFETY: as above, for cuCtxGetId(CUcontext, unsigned long long*).
+                    unsafe {
+                        std::mem::transmute::<*mut c_void, unsafe extern "C" fn(CuContext, *mut u64) -> CuResult>(p)
+                    }
+                });
+                Ok(Driver { $($field,)* ctx_get_id, origin })
+            }
         }
     };
-    format!("{} ({})", read(name), read(text))
 }
 
-/// Loads the driver and runs `cuInit(0)` once; an absent driver is `LibraryUnavailable`.
-pub fn driver() -> Result<()> {
-    static INIT: OnceLock<std::result::Result<(), Error>> = OnceLock::new();
-    INIT.get_or_init(|| {
-        // SAFETY: `is_culib_present` only tries to dlopen the driver library by name.
-        if !unsafe { sys::is_culib_present() } {
-            return Err(Error::new(
-                ErrorKind::LibraryUnavailable,
-                "the CUDA driver (libcuda.so.1) could not be loaded: no NVIDIA driver on this \
-                 machine, or it is not on the loader's path",
-            ));
+driver_table! {
+    init = c"cuInit": fn(c_uint);
+    get_error_name = c"cuGetErrorName": fn(CuResult, *mut *const c_char);
+    get_error_string = c"cuGetErrorString": fn(CuResult, *mut *const c_char);
+    ctx_get_current = c"cuCtxGetCurrent": fn(*mut CuContext);
+    ctx_set_current = c"cuCtxSetCurrent": fn(CuContext);
+    ctx_push = c"cuCtxPushCurrent_v2": fn(CuContext);
+    ctx_pop = c"cuCtxPopCurrent_v2": fn(*mut CuContext);
+    ctx_get_device = c"cuCtxGetDevice": fn(*mut c_int);
+    stream_get_ctx = c"cuStreamGetCtx": fn(CuStream, *mut CuContext);
+    device_get = c"cuDeviceGet": fn(*mut c_int, c_int);
+    device_get_count = c"cuDeviceGetCount": fn(*mut c_int);
+    device_get_name = c"cuDeviceGetName": fn(*mut c_char, c_int, c_int);
+    primary_ctx_retain = c"cuDevicePrimaryCtxRetain": fn(*mut CuContext, c_int);
+    stream_synchronize = c"cuStreamSynchronize": fn(CuStream);
+    stream_query = c"cuStreamQuery": fn(CuStream);
+    stream_is_capturing = c"cuStreamIsCapturing": fn(CuStream, *mut c_int);
+    stream_create = c"cuStreamCreate": fn(*mut CuStream, c_uint);
+    stream_destroy = c"cuStreamDestroy_v2": fn(CuStream);
+    mem_alloc = c"cuMemAlloc_v2": fn(*mut DevicePtr, usize);
+    mem_free = c"cuMemFree_v2": fn(DevicePtr);
+    mem_host_alloc = c"cuMemHostAlloc": fn(*mut *mut c_void, usize, c_uint);
+    mem_free_host = c"cuMemFreeHost": fn(*mut c_void);
+    mem_host_get_device_pointer = c"cuMemHostGetDevicePointer_v2": fn(*mut DevicePtr, *mut c_void, c_uint);
+    memset_d32 = c"cuMemsetD32_v2": fn(DevicePtr, c_uint, usize);
+    memcpy_htod_async = c"cuMemcpyHtoDAsync_v2": fn(DevicePtr, *const c_void, usize, CuStream);
+    memcpy_dtoh = c"cuMemcpyDtoH_v2": fn(*mut c_void, DevicePtr, usize);
+    event_create = c"cuEventCreate": fn(*mut CuEvent, c_uint);
+    event_record = c"cuEventRecord": fn(CuEvent, CuStream);
+    event_query = c"cuEventQuery": fn(CuEvent);
+    event_destroy = c"cuEventDestroy_v2": fn(CuEvent);
+    module_load_data = c"cuModuleLoadData": fn(*mut CuModule, *const c_void);
+    module_get_function = c"cuModuleGetFunction": fn(*mut CuFunction, CuModule, *const c_char);
+    module_unload = c"cuModuleUnload": fn(CuModule);
+    launch_kernel = c"cuLaunchKernel": fn(CuFunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CuStream, *mut *mut c_void, *mut *mut c_void);
+}
+
+/// `dlsym(handle, name)`, or `None`.
+fn sym(handle: *mut c_void, name: &CStr) -> Option<*mut c_void> {
+    // SAFETY: `handle` comes from a successful dlopen that is never closed; `name` is
+    // NUL-terminated.
+    let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
+    (!p.is_null()).then_some(p)
+}
+
+/// `dlopen(LIBRARY, flags)`, or dlerror's text.
+fn open(flags: c_int) -> std::result::Result<*mut c_void, String> {
+    // SAFETY: LIBRARY is NUL-terminated; dlopen has no other preconditions.
+    let h = unsafe { libc::dlopen(LIBRARY.as_ptr(), flags) };
+    if !h.is_null() {
+        return Ok(h);
+    }
+    // SAFETY: dlerror returns NULL or a NUL-terminated thread-local string, copied at once.
+    let e = unsafe { libc::dlerror() };
+    if e.is_null() {
+        Err("dlopen returned NULL".to_string())
+    } else {
+        // SAFETY: non-NULL and NUL-terminated (above).
+        Err(unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned())
+    }
+}
+
+static DRIVER: OnceLock<Driver> = OnceLock::new();
+static RESOLVING: Mutex<()> = Mutex::new(());
+
+/// The driver, loaded and initialised (`cuInit(0)`) on the first successful call.
+///
+/// After the first success this is one atomic load. A failure is `LibraryUnavailable` (no
+/// library, a stub, no device, a missing symbol) or `Cuda`, and is retried on the next call.
+pub(crate) fn driver() -> Result<&'static Driver> {
+    if let Some(d) = DRIVER.get() {
+        return Ok(d);
+    }
+    let _guard = RESOLVING.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(d) = DRIVER.get() {
+        return Ok(d);
+    }
+    let d = load_driver()?;
+    Ok(DRIVER.get_or_init(|| d))
+}
+
+fn unavailable(text: String) -> Error {
+    Error::new(ErrorKind::LibraryUnavailable, text)
+}
+
+fn load_driver() -> Result<Driver> {
+    let (handle, origin) = match open(libc::RTLD_NOW | libc::RTLD_NOLOAD) {
+        Ok(h) => (
+            h,
+            "the process's libcuda.so.1 (dlopen RTLD_NOLOAD)".to_string(),
+        ),
+        Err(first) => match open(libc::RTLD_NOW | libc::RTLD_LOCAL) {
+            Ok(h) => (h, "dlopen(libcuda.so.1)".to_string()),
+            Err(second) => {
+                return Err(unavailable(format!(
+                    "the CUDA driver could not be loaded; tried: (1) libcuda.so.1 already in \
+                     the process (RTLD_NOLOAD): {first}; (2) dlopen(libcuda.so.1): {second} \
+                     (the unversioned libcuda.so, which a toolkit stub shadows, is never \
+                     tried): no NVIDIA driver on this machine, or it is not on the loader's path"
+                )))
+            }
+        },
+    };
+    let d = Driver::load(handle, origin).map_err(|why| {
+        unavailable(format!(
+            "{why}; dpcoord needs a CUDA 12+ driver (it loads no other copy)"
+        ))
+    })?;
+    // SAFETY: cuInit has no pointer arguments; 0 is the only legal flag value.
+    let rc = unsafe { (d.init)(0) };
+    match rc {
+        CUDA_SUCCESS => Ok(d),
+        CUDA_ERROR_STUB_LIBRARY | CUDA_ERROR_NO_DEVICE | CUDA_ERROR_INSUFFICIENT_DRIVER => {
+            Err(unavailable(format!(
+                "cuInit of {} failed: {} (a toolkit stub instead of the driver, no GPU, or a \
+                 driver older than CUDA 12)",
+                d.origin,
+                d.describe(rc)
+            )))
         }
-        // SAFETY: cuInit has no pointer arguments; 0 is the only legal flag value.
-        check(unsafe { sys::cuInit(0) }, "cuInit")
-    })
-    .clone()
+        _ => Err(d.failure("cuInit", rc)),
+    }
+}
+
+impl Driver {
+    /// The driver's name and description of a status.
+    fn describe(&self, status: CuResult) -> String {
+        let (mut name, mut text) = (std::ptr::null(), std::ptr::null());
+        // SAFETY: both calls only write a pointer to a static string into valid locals; a
+        // NULL result is handled below.
+        unsafe {
+            (self.get_error_name)(status, &mut name);
+            (self.get_error_string)(status, &mut text);
+        }
+        let read = |p: *const c_char| {
+            if p.is_null() {
+                format!("CUresult {status}")
+            } else {
+                // SAFETY: non-NULL pointers from cuGetErrorName/String point at static
+                // NUL-terminated strings owned by the driver.
+                unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+            }
+        };
+        format!("{} ({})", read(name), read(text))
+    }
+
+    fn failure(&self, call: &str, status: CuResult) -> Error {
+        Error::new(
+            ErrorKind::Cuda,
+            format!("{call} failed: {}", self.describe(status)),
+        )
+    }
+
+    /// `Ok` or a `Cuda` error naming the call and the driver's text.
+    fn check(&self, status: CuResult, call: &str) -> Result<()> {
+        if status == CUDA_SUCCESS {
+            Ok(())
+        } else {
+            Err(self.failure(call, status))
+        }
+    }
 }
 
 /// A CUDA context and the device it belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Context {
-    raw: sys::CUcontext,
+pub(crate) struct Context {
+    raw: CuContext,
     /// The device ordinal of the context.
-    pub device: i32,
+    pub(crate) device: i32,
+    /// `cuCtxGetId` when the context was resolved (0: unknown).
+    id: u64,
 }
 
 // SAFETY: a CUcontext is a driver handle usable from any thread (the driver API lets any
@@ -87,318 +294,259 @@ impl Context {
     /// For a NULL, legacy or per-thread stream: the current context if it is on
     /// `comm_device`, else that device's primary context (as the CUDA runtime uses). A stream
     /// on another device is an invalid argument naming both devices.
-    ///
-    /// `known` is a context resolved by an earlier call: when the stream's context is that
-    /// one, its device is not queried again.
-    pub fn of_stream(
-        stream: StreamPtr,
-        comm_device: i32,
-        known: Option<Context>,
-    ) -> Result<Context> {
-        let with_device = |raw: sys::CUcontext| -> Result<Context> {
-            match known {
-                Some(k) if k.raw == raw => Ok(k),
-                _ => Ok(Context {
-                    raw,
-                    device: device_of(raw)?,
-                }),
-            }
-        };
-        let mut raw: sys::CUcontext = std::ptr::null_mut();
-        if matches!(stream as usize, 0 | STREAM_LEGACY | STREAM_PER_THREAD) {
+    pub(crate) fn of_stream(stream: StreamHandle, comm_device: i32) -> Result<Context> {
+        let d = driver()?;
+        let mut raw: CuContext = std::ptr::null_mut();
+        if stream.is_special() {
             // SAFETY: writes the current context (or NULL) into a valid local.
-            check(unsafe { sys::cuCtxGetCurrent(&mut raw) }, "cuCtxGetCurrent")?;
+            d.check(unsafe { (d.ctx_get_current)(&mut raw) }, "cuCtxGetCurrent")?;
             if !raw.is_null() {
-                let ctx = with_device(raw)?;
+                let ctx = Context::resolve(raw)?;
                 if ctx.device == comm_device {
                     return Ok(ctx);
                 }
             }
             return Context::primary(comm_device);
         }
-        check(
-            // SAFETY: `stream` is the caller's live stream handle (documented contract of
-            // dp_coordinate_batch); the driver writes its context into a valid local.
-            unsafe { sys::cuStreamGetCtx(stream.cast(), &mut raw) },
+        d.check(
+            // SAFETY: the handle's contract: a live stream; the driver writes its context
+            // into a valid local.
+            unsafe { (d.stream_get_ctx)(stream.as_raw(), &mut raw) },
             "cuStreamGetCtx",
         )?;
-        let ctx = with_device(raw)?;
+        let ctx = Context::resolve(raw)?;
         if ctx.device != comm_device {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 format!(
-                "stream is on CUDA device {} but the communicator is on CUDA device {comm_device}",
-                ctx.device
-            ),
+                    "stream is on CUDA device {} but the communicator is on CUDA device \
+                     {comm_device}",
+                    ctx.device
+                ),
             ));
         }
         Ok(ctx)
     }
 
+    /// Whether `stream` still belongs to this context (a cheap check for a cached context).
+    pub(crate) fn owns(&self, stream: StreamHandle) -> Result<bool> {
+        let d = driver()?;
+        let mut raw: CuContext = std::ptr::null_mut();
+        if stream.is_special() {
+            // SAFETY: writes the current context (or NULL) into a valid local.
+            d.check(unsafe { (d.ctx_get_current)(&mut raw) }, "cuCtxGetCurrent")?;
+            return Ok(raw == self.raw || raw.is_null());
+        }
+        d.check(
+            // SAFETY: as in `of_stream`.
+            unsafe { (d.stream_get_ctx)(stream.as_raw(), &mut raw) },
+            "cuStreamGetCtx",
+        )?;
+        Ok(raw == self.raw)
+    }
+
+    /// Device and id of a live context.
+    fn resolve(raw: CuContext) -> Result<Context> {
+        let d = driver()?;
+        // SAFETY: `raw` is a live context; it is pushed, queried and popped again, leaving
+        // the thread's context stack as it was.
+        unsafe {
+            d.check((d.ctx_push)(raw), "cuCtxPushCurrent")?;
+            let mut device = 0;
+            let status = (d.ctx_get_device)(&mut device);
+            let mut popped: CuContext = std::ptr::null_mut();
+            d.check((d.ctx_pop)(&mut popped), "cuCtxPopCurrent")?;
+            d.check(status, "cuCtxGetDevice")?;
+            let mut id = 0;
+            if let Some(get_id) = d.ctx_get_id {
+                if get_id(raw, &mut id) != CUDA_SUCCESS {
+                    id = 0;
+                }
+            }
+            Ok(Context { raw, device, id })
+        }
+    }
+
     /// The primary context of `device`, retained once per device for the process's life (as
     /// the CUDA runtime does; never released, so handles cached by dpcoord stay valid).
-    fn primary(device: i32) -> Result<Context> {
-        static RETAINED: Mutex<Vec<Context>> = Mutex::new(Vec::new());
-        let mut retained = RETAINED.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(ctx) = retained.iter().find(|c| c.device == device) {
-            return Ok(*ctx);
-        }
-        let mut cu_device = 0;
-        check(
-            // SAFETY: writes a device handle into a valid local.
-            unsafe { sys::cuDeviceGet(&mut cu_device, device) },
-            "cuDeviceGet",
-        )?;
-        let mut raw: sys::CUcontext = std::ptr::null_mut();
-        check(
-            // SAFETY: writes the retained primary context into a valid local.
-            unsafe { sys::cuDevicePrimaryCtxRetain(&mut raw, cu_device) },
-            "cuDevicePrimaryCtxRetain",
-        )?;
-        let ctx = Context { raw, device };
-        retained.push(ctx);
-        Ok(ctx)
+    pub(crate) fn primary(device: i32) -> Result<Context> {
+        // Stored as addresses: a context handle is usable from any thread.
+        static RETAINED: Mutex<Vec<(i32, usize)>> = Mutex::new(Vec::new());
+        let d = driver()?;
+        let raw = {
+            let mut retained = RETAINED.lock().unwrap_or_else(PoisonError::into_inner);
+            match retained.iter().find(|(dev, _)| *dev == device) {
+                Some(&(_, raw)) => raw as CuContext,
+                None => {
+                    let mut cu_device = 0;
+                    d.check(
+                        // SAFETY: writes a device handle into a valid local.
+                        unsafe { (d.device_get)(&mut cu_device, device) },
+                        "cuDeviceGet",
+                    )?;
+                    let mut raw: CuContext = std::ptr::null_mut();
+                    d.check(
+                        // SAFETY: writes the retained primary context into a valid local.
+                        unsafe { (d.primary_ctx_retain)(&mut raw, cu_device) },
+                        "cuDevicePrimaryCtxRetain",
+                    )?;
+                    retained.push((device, raw as usize));
+                    raw
+                }
+            }
+        };
+        Context::resolve(raw)
     }
 
     /// Makes this context current for the life of the guard (a no-op when it already is).
-    pub fn enter(&self) -> Result<ContextGuard> {
-        let mut current: sys::CUcontext = std::ptr::null_mut();
-        check(
+    /// Fails when the context was destroyed (or destroyed and re-made, where the driver
+    /// reports context ids).
+    pub(crate) fn enter(&self) -> Result<ContextGuard> {
+        let d = driver()?;
+        let mut current: CuContext = std::ptr::null_mut();
+        d.check(
             // SAFETY: writes the current context (or NULL) into a valid local.
-            unsafe { sys::cuCtxGetCurrent(&mut current) },
+            unsafe { (d.ctx_get_current)(&mut current) },
             "cuCtxGetCurrent",
         )?;
         if current == self.raw {
             return Ok(ContextGuard { pushed: false });
         }
-        check(
-            // SAFETY: `self.raw` is a live context (from the stream or a retained primary).
-            unsafe { sys::cuCtxPushCurrent_v2(self.raw) },
-            "cuCtxPushCurrent",
-        )?;
+        // SAFETY: `self.raw` was a live context; the driver validates it.
+        d.check(unsafe { (d.ctx_push)(self.raw) }, "cuCtxPushCurrent")?;
         Ok(ContextGuard { pushed: true })
     }
-}
 
-/// The device ordinal of `ctx`.
-fn device_of(ctx: sys::CUcontext) -> Result<i32> {
-    // SAFETY: `ctx` is a live context; it is pushed, queried and popped again, leaving the
-    // thread's context stack as it was.
-    unsafe {
-        check(sys::cuCtxPushCurrent_v2(ctx), "cuCtxPushCurrent")?;
-        let mut device = 0;
-        let status = sys::cuCtxGetDevice(&mut device);
-        let mut popped: sys::CUcontext = std::ptr::null_mut();
-        check(sys::cuCtxPopCurrent_v2(&mut popped), "cuCtxPopCurrent")?;
-        check(status, "cuCtxGetDevice")?;
-        Ok(device)
-    }
-}
-
-/// Makes `device`'s primary context current on this thread (as `cudaSetDevice` does), for
-/// callers of dpcoord's Rust API that set up their own NCCL communicators (benchmarks).
-pub fn bind_device(device: i32) -> Result<Context> {
-    driver()?;
-    let ctx = Context::primary(device)?;
-    // SAFETY: `ctx.raw` is a retained primary context.
-    check(unsafe { sys::cuCtxSetCurrent(ctx.raw) }, "cuCtxSetCurrent")?;
-    Ok(ctx)
-}
-
-/// Blocks until all work on `stream` has finished.
-pub fn synchronize(stream: StreamPtr) -> Result<()> {
-    // SAFETY: `stream` is a live stream handle or a special handle (the caller's promise).
-    check(
-        unsafe { sys::cuStreamSynchronize(stream.cast()) },
-        "cuStreamSynchronize",
-    )
-}
-
-/// Copies `out.len()` int32 from device address `src` (synchronously).
-pub fn copy_to_host(src: DevicePtr, out: &mut [i32]) -> Result<()> {
-    // SAFETY: `out` is a valid writable slice; the caller promises `src` holds as many int32.
-    check(
-        unsafe { sys::cuMemcpyDtoH_v2(out.as_mut_ptr().cast(), src, out.len() * 4) },
-        "cuMemcpyDtoH",
-    )
-}
-
-/// A non-blocking stream of the current context, destroyed on drop.
-pub struct Stream {
-    raw: sys::CUstream,
-}
-
-impl Stream {
-    /// Creates a stream that does not synchronise with the legacy default stream.
-    pub fn new() -> Result<Self> {
-        let mut raw = std::ptr::null_mut();
-        let flags = sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32;
-        check(
-            // SAFETY: writes the new stream into a valid local.
-            unsafe { sys::cuStreamCreate(&mut raw, flags) },
-            "cuStreamCreate",
-        )?;
-        Ok(Self { raw })
-    }
-
-    /// The handle, as `dp_coordinate_batch` and NCCL take it.
-    pub fn as_ptr(&self) -> StreamPtr {
-        self.raw.cast()
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        // SAFETY: destroys the stream this value owns.
-        unsafe { sys::cuStreamDestroy_v2(self.raw) };
-    }
-}
-
-/// Most writes one [`stream_write_u32_batch`] call takes.
-pub const MAX_BATCH_WRITES: usize = 8;
-
-/// `cuStreamBatchMemOp`: enqueues up to [`MAX_BATCH_WRITES`] 32-bit writes `(addr, value)` on
-/// `stream` as one operation (no kernel). Same address rules as [`stream_write_u32`].
-pub fn stream_write_u32_batch(stream: StreamPtr, writes: &[(DevicePtr, u32)]) -> Result<()> {
-    if writes.is_empty() || writes.len() > MAX_BATCH_WRITES {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            format!(
-                "stream_write_u32_batch takes 1..={MAX_BATCH_WRITES} writes, got {}",
-                writes.len()
-            ),
-        ));
-    }
-    type WriteParams = sys::CUstreamBatchMemOpParams_union_CUstreamMemOpWriteValueParams_st;
-    type WriteValue =
-        sys::CUstreamBatchMemOpParams_union_CUstreamMemOpWriteValueParams_st__bindgen_ty_1;
-    let op = |addr: DevicePtr, value: u32| sys::CUstreamBatchMemOpParams {
-        writeValue: WriteParams {
-            operation: sys::CUstreamBatchMemOpType::CU_STREAM_MEM_OP_WRITE_VALUE_32,
-            address: addr,
-            __bindgen_anon_1: WriteValue { value },
-            flags: 0,
-            alias: 0,
-        },
-    };
-    let mut params = [op(0, 0); MAX_BATCH_WRITES];
-    for (slot, &(addr, value)) in params.iter_mut().zip(writes) {
-        *slot = op(addr, value);
-    }
-    // SAFETY: `params` holds `writes.len()` (1..=8, checked) initialised write operations and
-    // outlives the call, which copies them; `stream` is a live stream handle (the caller's
-    // promise); the driver validates the addresses.
-    check(
-        unsafe {
-            sys::cuStreamBatchMemOp_v2(stream.cast(), writes.len() as u32, params.as_mut_ptr(), 0)
-        },
-        "cuStreamBatchMemOp",
-    )
-}
-
-/// Whether all work on `stream` has finished; a failure of that work is an error.
-pub fn stream_idle(stream: StreamPtr) -> Result<bool> {
-    // SAFETY: `stream` is a live stream handle or a special handle (the caller's promise).
-    match unsafe { sys::cuStreamQuery(stream.cast()) } {
-        CUresult::CUDA_ERROR_NOT_READY => Ok(false),
-        status => check(status, "cuStreamQuery").map(|()| true),
+    /// Whether this context is still the one resolved: entering it works and, where the
+    /// driver reports context ids, its id is unchanged (a primary context reset by
+    /// `cudaDeviceReset` gets a new id, and memory allocated in the old one is gone).
+    pub(crate) fn still_alive(&self) -> bool {
+        let Ok(d) = driver() else { return false };
+        let Ok(_guard) = self.enter() else {
+            return false;
+        };
+        match d.ctx_get_id {
+            Some(get_id) if self.id != 0 => {
+                let mut id = 0;
+                // SAFETY: the context is current and valid (entered above); valid out pointer.
+                let rc = unsafe { get_id(self.raw, &mut id) };
+                rc == CUDA_SUCCESS && id == self.id
+            }
+            _ => true,
+        }
     }
 }
 
 /// Restores the previously current context on drop.
-pub struct ContextGuard {
+pub(crate) struct ContextGuard {
     pushed: bool,
 }
 
 impl Drop for ContextGuard {
     fn drop(&mut self) {
         if self.pushed {
-            let mut popped: sys::CUcontext = std::ptr::null_mut();
-            // SAFETY: pops exactly the context this guard pushed, into a valid local.
-            unsafe { sys::cuCtxPopCurrent_v2(&mut popped) };
+            if let Ok(d) = driver() {
+                let mut popped: CuContext = std::ptr::null_mut();
+                // SAFETY: pops exactly the context this guard pushed, into a valid local.
+                unsafe { (d.ctx_pop)(&mut popped) };
+            }
         }
     }
 }
 
-/// Refuses a stream that is being captured into a CUDA graph (a blocking call can't be).
-pub fn check_not_capturing(stream: StreamPtr) -> Result<()> {
-    let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
-    // SAFETY: `stream` is the caller's live stream handle (or a special handle); the driver
-    // writes the capture status into a valid local.
-    let r = unsafe { sys::cuStreamIsCapturing(stream.cast(), &mut status) };
-    if r == CUresult::CUDA_ERROR_STREAM_CAPTURE_IMPLICIT {
+/// Whether all work on `stream` has finished; a failure of that work is an error.
+pub(crate) fn stream_idle(stream: StreamHandle) -> Result<bool> {
+    let d = driver()?;
+    // SAFETY: the handle's contract: a live or special stream.
+    match unsafe { (d.stream_query)(stream.as_raw()) } {
+        CUDA_ERROR_NOT_READY => Ok(false),
+        status => d.check(status, "cuStreamQuery").map(|()| true),
+    }
+}
+
+/// Refuses a stream that is being captured into a CUDA graph (the host waits for the result,
+/// which a capture never produces).
+pub(crate) fn check_not_capturing(stream: StreamHandle) -> Result<()> {
+    let d = driver()?;
+    let mut status = CU_STREAM_CAPTURE_STATUS_NONE;
+    // SAFETY: the handle's contract; the driver writes the capture status into a valid local.
+    let r = unsafe { (d.stream_is_capturing)(stream.as_raw(), &mut status) };
+    if r == CUDA_ERROR_STREAM_CAPTURE_IMPLICIT {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
             "stream is the legacy default stream while another stream is capturing a CUDA \
-             graph; dp_coordinate_batch blocks and cannot be captured",
+             graph; the exchange's result is read on the host and cannot be captured",
         ));
     }
-    check(r, "cuStreamIsCapturing")?;
-    if status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+    d.check(r, "cuStreamIsCapturing")?;
+    if status != CU_STREAM_CAPTURE_STATUS_NONE {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
             format!(
-                "stream is capturing a CUDA graph (capture status {status:?}); \
-             dp_coordinate_batch blocks on the host and cannot be captured"
+                "stream is capturing a CUDA graph (capture status {status}); the exchange's \
+                 result is read on the host and cannot be captured"
             ),
         ));
     }
     Ok(())
 }
 
-/// Device memory of `words` int32, freed on drop (the owning context must be current).
-pub struct DeviceBuffer {
+/// Device memory of `words` int32, zeroed; freed with [`DeviceBuffer::free`] (in its context).
+pub(crate) struct DeviceBuffer {
     ptr: DevicePtr,
 }
 
-// SAFETY: device memory is addressed by a plain integer and may be used from any thread.
-unsafe impl Send for DeviceBuffer {}
-
 impl DeviceBuffer {
-    /// Allocates `words` int32 in the current context.
-    pub fn new(words: usize) -> Result<Self> {
+    /// Allocates `words` int32 in the current context and zeroes them (synchronously).
+    pub(crate) fn new(words: usize) -> Result<Self> {
+        let d = driver()?;
         let mut ptr = 0;
-        check(
-            // SAFETY: writes the new allocation's address into a valid local.
-            unsafe { sys::cuMemAlloc_v2(&mut ptr, words * 4) },
-            "cuMemAlloc",
-        )?;
-        Ok(Self { ptr })
+        // SAFETY: writes the new allocation's address into a valid local.
+        d.check(unsafe { (d.mem_alloc)(&mut ptr, words * 4) }, "cuMemAlloc")?;
+        let buffer = Self { ptr };
+        // SAFETY: `ptr` is a fresh allocation of `words` int32 in the current context.
+        let rc = unsafe { (d.memset_d32)(ptr, 0, words) };
+        if rc != CUDA_SUCCESS {
+            buffer.free();
+            return Err(d.failure("cuMemsetD32", rc));
+        }
+        Ok(buffer)
     }
 
     /// The device address.
-    pub fn ptr(&self) -> DevicePtr {
+    pub(crate) fn ptr(&self) -> DevicePtr {
         self.ptr
     }
-}
 
-impl Drop for DeviceBuffer {
-    fn drop(&mut self) {
-        // SAFETY: frees the allocation this buffer owns; no work that uses it is in flight
-        // (the engine waits for its event before dropping state).
-        unsafe { sys::cuMemFree_v2(self.ptr) };
+    /// Frees the memory. Its context must be current and no work that uses it in flight.
+    pub(crate) fn free(self) {
+        if let Ok(d) = driver() {
+            // SAFETY: frees the allocation this buffer owns (the caller's contract above).
+            unsafe { (d.mem_free)(self.ptr) };
+        }
     }
 }
 
 /// Pinned host memory of int32 words mapped into the device's address space.
-pub struct MappedHost {
+pub(crate) struct MappedHost {
     host: *mut i32,
     device: DevicePtr,
     words: usize,
 }
 
 // SAFETY: pinned host memory is ordinary process memory; access is serialised by the
-// engine's per-communicator lock.
+// coordinator's lock.
 unsafe impl Send for MappedHost {}
 
 impl MappedHost {
     /// Allocates `words` zeroed int32 of mapped pinned memory in the current context.
-    pub fn new(words: usize) -> Result<Self> {
+    pub(crate) fn new(words: usize) -> Result<Self> {
+        let d = driver()?;
         let mut host: *mut c_void = std::ptr::null_mut();
-        let flags = sys::CU_MEMHOSTALLOC_DEVICEMAP | sys::CU_MEMHOSTALLOC_PORTABLE;
-        check(
+        let flags = CU_MEMHOSTALLOC_DEVICEMAP | CU_MEMHOSTALLOC_PORTABLE;
+        d.check(
             // SAFETY: writes the new allocation's address into a valid local.
-            unsafe { sys::cuMemHostAlloc(&mut host, words * 4, flags) },
+            unsafe { (d.mem_host_alloc)(&mut host, words * 4, flags) },
             "cuMemHostAlloc",
         )?;
         let mut block = Self {
@@ -408,21 +556,22 @@ impl MappedHost {
         };
         // SAFETY: `host` is a fresh allocation of `words` int32, exclusively ours.
         unsafe { std::ptr::write_bytes(block.host, 0, words) };
-        check(
-            // SAFETY: `host` was allocated with DEVICEMAP; the driver writes its device address.
-            unsafe { sys::cuMemHostGetDevicePointer_v2(&mut block.device, host, 0) },
-            "cuMemHostGetDevicePointer",
-        )?;
+        // SAFETY: `host` was allocated with DEVICEMAP; the driver writes its device address.
+        let rc = unsafe { (d.mem_host_get_device_pointer)(&mut block.device, host, 0) };
+        if rc != CUDA_SUCCESS {
+            block.free();
+            return Err(d.failure("cuMemHostGetDevicePointer", rc));
+        }
         Ok(block)
     }
 
     /// The device address of the block.
-    pub fn device_ptr(&self) -> DevicePtr {
+    pub(crate) fn device_ptr(&self) -> DevicePtr {
         self.device
     }
 
-    /// The host address of word `index`.
-    pub fn host_ptr(&self, index: usize) -> *const i32 {
+    /// The host address of word `index` (one past the end allowed).
+    pub(crate) fn host_ptr(&self, index: usize) -> *const i32 {
         assert!(
             index <= self.words,
             "word {index} outside a block of {}",
@@ -432,7 +581,7 @@ impl MappedHost {
     }
 
     /// Reads word `index` as the device last wrote it (a volatile load).
-    pub fn load(&self, index: usize) -> i32 {
+    pub(crate) fn load(&self, index: usize) -> i32 {
         assert!(
             index < self.words,
             "word {index} outside a block of {}",
@@ -442,74 +591,85 @@ impl MappedHost {
         // hence the volatile read.
         unsafe { std::ptr::read_volatile(self.host.add(index)) }
     }
-}
 
-impl Drop for MappedHost {
-    fn drop(&mut self) {
-        // SAFETY: frees the allocation this block owns; no device work uses it any more.
-        unsafe { sys::cuMemFreeHost(self.host.cast()) };
+    /// Writes `words` at `index` (volatile stores), for the device to read later.
+    pub(crate) fn store(&self, index: usize, words: &[i32]) {
+        assert!(
+            index + words.len() <= self.words,
+            "words {index}..{} outside a block of {}",
+            index + words.len(),
+            self.words
+        );
+        for (i, &w) in words.iter().enumerate() {
+            // SAFETY: in bounds (checked); no device work reads these words now (the
+            // coordinator writes its send slot only between exchanges).
+            unsafe { std::ptr::write_volatile(self.host.add(index + i), w) };
+        }
+    }
+
+    /// Frees the memory. No work that uses it may be in flight.
+    pub(crate) fn free(self) {
+        if let Ok(d) = driver() {
+            // SAFETY: frees the allocation this block owns (the caller's contract above).
+            unsafe { (d.mem_free_host)(self.host.cast()) };
+        }
     }
 }
 
-/// A timing-free event, destroyed on drop.
-pub struct Event {
-    raw: sys::CUevent,
+/// A timing-free event; destroyed with [`Event::destroy`].
+pub(crate) struct Event {
+    raw: CuEvent,
 }
 
 // SAFETY: an event handle may be recorded and queried from any thread.
 unsafe impl Send for Event {}
 
-/// What [`Event::query`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventState {
-    /// All work before the record has completed.
-    Done,
-    /// Work before the record is still running.
-    Pending,
-}
-
 impl Event {
     /// Creates an event without timing in the current context.
-    pub fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
+        let d = driver()?;
         let mut raw = std::ptr::null_mut();
-        let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
-        check(
+        d.check(
             // SAFETY: writes the new event into a valid local.
-            unsafe { sys::cuEventCreate(&mut raw, flags) },
+            unsafe { (d.event_create)(&mut raw, CU_EVENT_DISABLE_TIMING) },
             "cuEventCreate",
         )?;
         Ok(Self { raw })
     }
 
     /// Records the event on `stream`.
-    pub fn record(&self, stream: StreamPtr) -> Result<()> {
-        // SAFETY: the event is live; `stream` is the caller's live stream handle.
-        check(
-            unsafe { sys::cuEventRecord(self.raw, stream.cast()) },
+    pub(crate) fn record(&self, stream: StreamHandle) -> Result<()> {
+        let d = driver()?;
+        d.check(
+            // SAFETY: the event is live; the stream handle's contract.
+            unsafe { (d.event_record)(self.raw, stream.as_raw()) },
             "cuEventRecord",
         )
     }
 
-    /// Whether the work before the last record has finished; a failure of that work is an error.
-    pub fn query(&self) -> Result<EventState> {
+    /// Whether the work before the last record has finished (`Ok(true)`), is pending
+    /// (`Ok(false)`), or failed (an error).
+    pub(crate) fn done(&self) -> Result<bool> {
+        let d = driver()?;
         // SAFETY: the event is live.
-        match unsafe { sys::cuEventQuery(self.raw) } {
-            CUresult::CUDA_ERROR_NOT_READY => Ok(EventState::Pending),
-            status => check(status, "cuEventQuery").map(|()| EventState::Done),
+        match unsafe { (d.event_query)(self.raw) } {
+            CUDA_ERROR_NOT_READY => Ok(false),
+            status => d.check(status, "cuEventQuery").map(|()| true),
+        }
+    }
+
+    /// Destroys the event (its context current).
+    pub(crate) fn destroy(self) {
+        if let Ok(d) = driver() {
+            // SAFETY: destroys the event this value owns.
+            unsafe { (d.event_destroy)(self.raw) };
         }
     }
 }
 
-impl Drop for Event {
-    fn drop(&mut self) {
-        // SAFETY: destroys the event this value owns.
-        unsafe { sys::cuEventDestroy_v2(self.raw) };
-    }
-}
-
-/// A loaded PTX module and one of its kernels.
-pub struct Module {
-    raw: sys::CUmodule,
+/// A loaded PTX module.
+pub(crate) struct Module {
+    raw: CuModule,
 }
 
 // SAFETY: module and function handles may be used from any thread of the process.
@@ -517,8 +677,8 @@ unsafe impl Send for Module {}
 
 /// A kernel of a [`Module`].
 #[derive(Clone, Copy)]
-pub struct Kernel {
-    raw: sys::CUfunction,
+pub(crate) struct Kernel {
+    raw: CuFunction,
 }
 
 // SAFETY: see `Module`.
@@ -526,70 +686,79 @@ unsafe impl Send for Kernel {}
 
 impl Module {
     /// JIT-loads NUL-terminated PTX into the current context.
-    pub fn load(ptx: &CStr) -> Result<Self> {
+    pub(crate) fn load(ptx: &CStr) -> Result<Self> {
+        let d = driver()?;
         let mut raw = std::ptr::null_mut();
-        check(
+        d.check(
             // SAFETY: `ptx` is a NUL-terminated image; the driver writes the module handle.
-            unsafe { sys::cuModuleLoadData(&mut raw, ptx.as_ptr().cast()) },
+            unsafe { (d.module_load_data)(&mut raw, ptx.as_ptr().cast()) },
             "cuModuleLoadData (the embedded PTX)",
         )?;
         Ok(Self { raw })
     }
 
     /// The kernel named `name`.
-    pub fn kernel(&self, name: &CStr) -> Result<Kernel> {
+    pub(crate) fn kernel(&self, name: &CStr) -> Result<Kernel> {
+        let d = driver()?;
         let mut raw = std::ptr::null_mut();
-        check(
+        d.check(
             // SAFETY: the module is live; `name` is NUL-terminated.
-            unsafe { sys::cuModuleGetFunction(&mut raw, self.raw, name.as_ptr()) },
+            unsafe { (d.module_get_function)(&mut raw, self.raw, name.as_ptr()) },
             "cuModuleGetFunction",
         )?;
         Ok(Kernel { raw })
     }
-}
 
-impl Drop for Module {
-    fn drop(&mut self) {
-        // SAFETY: unloads the module this value owns; no launch of it is in flight.
-        unsafe { sys::cuModuleUnload(self.raw) };
+    /// Unloads the module (its context current, no launch of it in flight).
+    pub(crate) fn unload(self) {
+        if let Ok(d) = driver() {
+            // SAFETY: unloads the module this value owns.
+            unsafe { (d.module_unload)(self.raw) };
+        }
     }
 }
 
-/// One kernel parameter, passed by address as `cuLaunchKernel` expects.
-pub trait KernelArg {
-    /// The address of the value.
-    fn as_arg(&self) -> *mut c_void;
-}
-
-impl KernelArg for i32 {
-    fn as_arg(&self) -> *mut c_void {
-        (self as *const i32).cast_mut().cast()
-    }
-}
-
-impl KernelArg for u32 {
-    fn as_arg(&self) -> *mut c_void {
-        (self as *const u32).cast_mut().cast()
-    }
-}
-
-impl KernelArg for u64 {
-    fn as_arg(&self) -> *mut c_void {
-        (self as *const u64).cast_mut().cast()
-    }
+/// The post-processing kernel's parameters, in its signature's order.
+pub(crate) struct PostArgs {
+    pub(crate) slots: DevicePtr,
+    pub(crate) dp_size: i32,
+    pub(crate) dp_rank: i32,
+    pub(crate) pad_policy: i32,
+    pub(crate) num_ubatches: i32,
+    pub(crate) seq: u32,
+    pub(crate) device_out: DevicePtr,
+    pub(crate) host: DevicePtr,
 }
 
 impl Kernel {
-    /// Launches one block of `threads` on `stream` with the given parameters.
+    /// Launches `dp_postprocess` (one block of `threads`) on `stream`.
     ///
-    /// `args` must match the kernel's parameter list in number, order and type.
-    pub fn launch(&self, threads: u32, stream: StreamPtr, args: &[*mut c_void]) -> Result<()> {
-        // SAFETY: the kernel is live; `args` holds one valid address per kernel parameter
-        // (the engine passes exactly the kernel's signature) and outlives the call, which
-        // copies the values; `stream` is the caller's live stream handle.
-        check(
+    /// The kernel must be `dp_postprocess` of the embedded PTX, whose parameters `args`
+    /// lists in order; the addresses must hold what its launch contract says.
+    pub(crate) fn launch_post(
+        &self,
+        threads: u32,
+        stream: StreamHandle,
+        a: &PostArgs,
+    ) -> Result<()> {
+        let d = driver()?;
+        let mut params: [*mut c_void; 8] = [
+            (&a.slots as *const DevicePtr).cast_mut().cast(),
+            (&a.dp_size as *const i32).cast_mut().cast(),
+            (&a.dp_rank as *const i32).cast_mut().cast(),
+            (&a.pad_policy as *const i32).cast_mut().cast(),
+            (&a.num_ubatches as *const i32).cast_mut().cast(),
+            (&a.seq as *const u32).cast_mut().cast(),
+            (&a.device_out as *const DevicePtr).cast_mut().cast(),
+            (&a.host as *const DevicePtr).cast_mut().cast(),
+        ];
+        d.check(
+            // SAFETY: the kernel is live; `params` holds one valid address per kernel
+            // parameter, of the parameter's type and in its order (the signature in
+            // postprocess.cu), and outlives the call, which copies the values; the stream
+            // handle's contract.
             unsafe {
-                sys::cuLaunchKernel(
+                (d.launch_kernel)(
                     self.raw,
                     1,
                     1,
@@ -598,8 +767,8 @@ impl Kernel {
                     1,
                     1,
                     0,
-                    stream.cast(),
-                    args.as_ptr().cast_mut(),
+                    stream.as_raw(),
+                    params.as_mut_ptr(),
                     std::ptr::null_mut(),
                 )
             },
@@ -608,94 +777,134 @@ impl Kernel {
     }
 }
 
-// ---- used by the GPU benchmark ----
-//
-// Wrappers that only `bench/gpu_bench.rs` (`dpcoord-gpu-bench`) calls: device enumeration,
-// stream memory operations (the "stream memory op pack" variant), event synchronisation,
-// and copies the benchmark uses to check results. The library never calls these.
-
-/// `cuDeviceGetCount`: the number of CUDA devices visible to this process (loads the driver).
-pub fn device_count() -> Result<i32> {
-    driver()?;
-    let mut count = 0;
-    check(
-        // SAFETY: writes the device count into a valid local.
-        unsafe { sys::cuDeviceGetCount(&mut count) },
-        "cuDeviceGetCount",
-    )?;
-    Ok(count)
-}
-
-/// `cuDeviceGetName` of device `ordinal`, e.g. "NVIDIA H200".
-pub fn device_name(ordinal: i32) -> Result<String> {
-    driver()?;
-    let mut device = 0;
-    check(
-        // SAFETY: writes a device handle into a valid local.
-        unsafe { sys::cuDeviceGet(&mut device, ordinal) },
-        "cuDeviceGet",
-    )?;
-    let mut name = [0 as std::ffi::c_char; 256];
-    check(
-        // SAFETY: the driver writes at most `name.len()` bytes, NUL-terminated, into the buffer.
-        unsafe { sys::cuDeviceGetName(name.as_mut_ptr(), name.len() as i32, device) },
-        "cuDeviceGetName",
-    )?;
-    let bytes: Vec<u8> = name
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
-}
-
-/// `cuStreamWriteValue32`: enqueues a 32-bit write of `value` to device address `addr` on
-/// `stream` (no kernel). `addr` must be 4-byte aligned device memory of the stream's context.
-/// A device or driver without stream memory operations answers `CUDA_ERROR_NOT_SUPPORTED`.
-pub fn stream_write_u32(stream: StreamPtr, addr: DevicePtr, value: u32) -> Result<()> {
-    // SAFETY: `stream` is a live stream handle (the caller's promise); the driver validates
-    // `addr` and performs the write on the device, in stream order.
-    check(
-        unsafe { sys::cuStreamWriteValue32_v2(stream.cast(), addr, value, 0) },
-        "cuStreamWriteValue32",
-    )
-}
-
-/// `cuMemcpyDtoDAsync`: copies `words` int32 from device address `src` to device address
-/// `dst` (which may be the device alias of mapped pinned host memory) on `stream`.
-pub fn copy_device_async(
+/// `cuMemcpyHtoDAsync` of `words` int32 from mapped pinned `src` (word `index`) to `dst`,
+/// on `stream` (the device-buffer send path).
+pub(crate) fn copy_host_to_device_async(
     dst: DevicePtr,
-    src: DevicePtr,
+    src: &MappedHost,
+    index: usize,
     words: usize,
-    stream: StreamPtr,
+    stream: StreamHandle,
 ) -> Result<()> {
-    // SAFETY: `stream` is a live stream handle; the caller promises both addresses hold
-    // `words` int32 in the stream's context; the driver validates them.
-    check(
-        unsafe { sys::cuMemcpyDtoDAsync_v2(dst, src, words * 4, stream.cast()) },
-        "cuMemcpyDtoDAsync",
+    let d = driver()?;
+    let from = src.host_ptr(index);
+    assert!(index + words <= src.words, "copy outside the host block");
+    d.check(
+        // SAFETY: `from` holds `words` int32 of pinned memory (checked) that stays allocated
+        // until the coordinator's work finished; `dst` is device memory of as many words in
+        // the current context; the stream handle's contract.
+        unsafe { (d.memcpy_htod_async)(dst, from.cast(), words * 4, stream.as_raw()) },
+        "cuMemcpyHtoDAsync",
     )
 }
 
-/// `cuMemcpy` (unified addressing): copies `out.len()` int32 from address `src`, which may
-/// be device memory or pinned / mapped host memory (the driver infers which), synchronously.
-pub fn copy_unified_to_host(src: DevicePtr, out: &mut [i32]) -> Result<()> {
-    // SAFETY: `out` is a valid writable slice; the caller promises `src` holds as many int32
-    // in memory the driver knows (device, pinned or mapped host).
-    check(
-        unsafe { sys::cuMemcpy(out.as_mut_ptr() as DevicePtr, src, out.len() * 4) },
-        "cuMemcpy",
-    )
-}
+/// Bench-only driver wrappers (the `testing` feature): device enumeration, owned streams,
+/// synchronisation and copies the benchmark uses to check results. Not in a production build.
+#[cfg(feature = "testing")]
+pub(crate) mod extra {
+    use super::*;
 
-impl Event {
-    /// `cuEventSynchronize`: blocks until the work before the last record has finished (as
-    /// the context's scheduling flags say: spin, yield or block).
-    pub fn synchronize(&self) -> Result<()> {
-        // SAFETY: the event is live.
-        check(
-            unsafe { sys::cuEventSynchronize(self.raw) },
-            "cuEventSynchronize",
+    /// `cuDeviceGetCount` (loads the driver).
+    pub(crate) fn device_count() -> Result<i32> {
+        let d = driver()?;
+        let mut count = 0;
+        d.check(
+            // SAFETY: writes the device count into a valid local.
+            unsafe { (d.device_get_count)(&mut count) },
+            "cuDeviceGetCount",
+        )?;
+        Ok(count)
+    }
+
+    /// `cuDeviceGetName` of device `ordinal`.
+    pub(crate) fn device_name(ordinal: i32) -> Result<String> {
+        let d = driver()?;
+        let mut device = 0;
+        d.check(
+            // SAFETY: writes a device handle into a valid local.
+            unsafe { (d.device_get)(&mut device, ordinal) },
+            "cuDeviceGet",
+        )?;
+        let mut name = [0 as c_char; 256];
+        d.check(
+            // SAFETY: the driver writes at most `name.len()` bytes, NUL-terminated.
+            unsafe { (d.device_get_name)(name.as_mut_ptr(), name.len() as c_int, device) },
+            "cuDeviceGetName",
+        )?;
+        // SAFETY: NUL-terminated within the buffer (the driver's contract).
+        Ok(unsafe { CStr::from_ptr(name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned())
+    }
+
+    /// Makes `device`'s primary context current on this thread (as `cudaSetDevice` does).
+    pub(crate) fn bind_device(device: i32) -> Result<()> {
+        let d = driver()?;
+        let ctx = Context::primary(device)?;
+        // SAFETY: `ctx.raw` is a retained primary context.
+        d.check(unsafe { (d.ctx_set_current)(ctx.raw) }, "cuCtxSetCurrent")
+    }
+
+    /// Blocks until all work on `stream` has finished.
+    pub(crate) fn synchronize(stream: StreamHandle) -> Result<()> {
+        let d = driver()?;
+        d.check(
+            // SAFETY: the stream handle's contract.
+            unsafe { (d.stream_synchronize)(stream.as_raw()) },
+            "cuStreamSynchronize",
         )
+    }
+
+    /// A new non-blocking stream of the current context (destroy with `destroy_stream`).
+    pub(crate) fn create_stream() -> Result<StreamHandle> {
+        let d = driver()?;
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: writes the new stream into a valid local (flag 1: CU_STREAM_NON_BLOCKING).
+        d.check(unsafe { (d.stream_create)(&mut raw, 1) }, "cuStreamCreate")?;
+        Ok(StreamHandle(raw))
+    }
+
+    /// Destroys a stream made by `create_stream`.
+    pub(crate) fn destroy_stream(stream: StreamHandle) {
+        if let Ok(d) = driver() {
+            // SAFETY: the stream was made by create_stream and is used no more.
+            unsafe { (d.stream_destroy)(stream.as_raw()) };
+        }
+    }
+
+    /// Copies `out.len()` int32 from device address `src` (synchronously).
+    pub(crate) fn copy_to_host(src: DevicePtr, out: &mut [i32]) -> Result<()> {
+        let d = driver()?;
+        d.check(
+            // SAFETY: `out` is writable; the caller promises `src` holds as many int32.
+            unsafe { (d.memcpy_dtoh)(out.as_mut_ptr().cast(), src, out.len() * 4) },
+            "cuMemcpyDtoH",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_driver_the_error_is_library_unavailable_naming_what_was_tried() {
+        match driver() {
+            Ok(d) => assert!(!d.origin.is_empty()),
+            Err(e) => {
+                assert_eq!(e.kind, ErrorKind::LibraryUnavailable, "{e}");
+                assert!(e.message.contains("libcuda.so.1"), "{e}");
+                // Not cached: a second call tries again and says the same.
+                assert_eq!(
+                    driver().err().map(|e| e.kind),
+                    Some(ErrorKind::LibraryUnavailable)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_unversioned_stub_name_is_never_loaded() {
+        assert_eq!(LIBRARY, c"libcuda.so.1");
     }
 }

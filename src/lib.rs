@@ -15,22 +15,26 @@ mod diag;
 pub mod diag;
 mod error;
 pub mod ffi;
+mod host_group;
 pub mod rules;
 pub mod slices;
 
-// The GPU path. Internal; `#[doc(hidden)] pub` only until the bench reaches it through the
-// `testing` module.
+// The GPU path: internal rooms, reached from the C ABI (and, for the benchmark only, from
+// `testing`).
 /// cbindgen:ignore
-#[doc(hidden)]
-pub mod coordinator;
+mod coordinator;
 /// cbindgen:ignore
-#[doc(hidden)]
-pub mod cuda;
+mod cuda;
 /// cbindgen:ignore
-#[doc(hidden)]
-pub mod kernels;
+mod kernels;
 /// cbindgen:ignore
+mod nccl;
+
+/// What only dpcoord's own GPU benchmark needs (the one-rank forced exchange, a bare NCCL
+/// harness, a few CUDA calls). Not part of the API; not in a production build.
+/// cbindgen:ignore
+#[cfg(feature = "testing")]
 #[doc(hidden)]
-pub mod nccl;
+pub mod testing;
 
 pub use error::{Error, ErrorKind, Result};

@@ -26,10 +26,40 @@ use std::time::Instant;
 
 use crate::error::{invalid, Error, ErrorKind, Result};
 
-/// Opaque `ncclComm_t`.
-pub type CommPtr = *mut c_void;
-/// Opaque `cudaStream_t` (NULL is the legacy default stream).
-pub type StreamPtr = *mut c_void;
+use crate::cuda::StreamHandle;
+
+/// Raw `ncclComm_t`, inside this module only.
+type CommPtr = *mut c_void;
+/// Raw `cudaStream_t`, inside this module only.
+type StreamPtr = *mut c_void;
+
+/// The caller's `ncclComm_t`: its own type, so a swapped communicator and stream do not
+/// compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CommHandle(*mut c_void);
+
+// SAFETY: a communicator handle is an opaque NCCL handle; dpcoord never dereferences it, and
+// NCCL allows its calls from any thread (one at a time per communicator, which the
+// coordinator's lock ensures).
+unsafe impl Send for CommHandle {}
+// SAFETY: as above.
+unsafe impl Sync for CommHandle {}
+
+impl CommHandle {
+    /// Wraps a raw communicator.
+    ///
+    /// # Safety
+    /// `raw` is NULL or a live communicator of the process's NCCL, and stays live (not
+    /// destroyed or aborted) for as long as the handle is used to call NCCL.
+    pub unsafe fn from_raw(raw: *mut c_void) -> Self {
+        Self(raw)
+    }
+
+    /// The raw handle.
+    pub fn as_raw(self) -> *mut c_void {
+        self.0
+    }
+}
 
 /// Environment variable naming the NCCL library to load when none is in the process.
 pub const ENV_LIBRARY: &str = "DPCOORD_NCCL_LIBRARY";
@@ -63,6 +93,7 @@ type AllReduceFn = unsafe extern "C" fn(
 ) -> c_int;
 
 // ncclRedOp_t ncclSum.
+#[cfg(feature = "testing")]
 const NCCL_SUM: c_int = 0;
 
 /// `ncclUniqueId`: 128 opaque bytes that rank 0 creates and every rank passes to init.
@@ -73,10 +104,11 @@ pub struct UniqueId {
     pub internal: [u8; 128],
 }
 
-/// Communicator set-up and bare collectives for dpcoord's own GPU benchmarks and tests;
-/// the library never calls these.
+/// Communicator set-up and bare collectives for dpcoord's own GPU benchmarks (the `testing`
+/// feature); the library never calls these.
 #[derive(Debug)]
-pub struct Harness {
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
+pub(crate) struct Harness {
     get_unique_id: GetUniqueIdFn,
     comm_init_rank: CommInitRankFn,
     comm_destroy: CommFinishFn,
@@ -85,6 +117,7 @@ pub struct Harness {
 
 /// The resolved NCCL: its entry points, version and where it was found.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub struct Nccl {
     all_gather: AllGatherFn,
     comm_count: CommQueryFn,
@@ -407,6 +440,7 @@ unsafe fn c_text<'a>(p: *const c_char) -> Option<Cow<'a, str>> {
     }
 }
 
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 impl Nccl {
     /// `ncclGetVersion`'s code, e.g. 22803 for 2.28.3.
     pub fn version(&self) -> i32 {
@@ -425,28 +459,28 @@ impl Nccl {
     }
 
     /// `ncclCommCount`: the number of ranks. `comm` must be a live ncclComm_t of this NCCL.
-    pub fn comm_count(&self, comm: CommPtr) -> Result<i32> {
-        self.query("ncclCommCount", self.comm_count, comm)
+    pub fn comm_count(&self, comm: CommHandle) -> Result<i32> {
+        self.query("ncclCommCount", self.comm_count, comm.0)
     }
 
     /// `ncclCommUserRank`: this process's rank. `comm` must be a live ncclComm_t of this NCCL.
-    pub fn comm_user_rank(&self, comm: CommPtr) -> Result<i32> {
-        self.query("ncclCommUserRank", self.comm_user_rank, comm)
+    pub fn comm_user_rank(&self, comm: CommHandle) -> Result<i32> {
+        self.query("ncclCommUserRank", self.comm_user_rank, comm.0)
     }
 
     /// `ncclCommCuDevice`: the CUDA device ordinal of the communicator. `comm` must be a live
     /// ncclComm_t of this NCCL.
-    pub fn comm_cu_device(&self, comm: CommPtr) -> Result<i32> {
-        self.query("ncclCommCuDevice", self.comm_cu_device, comm)
+    pub fn comm_cu_device(&self, comm: CommHandle) -> Result<i32> {
+        self.query("ncclCommCuDevice", self.comm_cu_device, comm.0)
     }
 
     /// `Ok(())` while the communicator is healthy (`ncclSuccess` or `ncclInProgress`);
     /// `Err(Error::Nccl)` naming the asynchronous error otherwise. `comm` must be a live
     /// ncclComm_t of this NCCL.
-    pub fn check_async_error(&self, comm: CommPtr) -> Result<()> {
-        match self.async_state(comm)? {
+    pub fn check_async_error(&self, comm: CommHandle) -> Result<()> {
+        match self.async_state(comm.0)? {
             NCCL_SUCCESS | NCCL_IN_PROGRESS => Ok(()),
-            code => Err(self.async_failure(code, comm)),
+            code => Err(self.async_failure(code, comm.0)),
         }
     }
 
@@ -461,8 +495,8 @@ impl Nccl {
         send: u64,
         recv: u64,
         count: usize,
-        comm: CommPtr,
-        stream: StreamPtr,
+        comm: CommHandle,
+        stream: StreamHandle,
     ) -> Result<()> {
         self.all_gather_i32_until(send, recv, count, comm, stream, None)
     }
@@ -470,19 +504,20 @@ impl Nccl {
     /// [`Nccl::all_gather_i32`], giving up with `Error::Timeout` if a nonblocking
     /// communicator is still `ncclInProgress` at `deadline`. `comm` must be a live
     /// ncclComm_t of this NCCL.
-    // Safe signature by design (DESIGN.md: the engine passes the caller's live communicator
-    // and stream through); NCCL, not this function, dereferences them.
-    #[allow(clippy::not_unsafe_ptr_arg_deref)]
+    ///
+    /// The buffers are device addresses (or the device alias of mapped pinned memory) that
+    /// NCCL reads and writes in stream order; NCCL validates them.
     pub fn all_gather_i32_until(
         &self,
         send: u64,
         recv: u64,
         count: usize,
-        comm: CommPtr,
-        stream: StreamPtr,
+        comm: CommHandle,
+        stream: StreamHandle,
         deadline: Option<Instant>,
     ) -> Result<()> {
         const FUNC: &str = "ncclAllGather";
+        let (comm, stream) = (comm.0, stream.as_raw());
         check_comm(FUNC, comm)?;
         if count > 0 && (send == 0 || recv == 0) {
             return Err(invalid!(
@@ -506,6 +541,56 @@ impl Nccl {
             NCCL_IN_PROGRESS => self.wait_enqueued(FUNC, comm, deadline),
             code => Err(self.failure(FUNC, code, comm)),
         }
+    }
+
+    /// `ncclAllGather` of `count` int32 per rank, returning NCCL's code as it is: for a call
+    /// made on a helper thread that must not touch the communicator afterwards (the caller
+    /// may have aborted it by then), so a failure is described without `ncclGetLastError`.
+    pub(crate) fn all_gather_code(
+        &self,
+        send: u64,
+        recv: u64,
+        count: usize,
+        comm: CommHandle,
+        stream: StreamHandle,
+    ) -> c_int {
+        // SAFETY: all_gather is ncclAllGather; comm is live at the call (the coordinator's
+        // contract; an abort during the call is how NCCL frees a blocked one); the buffers
+        // are device addresses NCCL validates, read and written in stream order.
+        unsafe {
+            (self.all_gather)(
+                send as usize as *const c_void,
+                recv as usize as *mut c_void,
+                count,
+                NCCL_INT32,
+                comm.0,
+                stream.as_raw(),
+            )
+        }
+    }
+
+    /// What to do after [`Nccl::all_gather_code`]: `Ok(true)` enqueued, `Ok(false)` in
+    /// progress (a nonblocking communicator: poll [`Nccl::wait_enqueued_until`]), or the
+    /// failure, described without touching the communicator.
+    pub(crate) fn all_gather_outcome(&self, code: c_int) -> Result<bool> {
+        match code {
+            NCCL_SUCCESS => Ok(true),
+            NCCL_IN_PROGRESS => Ok(false),
+            code => Err(Error::new(
+                ErrorKind::Nccl,
+                format!("ncclAllGather failed: {}", self.describe(code)),
+            )),
+        }
+    }
+
+    /// Polls a nonblocking communicator until the call in progress is enqueued, giving up
+    /// with `Timeout` at `deadline`. `comm` must be live.
+    pub(crate) fn wait_enqueued_until(
+        &self,
+        comm: CommHandle,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        self.wait_enqueued("ncclAllGather", comm.0, deadline)
     }
 
     /// Polls a nonblocking communicator until it leaves `ncclInProgress`.
@@ -598,9 +683,10 @@ impl Nccl {
     }
 }
 
+#[cfg(feature = "testing")]
 impl Nccl {
     /// Communicator set-up for benchmarks and tests (NCCL always has these functions).
-    pub fn harness(&self) -> Result<&Harness> {
+    pub(crate) fn harness(&self) -> Result<&Harness> {
         self.harness.as_ref().ok_or_else(|| {
             Error::new(
                 ErrorKind::LibraryUnavailable,
@@ -618,12 +704,10 @@ impl Nccl {
     }
 }
 
-// The communicator pointers are opaque handles NCCL checks; liveness is the documented
-// caller contract, as for the other wrappers.
-#[allow(clippy::not_unsafe_ptr_arg_deref)]
+#[cfg(feature = "testing")]
 impl Harness {
     /// `ncclGetUniqueId`: a new id for rank 0 to share.
-    pub fn unique_id(&self, nccl: &Nccl) -> Result<UniqueId> {
+    pub(crate) fn unique_id(&self, nccl: &Nccl) -> Result<UniqueId> {
         let mut id = UniqueId { internal: [0; 128] };
         nccl.checked(
             "ncclGetUniqueId",
@@ -635,16 +719,23 @@ impl Harness {
     }
 
     /// `ncclCommInitRank` on the current CUDA device: blocks until every rank joined.
-    pub fn init_rank(&self, nccl: &Nccl, nranks: i32, id: UniqueId, rank: i32) -> Result<CommPtr> {
+    pub(crate) fn init_rank(
+        &self,
+        nccl: &Nccl,
+        nranks: i32,
+        id: UniqueId,
+        rank: i32,
+    ) -> Result<CommHandle> {
         let mut comm: CommPtr = std::ptr::null_mut();
         // SAFETY: writes the new communicator into a valid out pointer; id is passed by value.
         let rc = unsafe { (self.comm_init_rank)(&mut comm, nranks, id, rank) };
         nccl.checked("ncclCommInitRank", rc, std::ptr::null_mut())?;
-        Ok(comm)
+        Ok(CommHandle(comm))
     }
 
     /// `ncclCommDestroy`. `comm` must be a live communicator of this NCCL, used no more.
-    pub fn destroy(&self, nccl: &Nccl, comm: CommPtr) -> Result<()> {
+    pub(crate) fn destroy(&self, nccl: &Nccl, comm: CommHandle) -> Result<()> {
+        let comm = comm.0;
         check_comm("ncclCommDestroy", comm)?;
         // SAFETY: comm is live (the caller's guarantee) and not used afterwards.
         nccl.checked(
@@ -656,14 +747,15 @@ impl Harness {
 
     /// `ncclAllReduce` (sum) of `count` int32 on `stream`. `comm` must be live; `send` and
     /// `recv` device buffers of `count` int32.
-    pub fn all_reduce_sum_i32(
+    pub(crate) fn all_reduce_sum_i32(
         &self,
         nccl: &Nccl,
         bufs: (u64, u64),
         count: usize,
-        comm: CommPtr,
-        stream: StreamPtr,
+        comm: CommHandle,
+        stream: StreamHandle,
     ) -> Result<()> {
+        let (comm, stream) = (comm.0, stream.as_raw());
         check_comm("ncclAllReduce", comm)?;
         // SAFETY: comm is live and the buffers hold `count` int32 (the caller's guarantee).
         let rc = unsafe {
@@ -688,6 +780,49 @@ fn check_comm(func: &str, comm: CommPtr) -> Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// A fake NCCL for the coordinator's tests: every communicator has one rank on device 0 and
+/// no error; collectives are refused.
+#[cfg(test)]
+pub(crate) fn fake_one_rank() -> &'static Nccl {
+    unsafe extern "C" fn one(_c: CommPtr, out: *mut c_int) -> c_int {
+        // SAFETY: out is the wrapper's valid out pointer.
+        unsafe { *out = 1 };
+        0
+    }
+    unsafe extern "C" fn zero(_c: CommPtr, out: *mut c_int) -> c_int {
+        // SAFETY: out is the wrapper's valid out pointer.
+        unsafe { *out = 0 };
+        0
+    }
+    unsafe extern "C" fn refuse(
+        _s: *const c_void,
+        _r: *mut c_void,
+        _n: usize,
+        _t: c_int,
+        _c: CommPtr,
+        _st: StreamPtr,
+    ) -> c_int {
+        5
+    }
+    unsafe extern "C" fn text(_code: c_int) -> *const c_char {
+        c"fake".as_ptr()
+    }
+    static FAKE: OnceLock<Nccl> = OnceLock::new();
+    FAKE.get_or_init(|| Nccl {
+        all_gather: refuse,
+        comm_count: one,
+        comm_user_rank: zero,
+        comm_cu_device: zero,
+        comm_get_async_error: zero,
+        get_error_string: text,
+        get_last_error: None,
+        harness: None,
+        version: 22803,
+        origin: "fake".into(),
+        library_path: None,
+    })
 }
 
 #[cfg(test)]
@@ -840,8 +975,13 @@ mod tests {
         }
     }
 
-    fn ptr(c: &FakeComm) -> CommPtr {
-        c as *const FakeComm as CommPtr
+    fn ptr(c: &FakeComm) -> CommHandle {
+        CommHandle(c as *const FakeComm as CommPtr)
+    }
+
+    fn no_stream() -> StreamHandle {
+        // SAFETY: NULL is the legacy default stream handle; the fake NCCL never uses it.
+        unsafe { StreamHandle::from_raw(std::ptr::null_mut()) }
     }
 
     unsafe extern "C" fn fake_all_gather(
@@ -951,7 +1091,7 @@ mod tests {
     #[test]
     fn null_comm_is_invalid_argument() {
         let n = fake(None);
-        let null = std::ptr::null_mut();
+        let null = CommHandle(std::ptr::null_mut());
         assert!(
             matches!(n.comm_count(null), Err(Error { kind: ErrorKind::InvalidArgument, message: m }) if m.contains("ncclCommCount"))
         );
@@ -963,7 +1103,7 @@ mod tests {
             })
         ));
         assert!(matches!(
-            n.all_gather_i32(1, 2, 5, null, null),
+            n.all_gather_i32(1, 2, 5, null, no_stream()),
             Err(Error {
                 kind: ErrorKind::InvalidArgument,
                 ..
@@ -1002,7 +1142,7 @@ mod tests {
     fn all_gather_success_failure_and_null_buffers() {
         let n = fake(None);
         let c = fake_comm(0, 0);
-        let null = std::ptr::null_mut();
+        let null = no_stream();
         assert_eq!(n.all_gather_i32(0x1000, 0x2000, 5, ptr(&c), null), Ok(()));
         let Err(Error {
             kind: ErrorKind::Nccl,
@@ -1029,7 +1169,7 @@ mod tests {
         let n = fake(None);
         let c = fake_comm(NCCL_IN_PROGRESS, 3);
         assert_eq!(
-            n.all_gather_i32(0x1000, 0x2000, 7, ptr(&c), std::ptr::null_mut()),
+            n.all_gather_i32(0x1000, 0x2000, 7, ptr(&c), no_stream()),
             Ok(())
         );
         assert!(
@@ -1041,7 +1181,7 @@ mod tests {
     #[test]
     fn all_gather_in_progress_reports_async_failure_and_deadline() {
         let n = fake(None);
-        let null = std::ptr::null_mut();
+        let null = no_stream();
         let c = fake_comm(6, 1);
         assert!(matches!(
             n.all_gather_i32(1, 2, 7, ptr(&c), null),

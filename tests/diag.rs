@@ -1,12 +1,11 @@
 //! `DPCOORD_DEBUG` through the C ABI: nothing written when off, one WARN line per failure with
 //! exactly `dp_last_error`'s text, the line's prefix, `DPCOORD_DEBUG_FILE` with `%h`/`%p`,
-//! stderr otherwise. The library reads the environment once per process, so each case runs
+//! stderr otherwise; a TRACE line and an NVTX range for a host decision. The library reads the environment once per process, so each case runs
 //! the `child` test of this binary in a fresh process with its own environment.
 
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use dpcoord::ffi::*;
 use dpcoord::rules::RankRecord;
@@ -44,14 +43,50 @@ fn child() {
             let mut record = RankRecord::from_words([0; 5]);
             assert_eq!(dp_make_record(&req, &mut record), dp_status::DP_OK);
         }
+        // A successful host decision over two ranks that microbatch and pad.
+        "decide" => {
+            let mut req = MaybeUninit::<dp_batch_request>::uninit();
+            dp_batch_request_init(req.as_mut_ptr());
+            // SAFETY: dp_batch_request_init wrote every field.
+            let mut req = unsafe { req.assume_init() };
+            req.allow_microbatching = true;
+            req.allow_dp_padding = true;
+            req.uniform_decode = 1;
+            req.cudagraph_mode = 2;
+            req.ubatch.enabled = true;
+            let mut records = [RankRecord::from_words([0; 5]); 2];
+            for (record, tokens) in records.iter_mut().zip([64, 96]) {
+                req.num_tokens_unpadded = tokens;
+                assert_eq!(dp_make_record(&req, record), dp_status::DP_OK);
+            }
+            let mut res = MaybeUninit::<dp_batch_result>::uninit();
+            dp_batch_result_init(res.as_mut_ptr());
+            let mut tokens = [0i32; 2];
+            let status = dp_decide_batch(
+                records.as_ptr(),
+                2,
+                1,
+                DP_PAD_POLICY_EXPLICIT,
+                2,
+                tokens.as_mut_ptr(),
+                res.as_mut_ptr(),
+            );
+            assert_eq!(status, dp_status::DP_OK);
+            // SAFETY: dp_batch_result_init and the successful call wrote every field.
+            let res = unsafe { res.assume_init() };
+            assert!(res.should_ubatch && res.should_dp_pad);
+            assert_eq!(tokens, [96, 96]);
+        }
         other => panic!("unknown case {other}"),
     }
     println!("PID={}", std::process::id());
 }
 
+mod diag_support;
+use diag_support::{build_nvtx_tool, rerun, scratch};
+
 /// What a child run left behind.
 struct Run {
-    output: Output,
     stdout: String,
     stderr: String,
 }
@@ -68,42 +103,15 @@ impl Run {
     }
 }
 
-/// Runs `child` with `case` and exactly the dpcoord variables in `env` (others removed).
+/// Runs `child` with `case` and exactly the diagnostics variables in `env`.
 fn run(case: &str, env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CASE, case)
-    .env_remove("DPCOORD_DEBUG")
-    .env_remove("DPCOORD_DEBUG_FILE");
-    for (key, value) in env {
-        cmd.env(key, value);
-    }
-    let output = cmd.output().unwrap();
-    let run = Run {
+    let mut env = env.to_vec();
+    env.push((CASE, case));
+    let output = rerun("child", &env);
+    Run {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        output,
-    };
-    assert!(
-        run.output.status.success(),
-        "child failed:\n{}\n{}",
-        run.stdout,
-        run.stderr
-    );
-    run
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dpcoord-diag-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    }
 }
 
 /// The files in `dir`.
@@ -225,4 +233,41 @@ fn a_file_that_cannot_be_opened_falls_back_to_stderr() {
 fn successful_calls_log_no_warning() {
     let run = run("succeed", &[("DPCOORD_DEBUG", "WARN")]);
     assert!(dpcoord_lines(&run.stderr).is_empty(), "{:?}", run.stderr);
+}
+
+#[test]
+fn trace_logs_a_host_decision_with_rank_and_result() {
+    let traced = run("decide", &[("DPCOORD_DEBUG", "TRACE")]);
+    let lines = dpcoord_lines(&traced.stderr);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(
+        parse_line(lines[0], &traced.printed("PID"), "TRACE"),
+        "[rank 1/2] dp_decide_batch: ubatch 1 dp_pad 1 cudagraph 2 tokens self 96 max 96 min 64"
+    );
+    for level in ["WARN", "INFO"] {
+        let quiet = run("decide", &[("DPCOORD_DEBUG", level)]);
+        assert!(
+            dpcoord_lines(&quiet.stderr).is_empty(),
+            "{level}: {:?}",
+            quiet.stderr
+        );
+    }
+}
+
+#[test]
+fn a_profiler_sees_the_host_decision_as_a_range() {
+    let dir = scratch("nvtx");
+    let tool = build_nvtx_tool(&dir);
+    let events = dir.join("events.txt");
+    run(
+        "decide",
+        &[
+            ("NVTX_INJECTION64_PATH", tool.to_str().unwrap()),
+            ("DPCOORD_TEST_NVTX_OUT", events.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&events).unwrap(),
+        "init\ndomain dpcoord\npush dpcoord dp_decide_batch rank 1\npop dpcoord\n"
+    );
 }

@@ -703,6 +703,28 @@ fn version_matches_the_package_and_the_constants() {
 }
 
 #[test]
+fn the_header_names_this_version_and_its_soname() {
+    let header = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/dpcoord.h"))
+        .expect("include/dpcoord.h");
+    let (major, minor) = (DPCOORD_VERSION_MAJOR, DPCOORD_VERSION_MINOR);
+    // cbindgen.toml's header text is written by hand: it must follow a version bump.
+    assert_eq!(
+        major, 0,
+        "from 1.0 on the SONAME is libdpcoord.so.<major>: update this test"
+    );
+    for needle in [
+        format!("C API {major}.{minor}"),
+        format!("SONAME is libdpcoord.so.{major}.{minor}"),
+        format!("#define DPCOORD_VERSION_MINOR {minor}"),
+    ] {
+        assert!(
+            header.contains(&needle),
+            "include/dpcoord.h lacks {needle:?}"
+        );
+    }
+}
+
+#[test]
 fn every_error_maps_to_its_status() {
     let m = |e: Error| dp_status::from(e.kind);
     let s = String::new;

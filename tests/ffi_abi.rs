@@ -455,6 +455,9 @@ fn snapshot(scratch: &Scratch) -> Vec<u8> {
     scratch.0.to_vec()
 }
 
+/// One C call with one argument moved off its alignment.
+type Call = Box<dyn Fn() -> dp_status>;
+
 #[test]
 fn every_misaligned_pointer_of_the_host_path_is_an_error_naming_it() {
     let mut scratch = Scratch::new();
@@ -472,16 +475,17 @@ fn every_misaligned_pointer_of_the_host_path_is_an_error_naming_it() {
     for k in 1..=3 {
         setup(&mut scratch);
         let before = snapshot(&scratch);
-        let s = &mut scratch;
+        // Every pointer derives from one base: no reborrow of the buffer invalidates another.
+        let base = scratch.at(0);
         let (req, res, records, array, out) = (
-            s.at(req_at),
-            s.at(res_at),
-            s.at(records_at),
-            s.at(array_at),
-            s.at(out_at),
+            base.wrapping_add(req_at),
+            base.wrapping_add(res_at),
+            base.wrapping_add(records_at),
+            base.wrapping_add(array_at),
+            base.wrapping_add(out_at),
         );
-        let moved = |p: *mut u8| p.wrapping_add(k);
-        let calls: [(&str, Box<dyn Fn() -> dp_status>); 9] = [
+        let moved = move |p: *mut u8| p.wrapping_add(k);
+        let calls: [(&str, Call); 9] = [
             (
                 "req",
                 Box::new(move || dp_make_record(moved(req).cast(), out.cast())),
@@ -557,7 +561,7 @@ fn a_0_1_request_needs_4_byte_alignment_a_0_2_one_8() {
     assert_fails(status, INVALID, &["req = 0x", "not aligned to 8 bytes"]);
     assert_eq!(out, SENTINEL_RECORD);
     let before = snapshot(&scratch);
-    dp_batch_request_init_sized(scratch.at(4).cast(), REQUEST);
+    dp_batch_request_init_sized(p.cast(), REQUEST);
     assert!(
         last_error().contains("not aligned to 8 bytes"),
         "{}",
@@ -569,20 +573,12 @@ fn a_0_1_request_needs_4_byte_alignment_a_0_2_one_8() {
         "init wrote through a misaligned pointer"
     );
     // A result always holds pointers and an int64_t: 8 bytes.
-    dp_batch_result_init_sized(scratch.at(4).cast(), RESULT);
+    dp_batch_result_init_sized(p.cast(), RESULT);
     assert!(last_error().contains("res = 0x"), "{}", last_error());
     assert_eq!(snapshot(&scratch), before);
     let records = [UBATCH_RECORD];
     assert_fails(
-        dp_decide_batch(
-            records.as_ptr(),
-            1,
-            0,
-            0,
-            2,
-            null_mut(),
-            scratch.at(4).cast(),
-        ),
+        dp_decide_batch(records.as_ptr(), 1, 0, 0, 2, null_mut(), p.cast()),
         INVALID,
         &["res = 0x", "not aligned to 8 bytes"],
     );

@@ -1,4 +1,4 @@
-// dp_decide_batch: every rule of DESIGN.md section 1, "decision".
+// dp_decide_batch: every rule of docs/ARCHITECTURE.md, "Semantics", "The decision".
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -18,7 +18,6 @@ constexpr int32_t kWhenCudagraph = DP_PAD_POLICY_WHEN_CUDAGRAPH;
 // One successful decision with an out array, checked against the reference model.
 struct Decided {
   dp_batch_result result;
-  dp_batch_result_init(&result);
   std::vector<int32_t> array;
 };
 
@@ -382,7 +381,7 @@ TEST(DecideArgs, NullResult) {
   std::vector<int32_t> array(2, dpt::kPoison32);
   EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT,
                 dp_decide_batch(kTwo.data(), 2, 0, kExplicit, 2, array.data(), nullptr));
-  EXPECT_TRUE(LastErrorMentions({"result"}));
+  EXPECT_TRUE(LastErrorMentions({"res", "NULL"}));
   EXPECT_EQ(array, (std::vector<int32_t>{dpt::kPoison32, dpt::kPoison32}));
 }
 

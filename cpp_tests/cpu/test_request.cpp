@@ -1,4 +1,5 @@
-// dp_batch_request_init and dp_make_record: DESIGN.md section 1, "request" and "local step".
+// dp_batch_request_init and dp_make_record: docs/ARCHITECTURE.md, "Semantics", "The request"
+// and "The local step".
 #include <cstddef>
 #include <cstdint>
 #include <cstring>

@@ -1,4 +1,4 @@
-// Helpers shared by the CPU GoogleTest suite: a reference model of DESIGN.md section 1
+// Helpers shared by the CPU GoogleTest suite: a reference model of docs/ARCHITECTURE.md, "Semantics"
 // (written from the contract, independently of the Rust code), record builders and
 // byte-level "untouched" checks.
 #ifndef DPCOORD_TEST_UTIL_H
@@ -76,13 +76,20 @@ inline dp_batch_result PoisonedResult() {
   return r;
 }
 
-// Whether `r` still holds the pattern of PoisonedResult() (chosen over the template).
+// Whether every byte of `r` after its struct_size still holds the poison pattern (chosen over
+// the template for results). struct_size is the caller's input, which no call but
+// dp_batch_result_init writes, so a Poisoned<dp_batch_result>() and a PoisonedResult() both
+// count.
 inline bool IsPoisoned(const dp_batch_result& r) {
   const dp_batch_result expected = PoisonedResult();
-  return std::memcmp(&r, &expected, sizeof r) == 0;
+  const size_t after = sizeof r.struct_size;
+  return std::memcmp(reinterpret_cast<const unsigned char*>(&r) + after,
+                     reinterpret_cast<const unsigned char*>(&expected) + after,
+                     sizeof r - after) == 0;
 }
 
-// The decision of DESIGN.md section 1 for valid records (reference model).
+// The decision of docs/ARCHITECTURE.md ("Semantics", "The decision") for valid records
+// (reference model).
 struct Expected {
   bool inconsistent = false;  // DP_ERR_INCONSISTENT_RANKS
   bool should_ubatch = false;

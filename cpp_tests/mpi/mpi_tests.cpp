@@ -162,7 +162,7 @@ Outcome RunStep(const dp_batch_request& req, int32_t pad_policy, int32_t num_uba
     if (SameRecord(o.records[static_cast<size_t>(r)], kFailedMarker)) o.failed_rank = r;
   }
   o.array.assign(static_cast<size_t>(size), dpt::kPoison32);
-  o.result = dpt::Poisoned<dp_batch_result>();
+  o.result = dpt::PoisonedResult();
   o.decided = dp_decide_batch(o.records.data(), size, rank, pad_policy, num_ubatches,
                               o.array.data(), &o.result);
   if (o.decided != DP_OK) o.decide_error = dp_last_error();

@@ -144,57 +144,17 @@ impl fmt::Write for Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::{Path, PathBuf};
-    use std::process::Command;
+    use std::path::Path;
 
-    /// Builds `tests/diag_nvtx_tool.c`, a stand-in for nsys's NVTX injection library that
-    /// records every domain, push and pop into `$DPCOORD_TEST_NVTX_OUT`.
-    fn build_tool(dir: &Path) -> PathBuf {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let lib = dir.join("libnvtx_tool.so");
-        let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-        let status = Command::new(&compiler)
-            .args(["-shared", "-fPIC", "-O1", "-o"])
-            .arg(&lib)
-            .arg("-I")
-            .arg(root.join("src/diag/nvtx-c/include"))
-            .arg(root.join("tests/diag_nvtx_tool.c"))
-            .status()
-            .unwrap_or_else(|e| panic!("running {compiler}: {e}"));
-        assert!(status.success(), "{compiler} failed to build the NVTX tool");
-        lib
-    }
+    use crate::diag::test_support::{build_nvtx_tool, rerun, scratch};
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("dpcoord-nvtx-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    /// Runs `child_opens_ranges` in a fresh process (NVTX and dpcoord read the environment
-    /// once) with `env` set; the recorded events, or None when the tool wrote nothing.
+    /// Runs `child_opens_ranges` in a fresh process with `env`; the events the tool
+    /// recorded, or None when it wrote nothing.
     fn run_child(dir: &Path, env: &[(&str, &Path)]) -> Option<String> {
         let out = dir.join("events.txt");
-        let mut child = Command::new(std::env::current_exe().unwrap());
-        child
-            .args([
-                "--exact",
-                "diag::nvtx::tests::child_opens_ranges",
-                "--ignored",
-                "--test-threads=1",
-            ])
-            .env_remove("NVTX_INJECTION64_PATH")
-            .env("DPCOORD_TEST_NVTX_OUT", &out);
-        for (key, value) in env {
-            child.env(key, value);
-        }
-        let output = child.output().unwrap();
-        assert!(
-            output.status.success(),
-            "child failed: {}",
-            String::from_utf8_lossy(&output.stdout)
-        );
+        let mut env = env.to_vec();
+        env.push(("DPCOORD_TEST_NVTX_OUT", &out));
+        rerun("diag::nvtx::tests::child_opens_ranges", &env);
         std::fs::read_to_string(out).ok()
     }
 
@@ -211,7 +171,7 @@ mod tests {
     #[test]
     fn a_profiler_sees_named_ranges_with_rank_and_step() {
         let dir = scratch("tool");
-        let tool = build_tool(&dir);
+        let tool = build_nvtx_tool(&dir);
         let events = run_child(&dir, &[("NVTX_INJECTION64_PATH", &tool)])
             .expect("the tool was loaded and recorded events");
         assert_eq!(
@@ -231,7 +191,7 @@ mod tests {
     fn without_a_profiler_nvtx_is_never_entered() {
         let dir = scratch("none");
         // The tool is built but not named: nothing may load it, so it records nothing.
-        build_tool(&dir);
+        build_nvtx_tool(&dir);
         assert_eq!(run_child(&dir, &[]), None);
         // In this process too, when no profiler is attached: no domain was ever created.
         if std::env::var_os("NVTX_INJECTION64_PATH").is_none() {

@@ -1,33 +1,203 @@
-//! The GPU path: the collective on the caller's NCCL communicator and CUDA stream.
+//! The GPU path: the explicit coordinator (`dp_coordinator_*`) on the caller's NCCL
+//! communicator and CUDA stream, and the cached per-communicator form
+//! (`dp_coordinate_batch`, `dp_cancel`, `dp_release`) on top of it.
 
 use super::{
     boundary, check_ptr, check_result, dp_batch_request, dp_batch_result, dp_status, ncclComm,
-    read_request, write_result, CUstream_st,
+    read_request, write_out, write_result, CUstream_st,
 };
-use crate::coordinator;
+use crate::coordinator::{self, Coordinator, Outcome};
+use crate::cuda::StreamHandle;
+use crate::error::Result;
+use crate::nccl::CommHandle;
 
-/// The collective: every rank of `comm` calls it with its own request, and all get the
-/// same decision in `*res` (written only on success).
+/// An explicit coordinator for one NCCL communicator: create it once per communicator (on
+/// every rank), then `dp_coordinator_begin` / `dp_coordinator_end` once per step. Opaque;
+/// owned by the caller until `dp_coordinator_destroy`.
+pub struct dp_coordinator {
+    inner: Coordinator,
+}
+
+/// The typed handles of a C communicator and stream (checked: the comm is non-NULL).
+fn comm_handle(comm: *mut ncclComm) -> Result<CommHandle> {
+    check_ptr(comm.cast_const(), "comm")?;
+    // SAFETY: the C caller promises a live communicator of the process's NCCL for as long as
+    // it uses dpcoord with it (each function's documented contract).
+    Ok(unsafe { CommHandle::from_raw(comm.cast()) })
+}
+
+fn stream_handle(stream: *mut CUstream_st) -> StreamHandle {
+    // SAFETY: the C caller promises NULL, cudaStreamLegacy, cudaStreamPerThread or a live
+    // stream of the communicator's device (each function's documented contract).
+    unsafe { StreamHandle::from_raw(stream.cast()) }
+}
+
+/// The coordinator behind a C pointer (checked: non-NULL, aligned).
+fn coordinator<'a>(c: *mut dp_coordinator) -> Result<&'a Coordinator> {
+    check_ptr(c.cast_const(), "c")?;
+    // SAFETY: non-NULL and aligned (checked); the C caller promises a pointer from
+    // dp_coordinator_create that was not destroyed.
+    Ok(unsafe { &(*c).inner })
+}
+
+/// Writes an outcome into the caller's result (its `struct_size` bytes only).
+fn fill_result(res: *mut dp_batch_result, res_size: usize, o: &Outcome) {
+    write_result(res, res_size, &o.c_result());
+}
+
+/// Creates a coordinator for `comm` and writes it to `*out` (local: asks NCCL for the
+/// communicator's size, rank and device; no collective, no GPU work; device memory is
+/// allocated by the first `dp_coordinator_begin`).
 ///
-/// Validates `*req` first (an invalid request fails before any communication), exchanges
-/// one 20-byte record per rank with `ncclAllGather` on `stream`, post-processes on the GPU,
-/// and blocks until the decision is on the host: one polled wait, bounded by
-/// `req->timeout_ms` and watching `ncclCommGetAsyncError`. With dp_size == 1 it does no GPU
-/// work and returns no arrays. `stream` may be NULL, `cudaStreamLegacy` or
-/// `cudaStreamPerThread`; it must belong to the communicator's device and must not be
-/// capturing a CUDA graph. Ordering: every rank must call it in the same order relative to
-/// every other collective on `comm`; use a communicator reserved for coordination
-/// (`ncclCommSplit` of the DP communicator) or the same stream as your other collectives.
+/// `comm` must be a live communicator of the process's NCCL and stay live until the
+/// coordinator is destroyed (or, after a failure, until it is aborted). The coordinator
+/// belongs to the caller; nothing in dpcoord is keyed by the communicator's address.
+/// Create, use and destroy coordinators on every rank together: each exchange carries the
+/// coordinator's sequence number, and ranks whose coordinators are out of step get an error.
+/// `DPCOORD_SEND_BUFFER=device` (read here) makes NCCL read the send slot from device memory
+/// instead of mapped pinned host memory.
+/// Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL, a bad `DPCOORD_SEND_BUFFER`),
+/// `DP_ERR_NCCL`, `DP_ERR_LIBRARY_UNAVAILABLE` (no NCCL found).
+#[no_mangle]
+pub extern "C" fn dp_coordinator_create(
+    comm: *mut ncclComm,
+    out: *mut *mut dp_coordinator,
+) -> dp_status {
+    boundary(|| {
+        let comm = comm_handle(comm)?;
+        check_ptr(out.cast_const(), "out")?;
+        let inner = Coordinator::new(comm, false)?;
+        write_out(out, Box::into_raw(Box::new(dp_coordinator { inner })));
+        Ok(())
+    })
+}
+
+/// Begins this step's exchange (collective: every rank of the communicator calls it, in the
+/// same order relative to every other collective on that communicator) and returns at once.
 ///
-/// `res->num_tokens_after_padding` (host) and `num_tokens_after_padding_device` are
-/// library-owned, stable per communicator, valid until the next call on `comm` or
-/// `dp_release(comm)`; the device array is written in stream order on `stream`.
-/// Thread-safe across communicators; a concurrent call on the same communicator returns
-/// `DP_ERR_BUSY`. The first call per communicator allocates; later calls do not.
-/// Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`, `DP_ERR_INCONSISTENT_RANKS`, `DP_ERR_CUDA`,
-/// `DP_ERR_NCCL`, `DP_ERR_TIMEOUT` (then abort `comm` with `ncclCommAbort` on every rank
-/// and call `dp_release`), `DP_ERR_LIBRARY_UNAVAILABLE` (no CUDA driver or NCCL found),
-/// `DP_ERR_BUSY` or `DP_ERR_INTERNAL`.
+/// Validates `*req` (an invalid request fails before any communication), writes this rank's
+/// slot (the coordinator's sequence number, `req->step_id`, the record) into mapped pinned
+/// memory, and enqueues on `stream`: `ncclAllGather` of every rank's slot, then the
+/// post-processing kernel, which checks every slot and writes the decision to the device
+/// array and to mapped host memory. The host does not wait for the GPU; the caller may
+/// enqueue more work on `stream` and do host work before `dp_coordinator_end`. The first
+/// begin of a coordinator runs NCCL's first collective on a helper thread and waits for it to
+/// be enqueued, bounded by `req->timeout_ms` (NCCL connects lazily inside it). `stream` may
+/// be NULL, `cudaStreamLegacy` or `cudaStreamPerThread`; it must belong to the communicator's
+/// device, must not be capturing a CUDA graph, and must stay alive until `end`. With
+/// dp_size 1 no GPU work is done. The device array of the previous step stays valid until
+/// this call. `begin` and `end` may run on different threads, never at once.
+/// Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`, `DP_ERR_BUSY` (an exchange is in flight, or
+/// another thread is inside a call on `c`), `DP_ERR_CUDA`, `DP_ERR_NCCL`, `DP_ERR_TIMEOUT`
+/// (first call only), `DP_ERR_CANCELLED`, `DP_ERR_LIBRARY_UNAVAILABLE`; after a failure once
+/// enqueued, every later call fails with it.
+#[no_mangle]
+pub extern "C" fn dp_coordinator_begin(
+    c: *mut dp_coordinator,
+    stream: *mut CUstream_st,
+    req: *const dp_batch_request,
+) -> dp_status {
+    boundary(|| {
+        let c = coordinator(c)?;
+        let request = read_request(req)?;
+        c.begin(stream_handle(stream), &request)
+    })
+}
+
+/// Writes to `*done` whether the exchange begun last has finished, or failed
+/// (`dp_coordinator_end` then says how). Local; never blocks (a few loads and at most one
+/// `ncclCommGetAsyncError`). Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL, or no
+/// exchange in flight), `DP_ERR_BUSY`, `DP_ERR_CANCELLED`, or the earlier failure.
+#[no_mangle]
+pub extern "C" fn dp_coordinator_poll(c: *mut dp_coordinator, done: *mut bool) -> dp_status {
+    boundary(|| {
+        let c = coordinator(c)?;
+        check_ptr(done.cast_const(), "done")?;
+        let finished = c.poll()?;
+        write_out(done, finished);
+        Ok(())
+    })
+}
+
+/// Waits for the exchange begun last and writes its decision to `*res` (only on `DP_OK`).
+///
+/// The wait spins on a word the kernel writes last, bounded by the request's `timeout_ms`
+/// counted from `dp_coordinator_begin` (plus at most 100 ms), ended early by
+/// `dp_coordinator_cancel`, and watching `ncclCommGetAsyncError` and the stream. A result is
+/// accepted only when the kernel verified every rank's slot (this exchange's sequence number,
+/// equal step ids) and NCCL reports no error. `res->num_tokens_after_padding` (host) and
+/// `num_tokens_after_padding_device` are owned by the coordinator and stay valid until the
+/// next `begin` on it or its destruction; the device array is written in `stream` order.
+/// Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL, a bad `res->struct_size`, no exchange
+/// in flight, or invalid records: every rank gets it), `DP_ERR_INCONSISTENT_RANKS` (pad flags
+/// or step ids differ, or ranks out of step), `DP_ERR_TIMEOUT`, `DP_ERR_NCCL`, `DP_ERR_CUDA`,
+/// `DP_ERR_CANCELLED`, `DP_ERR_BUSY`, `DP_ERR_INTERNAL`. After `TIMEOUT`, `NCCL`, `CUDA` or
+/// `CANCELLED`: abort the communicator on every rank, then destroy the coordinator.
+#[no_mangle]
+pub extern "C" fn dp_coordinator_end(
+    c: *mut dp_coordinator,
+    res: *mut dp_batch_result,
+) -> dp_status {
+    boundary(|| {
+        let c = coordinator(c)?;
+        let res_size = check_result(res)?;
+        let o = c.end()?;
+        fill_result(res, res_size, &o);
+        Ok(())
+    })
+}
+
+/// Ends a wait on `c` from any thread (a watchdog): a waiting `dp_coordinator_end` (or the
+/// first `begin`) returns `DP_ERR_CANCELLED`, and so does every later call on `c`.
+///
+/// Returns once no thread is inside dpcoord for `c` (each checks every 50 us): then
+/// `ncclCommAbort` on the communicator is safe, after which `dp_coordinator_destroy`.
+/// Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL), or `DP_ERR_BUSY` when a thread is still
+/// inside: a caller's thread inside a CUDA or NCCL call after 100 ms (call cancel again), or
+/// dpcoord's helper thread inside NCCL's first collective, which only `ncclCommAbort` can free
+/// (the message says which). Cancelling with nothing in flight is fine.
+#[no_mangle]
+pub extern "C" fn dp_coordinator_cancel(c: *mut dp_coordinator) -> dp_status {
+    boundary(|| coordinator(c)?.cancel())
+}
+
+/// Destroys `c` (local; never waits and never calls NCCL, so it may follow `ncclCommAbort`).
+///
+/// Device and pinned memory that work still in flight may write (an exchange begun and not
+/// ended, a timed-out or cancelled one) is freed only once that work has finished (checked by
+/// later create/destroy calls), or never, if a helper thread is still inside NCCL. Arrays of
+/// earlier results become invalid. NULL is fine. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`
+/// (misaligned), `DP_ERR_BUSY` (another thread is inside a call on `c`: nothing is freed).
+#[no_mangle]
+pub extern "C" fn dp_coordinator_destroy(c: *mut dp_coordinator) -> dp_status {
+    boundary(|| {
+        if c.is_null() {
+            return Ok(());
+        }
+        coordinator(c)?.destroy()?;
+        // SAFETY: `c` came from Box::into_raw in dp_coordinator_create (the C caller's
+        // promise), was not destroyed before, and no thread is inside a call on it (checked
+        // by destroy).
+        drop(unsafe { Box::from_raw(c) });
+        Ok(())
+    })
+}
+
+/// The collective in one call: `dp_coordinator_begin` + `dp_coordinator_end` on a
+/// coordinator that dpcoord keeps per communicator (keyed by its address), created on the
+/// first call once NCCL answered for `comm`.
+///
+/// Every rank of `comm` calls it with its own request, and all get the same decision in
+/// `*res` (written only on success). Blocks until the decision is on the host: behind the
+/// work already queued on `stream` (use the explicit coordinator, begin early and end late,
+/// or a dedicated stream, to avoid the stall). `stream` as for `dp_coordinator_begin`.
+/// Ordering: every rank must call it in the same order relative to every other collective on
+/// `comm`; use a communicator reserved for coordination (`ncclCommSplit`). The arrays are
+/// owned by the cache entry, valid until the next call on `comm` or `dp_release(comm)`. Call
+/// `dp_release(comm)` before `ncclCommDestroy`/`ncclCommAbort`: a new communicator created at
+/// the address of an unreleased one would inherit its state. Thread-safe across
+/// communicators; a concurrent call on the same communicator returns `DP_ERR_BUSY`.
+/// Returns what `dp_coordinator_begin` and `dp_coordinator_end` return.
 #[no_mangle]
 pub extern "C" fn dp_coordinate_batch(
     comm: *mut ncclComm,
@@ -36,33 +206,36 @@ pub extern "C" fn dp_coordinate_batch(
     res: *mut dp_batch_result,
 ) -> dp_status {
     boundary(|| {
-        check_ptr(comm.cast_const(), "comm")?;
+        let comm = comm_handle(comm)?;
         let request = read_request(req)?;
         let res_size = check_result(res)?;
-        let o = coordinator::coordinate(comm.cast(), stream.cast(), &request, false)?;
-        let mut filled =
-            dp_batch_result::from_decision(&o.decision, o.dp_rank, o.dp_size, request.step_id);
-        if o.decision.has_num_tokens_after_padding {
-            filled.has_num_tokens_after_padding = true;
-            filled.num_tokens_after_padding = o.host_array;
-            filled.num_tokens_after_padding_device = o.device_array as *const i32;
-        }
-        write_result(res, res_size, &filled);
+        let o = coordinator::coordinate(comm, stream_handle(stream), &request)?;
+        fill_result(res, res_size, &o);
         Ok(())
     })
 }
 
-/// Frees everything dpcoord cached for `comm` (device and pinned buffers, module, event),
-/// after waiting up to 10 s for its work in flight. Call it before `ncclCommDestroy`, or
-/// after `ncclCommAbort` (it never calls NCCL, so an aborted communicator is fine). A
-/// communicator dpcoord never saw is fine too (`DP_OK`). Arrays from earlier results become
-/// invalid. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL), `DP_ERR_TIMEOUT` (work still
-/// running after a timed-out call whose communicator was not aborted: the state is kept and
-/// a later `dp_release` can retry), `DP_ERR_BUSY` never (it waits for a call in progress).
+/// `dp_coordinator_cancel` for the coordinator `dp_coordinate_batch` keeps for `comm` (from
+/// any thread; a communicator never used with dpcoord is fine). Then abort `comm` and call
+/// `dp_release(comm)`. Never calls NCCL. Returns as `dp_coordinator_cancel`.
+#[no_mangle]
+pub extern "C" fn dp_cancel(comm: *mut ncclComm) -> dp_status {
+    boundary(|| coordinator::cancel(comm_handle(comm)?))
+}
+
+/// Removes and destroys the coordinator `dp_coordinate_batch` keeps for `comm`, as
+/// `dp_coordinator_destroy` does (never waits, never calls NCCL, so it may follow
+/// `ncclCommAbort`). A communicator dpcoord never saw is fine. Arrays from earlier results
+/// become invalid. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL), `DP_ERR_BUSY` (a
+/// `dp_coordinate_batch` on `comm` is running on another thread: `dp_cancel` it first).
 #[no_mangle]
 pub extern "C" fn dp_release(comm: *mut ncclComm) -> dp_status {
-    boundary(|| {
-        check_ptr(comm.cast_const(), "comm")?;
-        coordinator::release(comm.cast())
-    })
+    boundary(|| coordinator::release(comm_handle(comm)?))
+}
+
+/// A C pointer to a coordinator built in Rust (unit tests of the C functions with a fake
+/// NCCL).
+#[cfg(test)]
+pub(crate) fn coordinator_into_raw(inner: Coordinator) -> *mut dp_coordinator {
+    Box::into_raw(Box::new(dp_coordinator { inner }))
 }

@@ -16,11 +16,13 @@
 mod decide;
 mod gpu;
 mod host;
+mod host_group;
 mod slices;
 
 pub use decide::*;
 pub use gpu::*;
 pub use host::*;
+pub use host_group::*;
 pub use slices::*;
 
 use std::cell::RefCell;

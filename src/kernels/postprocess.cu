@@ -1,58 +1,21 @@
-// dpcoord post-processing kernels (DESIGN.md sections 1 and 3).
+// dpcoord post-processing kernel (docs/ARCHITECTURE.md: the decision rules and the GPU path).
 //
 // Compiled to PTX by scripts/gen_ptx.py (NVRTC 12.0, compute_70); the PTX is committed as
 // src/kernels/postprocess.ptx and loaded at run time with cuModuleLoadData. Edit this file,
 // then run `python3 scripts/gen_ptx.py`; never edit the PTX.
 //
-// Only NVRTC's built-ins are used: no includes, plain int / unsigned int.
+// Only NVRTC's built-ins and the generated layout.h are used: plain int / unsigned int.
 
-// Ints per rank record: num_tokens_unpadded, num_tokens_padded, should_attempt_ubatch,
-// should_attempt_dp_pad, cudagraph_mode (the wire format of dp_rank_record).
-#define RECORD_INTS 5
-#define REC_UNPADDED 0
-#define REC_PADDED 1
-#define REC_ATTEMPT_UBATCH 2
-#define REC_ATTEMPT_DP_PAD 3
-#define REC_MODE 4
-
-// Host block layout (int32 words); src/kernels/mod.rs names the same offsets.
-#define HOST_SEQ 0
-#define HOST_STATUS 1
-#define HOST_SHOULD_UBATCH 2
-#define HOST_SHOULD_DP_PAD 3
-#define HOST_SYNCED_MODE 4
-#define HOST_SELF 5
-#define HOST_MAX_PADDED 6
-#define HOST_MIN_UNPADDED 7
-#define HOST_HEADER_WORDS 8
-
-#define STATUS_OK 0
-#define STATUS_INVALID_RECORD 1
-#define STATUS_INCONSISTENT 2
-
-#define PAD_POLICY_EXPLICIT 0
-#define PAD_POLICY_WHEN_CUDAGRAPH 1
-#define CUDAGRAPH_NONE 0
-#define CUDAGRAPH_FULL 2
+// The wire and host-block layout, statuses, policies and modes: generated from the Rust
+// constants of src/kernels/mod.rs (their one source).
+#include "layout.h"
 
 #define INT_MAX_VALUE 0x7fffffff
 #define FULL_MASK 0xffffffffu
 #define WARP_SIZE 32
 #define MAX_WARPS 32  // 1024 threads
 
-// Writes this rank's record into the send buffer. Launch with one thread.
-extern "C" __global__ void dp_pack_record(int* send, int unpadded, int padded, int attempt_ubatch,
-                                          int attempt_dp_pad, int cudagraph_mode) {
-    if (blockIdx.x == 0 && threadIdx.x == 0) {
-        send[REC_UNPADDED] = unpadded;
-        send[REC_PADDED] = padded;
-        send[REC_ATTEMPT_UBATCH] = attempt_ubatch;
-        send[REC_ATTEMPT_DP_PAD] = attempt_dp_pad;
-        send[REC_MODE] = cudagraph_mode;
-    }
-}
-
-// The aggregates of plan.rs's Summary, one partial per thread, then per warp, then per block.
+// The aggregates of rules.rs's decide, one partial per thread, then per warp, then per block.
 struct Partial {
     int invalid;         // 1 if some record is invalid (OR)
     int not_all_ubatch;  // 1 if some rank has should_attempt_ubatch != 1 (OR)
@@ -60,6 +23,8 @@ struct Partial {
     int max_padded;      // max
     int min_mode;        // min
     int dp_pad_count;    // number of ranks with should_attempt_dp_pad == 1 (sum)
+    int stale;           // 1 if some slot does not carry this exchange's sequence number (OR)
+    int step_mismatch;   // 1 if some slot's step id differs from slot 0's (OR)
 };
 
 __device__ __forceinline__ Partial identity_partial() {
@@ -67,9 +32,11 @@ __device__ __forceinline__ Partial identity_partial() {
     p.invalid = 0;
     p.not_all_ubatch = 0;
     p.min_unpadded = INT_MAX_VALUE;
-    p.max_padded = 0;  // plan.rs starts from 0 too; valid records are >= 0
+    p.max_padded = 0;  // rules.rs starts from 0 too; valid records are >= 0
     p.min_mode = CUDAGRAPH_FULL;
     p.dp_pad_count = 0;
+    p.stale = 0;
+    p.step_mismatch = 0;
     return p;
 }
 
@@ -80,6 +47,8 @@ __device__ __forceinline__ Partial combine(Partial a, Partial b) {
     a.max_padded = max(a.max_padded, b.max_padded);
     a.min_mode = min(a.min_mode, b.min_mode);
     a.dp_pad_count += b.dp_pad_count;
+    a.stale |= b.stale;
+    a.step_mismatch |= b.step_mismatch;
     return a;
 }
 
@@ -93,30 +62,34 @@ __device__ __forceinline__ Partial warp_reduce(Partial p) {
         o.max_padded = __shfl_xor_sync(FULL_MASK, p.max_padded, offset);
         o.min_mode = __shfl_xor_sync(FULL_MASK, p.min_mode, offset);
         o.dp_pad_count = __shfl_xor_sync(FULL_MASK, p.dp_pad_count, offset);
+        o.stale = __shfl_xor_sync(FULL_MASK, p.stale, offset);
+        o.step_mismatch = __shfl_xor_sync(FULL_MASK, p.step_mismatch, offset);
         p = combine(p, o);
     }
     return p;
 }
 
-// Post-processes the allgathered records: the decision of plan.rs `decide`, written to the
-// device array `device_out` (dp_size ints) and to the mapped pinned host block `host`.
+// Post-processes the allgathered slots: checks that every slot carries this exchange's
+// sequence number `seq` and that the step ids agree, then computes the decision of rules.rs
+// `decide`, written to the device array `device_out` (dp_size ints) and to the mapped pinned
+// host block `host`.
 //
 // Launch: ONE block; blockDim.x a multiple of 32 in 32..1024 (the host uses 256); no dynamic
-// shared memory (static: 780 bytes). Any dp_size >= 1 with 8 + 6 * dp_size < 2^31.
+// shared memory. Any dp_size >= 1 with HOST_HEADER_WORDS + (1 + SLOT_WORDS) * dp_size < 2^31.
 //
-// The arguments the host validates anyway (dp_size, dp_rank, pad_policy, num_ubatches) are
-// checked again: out of range they give STATUS_INVALID_RECORD (without touching `records`
-// beyond dp_size records), and the host's rerun of plan.rs names the bad argument.
+// Verdict, first that applies: STATUS_STALE (a slot's sequence word is not `seq`: an aborted
+// or partial collective, or a rank a call behind; nothing of the exchange is used),
+// STATUS_STEP_MISMATCH, STATUS_INVALID_RECORD (also for out-of-range dp_size, dp_rank,
+// pad_policy, num_ubatches, which the host validates anyway), STATUS_INCONSISTENT, STATUS_OK.
 //
-// Host block (int32 words): 0 seq (written last), 1 status, 2 should_ubatch, 3 should_dp_pad,
-// 4 synced_cudagraph_mode, 5 num_tokens_after_padding_self, 6 max_num_tokens_padded,
-// 7 min_num_tokens_unpadded (words 2..7 are 0 unless status is OK), then
-// [8, 8 + dp_size): num_tokens_after_padding per rank (only when status is OK),
-// [8 + dp_size, 8 + 6 * dp_size): a copy of the records (only when status is not OK).
+// Host block (int32 words, layout.h): HOST_SEQ (written last), HOST_STATUS, the decision
+// words (0 unless OK), the agreed step id, then [HOST_HEADER_WORDS, +dp_size):
+// num_tokens_after_padding per rank (only when OK), then a copy of the slots (only when not
+// OK; the host derives the exact message from it).
 extern "C" __global__ void __launch_bounds__(1024)
-    dp_postprocess(const int* __restrict__ records, int dp_size, int dp_rank, int pad_policy,
-                   int num_ubatches, int* __restrict__ device_out, int* __restrict__ host,
-                   unsigned int seq) {
+    dp_postprocess(const int* __restrict__ slots, int dp_size, int dp_rank, int pad_policy,
+                   int num_ubatches, unsigned int seq, int* __restrict__ device_out,
+                   int* __restrict__ host) {
     __shared__ Partial warp_partials[MAX_WARPS];
     __shared__ int decision[3];  // status, should_dp_pad, max_padded: thread 0 -> all
 
@@ -130,18 +103,21 @@ extern "C" __global__ void __launch_bounds__(1024)
     const int lane = (int)(threadIdx.x % WARP_SIZE);
     const int warp = (int)(threadIdx.x / WARP_SIZE);
     const int nwarps = (int)(blockDim.x / WARP_SIZE);
-    const int n = dp_size > 0 ? dp_size : 0;  // records this kernel may touch
+    const int n = dp_size > 0 ? dp_size : 0;  // slots this kernel may touch
+    const int step0_lo = n > 0 ? slots[SLOT_STEP_LO] : 0;
+    const int step0_hi = n > 0 ? slots[SLOT_STEP_HI] : 0;
 
     // 1. Per thread: ranks tid, tid + blockDim, ...
     Partial p = identity_partial();
     for (int r = tid; r < n; r += nthreads) {
-        const int* rec = records + RECORD_INTS * r;
+        const int* slot = slots + SLOT_WORDS * r;
+        const int* rec = slot + SLOT_RECORD;
         const int unpadded = rec[REC_UNPADDED];
         const int padded = rec[REC_PADDED];
         const int attempt_ubatch = rec[REC_ATTEMPT_UBATCH];
         const int attempt_dp_pad = rec[REC_ATTEMPT_DP_PAD];
         const int mode = rec[REC_MODE];
-        // Same checks as plan.rs check_record.
+        // Same checks as rules.rs check_record.
         const bool bad = unpadded < 0 || padded < unpadded ||
                          (attempt_ubatch != 0 && attempt_ubatch != 1) ||
                          (attempt_dp_pad != 0 && attempt_dp_pad != 1) || mode < CUDAGRAPH_NONE ||
@@ -152,6 +128,8 @@ extern "C" __global__ void __launch_bounds__(1024)
         p.max_padded = max(p.max_padded, padded);
         p.min_mode = min(p.min_mode, mode);
         p.dp_pad_count += attempt_dp_pad == 1 ? 1 : 0;
+        p.stale |= (unsigned int)slot[SLOT_SEQ] != seq ? 1 : 0;
+        p.step_mismatch |= (slot[SLOT_STEP_LO] != step0_lo || slot[SLOT_STEP_HI] != step0_hi) ? 1 : 0;
     }
 
     // 2. Per warp, then per block: warp 0 folds the nwarps warp aggregates.
@@ -164,7 +142,8 @@ extern "C" __global__ void __launch_bounds__(1024)
         p = lane < nwarps ? warp_partials[lane] : identity_partial();
         p = warp_reduce(p);
 
-        // 3. The decision (plan.rs decide), by thread 0, which writes the scalar words.
+        // 3. The verdict and decision (rules.rs decide), by thread 0, which writes the scalar
+        // words.
         if (lane == 0) {
             int status = STATUS_OK;
             int should_ubatch = 0;
@@ -173,12 +152,16 @@ extern "C" __global__ void __launch_bounds__(1024)
                                  (pad_policy == PAD_POLICY_EXPLICIT ||
                                   pad_policy == PAD_POLICY_WHEN_CUDAGRAPH) &&
                                  num_ubatches >= 2;
-            if (!args_ok || p.invalid) {
+            if (p.stale) {
+                status = STATUS_STALE;
+            } else if (p.step_mismatch) {
+                status = STATUS_STEP_MISMATCH;
+            } else if (!args_ok || p.invalid) {
                 status = STATUS_INVALID_RECORD;
             } else if (pad_policy == PAD_POLICY_EXPLICIT && p.dp_pad_count != 0 &&
                        p.dp_pad_count != dp_size) {
                 status = STATUS_INCONSISTENT;
-            } else if (dp_size >= 2) {  // dp_size == 1: plan.rs's early exit, no padding
+            } else if (dp_size >= 2) {  // dp_size == 1: rules.rs's early exit, no padding
                 // last_ubatch_empty = (max_padded / n) * (n - 1) >= min_unpadded, in 64 bits.
                 const long long nu = (long long)num_ubatches;
                 const bool last_ubatch_empty =
@@ -193,12 +176,15 @@ extern "C" __global__ void __launch_bounds__(1024)
             host[HOST_STATUS] = status;
             host[HOST_SHOULD_UBATCH] = should_ubatch;
             host[HOST_SHOULD_DP_PAD] = should_dp_pad;
-            host[HOST_SYNCED_MODE] = ok ? p.min_mode : 0;
-            host[HOST_SELF] = ok ? (should_dp_pad ? p.max_padded
-                                                  : records[RECORD_INTS * dp_rank + REC_PADDED])
-                                 : 0;
-            host[HOST_MAX_PADDED] = ok ? p.max_padded : 0;
-            host[HOST_MIN_UNPADDED] = ok ? p.min_unpadded : 0;
+            host[HOST_SYNCED_CUDAGRAPH_MODE] = ok ? p.min_mode : 0;
+            host[HOST_NUM_TOKENS_AFTER_PADDING_SELF] =
+                ok ? (should_dp_pad ? p.max_padded
+                                    : slots[SLOT_WORDS * dp_rank + SLOT_RECORD + REC_PADDED])
+                   : 0;
+            host[HOST_MAX_NUM_TOKENS_PADDED] = ok ? p.max_padded : 0;
+            host[HOST_MIN_NUM_TOKENS_UNPADDED] = ok ? p.min_unpadded : 0;
+            host[HOST_STEP_LO] = ok ? step0_lo : 0;
+            host[HOST_STEP_HI] = ok ? step0_hi : 0;
             decision[0] = status;
             decision[1] = should_dp_pad;
             decision[2] = p.max_padded;
@@ -209,20 +195,21 @@ extern "C" __global__ void __launch_bounds__(1024)
     const int should_dp_pad = decision[1];
     const int max_padded = decision[2];
 
-    // 4. The per-rank array (status OK) or the copy of the records (otherwise).
+    // 4. The per-rank array (status OK) or the copy of the slots (otherwise).
     bool wrote = tid == 0;  // thread 0 wrote the scalar words
     if (status == STATUS_OK) {
         int* after_padding = host + HOST_HEADER_WORDS;
         for (int r = tid; r < n; r += nthreads) {
-            const int v = should_dp_pad ? max_padded : records[RECORD_INTS * r + REC_PADDED];
+            const int v = should_dp_pad ? max_padded
+                                        : slots[SLOT_WORDS * r + SLOT_RECORD + REC_PADDED];
             device_out[r] = v;
             after_padding[r] = v;
             wrote = true;
         }
     } else {
         int* copy = host + HOST_HEADER_WORDS + n;
-        for (int i = tid; i < RECORD_INTS * n; i += nthreads) {
-            copy[i] = records[i];
+        for (int i = tid; i < SLOT_WORDS * n; i += nthreads) {
+            copy[i] = slots[i];
             wrote = true;
         }
     }

@@ -1,0 +1,392 @@
+//! What only dpcoord's own GPU benchmark (`gpu-bench/`) needs, behind the `testing` cargo
+//! feature and hidden from the docs: a coordinator that runs the GPU path even on a one-rank
+//! communicator, the post-processing kernel on its own (stage measurements), a bare NCCL
+//! harness (communicator set-up, the bare allgather) and the few CUDA calls the benchmark
+//! uses to set up and check. Not part of the API; the C ABI never reaches it.
+//!
+//! The raw driver and NCCL wrappers behind these live in `cuda` and `nccl` under the same
+//! feature (the rooms where `unsafe` may live); this module is safe code over them.
+
+use crate::coordinator::Coordinator;
+use crate::cuda::{self, extra, DeviceBuffer, MappedHost, Module, PostArgs};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ffi::{self, dp_batch_request, dp_batch_result, dp_status};
+use crate::kernels as k;
+use crate::nccl::{self, Nccl};
+use crate::rules::Request;
+
+pub use crate::coordinator::{Outcome, SendPath};
+pub use crate::cuda::{DevicePtr, StreamHandle};
+pub use crate::nccl::{CommHandle, UniqueId};
+
+/// `int32` words of one rank's slot on the wire.
+pub const SLOT_WORDS: usize = k::SLOT_WORDS;
+
+/// One rank's slot (sequence number, step id, record words), as the coordinator writes it.
+pub fn slot_words(seq: u32, step_id: i64, record: [i32; 5]) -> [i32; SLOT_WORDS] {
+    k::slot_words(seq, step_id, record)
+}
+
+/// A coordinator that runs the whole GPU path even on a one-rank communicator (where the
+/// library itself decides locally), for the one-rank forced-exchange benchmark.
+pub struct ForcedCoordinator {
+    inner: Coordinator,
+}
+
+impl ForcedCoordinator {
+    /// A forced coordinator for `comm` with the given send buffer.
+    pub fn new(comm: CommHandle, send_path: SendPath) -> Result<ForcedCoordinator> {
+        Ok(ForcedCoordinator {
+            inner: Coordinator::with_send_path(comm, true, send_path)?,
+        })
+    }
+
+    /// `dp_coordinator_begin` (the request already validated).
+    pub fn begin(&self, stream: StreamHandle, req: &Request) -> Result<()> {
+        req.validate()?;
+        self.inner.begin(stream, req)
+    }
+
+    /// `dp_coordinator_poll`.
+    pub fn poll(&self) -> Result<bool> {
+        self.inner.poll()
+    }
+
+    /// `dp_coordinator_end`.
+    pub fn end(&self) -> Result<Outcome> {
+        self.inner.end()
+    }
+
+    /// `dp_coordinate_batch` end to end on this coordinator: the C request read and checked
+    /// as the C ABI does, begin, end, the C result written. What the forced benchmark times.
+    pub fn coordinate_batch(
+        &self,
+        stream: StreamHandle,
+        req: &dp_batch_request,
+        res: &mut dp_batch_result,
+    ) -> dp_status {
+        let res: *mut dp_batch_result = res;
+        ffi::boundary(|| {
+            let request = ffi::read_request(req)?;
+            let size = ffi::check_result(res)?;
+            self.inner.begin(stream, &request)?;
+            let o = self.inner.end()?;
+            ffi::write_result(res, size, &o.c_result());
+            Ok(())
+        })
+    }
+}
+
+impl Drop for ForcedCoordinator {
+    fn drop(&mut self) {
+        let _ = self.inner.destroy();
+    }
+}
+
+/// The NCCL of the process plus its communicator set-up functions.
+pub struct Harness {
+    nccl: &'static Nccl,
+}
+
+impl Harness {
+    /// Finds NCCL as the library does.
+    pub fn new() -> Result<Harness> {
+        let nccl = nccl::nccl()?;
+        nccl.harness()?;
+        Ok(Harness { nccl })
+    }
+
+    /// `ncclGetVersion`'s code.
+    pub fn version(&self) -> i32 {
+        self.nccl.version()
+    }
+
+    /// Where NCCL was found.
+    pub fn origin(&self) -> String {
+        match self.nccl.library_path() {
+            Some(p) => format!("{} ({p})", self.nccl.origin()),
+            None => self.nccl.origin().to_string(),
+        }
+    }
+
+    /// `ncclGetUniqueId`.
+    pub fn unique_id(&self) -> Result<UniqueId> {
+        self.nccl.harness()?.unique_id(self.nccl)
+    }
+
+    /// `ncclCommInitRank` on the current device.
+    pub fn init_rank(&self, nranks: i32, id: UniqueId, rank: i32) -> Result<CommHandle> {
+        self.nccl.harness()?.init_rank(self.nccl, nranks, id, rank)
+    }
+
+    /// `ncclCommDestroy` of a communicator made by `init_rank`.
+    pub fn destroy(&self, comm: CommHandle) -> Result<()> {
+        self.nccl.harness()?.destroy(self.nccl, comm)
+    }
+
+    /// The bare `ncclAllGather` of `words` int32 per rank on `stream`.
+    pub fn all_gather(
+        &self,
+        send: DevicePtr,
+        recv: DevicePtr,
+        words: usize,
+        comm: CommHandle,
+        stream: StreamHandle,
+    ) -> Result<()> {
+        self.nccl.all_gather_i32(send, recv, words, comm, stream)
+    }
+
+    /// The bare `ncclAllReduce` (sum) of `words` int32 on `stream`.
+    pub fn all_reduce(
+        &self,
+        send: DevicePtr,
+        recv: DevicePtr,
+        words: usize,
+        comm: CommHandle,
+        stream: StreamHandle,
+    ) -> Result<()> {
+        self.nccl
+            .harness()?
+            .all_reduce_sum_i32(self.nccl, (send, recv), words, comm, stream)
+    }
+}
+
+/// `cuDeviceGetCount` (0 and the error when no driver is usable).
+pub fn device_count() -> Result<i32> {
+    extra::device_count()
+}
+
+/// `cuDeviceGetName`.
+pub fn device_name(ordinal: i32) -> Result<String> {
+    extra::device_name(ordinal)
+}
+
+/// Makes `device`'s primary context current on this thread.
+pub fn bind_device(device: i32) -> Result<()> {
+    extra::bind_device(device)
+}
+
+/// `cuStreamSynchronize`.
+pub fn synchronize(stream: StreamHandle) -> Result<()> {
+    extra::synchronize(stream)
+}
+
+/// `cuStreamQuery`: whether the stream is idle.
+pub fn stream_idle(stream: StreamHandle) -> Result<bool> {
+    cuda::stream_idle(stream)
+}
+
+/// A non-blocking stream of the current context, destroyed on drop.
+pub struct Stream {
+    handle: StreamHandle,
+}
+
+impl Stream {
+    /// Creates the stream.
+    pub fn new() -> Result<Stream> {
+        Ok(Stream {
+            handle: extra::create_stream()?,
+        })
+    }
+
+    /// Its handle.
+    pub fn handle(&self) -> StreamHandle {
+        self.handle
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        extra::destroy_stream(self.handle);
+    }
+}
+
+/// Zeroed device memory of int32 words, freed on drop (its context current).
+pub struct DeviceWords {
+    buffer: Option<DeviceBuffer>,
+}
+
+impl DeviceWords {
+    /// Allocates `words` int32 in the current context.
+    pub fn new(words: usize) -> Result<DeviceWords> {
+        Ok(DeviceWords {
+            buffer: Some(DeviceBuffer::new(words)?),
+        })
+    }
+
+    /// The device address.
+    pub fn ptr(&self) -> DevicePtr {
+        self.buffer.as_ref().map_or(0, DeviceBuffer::ptr)
+    }
+
+    /// Copies `out.len()` words back (synchronously).
+    pub fn read(&self, out: &mut [i32]) -> Result<()> {
+        extra::copy_to_host(self.ptr(), out)
+    }
+}
+
+impl Drop for DeviceWords {
+    fn drop(&mut self) {
+        if let Some(b) = self.buffer.take() {
+            b.free();
+        }
+    }
+}
+
+/// Mapped pinned host memory of int32 words, freed on drop.
+pub struct MappedWords {
+    block: Option<MappedHost>,
+}
+
+impl MappedWords {
+    /// Allocates `words` zeroed int32 in the current context.
+    pub fn new(words: usize) -> Result<MappedWords> {
+        Ok(MappedWords {
+            block: Some(MappedHost::new(words)?),
+        })
+    }
+
+    fn block(&self) -> &MappedHost {
+        self.block.as_ref().expect("allocated until dropped")
+    }
+
+    /// Its device address.
+    pub fn device_ptr(&self) -> DevicePtr {
+        self.block().device_ptr()
+    }
+
+    /// Word `i` as last written (volatile).
+    pub fn load(&self, i: usize) -> i32 {
+        self.block().load(i)
+    }
+
+    /// Writes `words` at `i` (volatile).
+    pub fn store(&self, i: usize, words: &[i32]) {
+        self.block().store(i, words);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `cuMemcpyHtoDAsync` of `words` words from word `i` to `dst` on `stream`.
+    pub fn copy_to_device_async(
+        &self,
+        i: usize,
+        words: usize,
+        dst: DevicePtr,
+        stream: StreamHandle,
+    ) -> Result<()> {
+        cuda::copy_host_to_device_async(dst, self.block(), i, words, stream)
+    }
+}
+
+impl Drop for MappedWords {
+    fn drop(&mut self) {
+        if let Some(b) = self.block.take() {
+            b.free();
+        }
+    }
+}
+
+/// The post-processing kernel on its own, with the coordinator's buffers, for the stage
+/// measurements: launch it on slots already gathered, spin on its sequence word.
+pub struct PostKit {
+    module: Option<Module>,
+    post: cuda::Kernel,
+    dp_size: i32,
+    dp_rank: i32,
+    /// The gathered slots the kernel reads.
+    pub slots: DeviceWords,
+    /// The device array.
+    pub device_out: DeviceWords,
+    /// The kernel's host block.
+    pub host: MappedWords,
+}
+
+impl PostKit {
+    /// Loads the kernel into the current context and allocates its buffers.
+    pub fn new(dp_size: i32, dp_rank: i32) -> Result<PostKit> {
+        let n = dp_size as usize;
+        let module = Module::load(k::POSTPROCESS_PTX_CSTR)?;
+        let post = module.kernel(k::POSTPROCESS_KERNEL)?;
+        Ok(PostKit {
+            module: Some(module),
+            post,
+            dp_size,
+            dp_rank,
+            slots: DeviceWords::new(SLOT_WORDS * n)?,
+            device_out: DeviceWords::new(n)?,
+            host: MappedWords::new(k::host_block_words(n))?,
+        })
+    }
+
+    /// Launches the kernel on `self.slots` with sequence number `seq`.
+    pub fn launch(
+        &self,
+        stream: StreamHandle,
+        seq: u32,
+        pad_policy: i32,
+        num_ubatches: i32,
+    ) -> Result<()> {
+        let args = PostArgs {
+            slots: self.slots.ptr(),
+            dp_size: self.dp_size,
+            dp_rank: self.dp_rank,
+            pad_policy,
+            num_ubatches,
+            seq,
+            device_out: self.device_out.ptr(),
+            host: self.host.device_ptr(),
+        };
+        self.post.launch_post(k::BLOCK_THREADS, stream, &args)
+    }
+
+    /// Spins until the kernel published `seq`, or `Timeout` after `limit`.
+    pub fn spin(&self, seq: u32, limit: std::time::Duration) -> Result<()> {
+        let start = std::time::Instant::now();
+        let mut polls = 0u32;
+        while self.host.load(k::HOST_SEQ) as u32 != seq {
+            polls = polls.wrapping_add(1);
+            if polls % 4096 == 0 && start.elapsed() > limit {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    "the post kernel did not publish",
+                ));
+            }
+            std::hint::spin_loop();
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        Ok(())
+    }
+
+    /// The published status word and the decision words (should_ubatch, should_dp_pad,
+    /// synced mode, self, max padded, min unpadded).
+    pub fn verdict(&self) -> (i32, [i32; 6]) {
+        let w = |i| self.host.load(i);
+        (
+            w(k::HOST_STATUS),
+            [
+                w(k::HOST_SHOULD_UBATCH),
+                w(k::HOST_SHOULD_DP_PAD),
+                w(k::HOST_SYNCED_CUDAGRAPH_MODE),
+                w(k::HOST_NUM_TOKENS_AFTER_PADDING_SELF),
+                w(k::HOST_MAX_NUM_TOKENS_PADDED),
+                w(k::HOST_MIN_NUM_TOKENS_UNPADDED),
+            ],
+        )
+    }
+
+    /// The host word index of the per-rank array.
+    pub fn host_array_offset(&self) -> usize {
+        k::host_array_offset()
+    }
+}
+
+impl Drop for PostKit {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            m.unload();
+        }
+    }
+}
+
+/// The status value the kernel publishes for a valid decision.
+pub const STATUS_OK: i32 = k::STATUS_OK;

@@ -1,0 +1,1238 @@
+//! The host shared-memory group across real processes: this test binary re-runs itself as
+//! each rank (`DPCOORD_HG_ROLE` names the role), so every rank is its own process.
+//!
+//! Covered: 2, 4 and 8 ranks over 10 000 random steps each, every result checked against
+//! `rules::decide` on the same records (invalid and unreadable requests, differing pad flags
+//! and step ids mixed in); a peer killed with SIGKILL, a peer that closes, a peer that stops
+//! calling; fail-fast after a failure; the last rank out unlinks; a stale segment is
+//! reclaimed; two groups run side by side; bad names, sizes and ranks; segments owned by
+//! another user, with another mode, dp_size or layout version, truncated or with a bad
+//! header; and a hostile process hammering garbage into each header and slot field in turn.
+//!
+//! `harness = false`: `cargo test --test host_group [filter]`.
+
+use std::ffi::{c_char, CStr, CString};
+use std::mem::MaybeUninit;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::ptr::{null, null_mut};
+use std::time::{Duration, Instant};
+
+use dpcoord::ffi::*;
+use dpcoord::rules::{self, Request, UbatchConfig};
+
+const ROLE_ENV: &str = "DPCOORD_HG_ROLE";
+/// How long any multi-process case may take before its ranks are killed and it fails.
+const HANG_GUARD: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------------------------
+// The C API, wrapped
+// ---------------------------------------------------------------------------------------------
+
+fn last_error() -> String {
+    // SAFETY: dp_last_error returns a NUL-terminated thread-local string, copied at once.
+    unsafe { CStr::from_ptr(dp_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+struct Group(*mut dp_host_group);
+
+impl Group {
+    fn open(
+        name: &str,
+        dp_size: i32,
+        dp_rank: i32,
+        timeout_ms: i32,
+    ) -> Result<Group, (dp_status, String)> {
+        let c = CString::new(name).unwrap();
+        let mut g = null_mut();
+        match dp_host_group_open(c.as_ptr(), dp_size, dp_rank, timeout_ms, &mut g) {
+            dp_status::DP_OK => {
+                assert!(!g.is_null());
+                Ok(Group(g))
+            }
+            s => {
+                assert!(g.is_null(), "out written on failure");
+                Err((s, last_error()))
+            }
+        }
+    }
+
+    /// One step; `req = None` passes a NULL request.
+    fn step(
+        &mut self,
+        req: Option<&dp_batch_request>,
+    ) -> (dp_status, dp_batch_result, Vec<i32>, String) {
+        let mut res = init_result();
+        let p = req.map_or(null(), |r| r as *const _);
+        let s = dp_host_group_coordinate(self.0, p, &mut res);
+        let tokens = if s == dp_status::DP_OK && res.has_num_tokens_after_padding {
+            // SAFETY: on DP_OK with the flag set the library points at dp_size entries, valid
+            // until the next call on this group.
+            unsafe {
+                std::slice::from_raw_parts(res.num_tokens_after_padding, res.dp_size as usize)
+            }
+            .to_vec()
+        } else {
+            Vec::new()
+        };
+        let msg = if s == dp_status::DP_OK {
+            String::new()
+        } else {
+            last_error()
+        };
+        (s, res, tokens, msg)
+    }
+
+    fn close(self) -> dp_status {
+        let s = dp_host_group_close(self.0);
+        std::mem::forget(self);
+        s
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        dp_host_group_close(self.0);
+    }
+}
+
+fn init_result() -> dp_batch_result {
+    let mut res = MaybeUninit::<dp_batch_result>::uninit();
+    dp_batch_result_init(res.as_mut_ptr());
+    // SAFETY: dp_batch_result_init writes every field of a non-NULL result.
+    unsafe { res.assume_init() }
+}
+
+fn c_request(r: &Request) -> dp_batch_request {
+    let mut req = MaybeUninit::<dp_batch_request>::uninit();
+    dp_batch_request_init(req.as_mut_ptr());
+    // SAFETY: dp_batch_request_init writes every field of a non-NULL request.
+    let mut req = unsafe { req.assume_init() };
+    req.num_tokens_unpadded = r.num_tokens_unpadded;
+    req.num_tokens_padded = r.num_tokens_padded;
+    req.allow_microbatching = r.allow_microbatching;
+    req.allow_dp_padding = r.allow_dp_padding;
+    req.uniform_decode = r.uniform_decode;
+    req.cudagraph_mode = r.cudagraph_mode;
+    req.pad_policy = r.pad_policy;
+    req.ubatch.enabled = r.ubatch.enabled;
+    req.ubatch.num_ubatches = r.ubatch.num_ubatches;
+    req.ubatch.decode_token_threshold = r.ubatch.decode_token_threshold;
+    req.ubatch.prefill_token_threshold = r.ubatch.prefill_token_threshold;
+    req.timeout_ms = r.timeout_ms;
+    req.step_id = r.step_id;
+    req
+}
+
+fn shm_file(name: &str) -> String {
+    format!("/dev/shm/dpcoord.{name}")
+}
+
+/// A name no other run of this binary uses.
+fn unique(tag: &str) -> String {
+    format!("t{}-{tag}", std::process::id())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random steps: every rank derives every rank's request from (seed, step), so each can check
+// its result against rules::decide on exactly the records the group exchanged.
+// ---------------------------------------------------------------------------------------------
+
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64, step: u64) -> Rng {
+        Rng(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// What every rank passes at `step`: `None` is a NULL request.
+fn step_requests(
+    seed: u64,
+    step: u64,
+    dp_size: usize,
+    faults: bool,
+    timeout_ms: i32,
+) -> Vec<Option<Request>> {
+    let mut rng = Rng::new(seed, step);
+    let pad_policy = rng.below(2) as i32;
+    let enabled = rng.chance(70);
+    let ubatch = UbatchConfig {
+        enabled,
+        num_ubatches: 2 + rng.below(3) as i32,
+        decode_token_threshold: 4 + rng.below(40) as i32,
+        prefill_token_threshold: 4 + rng.below(600) as i32,
+    };
+    let same_pad = rng.chance(75) || !faults;
+    let shared_pad = rng.chance(50);
+    let step_id = if rng.chance(15) { 0 } else { step as i64 + 1 };
+    let mut reqs: Vec<Option<Request>> = (0..dp_size)
+        .map(|_| {
+            let unpadded = rng.below(2048) as i32;
+            let padded = if rng.chance(30) {
+                -1
+            } else {
+                unpadded + rng.below(64) as i32
+            };
+            let allow_ubatch = rng.chance(80);
+            Some(Request {
+                num_tokens_unpadded: unpadded,
+                num_tokens_padded: padded,
+                allow_microbatching: allow_ubatch,
+                allow_dp_padding: if same_pad { shared_pad } else { rng.chance(50) },
+                uniform_decode: if allow_ubatch {
+                    rng.below(2) as i32
+                } else {
+                    rng.below(3) as i32 - 1
+                },
+                cudagraph_mode: rng.below(3) as i32,
+                pad_policy,
+                ubatch,
+                timeout_ms,
+                step_id,
+            })
+        })
+        .collect();
+    if faults {
+        let victim = rng.below(dp_size as u64) as usize;
+        match rng.below(100) {
+            0 => reqs[victim] = None,
+            1 | 2 => {
+                if let Some(r) = reqs[victim].as_mut() {
+                    r.num_tokens_unpadded = -1 - rng.below(5) as i32;
+                }
+            }
+            3 | 4 => {
+                if let Some(r) = reqs[victim].as_mut() {
+                    r.step_id += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    reqs
+}
+
+/// What rank `me` must get at one step: the status and, on DP_OK, the decision, step id and
+/// tokens array; the same priority as the group: invalid requests, then pad policy and
+/// num_ubatches, then step ids, then the decision.
+struct Expected {
+    status: dp_status,
+    decision: Option<(rules::Decision, i64, Vec<i32>)>,
+}
+
+fn expected(reqs: &[Option<Request>], me: usize) -> Expected {
+    let fail = |status| Expected {
+        status,
+        decision: None,
+    };
+    let mut records = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        match r.as_ref().map(rules::make_record) {
+            Some(Ok(rec)) => records.push(rec),
+            _ => return fail(dp_status::DP_ERR_INVALID_ARGUMENT),
+        }
+    }
+    let reqs: Vec<&Request> = reqs.iter().map(|r| r.as_ref().unwrap()).collect();
+    let policy = reqs[0].pad_policy;
+    let n = reqs[0].effective_num_ubatches();
+    if reqs
+        .iter()
+        .any(|r| r.pad_policy != policy || r.effective_num_ubatches() != n)
+    {
+        return fail(dp_status::DP_ERR_INCONSISTENT_RANKS);
+    }
+    let ids: Vec<i64> = reqs.iter().map(|r| r.step_id).collect();
+    let step_id = match rules::check_step_ids(&ids, None) {
+        Ok(id) => id,
+        Err(_) => return fail(dp_status::DP_ERR_INCONSISTENT_RANKS),
+    };
+    let mut out = vec![0; records.len()];
+    match rules::decide(&records, me as i32, policy, n, Some(&mut out)) {
+        Ok(d) => {
+            if !d.has_num_tokens_after_padding {
+                out.clear();
+            }
+            Expected {
+                status: dp_status::DP_OK,
+                decision: Some((d, step_id, out)),
+            }
+        }
+        Err(e) => fail(dp_status::from(e.kind)),
+    }
+}
+
+/// Checks one step's outcome against the expectation; `Err` says how it differs.
+fn check_step(
+    got: &(dp_status, dp_batch_result, Vec<i32>, String),
+    want: &Expected,
+    me: usize,
+    dp_size: usize,
+) -> Result<(), String> {
+    let (status, res, tokens, msg) = got;
+    if *status != want.status {
+        return Err(format!("status {status:?} ({msg}), want {:?}", want.status));
+    }
+    let Some((d, step_id, out)) = &want.decision else {
+        return Ok(());
+    };
+    let same = res.should_ubatch == d.should_ubatch
+        && res.should_dp_pad == d.should_dp_pad
+        && res.has_num_tokens_after_padding == d.has_num_tokens_after_padding
+        && res.synced_cudagraph_mode == d.synced_cudagraph_mode
+        && res.num_tokens_after_padding_self == d.num_tokens_after_padding_self
+        && res.max_num_tokens_padded == d.max_num_tokens_padded
+        && res.min_num_tokens_unpadded == d.min_num_tokens_unpadded
+        && res.dp_rank == me as i32
+        && res.dp_size == dp_size as i32
+        && res.step_id == *step_id
+        && res.num_tokens_after_padding_device.is_null()
+        && tokens == out;
+    if same {
+        Ok(())
+    } else {
+        Err(format!(
+            "result {res:?} tokens {tokens:?}, want {d:?} step_id {step_id} tokens {out:?}"
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ranks as processes
+// ---------------------------------------------------------------------------------------------
+
+/// Starts this binary as one rank running `role` (space-separated words).
+fn spawn(role: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .env(ROLE_ENV, role)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a rank")
+}
+
+struct Outcome {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Waits for every child, killing all of them (and failing) past the hang guard.
+fn wait_all(children: Vec<Child>) -> Vec<Outcome> {
+    let start = Instant::now();
+    let mut children: Vec<Option<Child>> = children.into_iter().map(Some).collect();
+    let mut done: Vec<Option<Outcome>> = children.iter().map(|_| None).collect();
+    while done.iter().any(Option::is_none) {
+        for (i, slot) in children.iter_mut().enumerate() {
+            if let Some(child) = slot {
+                if child.try_wait().unwrap().is_some() {
+                    let out = slot.take().unwrap().wait_with_output().unwrap();
+                    done[i] = Some(Outcome {
+                        status: out.status,
+                        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                    });
+                }
+            }
+        }
+        if start.elapsed() > HANG_GUARD {
+            for child in children.iter_mut().flatten() {
+                let _ = child.kill();
+            }
+            panic!("ranks still running after {HANG_GUARD:?}: a hang");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    done.into_iter().map(Option::unwrap).collect()
+}
+
+fn assert_ok(outcomes: &[Outcome]) {
+    for (r, o) in outcomes.iter().enumerate() {
+        assert!(
+            o.status.success(),
+            "rank {r} failed ({:?}):\n{}\n{}",
+            o.status,
+            o.stdout,
+            o.stderr
+        );
+    }
+}
+
+fn killed_by(o: &Outcome, signal: i32) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    o.status.signal() == Some(signal)
+}
+
+fn child_main(role: &str) {
+    let w: Vec<&str> = role.split(' ').collect();
+    let (name, dp_size, me) = (
+        w[1],
+        w[2].parse::<usize>().unwrap(),
+        w[3].parse::<usize>().unwrap(),
+    );
+    let arg = |i: usize| w[4 + i].parse::<u64>().unwrap();
+    match w[0] {
+        "steps" => rank_steps(name, dp_size, me, arg(0), arg(1), arg(2) == 1),
+        "leave" => rank_leave(name, dp_size, me, w[4], arg(1)),
+        "survive" => rank_survive(name, dp_size, me, w[4], arg(1), w[6], &w[7..].join(" ")),
+        "hammer" => hammer(name, dp_size, arg(0) as usize, arg(1) as usize),
+        "hostile" => rank_hostile(name, dp_size, me, arg(0)),
+        "tamper" => rank_tamper(name, dp_size, me, arg(0) as usize, arg(1) as usize),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+fn open_or_die(name: &str, dp_size: usize, me: usize, timeout_ms: i32) -> Group {
+    Group::open(name, dp_size as i32, me as i32, timeout_ms)
+        .unwrap_or_else(|(s, m)| panic!("rank {me}: open failed: {s:?} {m}"))
+}
+
+/// Random steps, each checked; then close.
+fn rank_steps(name: &str, dp_size: usize, me: usize, seed: u64, steps: u64, faults: bool) {
+    let mut g = open_or_die(name, dp_size, me, 60_000);
+    let mut ok = 0;
+    for step in 0..steps {
+        let reqs = step_requests(seed, step, dp_size, faults, 60_000);
+        let own = reqs[me].map(|r| c_request(&r));
+        let got = g.step(own.as_ref());
+        let want = expected(&reqs, me);
+        if let Err(e) = check_step(&got, &want, me, dp_size) {
+            panic!("rank {me} step {step}: {e}");
+        }
+        ok += usize::from(got.0 == dp_status::DP_OK);
+    }
+    assert_eq!(g.close(), dp_status::DP_OK);
+    println!("rank {me}: {steps} steps, {ok} DP_OK");
+}
+
+/// A few good steps, then leaves the group by `how`: `kill` (SIGKILL itself), `close`
+/// (closes, then stays alive `hold_ms`), `stop` (stops calling for `hold_ms`, then one more
+/// step that must fail, then close).
+fn rank_leave(name: &str, dp_size: usize, me: usize, how: &str, hold_ms: u64) {
+    let mut g = open_or_die(name, dp_size, me, 60_000);
+    good_steps(&mut g, dp_size, me, 5);
+    match how {
+        "kill" => {
+            // SAFETY: sends SIGKILL to this very process: a rank dying mid-run.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            unreachable!("SIGKILL returned");
+        }
+        "close" => {
+            assert_eq!(g.close(), dp_status::DP_OK);
+            std::thread::sleep(Duration::from_millis(hold_ms));
+        }
+        "late" => {
+            // Calls again long after a peer died: the group already failed.
+            std::thread::sleep(Duration::from_millis(hold_ms));
+            let req = c_request(&Request::default());
+            let (s, _, _, msg) = g.step(Some(&req));
+            assert_eq!(s, dp_status::DP_ERR_PEER_EXITED, "{msg}");
+            assert!(msg.contains("rank 0 saw rank 2 exit"), "{msg}");
+            assert_eq!(g.close(), dp_status::DP_OK);
+        }
+        "stop" => {
+            std::thread::sleep(Duration::from_millis(hold_ms));
+            let req = c_request(&Request::default());
+            let (s, _, _, msg) = g.step(Some(&req));
+            assert_eq!(
+                s,
+                dp_status::DP_ERR_TIMEOUT,
+                "the late rank fails with the group: {msg}"
+            );
+            assert!(msg.contains(&format!("rank {me}")), "{msg}");
+            assert_eq!(g.close(), dp_status::DP_OK);
+        }
+        other => panic!("unknown way to leave: {other}"),
+    }
+}
+
+/// `n` steps with the same valid request on every rank; all must succeed.
+fn good_steps(g: &mut Group, dp_size: usize, me: usize, n: u64) {
+    for step in 0..n {
+        let reqs = step_requests(7, step, dp_size, false, 60_000);
+        let own = c_request(reqs[me].as_ref().unwrap());
+        let got = g.step(Some(&own));
+        check_step(&got, &expected(&reqs, me), me, dp_size)
+            .unwrap_or_else(|e| panic!("rank {me} step {step}: {e}"));
+    }
+}
+
+/// Steps (timeout `timeout_ms`, 0 = forever) until one fails: it must be `want` naming rank
+/// `peer`; then every later call fails fast with the same status, and close frees.
+fn rank_survive(
+    name: &str,
+    dp_size: usize,
+    me: usize,
+    want: &str,
+    timeout_ms: u64,
+    peer: &str,
+    needle: &str,
+) {
+    let mut g = open_or_die(name, dp_size, me, 60_000);
+    good_steps(&mut g, dp_size, me, 5);
+    let want = match want {
+        "exited" => dp_status::DP_ERR_PEER_EXITED,
+        "timeout" => dp_status::DP_ERR_TIMEOUT,
+        other => panic!("unknown status {other}"),
+    };
+    let mut req = c_request(&Request::default());
+    req.timeout_ms = timeout_ms as i32;
+    let (s, _, _, msg) = g.step(Some(&req));
+    assert_eq!(s, want, "rank {me}: {msg}");
+    assert!(
+        msg.contains(needle),
+        "rank {me}: {msg:?} does not contain {needle:?}"
+    );
+    assert!(
+        msg.contains(&format!("rank {peer}")),
+        "rank {me}: {msg:?} does not name rank {peer}"
+    );
+    for _ in 0..3 {
+        let (again, _, _, msg2) = g.step(Some(&req));
+        assert_eq!(again, want, "fail fast: {msg2}");
+        assert!(msg2.contains("unusable after an earlier failure"), "{msg2}");
+    }
+    assert_eq!(g.close(), dp_status::DP_OK);
+    println!("rank {me}: {msg}");
+}
+
+/// Writes garbage into `[offset, offset + len)` of the group's segment, over and over, until
+/// killed: a hostile (or crashed, half-writing) process with access to the segment.
+fn hammer(name: &str, dp_size: usize, offset: usize, len: usize) {
+    let path = shm_file(name);
+    let want = segment_size(dp_size) as u64;
+    let file = loop {
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        {
+            if f.metadata().map(|m| m.len()).unwrap_or(0) == want {
+                break f;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: maps the segment file of `want` bytes (checked) shared, read-write.
+    let p = unsafe {
+        libc::mmap(
+            null_mut(),
+            want as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    let garbage = [0xA5u8; 8];
+    let mut started = false;
+    loop {
+        // Whole words, as a process writing the field would (bytes written one at a time
+        // would leave plausible values half-way, which no check can tell from a real one).
+        let at = p.cast::<u8>().wrapping_add(offset);
+        // SAFETY: inside the mapping (offset + len <= want, by the field table) and aligned
+        // for the field's width (the table's offsets are the fields'); volatile so every write
+        // happens.
+        unsafe {
+            match len {
+                8 => std::ptr::write_volatile(at.cast::<u64>(), u64::from_ne_bytes(garbage)),
+                _ => std::ptr::write_volatile(at.cast::<u32>(), 0xA5A5_A5A5),
+            }
+        }
+        if !started {
+            // Tells the ranks the garbage is there (they wait for it before their steps).
+            std::fs::write(format!("{path}.hammering"), b"").unwrap();
+            started = true;
+        }
+    }
+}
+
+/// Five good steps; then rank 1 lets rank 0 publish step 6 and wait for it, overwrites
+/// `[offset, offset + len)` of the segment with garbage, and calls; every rank must fail step 6
+/// (not hang, not succeed), and print its status.
+fn rank_tamper(name: &str, dp_size: usize, me: usize, offset: usize, len: usize) {
+    let mut g = open_or_die(name, dp_size, me, 10_000);
+    good_steps(&mut g, dp_size, me, 5);
+    if me == 1 {
+        std::thread::sleep(Duration::from_millis(100));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(shm_file(name))
+            .unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&[0xA5u8; 8][..len], offset as u64).unwrap();
+    }
+    let mut req = c_request(
+        step_requests(7, 5, dp_size, false, 5_000)[me]
+            .as_ref()
+            .unwrap(),
+    );
+    req.timeout_ms = 5_000;
+    let (s, _, _, msg) = g.step(Some(&req));
+    assert_ne!(
+        s,
+        dp_status::DP_OK,
+        "rank {me}: garbage at offset {offset} went unnoticed"
+    );
+    assert_ne!(
+        s,
+        dp_status::DP_ERR_TIMEOUT,
+        "rank {me}: a timeout instead of naming the garbage: {msg}"
+    );
+    println!("rank {me}: {s:?} {msg}");
+    assert_eq!(g.close(), dp_status::DP_OK);
+}
+
+/// Valid, consistent steps under a hammer: every DP_OK must be the right decision; errors
+/// are counted (printed as `errors=N`).
+fn rank_hostile(name: &str, dp_size: usize, me: usize, steps: u64) {
+    let mut g = match Group::open(name, dp_size as i32, me as i32, 3_000) {
+        Ok(g) => g,
+        Err((s, m)) => {
+            assert_ne!(s, dp_status::DP_OK);
+            println!("open failed: {s:?} {m}\nerrors=1");
+            return;
+        }
+    };
+    let marker = format!("{}.hammering", shm_file(name));
+    let waited = Instant::now();
+    while !std::path::Path::new(&marker).exists() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "the hammer never started"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut errors = 0;
+    for step in 0..steps {
+        let reqs = step_requests(11, step, dp_size, false, 2_000);
+        let own = c_request(reqs[me].as_ref().unwrap());
+        let got = g.step(Some(&own));
+        if got.0 == dp_status::DP_OK {
+            check_step(&got, &expected(&reqs, me), me, dp_size).unwrap_or_else(|e| {
+                panic!("rank {me} step {step}: a wrong DP_OK under garbage: {e}")
+            });
+        } else {
+            errors += 1;
+            if errors == 1 {
+                println!("first error: {:?} {}", got.0, got.3);
+            }
+        }
+    }
+    g.close();
+    println!("errors={errors}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cases
+// ---------------------------------------------------------------------------------------------
+
+fn random_steps(dp_size: usize, steps: u64) {
+    let name = unique(&format!("steps{dp_size}"));
+    let children = (0..dp_size)
+        .map(|r| spawn(&format!("steps {name} {dp_size} {r} 42 {steps} 1")))
+        .collect();
+    let outcomes = wait_all(children);
+    assert_ok(&outcomes);
+    assert!(
+        !std::path::Path::new(&shm_file(&name)).exists(),
+        "the last rank out unlinks"
+    );
+}
+
+fn random_steps_2_ranks() {
+    random_steps(2, 10_000);
+}
+
+fn random_steps_4_ranks() {
+    random_steps(4, 10_000);
+}
+
+fn random_steps_8_ranks() {
+    random_steps(8, 10_000);
+}
+
+fn two_groups_never_interfere() {
+    let (a, b) = (unique("groupA"), unique("groupB"));
+    let mut children = Vec::new();
+    for r in 0..2 {
+        children.push(spawn(&format!("steps {a} 2 {r} 1 2000 1")));
+        children.push(spawn(&format!("steps {b} 3 {r} 2 2000 1")));
+    }
+    children.push(spawn(&format!("steps {b} 3 2 2 2000 1")));
+    assert_ok(&wait_all(children));
+}
+
+/// Ranks start at different times; open waits for the late one.
+fn open_waits_for_late_ranks() {
+    let name = unique("late");
+    let first = spawn(&format!("steps {name} 3 2 5 50 0"));
+    std::thread::sleep(Duration::from_millis(300));
+    let second = spawn(&format!("steps {name} 3 0 5 50 0"));
+    std::thread::sleep(Duration::from_millis(300));
+    let third = spawn(&format!("steps {name} 3 1 5 50 0"));
+    assert_ok(&wait_all(vec![first, second, third]));
+}
+
+fn peer_killed_is_peer_exited(timeout_ms: u64) {
+    let name = unique(&format!("kill{timeout_ms}"));
+    let children = vec![
+        spawn(&format!("survive {name} 3 0 exited {timeout_ms} 2")),
+        spawn(&format!("survive {name} 3 1 exited {timeout_ms} 2")),
+        spawn(&format!("leave {name} 3 2 kill 0")),
+    ];
+    let o = wait_all(children);
+    assert_ok(&o[..2]);
+    assert!(
+        killed_by(&o[2], libc::SIGKILL),
+        "rank 2: {:?} {}",
+        o[2].status,
+        o[2].stderr
+    );
+    assert!(
+        !std::path::Path::new(&shm_file(&name)).exists(),
+        "the last live rank out unlinks"
+    );
+}
+
+fn peer_killed_wait_forever() {
+    peer_killed_is_peer_exited(0);
+}
+
+fn peer_killed_with_timeout() {
+    peer_killed_is_peer_exited(30_000);
+}
+
+/// Rank 2 dies while rank 1 is busy elsewhere: rank 0 finds the dead rank itself (not only
+/// once the slow rank arrives), and the slow rank, when it calls, fails with the group.
+fn peer_killed_behind_a_slow_rank() {
+    let name = unique("behind");
+    let children = vec![
+        spawn(&format!(
+            "survive {name} 3 0 exited 0 2 exited (rank 0 waits"
+        )),
+        spawn(&format!("leave {name} 3 1 late 2000")),
+        spawn(&format!("leave {name} 3 2 kill 0")),
+    ];
+    let o = wait_all(children);
+    assert_ok(&o[..2]);
+    assert!(killed_by(&o[2], libc::SIGKILL));
+}
+
+/// Rank 0 survives (`survive` arguments) what rank 1 does (`leave` arguments); then the
+/// segment is gone.
+fn two_rank_fault(tag: &str, survive: &str, leave: &str) {
+    let name = unique(tag);
+    let children = vec![
+        spawn(&format!("survive {name} 2 0 {survive}")),
+        spawn(&format!("leave {name} 2 1 {leave}")),
+    ];
+    assert_ok(&wait_all(children));
+    assert!(!std::path::Path::new(&shm_file(&name)).exists());
+}
+
+fn peer_closes_is_peer_exited() {
+    two_rank_fault("close", "exited 0 1", "close 500");
+}
+
+/// Rank 1 stops calling: rank 0 times out naming it, and rank 1, when it calls again, fails
+/// with the group (the timeout is in the segment), so both fail together.
+fn peer_stops_is_timeout() {
+    two_rank_fault("stop", "timeout 300 1", "stop 1500");
+}
+
+/// Every process of a group killed: the segment stays, and the next open reclaims it.
+fn stale_segment_is_reclaimed() {
+    let name = unique("stale");
+    let children = (0..2)
+        .map(|r| spawn(&format!("leave {name} 2 {r} kill 0")))
+        .collect();
+    let o = wait_all(children);
+    assert!(o.iter().all(|o| killed_by(o, libc::SIGKILL)));
+    assert!(
+        std::path::Path::new(&shm_file(&name)).exists(),
+        "a killed group leaves its segment"
+    );
+    let children = (0..2)
+        .map(|r| spawn(&format!("steps {name} 2 {r} 3 200 1")))
+        .collect();
+    assert_ok(&wait_all(children));
+    assert!(!std::path::Path::new(&shm_file(&name)).exists());
+}
+
+fn open_times_out_and_unlinks() {
+    let name = unique("alone");
+    let (s, m) = Group::open(&name, 2, 0, 200)
+        .err()
+        .expect("nobody else joins");
+    assert_eq!(s, dp_status::DP_ERR_TIMEOUT, "{m}");
+    assert!(m.contains("[1]"), "names the missing rank: {m}");
+    assert!(!std::path::Path::new(&shm_file(&name)).exists());
+}
+
+fn one_rank_group_decides_alone() {
+    let name = unique("solo");
+    let mut g = Group::open(&name, 1, 0, 1000).unwrap();
+    let reqs = step_requests(3, 0, 1, false, 1000);
+    let got = g.step(Some(&c_request(reqs[0].as_ref().unwrap())));
+    check_step(&got, &expected(&reqs, 0), 0, 1).unwrap();
+    assert!(!got.1.has_num_tokens_after_padding);
+    assert_eq!(g.close(), dp_status::DP_OK);
+    assert!(!std::path::Path::new(&shm_file(&name)).exists());
+}
+
+fn assert_open_fails(
+    name: &str,
+    dp_size: i32,
+    dp_rank: i32,
+    timeout_ms: i32,
+    want: dp_status,
+    needle: &str,
+) {
+    let (s, m) = Group::open(name, dp_size, dp_rank, timeout_ms)
+        .err()
+        .unwrap_or_else(|| panic!("open({name:?}, {dp_size}, {dp_rank}) succeeded"));
+    assert_eq!(s, want, "{m}");
+    assert!(m.contains(needle), "{m:?} does not contain {needle:?}");
+}
+
+fn bad_arguments_are_refused() {
+    let long = "x".repeat(65);
+    for bad in ["", "a/b", "a b", "über", "x\ny", long.as_str()] {
+        assert_open_fails(
+            bad,
+            2,
+            0,
+            100,
+            dp_status::DP_ERR_INVALID_ARGUMENT,
+            "name = ",
+        );
+    }
+    assert_open_fails(
+        &"y".repeat(64),
+        0,
+        0,
+        100,
+        dp_status::DP_ERR_INVALID_ARGUMENT,
+        "dp_size = 0",
+    );
+    let ok = unique("args");
+    for (size, rank, needle) in [
+        (0, 0, "dp_size = 0"),
+        (-3, 0, "dp_size = -3"),
+        (1025, 0, "dp_size = 1025"),
+        (2, -1, "dp_rank = -1"),
+        (2, 2, "dp_rank = 2"),
+    ] {
+        assert_open_fails(
+            &ok,
+            size,
+            rank,
+            100,
+            dp_status::DP_ERR_INVALID_ARGUMENT,
+            needle,
+        );
+    }
+    assert_open_fails(
+        &ok,
+        2,
+        0,
+        -1,
+        dp_status::DP_ERR_INVALID_ARGUMENT,
+        "timeout_ms = -1",
+    );
+    let c = CString::new(ok.clone()).unwrap();
+    assert_eq!(
+        dp_host_group_open(null::<c_char>(), 2, 0, 100, &mut null_mut()),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        dp_host_group_open(c.as_ptr(), 2, 0, 100, null_mut()),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    assert!(last_error().contains("out is NULL"));
+    assert!(
+        !std::path::Path::new(&shm_file(&ok)).exists(),
+        "a refused open leaves no segment"
+    );
+    assert_eq!(
+        dp_host_group_close(null_mut()),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    let mut res = init_result();
+    assert_eq!(
+        dp_host_group_coordinate(null_mut(), null(), &mut res),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+}
+
+/// Bytes of a segment of `dp_size` ranks: header, member table (whole 128-byte pairs), slots.
+fn segment_size(dp_size: usize) -> usize {
+    128 + (8 * dp_size).div_ceil(128) * 128 + 128 * dp_size
+}
+
+/// A segment image: a valid header for `dp_size` and rank 0 held by this (live) process.
+fn segment_image(dp_size: usize) -> Vec<u8> {
+    let mut img = vec![0u8; segment_size(dp_size)];
+    let put = |img: &mut Vec<u8>, at: usize, bytes: &[u8]| {
+        img[at..at + bytes.len()].copy_from_slice(bytes)
+    };
+    put(&mut img, 0, b"dpcoordH");
+    put(&mut img, 8, &1u32.to_le_bytes());
+    put(&mut img, 12, &(dp_size as u32).to_le_bytes());
+    // SAFETY: geteuid has no preconditions.
+    put(&mut img, 16, &unsafe { libc::geteuid() }.to_le_bytes());
+    put(&mut img, 20, &128u32.to_le_bytes());
+    put(&mut img, 24, &(segment_size(dp_size) as u64).to_le_bytes());
+    put(&mut img, 128, &(std::process::id() as i32).to_le_bytes());
+    put(&mut img, 132, &1u32.to_le_bytes());
+    img
+}
+
+fn write_segment(name: &str, bytes: &[u8], mode: u32) {
+    let path = shm_file(name);
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&path)
+        .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    use std::io::Write;
+    f.write_all(bytes).unwrap();
+}
+
+/// Segments that are not this group's: each open is refused, naming what is wrong, and the
+/// segment is left alone.
+fn foreign_segments_are_refused() {
+    let name = unique("foreign");
+    let img = segment_image(2);
+    let invalid = dp_status::DP_ERR_INVALID_ARGUMENT;
+    let cases: Vec<(&str, Vec<u8>, u32, i32, &str)> = vec![
+        ("another dp_size", img.clone(), 0o600, 4, "dp_size 2"),
+        (
+            "truncated header",
+            img[..40].to_vec(),
+            0o600,
+            2,
+            "truncated",
+        ),
+        (
+            "truncated slots",
+            img[..200].to_vec(),
+            0o600,
+            2,
+            "truncated",
+        ),
+        ("another mode", img.clone(), 0o644, 2, "mode 644"),
+        (
+            "rank already held",
+            img.clone(),
+            0o600,
+            2,
+            "already held by pid",
+        ),
+    ];
+    // (what, offset, bytes written there, what the error names)
+    let patches: [(&str, usize, &[u8], &str); 8] = [
+        ("bad magic", 0, b"notours!", "magic"),
+        ("layout version", 8, &7u32.to_le_bytes(), "layout version 7"),
+        (
+            "dp_size out of range",
+            12,
+            &5000u32.to_le_bytes(),
+            "header.dp_size = 5000",
+        ),
+        (
+            "owner_uid",
+            16,
+            &12345u32.to_le_bytes(),
+            "owner_uid = 12345",
+        ),
+        ("slot_size", 20, &64u32.to_le_bytes(), "slot_size = 64"),
+        (
+            "segment_size",
+            24,
+            &999u64.to_le_bytes(),
+            "segment_size = 999",
+        ),
+        (
+            "member state",
+            132,
+            &9u32.to_le_bytes(),
+            "member[0].state = 9",
+        ),
+        (
+            "member pid",
+            128,
+            &(-5i32).to_le_bytes(),
+            "member[0].pid = -5",
+        ),
+    ];
+    let more = patches.iter().map(|&(what, at, bytes, needle)| {
+        let mut v = img.clone();
+        v[at..at + bytes.len()].copy_from_slice(bytes);
+        (what, v, 0o600, 2, needle)
+    });
+    for (what, bytes, mode, dp_size, needle) in cases.into_iter().chain(more) {
+        write_segment(&name, &bytes, mode);
+        let rank = if what == "rank already held" { 0 } else { 1 };
+        let (s, m) = Group::open(&name, dp_size, rank, 300)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: open succeeded"));
+        assert_eq!(s, invalid, "{what}: {m}");
+        assert!(
+            m.contains(needle),
+            "{what}: {m:?} does not contain {needle:?}"
+        );
+        assert!(
+            std::path::Path::new(&shm_file(&name)).exists(),
+            "{what}: the segment is left alone"
+        );
+    }
+    std::fs::remove_file(shm_file(&name)).unwrap();
+}
+
+/// A segment owned by another user (made here as root, then handed over with fchown).
+fn segment_of_another_user_is_refused() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("    (needs root to create a segment owned by another user: NOT RUN)");
+        return false;
+    }
+    let name = unique("otheruser");
+    write_segment(&name, &segment_image(2), 0o600);
+    let path = CString::new(shm_file(&name)).unwrap();
+    // SAFETY: chown of a file this test just created, to uid/gid 65534 (nobody).
+    assert_eq!(unsafe { libc::chown(path.as_ptr(), 65534, 65534) }, 0);
+    assert_open_fails(
+        &name,
+        2,
+        1,
+        300,
+        dp_status::DP_ERR_INVALID_ARGUMENT,
+        "owned by uid 65534",
+    );
+    std::fs::remove_file(shm_file(&name)).unwrap();
+    true
+}
+
+/// Offsets of every field of a 2-rank segment (the layout of src/host_group.rs, pinned by
+/// its unit test): `(name, offset, length, read on every call)`; slot fields of rank `r` and
+/// buffer `p`.
+fn segment_fields() -> Vec<(String, usize, usize, bool)> {
+    let mut fields: Vec<(String, usize, usize, bool)> = vec![
+        ("header.magic".into(), 0, 8, true),
+        ("header.layout_version".into(), 8, 4, true),
+        ("header.dp_size".into(), 12, 4, true),
+        ("header.owner_uid".into(), 16, 4, true),
+        ("header.slot_size".into(), 20, 4, true),
+        ("header.segment_size".into(), 24, 8, true),
+        ("header.failure".into(), 32, 8, true),
+        ("header.epoch".into(), 64, 4, false),
+        ("header.sleepers".into(), 68, 4, false),
+    ];
+    for r in 0..2 {
+        fields.push((format!("member[{r}].pid"), 128 + 8 * r, 4, true));
+        fields.push((format!("member[{r}].state"), 132 + 8 * r, 4, false));
+    }
+    for r in 0..2 {
+        let s = 256 + 128 * r;
+        for p in 0..2 {
+            let b = s + 64 * p;
+            for (f, off, len) in [
+                ("tag", 0, 8),
+                ("step_id", 8, 8),
+                ("kind", 16, 4),
+                ("pad_policy", 20, 4),
+                ("num_ubatches", 24, 4),
+            ] {
+                fields.push((format!("slot[{r}].bufs[{p}].{f}"), b + off, len, false));
+            }
+            for i in 0..5 {
+                fields.push((
+                    format!("slot[{r}].bufs[{p}].words[{i}]"),
+                    b + 28 + 4 * i,
+                    4,
+                    false,
+                ));
+            }
+        }
+    }
+    fields
+}
+
+/// Garbage written once into each field the next step reads (the header, and rank 0's
+/// pid and buffer of step 6 while rank 0 waits at step 6): every rank fails that
+/// step, naming it, instead of hanging or succeeding.
+fn garbage_in_each_field_fails_the_step() {
+    let fields = segment_fields();
+    let read_next_step = |f: &str| {
+        !f.contains("epoch")
+            && !f.contains("sleepers")
+            && !f.contains("state")
+            && !f.contains("[1]")
+    };
+    for (i, (field, offset, len, _)) in fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| read_next_step(&f.0))
+    {
+        let name = unique(&format!("tamper{i}"));
+        let ranks = (0..2)
+            .map(|r| spawn(&format!("tamper {name} 2 {r} {offset} {len}")))
+            .collect();
+        let outcomes = wait_all(ranks);
+        let _ = std::fs::remove_file(shm_file(&name));
+        for (r, o) in outcomes.iter().enumerate() {
+            assert!(
+                o.status.success(),
+                "{field}, rank {r}:\n{}\n{}",
+                o.stdout,
+                o.stderr
+            );
+        }
+    }
+}
+
+/// Every header and slot field (both buffers) hammered with garbage by a hostile process
+/// while two ranks run valid steps: never a crash, a hang, or a wrong DP_OK; garbage in the
+/// fields no rank rewrites (the header, the pids) is always noticed.
+fn garbage_hammered_into_every_field() {
+    for (i, (field, offset, len, must_notice)) in segment_fields().iter().enumerate() {
+        let name = unique(&format!("garbage{i}"));
+        let mut hammer = spawn(&format!("hammer {name} 2 0 {offset} {len}"));
+        let ranks = (0..2)
+            .map(|r| spawn(&format!("hostile {name} 2 {r} 200")))
+            .collect();
+        let outcomes = wait_all(ranks);
+        let _ = hammer.kill();
+        let _ = hammer.wait();
+        let _ = std::fs::remove_file(shm_file(&name));
+        let _ = std::fs::remove_file(format!("{}.hammering", shm_file(&name)));
+        assert_ok(&outcomes);
+        let errors: usize = outcomes
+            .iter()
+            .map(|o| {
+                o.stdout
+                    .lines()
+                    .find_map(|l| l.strip_prefix("errors="))
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
+            })
+            .sum();
+        if *must_notice {
+            assert!(
+                errors > 0,
+                "{field}: garbage went unnoticed:\n{}\n{}",
+                outcomes[0].stdout,
+                outcomes[1].stdout
+            );
+        }
+    }
+}
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE_ENV) {
+        child_main(&role);
+        return;
+    }
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let cases: &[(&str, fn())] = &[
+        ("bad_arguments_are_refused", bad_arguments_are_refused),
+        ("foreign_segments_are_refused", foreign_segments_are_refused),
+        ("one_rank_group_decides_alone", one_rank_group_decides_alone),
+        ("open_times_out_and_unlinks", open_times_out_and_unlinks),
+        ("open_waits_for_late_ranks", open_waits_for_late_ranks),
+        ("random_steps_2_ranks", random_steps_2_ranks),
+        ("random_steps_4_ranks", random_steps_4_ranks),
+        ("random_steps_8_ranks", random_steps_8_ranks),
+        ("two_groups_never_interfere", two_groups_never_interfere),
+        ("peer_killed_wait_forever", peer_killed_wait_forever),
+        ("peer_killed_with_timeout", peer_killed_with_timeout),
+        (
+            "peer_killed_behind_a_slow_rank",
+            peer_killed_behind_a_slow_rank,
+        ),
+        ("peer_closes_is_peer_exited", peer_closes_is_peer_exited),
+        ("peer_stops_is_timeout", peer_stops_is_timeout),
+        ("stale_segment_is_reclaimed", stale_segment_is_reclaimed),
+        (
+            "garbage_in_each_field_fails_the_step",
+            garbage_in_each_field_fails_the_step,
+        ),
+        (
+            "garbage_hammered_into_every_field",
+            garbage_hammered_into_every_field,
+        ),
+    ];
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in cases {
+            println!("{name}: test");
+        }
+        println!("segment_of_another_user_is_refused: test");
+        return;
+    }
+    if args.iter().any(|a| a == "--ignored") {
+        println!("host_group: no ignored cases");
+        return;
+    }
+    let mut failed = Vec::new();
+    let mut passed = 0;
+    let mut not_run = 0;
+    let selected = |n: &str| filter.as_deref().map_or(true, |f| n.contains(f));
+    for (name, case) in cases.iter().filter(|(n, _)| selected(n)) {
+        let start = Instant::now();
+        match std::panic::catch_unwind(case) {
+            Ok(()) => {
+                passed += 1;
+                println!(
+                    "test {name} ... ok ({:.1} s)",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            Err(_) => {
+                failed.push(*name);
+                println!("test {name} ... FAILED");
+            }
+        }
+    }
+    if selected("segment_of_another_user_is_refused") {
+        match std::panic::catch_unwind(segment_of_another_user_is_refused) {
+            Ok(true) => {
+                passed += 1;
+                println!("test segment_of_another_user_is_refused ... ok");
+            }
+            Ok(false) => not_run += 1,
+            Err(_) => failed.push("segment_of_another_user_is_refused"),
+        }
+    }
+    println!(
+        "host_group: {passed} passed, {} failed, {not_run} not run",
+        failed.len()
+    );
+    if !failed.is_empty() {
+        println!("failed: {failed:?}");
+        std::process::exit(1);
+    }
+}
