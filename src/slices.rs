@@ -237,7 +237,7 @@ impl<'a> Walk<'a> {
     fn locate(&mut self, t: i32) -> (usize, usize) {
         // Skip whole blocks whose end is still before t (their requests end before t).
         for block in self.counts[self.j..].chunks_exact(BLOCK) {
-            let sum = block.iter().fold(0i32, |a, &c| a + c);
+            let sum = block.iter().sum::<i32>();
             if self.cu + sum >= t {
                 break;
             }

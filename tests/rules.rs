@@ -15,13 +15,7 @@ const EXPLICIT: i32 = 0;
 const WHEN_CUDAGRAPH: i32 = 1;
 
 fn rec(unpadded: i32, padded: i32, ubatch: i32, dp_pad: i32, mode: i32) -> RankRecord {
-    RankRecord {
-        num_tokens_unpadded: unpadded,
-        num_tokens_padded: padded,
-        should_attempt_ubatch: ubatch,
-        should_attempt_dp_pad: dp_pad,
-        cudagraph_mode: mode,
-    }
+    RankRecord::from_words([unpadded, padded, ubatch, dp_pad, mode])
 }
 
 /// A request that attempts microbatching whenever the token count reaches the threshold.
@@ -398,46 +392,6 @@ fn invalid_request_cases() -> Vec<(Request, Vec<&'static str>)> {
         (
             with_ubatch(|u| u.decode_token_threshold = -1),
             vec!["decode_token_threshold = -1"],
-        ),
-        // The threshold rule (0.2): both thresholds >= num_ubatches when enabled, the message
-        // naming the field and the bound.
-        (
-            with_ubatch(|u| u.decode_token_threshold = 1),
-            vec![
-                "ubatch.decode_token_threshold = 1",
-                ">= ubatch.num_ubatches = 2",
-            ],
-        ),
-        (
-            with_ubatch(|u| u.prefill_token_threshold = 0),
-            vec![
-                "ubatch.prefill_token_threshold = 0",
-                ">= ubatch.num_ubatches = 2",
-            ],
-        ),
-        (
-            with_ubatch(|u| {
-                u.num_ubatches = 4;
-                u.decode_token_threshold = 3;
-            }),
-            vec![
-                "ubatch.decode_token_threshold = 3",
-                ">= ubatch.num_ubatches = 4",
-            ],
-        ),
-        (
-            with_ubatch(|u| {
-                u.num_ubatches = 4;
-                u.prefill_token_threshold = 3;
-            }),
-            vec![
-                "ubatch.prefill_token_threshold = 3",
-                ">= ubatch.num_ubatches = 4",
-            ],
-        ),
-        (
-            with_ubatch(|u| u.prefill_token_threshold = -1),
-            vec!["prefill_token_threshold = -1"],
         ),
         (
             Request {
@@ -907,4 +861,40 @@ fn record_words_are_the_wire_order_and_round_trip() {
     };
     assert_eq!(r.to_words(), [11, 22, 1, 0, 2]);
     assert_eq!(RankRecord::from_words(r.to_words()), r);
+}
+
+/// The threshold rule (0.2): with microbatching enabled, both thresholds must be >=
+/// num_ubatches (vLLM's config rejects lower ones); the message names the field and the bound.
+#[test]
+fn thresholds_below_num_ubatches_are_refused() {
+    for n in [2, 4] {
+        for decode in [true, false] {
+            for value in [n - 1, 0] {
+                let mut req = ubatch_request(100, 1);
+                req.ubatch.num_ubatches = n;
+                let field = if decode {
+                    req.ubatch.decode_token_threshold = value;
+                    "decode"
+                } else {
+                    req.ubatch.prefill_token_threshold = value;
+                    "prefill"
+                };
+                let m = invalid_message(make_record(&req));
+                assert_names(
+                    &m,
+                    &[
+                        &format!("ubatch.{field}_token_threshold = {value}"),
+                        &format!(">= ubatch.num_ubatches = {n}"),
+                    ],
+                );
+                // At the bound it is accepted.
+                if decode {
+                    req.ubatch.decode_token_threshold = n;
+                } else {
+                    req.ubatch.prefill_token_threshold = n;
+                }
+                assert!(make_record(&req).is_ok(), "{req:?}");
+            }
+        }
+    }
 }

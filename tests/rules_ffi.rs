@@ -15,13 +15,7 @@ use dpcoord::rules::RankRecord;
 use ffi_common::{assert_fails, last_error, sentinel_result, SENTINEL};
 
 fn rec(unpadded: i32, padded: i32, ubatch: i32, dp_pad: i32, mode: i32) -> RankRecord {
-    RankRecord {
-        num_tokens_unpadded: unpadded,
-        num_tokens_padded: padded,
-        should_attempt_ubatch: ubatch,
-        should_attempt_dp_pad: dp_pad,
-        cudagraph_mode: mode,
-    }
+    RankRecord::from_words([unpadded, padded, ubatch, dp_pad, mode])
 }
 
 fn options() -> dp_decide_options {

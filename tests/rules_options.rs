@@ -14,13 +14,7 @@ use proptest::prelude::*;
 const SENTINEL: i32 = -777;
 
 fn rec(unpadded: i32, padded: i32, ubatch: i32, dp_pad: i32, mode: i32) -> RankRecord {
-    RankRecord {
-        num_tokens_unpadded: unpadded,
-        num_tokens_padded: padded,
-        should_attempt_ubatch: ubatch,
-        should_attempt_dp_pad: dp_pad,
-        cudagraph_mode: mode,
-    }
+    RankRecord::from_words([unpadded, padded, ubatch, dp_pad, mode])
 }
 
 /// Records no live rank could send: every field out of range.

@@ -6,24 +6,11 @@
 //! `vllm/v1/worker/ubatch_utils.py::maybe_create_ubatch_slices`.
 
 use dpcoord::slices::{make_ubatch_slices, SliceInputs, UbatchSlice};
-use dpcoord::{Error, ErrorKind};
+use dpcoord::ErrorKind;
 
-type Slices = (Vec<UbatchSlice>, Vec<UbatchSlice>);
+mod slices_common;
 
-fn run(counts: &[i32], p: i32, rp: i32, n: i32, s: i32) -> Result<Slices, Error> {
-    let len = n.clamp(0, 64) as usize;
-    let mut slices = vec![UbatchSlice::default(); len];
-    let mut padded = vec![UbatchSlice::default(); len];
-    let inputs = SliceInputs {
-        num_scheduled_tokens: counts,
-        num_tokens_padded: p,
-        num_requests_padded: rp,
-        num_ubatches: n,
-        split_point: s,
-    };
-    make_ubatch_slices(&inputs, &mut slices, Some(&mut padded))?;
-    Ok((slices, padded))
-}
+use slices_common::{run, Slices};
 
 fn ok(counts: &[i32], p: i32, rp: i32, n: i32, s: i32) -> Slices {
     run(counts, p, rp, n, s).expect("valid inputs")

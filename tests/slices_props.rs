@@ -3,8 +3,11 @@
 //! listed, `bisect_left` / `bisect_right` done with `partition_point`, every slice checked
 //! for emptiness after the fact. A second implementation, not a copy of `src/slices.rs`.
 
-use dpcoord::slices::{make_ubatch_slices, SliceInputs, UbatchSlice};
+mod slices_common;
+
+use dpcoord::slices::UbatchSlice;
 use proptest::prelude::*;
+use slices_common::run;
 
 /// The model's answer: `None` where DESIGN calls the input bad, else (slices, padded).
 fn model(
@@ -73,18 +76,8 @@ fn library(
     n: i32,
     s: i32,
 ) -> Option<(Vec<UbatchSlice>, Vec<UbatchSlice>)> {
-    let len = n.clamp(0, 64) as usize;
-    let mut slices = vec![UbatchSlice::default(); len];
-    let mut padded = vec![UbatchSlice::default(); len];
-    let inputs = SliceInputs {
-        num_scheduled_tokens: counts,
-        num_tokens_padded: p,
-        num_requests_padded: rp,
-        num_ubatches: n,
-        split_point: s,
-    };
-    match make_ubatch_slices(&inputs, &mut slices, Some(&mut padded)) {
-        Ok(()) => Some((slices, padded)),
+    match run(counts, p, rp, n, s) {
+        Ok(slices) => Some(slices),
         Err(e) => {
             assert_eq!(e.kind, dpcoord::ErrorKind::InvalidArgument, "{e}");
             None

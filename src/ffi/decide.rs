@@ -38,6 +38,14 @@ pub struct dp_decide_options {
 /// The smallest `struct_size` accepted: the whole 0.2 struct (its first version).
 const OPTIONS_MIN_SIZE: usize = size_of::<dp_decide_options>();
 
+/// Invokes `$visit!` with every field of `dp_decide_options` after `struct_size`: the one list
+/// the initialiser and the reader walk.
+macro_rules! options_fields {
+    ($visit:ident) => {
+        $visit!(pad_policy, num_ubatches, active_ranks, step_ids)
+    };
+}
+
 /// Fills the caller's `*opts` with the defaults (pad policy EXPLICIT, 2 microbatches, every
 /// rank live, step ids unchecked) and `struct_size = size`, writing only the fields inside its
 /// first `min(size, sizeof)` bytes. Call it through the header's `dp_decide_options_init(opts)`,
@@ -57,45 +65,24 @@ pub extern "C" fn dp_decide_options_init_sized(opts: *mut dp_decide_options, siz
         }
         let base = opts.cast::<u8>();
         let struct_size = u32::try_from(size).unwrap_or(u32::MAX);
-        // SAFETY: `opts` is non-NULL and aligned (checked) and the C caller promises `size`
-        // writable bytes there; `write_field` writes only inside them.
-        unsafe {
-            write_field(
-                |o: &dp_decide_options| o.struct_size,
-                base,
-                size,
-                0,
-                struct_size,
-            );
-            write_field(
-                |o: &dp_decide_options| o.pad_policy,
-                base,
-                size,
-                offset_of!(dp_decide_options, pad_policy),
-                PAD_POLICY_EXPLICIT,
-            );
-            write_field(
-                |o: &dp_decide_options| o.num_ubatches,
-                base,
-                size,
-                offset_of!(dp_decide_options, num_ubatches),
-                DEFAULT_NUM_UBATCHES,
-            );
-            write_field(
-                |o: &dp_decide_options| o.active_ranks,
-                base,
-                size,
-                offset_of!(dp_decide_options, active_ranks),
-                std::ptr::null(),
-            );
-            write_field(
-                |o: &dp_decide_options| o.step_ids,
-                base,
-                size,
-                offset_of!(dp_decide_options, step_ids),
-                std::ptr::null(),
-            );
+        let defaults = RawOptions::default();
+        macro_rules! write {
+            ($($field:ident),+) => {
+                // SAFETY: `opts` is non-NULL and aligned (checked) and the C caller promises
+                // `size` writable bytes there; `write_field` writes only inside them.
+                unsafe {
+                    write_field(|o: &dp_decide_options| o.struct_size, base, size, 0, struct_size);
+                    $(write_field(
+                        |o: &dp_decide_options| o.$field,
+                        base,
+                        size,
+                        offset_of!(dp_decide_options, $field),
+                        defaults.$field,
+                    );)+
+                }
+            };
         }
+        options_fields!(write);
         Ok(())
     });
 }
@@ -136,8 +123,7 @@ pub extern "C" fn dp_decide_batch(
         let options = RawOptions {
             pad_policy,
             num_ubatches,
-            active_ranks: std::ptr::null(),
-            step_ids: std::ptr::null(),
+            ..RawOptions::default()
         };
         decide(
             "dp_decide_batch",
@@ -195,29 +181,40 @@ struct RawOptions {
     step_ids: *const i64,
 }
 
+impl Default for RawOptions {
+    /// What `dp_decide_options_init` writes: EXPLICIT, 2 microbatches, every rank live, step
+    /// ids unchecked.
+    fn default() -> Self {
+        Self {
+            pad_policy: PAD_POLICY_EXPLICIT,
+            num_ubatches: DEFAULT_NUM_UBATCHES,
+            active_ranks: std::ptr::null(),
+            step_ids: std::ptr::null(),
+        }
+    }
+}
+
 /// Reads `*opts`: `struct_size` first, then only the fields inside it (the rest takes the
 /// defaults of `dp_decide_options_init`).
 fn read_options(opts: *const dp_decide_options) -> Result<RawOptions> {
     let base = opts.cast::<u8>();
     let size = read_struct_size(base, "opts", "dp_decide_options", OPTIONS_MIN_SIZE)?;
     check_ptr(opts, "opts")?;
-    macro_rules! field {
-        ($field:ident, $default:expr) => {
-            read_field(
+    let mut options = RawOptions::default();
+    macro_rules! read {
+        ($($field:ident),+) => {$(
+            if let Some(v) = read_field(
                 |o: &dp_decide_options| o.$field,
                 base,
                 size,
                 offset_of!(dp_decide_options, $field),
-            )
-            .unwrap_or($default)
-        };
+            ) {
+                options.$field = v;
+            }
+        )+};
     }
-    Ok(RawOptions {
-        pad_policy: field!(pad_policy, PAD_POLICY_EXPLICIT),
-        num_ubatches: field!(num_ubatches, DEFAULT_NUM_UBATCHES),
-        active_ranks: field!(active_ranks, std::ptr::null()),
-        step_ids: field!(step_ids, std::ptr::null()),
-    })
+    options_fields!(read);
+    Ok(options)
 }
 
 /// The one implementation behind both entry points (`call` names the entry point).
