@@ -127,10 +127,7 @@ mod tests {
         let output = rerun(
             "diag::tests::child_runs_a_one_rank_coordinator",
             &[
-                (
-                    "DPCOORD_DEBUG",
-                    tool.with_file_name("TRACE").file_name().unwrap(),
-                ),
+                ("DPCOORD_DEBUG", OsStr::new("TRACE")),
                 ("NVTX_INJECTION64_PATH", tool.as_os_str()),
                 ("DPCOORD_TEST_NVTX_OUT", events.as_os_str()),
             ],
