@@ -34,6 +34,7 @@ use crate::cuda::{
     self, Context, DeviceBuffer, DevicePtr, Event, Kernel, MappedHost, Module, PostArgs,
     StreamHandle,
 };
+use crate::diag::{self, Ctx, Level};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ffi::dp_batch_result;
 use crate::kernels::{self as k, SLOT_WORDS};
@@ -436,6 +437,25 @@ impl Coordinator {
                 ),
             ));
         }
+        if diag::enabled(Level::Info) {
+            // Once per coordinator: what was resolved (the driver is the process's already:
+            // NCCL made the communicator with it).
+            let (cuda_version, cuda_library) = match cuda::driver() {
+                Ok(d) => (d.version(), d.library()),
+                Err(e) => (0, format!("not loaded ({e})")),
+            };
+            let nccl_library = match nccl.library_path() {
+                Some(file) => format!("{file} ({})", nccl.origin()),
+                None => nccl.origin().to_owned(),
+            };
+            diag::coordinator_info(
+                &Ctx::new().rank(dp_rank, dp_size).comm(comm.as_raw()),
+                nccl.version(),
+                &nccl_library,
+                cuda_version,
+                &cuda_library,
+            );
+        }
         Ok(Coordinator {
             comm,
             nccl,
@@ -460,6 +480,19 @@ impl Coordinator {
         (self.dp_size, self.dp_rank)
     }
 
+    /// What the DPCOORD_DEBUG log says about this coordinator at step `step_id`.
+    fn ctx(&self, step_id: i64) -> Ctx<'static> {
+        Ctx::new()
+            .rank(self.dp_rank, self.dp_size)
+            .comm(self.comm.as_raw())
+            .step(step_id)
+    }
+
+    /// The TRACE line of a decision `end` returns.
+    fn trace(&self, o: &Outcome) {
+        diag::decision(&self.ctx(o.step_id), "dp_coordinator_end", &o.decision);
+    }
+
     fn try_inner(&self, what: &str) -> Result<MutexGuard<'_, Inner>> {
         match self.inner.try_lock() {
             Ok(g) => Ok(g),
@@ -477,6 +510,7 @@ impl Coordinator {
     /// Enqueues this rank's exchange on `stream` and returns (collective: every rank calls
     /// it, in the same order relative to every other collective on the communicator).
     pub(crate) fn begin(&self, stream: StreamHandle, req: &Request) -> Result<()> {
+        let _range = diag::range(c"dp_coordinator_begin", self.dp_rank, req.step_id);
         let _inside = self.shared.enter()?;
         let mut inner = self.try_inner("dp_coordinator_begin")?;
         if let Some(e) = &inner.broken {
@@ -528,6 +562,7 @@ impl Coordinator {
     /// Host write of the slot, allgather, post kernel. A failure before anything is
     /// enqueued leaves the coordinator usable; one after breaks it.
     fn enqueue(&self, inner: &mut Inner, stream: StreamHandle, step: &Step) -> Result<Flight> {
+        let _range = diag::range(c"dp_coordinator_enqueue", self.dp_rank, step.step_id);
         match &inner.gpu {
             Some(gpu) => {
                 if !gpu.ctx.owns(stream)? {
@@ -715,16 +750,19 @@ impl Coordinator {
                 "dp_coordinator_end: no exchange in flight (call dp_coordinator_begin first)",
             ));
         };
+        let _range = diag::range(c"dp_coordinator_end", self.dp_rank, flight.step_id);
         let (seq, stream) = match flight.kind {
             Flight::Local(decision) => {
-                return Ok(Outcome {
+                let outcome = Outcome {
                     decision,
                     dp_rank: self.dp_rank,
                     dp_size: self.dp_size,
                     step_id: flight.step_id,
                     host_array: std::ptr::null(),
                     device_array: 0,
-                })
+                };
+                self.trace(&outcome);
+                return Ok(outcome);
             }
             Flight::Exchange { seq, stream } => (seq, stream),
         };
@@ -739,7 +777,10 @@ impl Coordinator {
             return Err(e);
         }
         match self.read_decision(gpu, &flight, seq) {
-            Ok(outcome) => Ok(outcome),
+            Ok(outcome) => {
+                self.trace(&outcome);
+                Ok(outcome)
+            }
             Err(e) => {
                 // Bad records or step ids: every rank exchanged and got the same error, so
                 // the ranks stay in step. Anything else (stale slots) breaks the coordinator.
@@ -759,6 +800,7 @@ impl Coordinator {
     /// The one host wait: polls the sequence word the kernel writes last, checking
     /// `cancel`, the communicator, the stream and the clock every [`CHECK_INTERVAL`].
     fn wait(&self, gpu: &GpuState, seq: u32, stream: StreamHandle, f: &InFlight) -> Result<()> {
+        let _range = diag::range(c"dp_coordinator_wait", self.dp_rank, f.step_id);
         let mut polls: u32 = 0;
         let mut next_check = f.start + CHECK_INTERVAL;
         loop {
