@@ -19,6 +19,8 @@
 //! - `stage_post_kernel_spin`: the post kernel alone on gathered slots + host spin.
 //! - `stage_hostsend_allgather_post_spin`: host write of the slot into mapped memory,
 //!   allgather, post kernel, spin: the library's sequence without its checks.
+//! - `stage_enqueue_allgather_launch_host_time`: the host time of that sequence's enqueue
+//!   alone (a bare `ncclAllGather` enqueue + one kernel launch: what `begin` is held to).
 //! - `dpcoord_forced_host_send`: `dp_coordinate_batch` end to end (C request read, begin,
 //!   end, C result written) on a coordinator that runs the GPU path even at one rank, host
 //!   send path (the default).
@@ -410,10 +412,13 @@ fn variant<'a>(w: &'a World, name: &'a str) -> Res<Option<StepFn<'a>>> {
             }
             Ok(ns)
         }),
-        "stage_post_kernel_spin" | "stage_hostsend_allgather_post_spin" => {
+        "stage_post_kernel_spin"
+        | "stage_hostsend_allgather_post_spin"
+        | "stage_enqueue_allgather_launch_host_time" => {
             let kit = PostKit::new(n as i32, rank as i32).map_err(err)?;
             let _ = w;
-            let full = name == "stage_hostsend_allgather_post_spin";
+            let host_only = name == "stage_enqueue_allgather_launch_host_time";
+            let full = host_only || name == "stage_hostsend_allgather_post_spin";
             let staging = MappedWords::new(SLOT_WORDS * n).map_err(err)?;
             let mut seq = 0u32;
             Box::new(move |w: &World, step| {
@@ -455,8 +460,9 @@ fn variant<'a>(w: &'a World, name: &'a str) -> Res<Option<StepFn<'a>>> {
                 let r0 = &reqs[0];
                 kit.launch(w.s(), seq, r0.pad_policy, r0.effective_num_ubatches())
                     .map_err(err)?;
+                let enqueued = since(t0);
                 kit.spin(seq, SPIN_LIMIT).map_err(err)?;
-                let ns = since(t0);
+                let ns = if host_only { enqueued } else { since(t0) };
                 let (status, words) = kit.verdict();
                 let (d, _) = expected(&reqs, rank)?;
                 let want = [
@@ -553,6 +559,7 @@ const VARIANTS: &[&str] = &[
     "bare_allgather_hostsend_sync",
     "stage_post_kernel_spin",
     "stage_hostsend_allgather_post_spin",
+    "stage_enqueue_allgather_launch_host_time",
     "dpcoord_forced_host_send",
     "dpcoord_forced_device_send",
     "dpcoord_begin_host_time",
@@ -565,9 +572,11 @@ const VARIANTS: &[&str] = &[
 struct Row {
     name: String,
     iters: usize,
+    min: f64,
     p10: f64,
     median: f64,
     p90: f64,
+    p99: f64,
 }
 
 fn stats(name: &str, mut ns: Vec<u64>) -> Row {
@@ -576,15 +585,22 @@ fn stats(name: &str, mut ns: Vec<u64>) -> Row {
     Row {
         name: name.to_string(),
         iters: ns.len(),
+        min: q(0.0),
         p10: q(0.1),
         median: q(0.5),
         p90: q(0.9),
+        p99: q(0.99),
     }
 }
 
 fn run() -> Res<()> {
     let args = parse_args()?;
     let w = World::new()?;
+    // Untimed warm-up of the GPU and NCCL (clocks ramp up; the first variant must not pay
+    // it). A count, not a time: every rank must make the same number of collective calls.
+    for _ in 0..if w.n == 1 { 100_000 } else { 100 } {
+        w.barrier()?;
+    }
     let mut rows = Vec::new();
     for (i, &name) in VARIANTS.iter().enumerate() {
         if args
@@ -651,12 +667,25 @@ fn print_table(w: &World, rows: &[Row], csv: Option<&Path>) -> Res<()> {
     }
     print!("{out}");
     if let Some(path) = csv {
-        let mut text = String::from("ranks,variant,iters,p10_us,median_us,p90_us\n");
+        // The columns plot.py reads, then the quantiles of this table.
+        let mut text = String::from(
+            "ranks,variant,iters,median_us,p99_us,min_us,gpus,ranks_share_gpu,p10_us,p90_us\n",
+        );
+        let gpus = testing::device_count().unwrap_or(0) as usize;
         for r in rows {
             writeln!(
                 text,
-                "{},{},{},{:.3},{:.3},{:.3}",
-                w.n, r.name, r.iters, r.p10, r.median, r.p90
+                "{},{},{},{:.3},{:.3},{:.3},{},{},{:.3},{:.3}",
+                w.n,
+                r.name,
+                r.iters,
+                r.median,
+                r.p99,
+                r.min,
+                gpus,
+                u8::from(w.n > gpus),
+                r.p10,
+                r.p90
             )
             .ok();
         }

@@ -336,7 +336,11 @@ impl PostKit {
             device_out: self.device_out.ptr(),
             host: self.host.device_ptr(),
         };
-        self.post.launch_post(k::BLOCK_THREADS, stream, &args)
+        self.post.launch_post(
+            crate::coordinator::block_threads(self.dp_size),
+            stream,
+            &args,
+        )
     }
 
     /// Spins until the kernel published `seq`, or `Timeout` after `limit`.
