@@ -1642,6 +1642,8 @@ void SetUpWorld() {
   CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&g.check_host), kCheckBytes));
   CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&g.read_host), sizeof(int32_t) * 4096));
   CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&g.scratch_dev), sizeof(int32_t) * kScratchInts));
+  // Initialised: tests' stand-in kernels read it (compute-sanitizer's initcheck watches).
+  CUDA_CHECK(cudaMemset(g.scratch_dev, 0, sizeof(int32_t) * kScratchInts));
   g.check_half = kCheckBytes / 2;
 
   int nccl_version = 0;
