@@ -4,6 +4,10 @@
 //   every rank:  dp_make_record(&request, &records[my_rank])   local, validates the request
 //   all ranks:   allgather the 20-byte records                 MPI_Allgather / Gloo / here: memory
 //   every rank:  dp_decide_batch(records, ...)                 same records -> same decision
+//   a step that microbatches: dp_make_ubatch_slices(...)       local: which requests/tokens
+//                                                              go into each microbatch
+//   a rank died: dp_decide_batch_with_options(records, ...,    its slot is neither read nor
+//                &opts /* active_ranks */, ...)                 counted; the others go on
 //
 // The four ranks run one after another in this process; the "allgather" is a shared array.
 // Build it against an installed dpcoord (examples/CMakeLists.txt):
@@ -11,12 +15,14 @@
 #include <dpcoord.h>
 
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
 namespace {
 
 constexpr int kRanks = 4;
+constexpr int kMaxRequests = 4;
 
 // What one rank's scheduler decided for this step, before DP coordination.
 struct RankInput {
@@ -32,6 +38,10 @@ struct Step {
   int32_t pad_policy;
   bool microbatching;  // DBO enabled and requested
   RankInput ranks[kRanks];
+  bool dead[kRanks];  // a dead rank sends no record; the others decide without it
+  // Tokens of each scheduled request (0 = no request), for the microbatch slices of a step
+  // that microbatches; they add up to the rank's `scheduled`.
+  int32_t requests[kRanks][kMaxRequests];
 };
 
 const char* ModeName(int32_t mode) {
@@ -59,6 +69,38 @@ dp_batch_request MakeRequest(const Step& step, const RankInput& in) {
   return req;
 }
 
+// Every rank's microbatches for a step that microbatches: dp_make_ubatch_slices over its own
+// requests and its agreed tokens after padding (local, no communication).
+dp_status ShowSlices(const Step& step, const uint8_t* live,
+                     const std::vector<dp_batch_result>& results) {
+  std::printf("  microbatches (dp_make_ubatch_slices, split at tokens after padding / 2):\n");
+  for (int r = 0; r < kRanks; ++r) {
+    if (!live[r]) continue;
+    int32_t count = 0;
+    while (count < kMaxRequests && step.requests[r][count] > 0) ++count;
+    dp_ubatch_slice slices[2], padded[2];
+    const dp_status s =
+        dp_make_ubatch_slices(step.requests[r], count, results[r].num_tokens_after_padding_self,
+                              /*num_requests_padded=*/-1, /*num_ubatches=*/2,
+                              /*split_point=*/-1, slices, padded);
+    if (s != DP_OK) {
+      std::printf("  rank %d: dp_make_ubatch_slices -> %s: %s\n", r, dp_status_string(s),
+                  dp_last_error());
+      return s;
+    }
+    std::printf("    rank %d, requests", r);
+    for (int32_t i = 0; i < count; ++i) std::printf(" %d", step.requests[r][i]);
+    std::printf(":");
+    for (int k = 0; k < 2; ++k) {
+      std::printf("  ubatch %d = requests [%d, %d) tokens [%d, %d)", k, slices[k].request_begin,
+                  slices[k].request_end, slices[k].token_begin, slices[k].token_end);
+    }
+    std::printf("; padded to tokens [%d, %d)\n", padded[1].token_begin, padded[1].token_end);
+  }
+  std::printf("  (a request cut by the split is in both microbatches)\n");
+  return DP_OK;
+}
+
 // Runs one step on every rank; returns the status every rank got (DP_OK, or the error that
 // every rank agreed on). Prints a table of inputs and decisions.
 dp_status RunStep(int number, const Step& step) {
@@ -68,8 +110,17 @@ dp_status RunStep(int number, const Step& step) {
               step.microbatching ? "enabled (2 ubatches)" : "off");
 
   // 1. Local step on every rank: request -> record. An invalid request fails here, locally.
+  //    A dead rank sends nothing: its slot keeps whatever the buffer held (here 0xFF bytes).
   std::vector<dp_rank_record> allgathered(kRanks);
+  std::memset(static_cast<void*>(allgathered.data()), 0xFF, sizeof(dp_rank_record) * kRanks);
+  uint8_t live[kRanks];
+  bool any_dead = false;
   for (int r = 0; r < kRanks; ++r) {
+    live[r] = step.dead[r] ? 0 : 1;
+    any_dead = any_dead || step.dead[r];
+  }
+  for (int r = 0; r < kRanks; ++r) {
+    if (!live[r]) continue;
     const dp_batch_request req = MakeRequest(step, step.ranks[r]);
     const dp_status s = dp_make_record(&req, &allgathered[r]);
     if (s != DP_OK) {
@@ -88,12 +139,27 @@ dp_status RunStep(int number, const Step& step) {
   std::vector<int32_t> first_array;
   dp_status agreed = DP_OK;
   std::string error_text;  // rank 0's dp_last_error(), shown after the table
+  std::vector<dp_batch_result> results(kRanks);
   for (int r = 0; r < kRanks; ++r) {
+    if (!live[r]) {
+      std::printf("  %4d | dead: its slot is neither read nor counted\n", r);
+      continue;
+    }
     std::vector<int32_t> after(kRanks);
     dp_batch_result res;
     dp_batch_result_init(&res);  // struct_size: the library writes only what it holds
-    const dp_status s = dp_decide_batch(allgathered.data(), kRanks, r, step.pad_policy,
-                                        /*num_ubatches=*/2, after.data(), &res);
+    dp_status s;
+    if (any_dead) {
+      dp_decide_options opts;
+      dp_decide_options_init(&opts);  // EXPLICIT, 2 microbatches, every rank live, no step ids
+      opts.pad_policy = step.pad_policy;
+      opts.active_ranks = live;
+      s = dp_decide_batch_with_options(allgathered.data(), kRanks, r, &opts, after.data(), &res);
+    } else {
+      s = dp_decide_batch(allgathered.data(), kRanks, r, step.pad_policy, /*num_ubatches=*/2,
+                          after.data(), &res);
+    }
+    results[r] = res;
     const dp_rank_record& rec = allgathered[r];
     std::printf("  %4d | %9d | %6d | %-9s | %-12s | %-10s || ", r, rec.num_tokens_unpadded,
                 rec.num_tokens_padded, ModeName(rec.cudagraph_mode),
@@ -120,11 +186,19 @@ dp_status RunStep(int number, const Step& step) {
     }
   }
   if (agreed == DP_OK) {
-    std::printf("  every rank: microbatch %s, DP padding %s, CUDA graphs %s "
+    std::printf("  every %srank: microbatch %s, DP padding %s, CUDA graphs %s "
                 "(max padded %d, min scheduled %d)\n",
-                YesNo(first.should_ubatch), YesNo(first.should_dp_pad),
+                any_dead ? "live " : "", YesNo(first.should_ubatch), YesNo(first.should_dp_pad),
                 ModeName(first.synced_cudagraph_mode), first.max_num_tokens_padded,
                 first.min_num_tokens_unpadded);
+    if (any_dead) {
+      std::printf("  tokens after padding per rank:");
+      for (int r = 0; r < kRanks; ++r) std::printf(" %d", first_array[r]);
+      std::printf("  (a dead rank's entry: max padded when padding, else 0)\n");
+    }
+    if (first.should_ubatch && step.requests[0][0] > 0) {
+      agreed = ShowSlices(step, live, results);
+    }
   } else if (agreed != DP_ERR_INTERNAL) {
     std::printf("  every rank got %s: the step is refused everywhere, no rank hangs\n"
                 "  dp_last_error(): %s\n",
@@ -146,33 +220,49 @@ int main() {
        {{96, 96, DP_CUDAGRAPH_FULL, 1, true},
         {120, 128, DP_CUDAGRAPH_FULL, 1, true},
         {80, 96, DP_CUDAGRAPH_PIECEWISE, 1, true},
-        {112, 128, DP_CUDAGRAPH_FULL, 1, true}}},
+        {112, 128, DP_CUDAGRAPH_FULL, 1, true}}, {}, {}},
       {"one long prefill; rank 1 runs eagerly (no CUDA graph)",
        DP_PAD_POLICY_WHEN_CUDAGRAPH, true,
        {{3000, -1, DP_CUDAGRAPH_PIECEWISE, 0, false},
         {40, 48, DP_CUDAGRAPH_NONE, 1, false},
         {64, 64, DP_CUDAGRAPH_FULL, 1, false},
-        {36, 48, DP_CUDAGRAPH_FULL, 1, false}}},
+        {36, 48, DP_CUDAGRAPH_FULL, 1, false}}, {}, {}},
       {"rank 3 is idle (dummy batch): no microbatching, every rank padded to the max",
        DP_PAD_POLICY_EXPLICIT, true,
        {{96, 96, DP_CUDAGRAPH_FULL, 1, true},
         {128, 128, DP_CUDAGRAPH_FULL, 1, true},
         {100, 128, DP_CUDAGRAPH_FULL, 1, true},
-        {0, 0, DP_CUDAGRAPH_FULL, 1, true}}},
+        {0, 0, DP_CUDAGRAPH_FULL, 1, true}}, {}, {}},
+      {"prefills on every rank, balanced: all ranks microbatch; a prefill straddles the split",
+       DP_PAD_POLICY_WHEN_CUDAGRAPH, true,
+       {{1000, -1, DP_CUDAGRAPH_NONE, 0, false},
+        {900, -1, DP_CUDAGRAPH_NONE, 0, false},
+        {960, -1, DP_CUDAGRAPH_NONE, 0, false},
+        {1024, -1, DP_CUDAGRAPH_NONE, 0, false}},
+       {false, false, false, false},
+       {{1, 1, 700, 298}, {600, 300}, {2, 958}, {512, 512}}},
+      {"rank 2 died: the live ranks keep deciding without it",
+       DP_PAD_POLICY_EXPLICIT, false,
+       {{96, 96, DP_CUDAGRAPH_FULL, 1, true},
+        {120, 128, DP_CUDAGRAPH_FULL, 1, true},
+        {0, 0, DP_CUDAGRAPH_NONE, 1, true},
+        {112, 128, DP_CUDAGRAPH_FULL, 1, true}},
+       {false, false, true, false},
+       {}},
       {"misconfiguration: rank 2 does not allow DP padding",
        DP_PAD_POLICY_EXPLICIT, false,
        {{10, 16, DP_CUDAGRAPH_FULL, 1, true},
         {12, 16, DP_CUDAGRAPH_FULL, 1, true},
         {9, 16, DP_CUDAGRAPH_FULL, 1, false},
-        {16, 16, DP_CUDAGRAPH_FULL, 1, true}}},
+        {16, 16, DP_CUDAGRAPH_FULL, 1, true}}, {}, {}},
       {"bad request: rank 1's padded count is below its scheduled count",
        DP_PAD_POLICY_EXPLICIT, false,
        {{10, 16, DP_CUDAGRAPH_FULL, 1, true},
         {40, 32, DP_CUDAGRAPH_FULL, 1, true},
         {9, 16, DP_CUDAGRAPH_FULL, 1, true},
-        {16, 16, DP_CUDAGRAPH_FULL, 1, true}}},
+        {16, 16, DP_CUDAGRAPH_FULL, 1, true}}, {}, {}},
   };
-  const dp_status expected[] = {DP_OK, DP_OK, DP_OK, DP_ERR_INCONSISTENT_RANKS,
+  const dp_status expected[] = {DP_OK, DP_OK, DP_OK, DP_OK, DP_OK, DP_ERR_INCONSISTENT_RANKS,
                                 DP_ERR_INVALID_ARGUMENT};
 
   int unexpected = 0;

@@ -129,6 +129,124 @@ typedef struct dp_coordinator dp_coordinator;
 typedef struct dp_host_group dp_host_group;
 
 /**
+ * Options of `dp_decide_batch_with_options`. Initialise with `dp_decide_options_init`, then
+ * set fields; the library reads only `min(struct_size, sizeof)` bytes, so the struct can grow.
+ */
+typedef struct dp_decide_options {
+  /**
+   * `sizeof(dp_decide_options)` as the caller compiled it (set by `dp_decide_options_init`).
+   */
+  uint32_t struct_size;
+  /**
+   * 0 EXPLICIT (default), 1 WHEN_CUDAGRAPH; every rank must pass the same value.
+   */
+  int32_t pad_policy;
+  /**
+   * Microbatches per step, >= 2 (default 2); every rank must pass the same value.
+   */
+  int32_t num_ubatches;
+  /**
+   * NULL (default): every rank is live. Else `dp_size` bytes, 1 live, 0 dead: a dead slot's
+   * record is not read for the decision (garbage there is fine), it votes yes on
+   * microbatching and takes no part in min/max or the pad-flag comparison (vLLM's
+   * `neutralize_dead_dp_columns`); its tokens after padding are max(padded) of the live ranks
+   * when padding, else 0. The calling rank must be live. Borrowed for the call only.
+   */
+  const uint8_t *active_ranks;
+  /**
+   * NULL (default): unchecked. Else `dp_size` step ids (each >= 0), compared over the live
+   * ranks: when any is non-zero all must be equal, else `DP_ERR_INCONSISTENT_RANKS` naming two
+   * ranks and their ids; the agreed id lands in `res->step_id`. Borrowed for the call only.
+   */
+  const int64_t *step_ids;
+} dp_decide_options;
+
+/**
+ * One rank's contribution to the exchange: five `int32_t`, the wire format.
+ */
+typedef struct dp_rank_record {
+  /**
+   * Tokens this rank schedules this step.
+   */
+  int32_t num_tokens_unpadded;
+  /**
+   * Tokens including non-DP padding (>= unpadded).
+   */
+  int32_t num_tokens_padded;
+  /**
+   * 1 if this rank wants to microbatch, else 0.
+   */
+  int32_t should_attempt_ubatch;
+  /**
+   * 1 if this rank allows DP padding, else 0.
+   */
+  int32_t should_attempt_dp_pad;
+  /**
+   * This rank's CUDA-graph mode (0 NONE, 1 PIECEWISE, 2 FULL).
+   */
+  int32_t cudagraph_mode;
+} dp_rank_record;
+
+/**
+ * The decision every rank shares for this step. Initialise with `dp_batch_result_init`.
+ */
+typedef struct dp_batch_result {
+  /**
+   * `sizeof(dp_batch_result)` as the caller compiled it (set by `dp_batch_result_init`, 0.2);
+   * the library writes only `min(struct_size, sizeof)` bytes.
+   */
+  uint32_t struct_size;
+  /**
+   * Every rank splits this step into microbatches.
+   */
+  bool should_ubatch;
+  /**
+   * Every rank is padded to `max_num_tokens_padded`.
+   */
+  bool should_dp_pad;
+  /**
+   * `num_tokens_after_padding` holds `dp_size` entries (false when dp_size == 1 or no array).
+   */
+  bool has_num_tokens_after_padding;
+  /**
+   * The minimum CUDA-graph mode across ranks: the mode every rank uses.
+   */
+  int32_t synced_cudagraph_mode;
+  /**
+   * This rank.
+   */
+  int32_t dp_rank;
+  /**
+   * Number of ranks.
+   */
+  int32_t dp_size;
+  /**
+   * This rank's tokens after padding (own padded count when dp_size == 1).
+   */
+  int32_t num_tokens_after_padding_self;
+  /**
+   * Maximum padded token count across ranks.
+   */
+  int32_t max_num_tokens_padded;
+  /**
+   * Minimum unpadded token count across ranks.
+   */
+  int32_t min_num_tokens_unpadded;
+  /**
+   * Host array of `dp_size` tokens-after-padding, or NULL (see `has_num_tokens_after_padding`).
+   */
+  const int32_t *num_tokens_after_padding;
+  /**
+   * Device array of `dp_size` entries written in stream order; NULL from the host paths.
+   */
+  const int32_t *num_tokens_after_padding_device;
+  /**
+   * The agreed step id (0.2): every live rank's `step_id`, 0 when unchecked.
+   */
+  int64_t step_id;
+} dp_batch_result;
+
+/**
  * Microbatching configuration (vLLM's `enable_dbo` and thresholds).
  */
 typedef struct dp_ubatch_config {
@@ -204,89 +322,27 @@ typedef struct dp_batch_request {
 } dp_batch_request;
 
 /**
- * The decision every rank shares for this step. Initialise with `dp_batch_result_init`.
+ * One microbatch: requests `[request_begin, request_end)` and tokens `[token_begin, token_end)`
+ * of this rank's step (Python's `slice(start, stop)` pairs of vLLM's `UBatchSlice`).
  */
-typedef struct dp_batch_result {
+typedef struct dp_ubatch_slice {
   /**
-   * `sizeof(dp_batch_result)` as the caller compiled it (set by `dp_batch_result_init`, 0.2);
-   * the library writes only `min(struct_size, sizeof)` bytes.
+   * First request of the microbatch (a straddling request is in both microbatches).
    */
-  uint32_t struct_size;
+  int32_t request_begin;
   /**
-   * Every rank splits this step into microbatches.
+   * One past the last request of the microbatch.
    */
-  bool should_ubatch;
+  int32_t request_end;
   /**
-   * Every rank is padded to `max_num_tokens_padded`.
+   * First token of the microbatch.
    */
-  bool should_dp_pad;
+  int32_t token_begin;
   /**
-   * `num_tokens_after_padding` holds `dp_size` entries (false when dp_size == 1 or no array).
+   * One past the last token of the microbatch.
    */
-  bool has_num_tokens_after_padding;
-  /**
-   * The minimum CUDA-graph mode across ranks: the mode every rank uses.
-   */
-  int32_t synced_cudagraph_mode;
-  /**
-   * This rank.
-   */
-  int32_t dp_rank;
-  /**
-   * Number of ranks.
-   */
-  int32_t dp_size;
-  /**
-   * This rank's tokens after padding (own padded count when dp_size == 1).
-   */
-  int32_t num_tokens_after_padding_self;
-  /**
-   * Maximum padded token count across ranks.
-   */
-  int32_t max_num_tokens_padded;
-  /**
-   * Minimum unpadded token count across ranks.
-   */
-  int32_t min_num_tokens_unpadded;
-  /**
-   * Host array of `dp_size` tokens-after-padding, or NULL (see `has_num_tokens_after_padding`).
-   */
-  const int32_t *num_tokens_after_padding;
-  /**
-   * Device array of `dp_size` entries written in stream order; NULL from the host paths.
-   */
-  const int32_t *num_tokens_after_padding_device;
-  /**
-   * The agreed step id (0.2): every live rank's `step_id`, 0 when unchecked.
-   */
-  int64_t step_id;
-} dp_batch_result;
-
-/**
- * One rank's contribution to the exchange: five `int32_t`, the wire format.
- */
-typedef struct dp_rank_record {
-  /**
-   * Tokens this rank schedules this step.
-   */
-  int32_t num_tokens_unpadded;
-  /**
-   * Tokens including non-DP padding (>= unpadded).
-   */
-  int32_t num_tokens_padded;
-  /**
-   * 1 if this rank wants to microbatch, else 0.
-   */
-  int32_t should_attempt_ubatch;
-  /**
-   * 1 if this rank allows DP padding, else 0.
-   */
-  int32_t should_attempt_dp_pad;
-  /**
-   * This rank's CUDA-graph mode (0 NONE, 1 PIECEWISE, 2 FULL).
-   */
-  int32_t cudagraph_mode;
-} dp_rank_record;
+  int32_t token_end;
+} dp_ubatch_slice;
 
 #ifdef __cplusplus
 extern "C" {
@@ -309,6 +365,62 @@ const char *dp_last_error(void);
  * The library's version string, "MAJOR.MINOR.PATCH"; static. Never fails.
  */
 const char *dp_version(void);
+
+/**
+ * Fills the caller's `*opts` with the defaults (pad policy EXPLICIT, 2 microbatches, every
+ * rank live, step ids unchecked) and `struct_size = size`, writing only the fields inside its
+ * first `min(size, sizeof)` bytes. Call it through the header's `dp_decide_options_init(opts)`,
+ * which passes the caller's `sizeof(*opts)`. `opts` must be aligned to 8 bytes.
+ *
+ * Local, thread-safe. A NULL or misaligned `opts`, or a `size` below 32 (the 0.2 struct),
+ * writes nothing and leaves a message for `dp_last_error`.
+ */
+void dp_decide_options_init_sized(struct dp_decide_options *opts, size_t size);
+
+/**
+ * The decision from every rank's record (`records[r]` is rank r's, `dp_size` entries), every
+ * rank live and step ids unchecked: `dp_decide_batch_with_options` with default options but
+ * for `pad_policy` and `num_ubatches`.
+ *
+ * Local and deterministic: every rank passing the same records gets the same answer.
+ * `num_tokens_after_padding` (nullable, `dp_size` entries, must not overlap `records`)
+ * receives every rank's tokens after padding, and `res->num_tokens_after_padding` then
+ * points at it; with NULL, only the scalars are filled and that pointer is NULL. For
+ * dp_size == 1 no exchange is implied: no array is written and
+ * `has_num_tokens_after_padding` is false. `res->num_tokens_after_padding_device` is
+ * always NULL and `res->step_id` 0. `*res` must be initialised with `dp_batch_result_init`
+ * (its `struct_size` is read). Outputs are written only on success. Thread-safe,
+ * allocation-free. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (bad pointer, sizes, rank,
+ * policy, num_ubatches or record field: the message names it) or
+ * `DP_ERR_INCONSISTENT_RANKS`.
+ */
+enum dp_status dp_decide_batch(const struct dp_rank_record *records,
+                               int32_t dp_size,
+                               int32_t dp_rank,
+                               int32_t pad_policy,
+                               int32_t num_ubatches,
+                               int32_t *num_tokens_after_padding,
+                               struct dp_batch_result *res);
+
+/**
+ * The decision from every live rank's record, with dead slots and step ids (0.2).
+ *
+ * As `dp_decide_batch`, with `*opts` (initialised by `dp_decide_options_init`; its
+ * `struct_size` is read first) giving the pad policy, `num_ubatches`, the live ranks and the
+ * step ids (see `dp_decide_options`). `dp_rank` must be live. `res->step_id` receives the
+ * agreed step id (0 when unchecked). The arrays `active_ranks` and `step_ids` must not overlap
+ * `num_tokens_after_padding`. Local, deterministic, thread-safe, allocation-free; outputs are
+ * written only on success. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (bad pointer or size, a
+ * rank, policy, num_ubatches, live byte, step id or live record field out of range, or the
+ * calling rank dead: the message names it) or `DP_ERR_INCONSISTENT_RANKS` (EXPLICIT pad flags
+ * or step ids differ across live ranks: the message names two ranks).
+ */
+enum dp_status dp_decide_batch_with_options(const struct dp_rank_record *records,
+                                            int32_t dp_size,
+                                            int32_t dp_rank,
+                                            const struct dp_decide_options *opts,
+                                            int32_t *num_tokens_after_padding,
+                                            struct dp_batch_result *res);
 
 /**
  * Creates a coordinator for `comm` and writes it to `*out` (local: asks NCCL for the
@@ -475,29 +587,6 @@ void dp_batch_result_init_sized(struct dp_batch_result *res, size_t size);
 enum dp_status dp_make_record(const struct dp_batch_request *req, struct dp_rank_record *out);
 
 /**
- * The decision from every rank's record (`records[r]` is rank r's, `dp_size` entries).
- *
- * Local and deterministic: every rank passing the same records gets the same answer.
- * `num_tokens_after_padding` (nullable, `dp_size` entries, must not overlap `records`)
- * receives every rank's tokens after padding, and `res->num_tokens_after_padding` then
- * points at it; with NULL, only the scalars are filled and that pointer is NULL. For
- * dp_size == 1 no exchange is implied: no array is written and
- * `has_num_tokens_after_padding` is false. `res->num_tokens_after_padding_device` is
- * always NULL and `res->step_id` 0. `*res` must be initialised with `dp_batch_result_init`
- * (its `struct_size` is read). Outputs are written only on success. Thread-safe,
- * allocation-free. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (bad pointer, sizes, rank,
- * policy, num_ubatches or record field: the message names it) or
- * `DP_ERR_INCONSISTENT_RANKS`.
- */
-enum dp_status dp_decide_batch(const struct dp_rank_record *records,
-                               int32_t dp_size,
-                               int32_t dp_rank,
-                               int32_t pad_policy,
-                               int32_t num_ubatches,
-                               int32_t *num_tokens_after_padding,
-                               struct dp_batch_result *res);
-
-/**
  * Joins the host group `name` as rank `dp_rank` of `dp_size` and waits until every rank
  * joined: collective over the `dp_size` processes that open the same `name` on this host, in
  * any order. On `DP_OK`, `*out` receives the handle; on failure `*out` is left untouched.
@@ -563,6 +652,36 @@ enum dp_status dp_host_group_coordinate(struct dp_host_group *g,
  */
 enum dp_status dp_host_group_close(struct dp_host_group *g);
 
+/**
+ * Which requests and tokens of this rank's step go into each microbatch, for a step whose
+ * decision has `should_ubatch` (exactly vLLM V1's `maybe_create_ubatch_slices`).
+ *
+ * `num_scheduled_tokens` holds this rank's `num_requests` (>= 1) token counts (each >= 0,
+ * summing to at most `num_tokens_padded`, the agreed `num_tokens_after_padding_self`).
+ * `num_requests_padded` is the padded request count (-1: `num_requests`; else >= it);
+ * `split_point` the tokens per microbatch before the last (-1: `num_tokens_padded /
+ * num_ubatches`; else >= 1). With `cu` the cumulative counts, microbatch k covers tokens
+ * `[s*k, s*(k+1))` (the last up to `cu[R]`) and requests `[bisect_right(cu, start) - 1,
+ * bisect_left(cu, end))`: a request straddling a split point is in both microbatches.
+ * `slices` receives the `num_ubatches` slices; `padded_slices` (nullable) the same but the
+ * last, which runs to `num_requests_padded` and `num_tokens_padded`. Neither may overlap the
+ * other or `num_scheduled_tokens`.
+ *
+ * Local, thread-safe, allocation-free; outputs are written only on success. Returns `DP_OK`
+ * or `DP_ERR_INVALID_ARGUMENT` (a NULL or misaligned pointer, no request, fewer than 2
+ * microbatches, a negative count, counts summing past `num_tokens_padded`, `num_requests_padded`
+ * below `num_requests`, a split point out of range or one that leaves a microbatch empty: the
+ * message names it).
+ */
+enum dp_status dp_make_ubatch_slices(const int32_t *num_scheduled_tokens,
+                                     int32_t num_requests,
+                                     int32_t num_tokens_padded,
+                                     int32_t num_requests_padded,
+                                     int32_t num_ubatches,
+                                     int32_t split_point,
+                                     struct dp_ubatch_slice *slices,
+                                     struct dp_ubatch_slice *padded_slices);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus
@@ -589,5 +708,10 @@ static inline void dp_batch_request_init(dp_batch_request *req) {
  */
 static inline void dp_batch_result_init(dp_batch_result *res) {
   dp_batch_result_init_sized(res, sizeof(*res));
+}
+
+/** Fills `*opts` with the defaults and `struct_size = sizeof(*opts)` as this header knows it. */
+static inline void dp_decide_options_init(dp_decide_options *opts) {
+  dp_decide_options_init_sized(opts, sizeof(*opts));
 }
 #endif  /* DPCOORD_H_INIT */

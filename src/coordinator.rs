@@ -21,9 +21,10 @@
 //! A helper thread works for both kinds of communicator, where detecting a nonblocking one
 //! would leave the blocking kind, the common one, unbounded.
 //!
-//! State whose work may still be pending is never freed: `destroy` and `dp_release` hand it to
-//! a graveyard that frees it once the event recorded behind that work has completed (checked
-//! at later create/destroy calls), or never, when a helper may still be inside NCCL.
+//! Device state is made by `create` and never freed by `destroy` or `dp_release` (freeing may
+//! wait for the whole device): they hand it to a graveyard that the next `create` empties of
+//! whatever is idle, that is, whose event recorded behind pending work has completed; state a
+//! helper thread may still write (inside NCCL) is never freed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
@@ -200,7 +201,9 @@ impl Shared {
     }
 }
 
-/// The device side of a coordinator: created on its first exchange, in the stream's context.
+/// The device side of a coordinator: created with it (so that no `begin` allocates, loads a
+/// module or frees: each of those may wait for the whole device), in the context that is
+/// current on the communicator's device, else that device's primary context.
 struct GpuState {
     ctx: Context,
     post: Kernel,
@@ -328,16 +331,19 @@ fn sweep_graveyard() {
 
 /// Frees `state` now if idle, else hands it to the graveyard.
 fn retire(state: GpuState) {
-    if state.idle() {
-        state.free();
-    } else {
-        lock(&GRAVEYARD).push(state);
-    }
+    lock(&GRAVEYARD).push(state);
 }
 
 /// The first `ncclAllGather`, on a helper thread: its result, once it returned.
 struct Connect {
     code: Mutex<Option<i32>>,
+}
+
+/// Threads of the post kernel: one warp per 32 ranks, at most [`k::BLOCK_THREADS`] (a small
+/// communicator gets one warp: fewer barriers and a faster launch).
+pub(crate) fn block_threads(dp_size: i32) -> u32 {
+    let warps = (dp_size.max(1) as u32).div_ceil(32);
+    (warps * 32).min(k::BLOCK_THREADS)
 }
 
 /// One `begin`'s inputs to the device work.
@@ -371,6 +377,8 @@ enum Flight {
 /// Everything behind the coordinator's lock.
 struct Inner {
     gpu: Option<GpuState>,
+    /// The last stream checked to belong to the state's context.
+    checked_stream: Option<StreamHandle>,
     seq: u32,
     /// An exchange's `ncclAllGather` returned: NCCL's connections exist.
     connected: bool,
@@ -388,7 +396,6 @@ pub struct Coordinator {
     device: i32,
     /// Run the GPU path even for dp_size 1 (benchmarks, through `testing`).
     force_exchange: bool,
-    send_path: SendPath,
     shared: Arc<Shared>,
     inner: Mutex<Inner>,
 }
@@ -456,6 +463,12 @@ impl Coordinator {
                 &cuda_library,
             );
         }
+        let gpu = if dp_size > 1 || force_exchange {
+            let ctx = Context::of_stream(StreamHandle::DEFAULT, device)?;
+            Some(GpuState::new(ctx, dp_size as usize, send_path)?)
+        } else {
+            None
+        };
         Ok(Coordinator {
             comm,
             nccl,
@@ -463,10 +476,10 @@ impl Coordinator {
             dp_rank,
             device,
             force_exchange,
-            send_path,
             shared: Arc::new(Shared::default()),
             inner: Mutex::new(Inner {
-                gpu: None,
+                gpu,
+                checked_stream: None,
                 seq: 0,
                 connected: false,
                 in_flight: None,
@@ -563,20 +576,21 @@ impl Coordinator {
     /// enqueued leaves the coordinator usable; one after breaks it.
     fn enqueue(&self, inner: &mut Inner, stream: StreamHandle, step: &Step) -> Result<Flight> {
         let _range = diag::range(c"dp_coordinator_enqueue", self.dp_rank, step.step_id);
-        match &inner.gpu {
-            Some(gpu) => {
-                if !gpu.ctx.owns(stream)? {
-                    return Err(Error::new(
-                        ErrorKind::InvalidArgument,
-                        "stream belongs to another CUDA context than the stream of this \
-                         coordinator's first exchange; use one context per coordinator",
-                    ));
-                }
+        let gpu = inner
+            .gpu
+            .as_ref()
+            .expect("a coordinator of the GPU path has GPU state");
+        if inner.checked_stream != Some(stream) {
+            if !gpu.ctx.owns(stream)? {
+                // Name the devices when they differ; else it is another context of the device.
+                Context::of_stream(stream, self.device)?;
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "stream belongs to another CUDA context than the one current (or primary) \
+                     on the communicator's device when the coordinator was created",
+                ));
             }
-            None => {
-                let ctx = Context::of_stream(stream, self.device)?;
-                inner.gpu = Some(GpuState::new(ctx, self.dp_size as usize, self.send_path)?);
-            }
+            inner.checked_stream = Some(stream);
         }
         cuda::check_not_capturing(stream)?;
         let seq = inner.seq.wrapping_add(1).max(1);
@@ -637,7 +651,8 @@ impl Coordinator {
             device_out: gpu.device_out.ptr(),
             host: gpu.host.device_ptr(),
         };
-        gpu.post.launch_post(k::BLOCK_THREADS, stream, &args)
+        gpu.post
+            .launch_post(block_threads(self.dp_size), stream, &args)
     }
 
     /// The first `ncclAllGather` of this coordinator, on a helper thread the wait can leave.
@@ -951,7 +966,6 @@ impl Coordinator {
             retire(gpu);
         }
         inner.in_flight = None;
-        sweep_graveyard();
         Ok(())
     }
 }
@@ -1095,7 +1109,6 @@ pub(crate) fn cancel(comm: CommHandle) -> Result<()> {
 pub(crate) fn release(comm: CommHandle) -> Result<()> {
     let key = comm.as_raw() as usize;
     let Some(entry) = lock(&CACHE).get(&key).cloned() else {
-        sweep_graveyard();
         return Ok(());
     };
     let mut guard = match entry.coordinator.try_lock() {

@@ -52,6 +52,9 @@ unsafe impl Send for StreamHandle {}
 unsafe impl Sync for StreamHandle {}
 
 impl StreamHandle {
+    /// The NULL stream (the legacy default stream).
+    pub(crate) const DEFAULT: StreamHandle = StreamHandle(std::ptr::null_mut());
+
     /// Wraps a raw stream handle.
     ///
     /// # Safety

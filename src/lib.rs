@@ -17,6 +17,7 @@ mod error;
 pub mod ffi;
 mod host_group;
 pub mod rules;
+pub mod slices;
 
 // The GPU path: internal rooms, reached from the C ABI (and, for the benchmark only, from
 // `testing`).

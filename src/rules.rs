@@ -70,9 +70,10 @@ pub struct UbatchConfig {
     pub enabled: bool,
     /// Microbatches per step (>= 2 when enabled).
     pub num_ubatches: i32,
-    /// Minimum tokens of a uniform-decode batch for microbatching (>= 0 when enabled).
+    /// Minimum tokens of a uniform-decode batch for microbatching (>= num_ubatches when enabled).
     pub decode_token_threshold: i32,
-    /// Minimum tokens of a batch containing prefill for microbatching (>= 0 when enabled).
+    /// Minimum tokens of a batch containing prefill for microbatching (>= num_ubatches when
+    /// enabled).
     pub prefill_token_threshold: i32,
 }
 
@@ -174,9 +175,15 @@ impl Request {
                     self.ubatch.prefill_token_threshold,
                 ),
             ];
+            // vLLM's config rejects lower thresholds: they let a step with fewer tokens than
+            // microbatches attempt microbatching, whose first microbatch is then empty.
+            let n = self.ubatch.num_ubatches;
             for (field, value) in thresholds {
-                if value < 0 {
-                    return Err(invalid!("{field} = {value} must be >= 0"));
+                if value < n {
+                    return Err(invalid!(
+                        "{field} = {value} must be >= ubatch.num_ubatches = {n} when \
+                         microbatching is enabled"
+                    ));
                 }
             }
         }
@@ -253,12 +260,44 @@ pub struct Decision {
 /// the one id every live rank passed. `live[r] == 0` marks a dead slot (not compared); `None`
 /// means every rank is live. Differing ids are [`ErrorKind::InconsistentRanks`] naming two
 /// ranks and their ids.
+///
+/// One branch-free pass compares every (live) id with the first live one; only a mismatch or a
+/// negative id walks them again, to name the ranks.
+#[inline(always)]
 pub fn check_step_ids(step_ids: &[i64], live: Option<&[u8]>) -> Result<i64> {
+    let first_live = match live {
+        None => (!step_ids.is_empty()).then_some(0),
+        Some(l) => l.iter().position(|&b| b != 0),
+    };
+    let Some(r0) = first_live else {
+        return Ok(0);
+    };
+    let id0 = step_ids[r0];
+    let (differ, sign) = match live {
+        None => step_ids
+            .iter()
+            .fold((0i64, 0i64), |(d, n), &id| (d | (id ^ id0), n | id)),
+        Some(l) => step_ids
+            .iter()
+            .zip(l)
+            .fold((0i64, 0i64), |(d, n), (&id, &b)| {
+                let m = -i64::from(b != 0);
+                (d | ((id ^ id0) & m), n | (id & m))
+            }),
+    };
+    if differ == 0 && sign >= 0 {
+        return Ok(id0);
+    }
     let is_live = |r: usize| live.map_or(true, |l| l[r] != 0);
     let mut first: Option<(usize, i64)> = None;
     for (rank, &id) in step_ids.iter().enumerate() {
         if !is_live(rank) {
             continue;
+        }
+        if id < 0 {
+            return Err(invalid!(
+                "step_ids[{rank}] = {id} must be >= 0 (0 = unchecked)"
+            ));
         }
         match first {
             None => first = Some((rank, id)),
@@ -298,10 +337,35 @@ pub fn check_decide_args(
     check_num_ubatches("num_ubatches", num_ubatches)
 }
 
-/// The decision (docs/ARCHITECTURE.md, "Semantics") over every rank's record (`records[r]` is rank r's).
-///
-/// When `out` is given (length `records.len()`), it receives the tokens after padding of
-/// every rank, and only on success; for dp_size == 1 it is left untouched.
+/// What a decision needs beyond the records: the C `dp_decide_options`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecideOptions<'a> {
+    /// 0 EXPLICIT, 1 WHEN_CUDAGRAPH.
+    pub pad_policy: i32,
+    /// Microbatches per step (>= 2).
+    pub num_ubatches: i32,
+    /// `None`: every rank is live; else one byte per rank, 1 live, 0 dead (vLLM's
+    /// `neutralize_dead_dp_columns`: a dead slot's record is not validated and takes no part).
+    pub active_ranks: Option<&'a [u8]>,
+    /// `None`: unchecked; else one step id per rank, compared over the live ranks.
+    pub step_ids: Option<&'a [i64]>,
+}
+
+impl DecideOptions<'_> {
+    /// Every rank live, step ids unchecked: the options of `dp_decide_batch`.
+    pub fn new(pad_policy: i32, num_ubatches: i32) -> Self {
+        Self {
+            pad_policy,
+            num_ubatches,
+            active_ranks: None,
+            step_ids: None,
+        }
+    }
+}
+
+/// The decision (docs/ARCHITECTURE.md, "Semantics") over every rank's record (`records[r]` is
+/// rank r's), every rank live and step ids unchecked: [`decide_with_options`] with
+/// [`DecideOptions::new`].
 pub fn decide(
     records: &[RankRecord],
     dp_rank: i32,
@@ -309,11 +373,50 @@ pub fn decide(
     num_ubatches: i32,
     out: Option<&mut [i32]>,
 ) -> Result<Decision> {
-    check_decide_args(records.len() as i64, dp_rank, pad_policy, num_ubatches)?;
-    let summary = Summary::of(records)?;
+    let options = DecideOptions::new(pad_policy, num_ubatches);
+    decide_with_options(records, dp_rank, &options, out).map(|(decision, _)| decision)
+}
+
+/// The decision over every live rank's record, and the step id the live ranks agree on (0 when
+/// unchecked or every live rank passed 0).
+///
+/// A dead slot (`active_ranks[r] == 0`) is neither validated nor counted: it votes yes on
+/// microbatching, takes no part in min(unpadded), max(padded) and min(cudagraph_mode), and its
+/// pad flag is not compared; its `out` entry is max(padded) of the live ranks when padding,
+/// else 0. `dp_rank` must be live. When `out` is given (length `records.len()`), it receives
+/// every rank's tokens after padding, and only on success; for dp_size == 1 it is untouched.
+#[inline(always)]
+pub fn decide_with_options(
+    records: &[RankRecord],
+    dp_rank: i32,
+    options: &DecideOptions<'_>,
+    out: Option<&mut [i32]>,
+) -> Result<(Decision, i64)> {
+    let dp_size = records.len();
+    check_decide_args(
+        dp_size as i64,
+        dp_rank,
+        options.pad_policy,
+        options.num_ubatches,
+    )?;
+    let live = options.active_ranks;
+    if let Some(live) = live {
+        check_active_ranks(live, dp_size, dp_rank)?;
+    }
+    let step_id = match options.step_ids {
+        Some(ids) if ids.len() != dp_size => {
+            return Err(invalid!(
+                "step_ids holds {} entries, dp_size = {dp_size} needed",
+                ids.len()
+            ))
+        }
+        Some(ids) => check_step_ids(ids, live)?,
+        None => 0,
+    };
+    let summary = Summary::of(records, live)?;
     let own = records[dp_rank as usize];
-    if records.len() == 1 {
-        return Ok(Decision {
+    if dp_size == 1 {
+        let decision = Decision {
             should_ubatch: false,
             should_dp_pad: false,
             has_num_tokens_after_padding: false,
@@ -321,21 +424,22 @@ pub fn decide(
             num_tokens_after_padding_self: own.num_tokens_padded,
             max_num_tokens_padded: own.num_tokens_padded,
             min_num_tokens_unpadded: own.num_tokens_unpadded,
-        });
+        };
+        return Ok((decision, step_id));
     }
-    let n = i64::from(num_ubatches);
+    let n = i64::from(options.num_ubatches);
     let last_ubatch_empty =
         (i64::from(summary.max_padded) / n) * (n - 1) >= i64::from(summary.min_unpadded);
     let should_ubatch = summary.all_attempt_ubatch && !last_ubatch_empty;
-    let policy_pad = if pad_policy == PAD_POLICY_EXPLICIT {
+    let policy_pad = if options.pad_policy == PAD_POLICY_EXPLICIT {
         if let Some((padding_rank, other_rank)) = summary.dp_pad_disagreement {
             return Err(Error::new(
                 ErrorKind::InconsistentRanks,
                 format!(
-                "should_attempt_dp_pad (allow_dp_padding) differs across ranks under pad_policy \
-                 EXPLICIT: rank {padding_rank} has 1, rank {other_rank} has 0; every rank must \
-                 pass the same allow_dp_padding"
-            ),
+                    "should_attempt_dp_pad (allow_dp_padding) differs across ranks under \
+                     pad_policy EXPLICIT: rank {padding_rank} has 1, rank {other_rank} has 0; \
+                     every rank must pass the same allow_dp_padding"
+                ),
             ));
         }
         summary.all_attempt_dp_pad
@@ -344,15 +448,9 @@ pub fn decide(
     };
     let should_dp_pad = policy_pad || should_ubatch;
     if let Some(out) = out {
-        for (slot, record) in out.iter_mut().zip(records) {
-            *slot = if should_dp_pad {
-                summary.max_padded
-            } else {
-                record.num_tokens_padded
-            };
-        }
+        fill_after_padding(out, records, live, should_dp_pad, summary.max_padded);
     }
-    Ok(Decision {
+    let decision = Decision {
         should_ubatch,
         should_dp_pad,
         has_num_tokens_after_padding: true,
@@ -364,106 +462,236 @@ pub fn decide(
         },
         max_num_tokens_padded: summary.max_padded,
         min_num_tokens_unpadded: summary.min_unpadded,
-    })
+    };
+    Ok((decision, step_id))
 }
 
-/// Aggregates of one validated pass over the records.
+/// Every rank's tokens after padding: max(padded) when padding, else its own padded count; a
+/// dead slot's is max(padded) when padding, else 0 (its record is not read).
+#[inline(always)]
+fn fill_after_padding(
+    out: &mut [i32],
+    records: &[RankRecord],
+    live: Option<&[u8]>,
+    pad: bool,
+    max_padded: i32,
+) {
+    match (pad, live) {
+        (true, _) => out.fill(max_padded),
+        (false, None) => {
+            for (slot, r) in out.iter_mut().zip(records) {
+                *slot = r.num_tokens_padded;
+            }
+        }
+        (false, Some(live)) => {
+            for ((slot, r), &l) in out.iter_mut().zip(records).zip(live) {
+                *slot = if l == 1 { r.num_tokens_padded } else { 0 };
+            }
+        }
+    }
+}
+
+/// `active_ranks`: `dp_size` bytes, each 0 (dead) or 1 (live), the calling rank live.
+#[inline(always)]
+fn check_active_ranks(live: &[u8], dp_size: usize, dp_rank: i32) -> Result<()> {
+    if live.len() != dp_size {
+        return Err(invalid!(
+            "active_ranks holds {} entries, dp_size = {dp_size} needed",
+            live.len()
+        ));
+    }
+    if live.iter().fold(0u8, |bad, &b| bad | (b & !1)) != 0 {
+        let (rank, byte) = live
+            .iter()
+            .enumerate()
+            .find(|&(_, &b)| b > 1)
+            .map(|(r, &b)| (r, b))
+            .unwrap_or_default();
+        return Err(invalid!(
+            "active_ranks[{rank}] = {byte} must be 0 (dead) or 1 (live)"
+        ));
+    }
+    if live[dp_rank as usize] == 0 {
+        let live_count = live.iter().map(|&b| usize::from(b)).sum::<usize>();
+        return Err(invalid!(
+            "active_ranks[{dp_rank}] = 0 but dp_rank = {dp_rank} is the calling rank, which must \
+             be live ({live_count} of {dp_size} ranks are live)"
+        ));
+    }
+    Ok(())
+}
+
+/// Aggregates of one validated pass over the live records.
 struct Summary {
     min_unpadded: i32,
     max_padded: i32,
     min_mode: i32,
     all_attempt_ubatch: bool,
     all_attempt_dp_pad: bool,
-    /// `(a rank with dp_pad 1, a rank with dp_pad 0)` when the flags differ.
+    /// `(a live rank with dp_pad 1, a live rank with dp_pad 0)` when the flags differ.
     dp_pad_disagreement: Option<(usize, usize)>,
 }
 
-/// Running aggregates of a slice of records: integer bit operations only, no branches, so
-/// the pass pipelines (and vectorises where the target allows). The flag folds (`&`, `|`)
-/// are exact once every flag is known to be 0 or 1, which `invalid` guards.
+/// Records per block of the pass: 8 records are 40 words, five 256-bit or ten 128-bit
+/// vectors.
+const BLOCK: usize = 8;
+/// Words per block.
+const WORDS: usize = 5 * BLOCK;
+
+/// Running aggregates over records, word by word: `lo[i]` is the minimum and `hi[i]` the
+/// maximum seen in word `i` of a block (word `i` is field `i % 5` of a record). The same two
+/// operations on every word let the pass run as plain vector min/max, without a branch and
+/// without regrouping the fields:
+/// - `lo` gives min(unpadded), min(padded) >= 0, min(ubatch) (= all), min(dp_pad) (= all),
+///   min(mode); `hi` gives max(padded), max(ubatch), max(dp_pad) (= any), max(mode).
+/// - `hi` of the unpadded word instead folds `unpadded - padded` (the block's padded word
+///   subtracted from it): max(unpadded - padded) <= 0 is "padded >= unpadded" for every
+///   record. The difference cannot overflow once min(unpadded) and min(padded) are >= 0, which
+///   the same pass establishes; where they are not, the record is invalid anyway.
 #[derive(Clone, Copy)]
 struct Acc {
-    invalid: u32,
-    min_unpadded: i32,
-    max_padded: i32,
-    min_mode: i32,
-    ubatch_and: i32,
-    dp_pad_and: i32,
-    dp_pad_or: i32,
+    lo: [i32; WORDS],
+    hi: [i32; WORDS],
 }
 
 impl Acc {
     const EMPTY: Acc = Acc {
-        invalid: 0,
-        min_unpadded: i32::MAX,
-        max_padded: 0,
-        min_mode: CUDAGRAPH_FULL,
-        ubatch_and: 1,
-        dp_pad_and: 1,
-        dp_pad_or: 0,
+        lo: [i32::MAX; WORDS],
+        hi: [i32::MIN; WORDS],
     };
 
-    fn add(&mut self, r: &RankRecord) {
-        self.invalid |= u32::from(r.num_tokens_unpadded < 0)
-            | u32::from(r.num_tokens_padded < r.num_tokens_unpadded)
-            | u32::from(r.should_attempt_ubatch as u32 > 1)
-            | u32::from(r.should_attempt_dp_pad as u32 > 1)
-            | u32::from(r.cudagraph_mode as u32 > CUDAGRAPH_FULL as u32);
-        self.min_unpadded = self.min_unpadded.min(r.num_tokens_unpadded);
-        self.max_padded = self.max_padded.max(r.num_tokens_padded);
-        self.min_mode = self.min_mode.min(r.cudagraph_mode);
-        self.ubatch_and &= r.should_attempt_ubatch;
-        self.dp_pad_and &= r.should_attempt_dp_pad;
-        self.dp_pad_or |= r.should_attempt_dp_pad;
+    /// Folds a run of consecutive (live) records.
+    #[inline(always)]
+    fn add_run(&mut self, run: &[RankRecord]) {
+        let blocks = run.chunks_exact(BLOCK);
+        let tail = blocks.remainder();
+        for block in blocks {
+            let mut words = [0i32; WORDS];
+            let mut padded = [0i32; WORDS];
+            for (k, r) in block.iter().enumerate() {
+                words[5 * k..5 * k + 5].copy_from_slice(&r.to_words());
+                padded[5 * k] = r.num_tokens_padded;
+            }
+            self.fold(&words, &padded);
+        }
+        for r in tail {
+            let w = r.to_words();
+            for (i, &v) in w.iter().enumerate() {
+                self.lo[i] = self.lo[i].min(v);
+            }
+            self.hi[0] = self.hi[0].max(w[0].wrapping_sub(w[1]));
+            for (i, &v) in w.iter().enumerate().skip(1) {
+                self.hi[i] = self.hi[i].max(v);
+            }
+        }
     }
 
-    fn merge(self, o: Acc) -> Acc {
-        Acc {
-            invalid: self.invalid | o.invalid,
-            min_unpadded: self.min_unpadded.min(o.min_unpadded),
-            max_padded: self.max_padded.max(o.max_padded),
-            min_mode: self.min_mode.min(o.min_mode),
-            ubatch_and: self.ubatch_and & o.ubatch_and,
-            dp_pad_and: self.dp_pad_and & o.dp_pad_and,
-            dp_pad_or: self.dp_pad_or | o.dp_pad_or,
+    #[inline(always)]
+    fn fold(&mut self, words: &[i32; WORDS], padded: &[i32; WORDS]) {
+        for i in 0..WORDS {
+            self.lo[i] = self.lo[i].min(words[i]);
+            self.hi[i] = self.hi[i].max(words[i].wrapping_sub(padded[i]));
         }
+    }
+
+    /// Per field `f`, `(min, max)` over every word of that field (words `f, f + 5, ...`).
+    #[inline(always)]
+    fn fields(&self) -> ([i32; 5], [i32; 5]) {
+        let mut lo = [i32::MAX; 5];
+        let mut hi = [i32::MIN; 5];
+        for (l, h) in self.lo.chunks_exact(5).zip(self.hi.chunks_exact(5)) {
+            for f in 0..5 {
+                lo[f] = lo[f].min(l[f]);
+                hi[f] = hi[f].max(h[f]);
+            }
+        }
+        (lo, hi)
     }
 }
 
-/// Independent accumulators per pass (measured: 4 beat 1 and 8 at dp_size 1024).
-const LANES: usize = 4;
+/// Every maximal run `[begin, end)` of live ranks (`live[r] == 1`), in order.
+struct LiveRuns<'a> {
+    live: &'a [u8],
+    r: usize,
+}
+
+impl Iterator for LiveRuns<'_> {
+    type Item = (usize, usize);
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<(usize, usize)> {
+        /// Mask bytes checked at once for "all live".
+        const CHUNK: usize = 64;
+        let live = self.live;
+        let mut r = self.r;
+        while r < live.len() && live[r] != 1 {
+            r += 1;
+        }
+        if r == live.len() {
+            self.r = r;
+            return None;
+        }
+        let begin = r;
+        while r + CHUNK <= live.len() && live[r..r + CHUNK].iter().fold(1u8, |a, &b| a & b) == 1 {
+            r += CHUNK;
+        }
+        while r < live.len() && live[r] == 1 {
+            r += 1;
+        }
+        self.r = r;
+        Some((begin, r))
+    }
+}
 
 impl Summary {
-    /// One branch-free pass over the records; only the error path walks them again, to name
-    /// the first bad field or the two disagreeing ranks.
-    fn of(records: &[RankRecord]) -> Result<Self> {
-        let mut lanes = [Acc::EMPTY; LANES];
-        let chunks = records.chunks_exact(LANES);
-        let rest = chunks.remainder();
-        for chunk in chunks {
-            for (acc, r) in lanes.iter_mut().zip(chunk) {
-                acc.add(r);
+    /// One branch-free pass over the live records (the whole slice when every rank is live,
+    /// else each run of live ranks); only the error path walks them again, to name the first
+    /// bad field or the two disagreeing ranks.
+    #[inline(always)]
+    fn of(records: &[RankRecord], live: Option<&[u8]>) -> Result<Self> {
+        let mut acc = Acc::EMPTY;
+        match live {
+            None => acc.add_run(records),
+            Some(live) => {
+                for (begin, end) in (LiveRuns { live, r: 0 }) {
+                    acc.add_run(&records[begin..end]);
+                }
             }
         }
-        for (acc, r) in lanes.iter_mut().zip(rest) {
-            acc.add(r);
-        }
-        let acc = lanes.into_iter().fold(Acc::EMPTY, Acc::merge);
-        if acc.invalid != 0 {
-            for (rank, r) in records.iter().enumerate() {
+        let is_live = |rank: usize| live.map_or(true, |l| l[rank] == 1);
+        let (lo, hi) = acc.fields();
+        let [min_unpadded, min_padded, ubatch_lo, dp_pad_lo, mode_lo] = lo;
+        let [unpadded_minus_padded, max_padded, ubatch_hi, dp_pad_hi, mode_hi] = hi;
+        let valid = min_unpadded >= 0
+            && min_padded >= 0
+            && unpadded_minus_padded <= 0
+            && ubatch_lo >= 0
+            && ubatch_hi <= 1
+            && dp_pad_lo >= 0
+            && dp_pad_hi <= 1
+            && mode_lo >= CUDAGRAPH_NONE
+            && mode_hi <= CUDAGRAPH_FULL;
+        if !valid {
+            for (rank, r) in records
+                .iter()
+                .enumerate()
+                .filter(|&(rank, _)| is_live(rank))
+            {
                 check_record(rank, r)?;
             }
             return Err(Error::internal("a record failed the fast check only"));
         }
-        let disagree = acc.dp_pad_or != acc.dp_pad_and;
-        let first = |pad: i32| records.iter().position(|r| r.should_attempt_dp_pad == pad);
+        let first = |pad: i32| {
+            (0..records.len())
+                .find(|&rank| is_live(rank) && records[rank].should_attempt_dp_pad == pad)
+        };
         Ok(Summary {
-            min_unpadded: acc.min_unpadded,
-            max_padded: acc.max_padded,
-            min_mode: acc.min_mode,
-            all_attempt_ubatch: acc.ubatch_and == 1,
-            all_attempt_dp_pad: acc.dp_pad_and == 1,
-            dp_pad_disagreement: if disagree {
+            min_unpadded,
+            max_padded,
+            min_mode: mode_lo,
+            all_attempt_ubatch: ubatch_lo == 1,
+            all_attempt_dp_pad: dp_pad_lo == 1,
+            dp_pad_disagreement: if dp_pad_lo != dp_pad_hi {
                 first(1).zip(first(0))
             } else {
                 None

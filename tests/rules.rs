@@ -15,13 +15,7 @@ const EXPLICIT: i32 = 0;
 const WHEN_CUDAGRAPH: i32 = 1;
 
 fn rec(unpadded: i32, padded: i32, ubatch: i32, dp_pad: i32, mode: i32) -> RankRecord {
-    RankRecord {
-        num_tokens_unpadded: unpadded,
-        num_tokens_padded: padded,
-        should_attempt_ubatch: ubatch,
-        should_attempt_dp_pad: dp_pad,
-        cudagraph_mode: mode,
-    }
+    RankRecord::from_words([unpadded, padded, ubatch, dp_pad, mode])
 }
 
 /// A request that attempts microbatching whenever the token count reaches the threshold.
@@ -155,11 +149,13 @@ fn custom_thresholds_select_by_uniform_decode() {
             "unpadded {unpadded} uniform {uniform}"
         );
     }
-    // A zero threshold attempts even with zero tokens.
-    req.ubatch.decode_token_threshold = 0;
-    req.num_tokens_unpadded = 0;
+    // The lowest legal threshold is num_ubatches (0.2): 2 tokens attempt, 1 does not.
+    req.ubatch.decode_token_threshold = 2;
+    req.num_tokens_unpadded = 2;
     req.uniform_decode = 1;
     assert_eq!(attempts(&req), 1);
+    req.num_tokens_unpadded = 1;
+    assert_eq!(attempts(&req), 0);
     // And i32::MAX tokens reach an i32::MAX threshold.
     req.ubatch.prefill_token_threshold = i32::MAX;
     req.uniform_decode = 0;
@@ -257,8 +253,17 @@ fn valid_field_edges_are_accepted() {
             ubatch: UbatchConfig {
                 enabled: true,
                 num_ubatches: 2,
-                decode_token_threshold: 0,
-                prefill_token_threshold: 0,
+                decode_token_threshold: 2,
+                prefill_token_threshold: 2,
+            },
+            ..base
+        },
+        Request {
+            ubatch: UbatchConfig {
+                enabled: true,
+                num_ubatches: 4,
+                decode_token_threshold: 4,
+                prefill_token_threshold: 4,
             },
             ..base
         },
@@ -387,10 +392,6 @@ fn invalid_request_cases() -> Vec<(Request, Vec<&'static str>)> {
         (
             with_ubatch(|u| u.decode_token_threshold = -1),
             vec!["decode_token_threshold = -1"],
-        ),
-        (
-            with_ubatch(|u| u.prefill_token_threshold = -1),
-            vec!["prefill_token_threshold = -1"],
         ),
         (
             Request {
@@ -860,4 +861,40 @@ fn record_words_are_the_wire_order_and_round_trip() {
     };
     assert_eq!(r.to_words(), [11, 22, 1, 0, 2]);
     assert_eq!(RankRecord::from_words(r.to_words()), r);
+}
+
+/// The threshold rule (0.2): with microbatching enabled, both thresholds must be >=
+/// num_ubatches (vLLM's config rejects lower ones); the message names the field and the bound.
+#[test]
+fn thresholds_below_num_ubatches_are_refused() {
+    for n in [2, 4] {
+        for decode in [true, false] {
+            for value in [n - 1, 0] {
+                let mut req = ubatch_request(100, 1);
+                req.ubatch.num_ubatches = n;
+                let field = if decode {
+                    req.ubatch.decode_token_threshold = value;
+                    "decode"
+                } else {
+                    req.ubatch.prefill_token_threshold = value;
+                    "prefill"
+                };
+                let m = invalid_message(make_record(&req));
+                assert_names(
+                    &m,
+                    &[
+                        &format!("ubatch.{field}_token_threshold = {value}"),
+                        &format!(">= ubatch.num_ubatches = {n}"),
+                    ],
+                );
+                // At the bound it is accepted.
+                if decode {
+                    req.ubatch.decode_token_threshold = n;
+                } else {
+                    req.ubatch.prefill_token_threshold = n;
+                }
+                assert!(make_record(&req).is_ok(), "{req:?}");
+            }
+        }
+    }
 }

@@ -75,10 +75,11 @@ fn model_make_record(req: &Request) -> Result<[i64; 5], Vec<&'static str>> {
         if req.ubatch.num_ubatches < 2 {
             bad.push("num_ubatches");
         }
-        if req.ubatch.decode_token_threshold < 0 {
+        // The threshold rule (0.2): both thresholds >= num_ubatches.
+        if req.ubatch.decode_token_threshold < req.ubatch.num_ubatches {
             bad.push("decode_token_threshold");
         }
-        if req.ubatch.prefill_token_threshold < 0 {
+        if req.ubatch.prefill_token_threshold < req.ubatch.num_ubatches {
             bad.push("prefill_token_threshold");
         }
     }
@@ -693,7 +694,7 @@ proptest! {
     fn every_rank_reaches_the_same_decision(
         shared in (
             0..=1i32,
-            (any::<bool>(), 2..=5i32, 0..=64i32, 0..=1_024i32),
+            (any::<bool>(), 2..=5i32, 5..=64i32, 5..=1_024i32),
         ),
         ranks in proptest::collection::vec(
             (0..=2_048i32, -1..=32i32, any::<bool>(), any::<bool>(), -1..=1i32, 0..=2i32),

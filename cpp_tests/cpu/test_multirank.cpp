@@ -50,7 +50,8 @@ struct StepConfig {
 // Everything about a step follows from (seed, step): a failure message names them.
 StepConfig StepConfigFor(uint32_t seed, int step) {
   std::mt19937 rng(seed * 7919u + static_cast<uint32_t>(step));
-  std::uniform_int_distribution<int> bit(0, 1), n(2, 4), dec(0, 64), pre(0, 1024);
+  // Thresholds from 4 = the largest num_ubatches: 0.2 requires both >= num_ubatches.
+  std::uniform_int_distribution<int> bit(0, 1), n(2, 4), dec(4, 64), pre(4, 1024);
   StepConfig c;
   c.pad_policy = bit(rng);
   c.allow_dp_padding = bit(rng) == 1;

@@ -149,10 +149,38 @@ TEST(MakeRecord, CustomThresholdsAtTheirEdges) {
   }
 }
 
-TEST(MakeRecord, ZeroThresholdAttemptsWithZeroTokens) {
-  dp_batch_request req = UbatchRequest(0, 1);
-  req.ubatch.decode_token_threshold = 0;
+// 0.2's threshold rule: with microbatching enabled both thresholds must be >= num_ubatches
+// (vLLM's config rejects lower ones: they allow an empty first microbatch).
+TEST(MakeRecord, LowestThresholdIsNumUbatches) {
+  dp_batch_request req = UbatchRequest(2, 1);
+  req.ubatch.decode_token_threshold = 2;
+  req.ubatch.prefill_token_threshold = 2;
   EXPECT_EQ(MakeOk(req).should_attempt_ubatch, 1);
+  req.num_tokens_unpadded = 1;
+  EXPECT_EQ(MakeOk(req).should_attempt_ubatch, 0);
+}
+
+TEST(MakeRecord, ThresholdsBelowNumUbatchesAreRefused) {
+  struct Case {
+    int32_t num_ubatches, decode, prefill;
+    const char* field;
+    const char* bound;
+  };
+  const Case cases[] = {
+      {2, 1, 512, "ubatch.decode_token_threshold = 1", "ubatch.num_ubatches = 2"},
+      {2, 32, 0, "ubatch.prefill_token_threshold = 0", "ubatch.num_ubatches = 2"},
+      {4, 3, 512, "ubatch.decode_token_threshold = 3", "ubatch.num_ubatches = 4"},
+      {4, 32, 3, "ubatch.prefill_token_threshold = 3", "ubatch.num_ubatches = 4"},
+  };
+  for (const Case& c : cases) {
+    dp_batch_request req = UbatchRequest(100, 1);
+    req.ubatch.num_ubatches = c.num_ubatches;
+    req.ubatch.decode_token_threshold = c.decode;
+    req.ubatch.prefill_token_threshold = c.prefill;
+    dp_rank_record out{};
+    EXPECT_EQ(dp_make_record(&req, &out), DP_ERR_INVALID_ARGUMENT) << c.field;
+    EXPECT_TRUE(LastErrorMentions({c.field, c.bound}));
+  }
 }
 
 TEST(MakeRecord, AttemptNeedsBothAllowAndEnabled) {
@@ -187,10 +215,15 @@ TEST(MakeRecord, DisabledUbatchIgnoresItsFields) {
 
 TEST(MakeRecord, EnabledUbatchAcceptsNumUbatchesFromTwo) {
   dp_batch_request req = UbatchRequest(100, 1);
-  for (int32_t n : {2, 3, 4, 64}) {
+  for (int32_t n : {2, 3, 4, 32}) {  // up to the default decode threshold (32)
     req.ubatch.num_ubatches = n;
     EXPECT_EQ(MakeOk(req).should_attempt_ubatch, 1) << "num_ubatches " << n;
   }
+  // More microbatches need thresholds at least as large (0.2's threshold rule).
+  req.ubatch.num_ubatches = 64;
+  req.ubatch.decode_token_threshold = 64;
+  req.ubatch.prefill_token_threshold = 64;
+  EXPECT_EQ(MakeOk(req).should_attempt_ubatch, 1) << "num_ubatches 64";
 }
 
 TEST(MakeRecord, UniformDecodeUnknownIsLegalOnlyWithoutMicrobatching) {

@@ -4,12 +4,11 @@
 use std::mem::{size_of, MaybeUninit};
 
 use super::{
-    boundary, check_ptr, check_ptr_align, check_result, dp_batch_request, dp_batch_result,
-    dp_status, read_request, request_align, write_out, write_request, write_result,
-    REQUEST_MIN_SIZE, RESULT_MIN_SIZE,
+    boundary, check_ptr, check_ptr_align, dp_batch_request, dp_batch_result, dp_status,
+    read_request, request_align, write_out, write_request, write_result, REQUEST_MIN_SIZE,
+    RESULT_MIN_SIZE,
 };
-use crate::diag::{self, Ctx};
-use crate::error::{invalid, Result};
+use crate::error::invalid;
 use crate::rules::{self, RankRecord, Request};
 
 /// Fills the caller's `*req` with the defaults (padded -1, no microbatching or DP padding,
@@ -91,78 +90,6 @@ pub extern "C" fn dp_make_record(req: *const dp_batch_request, out: *mut RankRec
         write_out(out, rules::make_record(&request)?);
         Ok(())
     })
-}
-
-/// The decision from every rank's record (`records[r]` is rank r's, `dp_size` entries).
-///
-/// Local and deterministic: every rank passing the same records gets the same answer.
-/// `num_tokens_after_padding` (nullable, `dp_size` entries, must not overlap `records`)
-/// receives every rank's tokens after padding, and `res->num_tokens_after_padding` then
-/// points at it; with NULL, only the scalars are filled and that pointer is NULL. For
-/// dp_size == 1 no exchange is implied: no array is written and
-/// `has_num_tokens_after_padding` is false. `res->num_tokens_after_padding_device` is
-/// always NULL and `res->step_id` 0. `*res` must be initialised with `dp_batch_result_init`
-/// (its `struct_size` is read). Outputs are written only on success. Thread-safe,
-/// allocation-free. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (bad pointer, sizes, rank,
-/// policy, num_ubatches or record field: the message names it) or
-/// `DP_ERR_INCONSISTENT_RANKS`.
-#[no_mangle]
-pub extern "C" fn dp_decide_batch(
-    records: *const RankRecord,
-    dp_size: i32,
-    dp_rank: i32,
-    pad_policy: i32,
-    num_ubatches: i32,
-    num_tokens_after_padding: *mut i32,
-    res: *mut dp_batch_result,
-) -> dp_status {
-    let _range = diag::range(c"dp_decide_batch", dp_rank, 0);
-    boundary(|| {
-        let res_size = check_result(res)?;
-        rules::check_decide_args(i64::from(dp_size), dp_rank, pad_policy, num_ubatches)?;
-        check_ptr(records, "records")?;
-        let n = dp_size as usize;
-        let out = host_array(records, n, num_tokens_after_padding)?;
-        // SAFETY: `records` is non-NULL and aligned (checked) and the caller promises
-        // `dp_size` (>= 1, checked) readable records there for the duration of the call.
-        let records = unsafe { std::slice::from_raw_parts(records, n) };
-        let has_array = out.is_some();
-        let decision = rules::decide(records, dp_rank, pad_policy, num_ubatches, out)?;
-        diag::decision(
-            &Ctx::new().rank(dp_rank, dp_size),
-            "dp_decide_batch",
-            &decision,
-        );
-        let mut filled = dp_batch_result::from_decision(&decision, dp_rank, dp_size, 0);
-        if has_array && decision.has_num_tokens_after_padding {
-            filled.has_num_tokens_after_padding = true;
-            filled.num_tokens_after_padding = num_tokens_after_padding;
-        }
-        write_result(res, res_size, &filled);
-        Ok(())
-    })
-}
-
-/// The caller's optional output array of `n` int32 (checked: aligned, not overlapping the
-/// `n` records), as a slice.
-fn host_array<'a>(
-    records: *const RankRecord,
-    n: usize,
-    out: *mut i32,
-) -> Result<Option<&'a mut [i32]>> {
-    if out.is_null() {
-        return Ok(None);
-    }
-    check_ptr(out.cast_const(), "num_tokens_after_padding")?;
-    let records_bytes = n * size_of::<RankRecord>();
-    let out_bytes = n * size_of::<i32>();
-    let (r0, o0) = (records as usize, out as usize);
-    if o0 < r0.saturating_add(records_bytes) && r0 < o0.saturating_add(out_bytes) {
-        return Err(invalid!("num_tokens_after_padding overlaps records"));
-    }
-    // SAFETY: non-NULL, aligned, `n` writable int32 promised by the caller, and checked
-    // above not to overlap `records`, so the two slices never alias.
-    Ok(Some(unsafe { std::slice::from_raw_parts_mut(out, n) }))
 }
 
 /// Rust callers' counterpart of the header's inline `dp_batch_request_init(req)`: records this

@@ -13,13 +13,17 @@
 // each dereference carries a SAFETY note stating the C caller's promise.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+mod decide;
 mod gpu;
 mod host;
 mod host_group;
+mod slices;
 
+pub use decide::*;
 pub use gpu::*;
 pub use host::*;
 pub use host_group::*;
+pub use slices::*;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};

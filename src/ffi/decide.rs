@@ -1,0 +1,348 @@
+//! The host decision: `dp_decide_batch` (0.1) and `dp_decide_batch_with_options` (0.2: dead
+//! ranks, step ids), one implementation behind both.
+
+use std::ffi::CStr;
+use std::mem::{align_of, offset_of, size_of};
+
+use super::{
+    boundary, check_ptr, check_ptr_align, check_result, dp_batch_result, dp_status, read_field,
+    read_struct_size, write_field, write_result,
+};
+use crate::diag::{self, Ctx};
+use crate::error::{invalid, Result};
+use crate::rules::{self, DecideOptions, RankRecord, DEFAULT_NUM_UBATCHES, PAD_POLICY_EXPLICIT};
+
+/// Options of `dp_decide_batch_with_options`. Initialise with `dp_decide_options_init`, then
+/// set fields; the library reads only `min(struct_size, sizeof)` bytes, so the struct can grow.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct dp_decide_options {
+    /// `sizeof(dp_decide_options)` as the caller compiled it (set by `dp_decide_options_init`).
+    pub struct_size: u32,
+    /// 0 EXPLICIT (default), 1 WHEN_CUDAGRAPH; every rank must pass the same value.
+    pub pad_policy: i32,
+    /// Microbatches per step, >= 2 (default 2); every rank must pass the same value.
+    pub num_ubatches: i32,
+    /// NULL (default): every rank is live. Else `dp_size` bytes, 1 live, 0 dead: a dead slot's
+    /// record is not read for the decision (garbage there is fine), it votes yes on
+    /// microbatching and takes no part in min/max or the pad-flag comparison (vLLM's
+    /// `neutralize_dead_dp_columns`); its tokens after padding are max(padded) of the live ranks
+    /// when padding, else 0. The calling rank must be live. Borrowed for the call only.
+    pub active_ranks: *const u8,
+    /// NULL (default): unchecked. Else `dp_size` step ids (each >= 0), compared over the live
+    /// ranks: when any is non-zero all must be equal, else `DP_ERR_INCONSISTENT_RANKS` naming two
+    /// ranks and their ids; the agreed id lands in `res->step_id`. Borrowed for the call only.
+    pub step_ids: *const i64,
+}
+
+/// The smallest `struct_size` accepted: the whole 0.2 struct (its first version).
+const OPTIONS_MIN_SIZE: usize = size_of::<dp_decide_options>();
+
+/// Invokes `$visit!` with every field of `dp_decide_options` after `struct_size`: the one list
+/// the initialiser and the reader walk.
+macro_rules! options_fields {
+    ($visit:ident) => {
+        $visit!(pad_policy, num_ubatches, active_ranks, step_ids)
+    };
+}
+
+/// Fills the caller's `*opts` with the defaults (pad policy EXPLICIT, 2 microbatches, every
+/// rank live, step ids unchecked) and `struct_size = size`, writing only the fields inside its
+/// first `min(size, sizeof)` bytes. Call it through the header's `dp_decide_options_init(opts)`,
+/// which passes the caller's `sizeof(*opts)`. `opts` must be aligned to 8 bytes.
+///
+/// Local, thread-safe. A NULL or misaligned `opts`, or a `size` below 32 (the 0.2 struct),
+/// writes nothing and leaves a message for `dp_last_error`.
+#[no_mangle]
+pub extern "C" fn dp_decide_options_init_sized(opts: *mut dp_decide_options, size: usize) {
+    boundary(|| {
+        check_ptr(opts.cast_const(), "opts")?;
+        if size < OPTIONS_MIN_SIZE {
+            return Err(invalid!(
+                "size = {size} is smaller than {OPTIONS_MIN_SIZE}, the size of the first version \
+                 of dp_decide_options"
+            ));
+        }
+        let base = opts.cast::<u8>();
+        let struct_size = u32::try_from(size).unwrap_or(u32::MAX);
+        let defaults = RawOptions::default();
+        macro_rules! write {
+            ($($field:ident),+) => {
+                // SAFETY: `opts` is non-NULL and aligned (checked) and the C caller promises
+                // `size` writable bytes there; `write_field` writes only inside them.
+                unsafe {
+                    write_field(|o: &dp_decide_options| o.struct_size, base, size, 0, struct_size);
+                    $(write_field(
+                        |o: &dp_decide_options| o.$field,
+                        base,
+                        size,
+                        offset_of!(dp_decide_options, $field),
+                        defaults.$field,
+                    );)+
+                }
+            };
+        }
+        options_fields!(write);
+        Ok(())
+    });
+}
+
+/// Rust callers' counterpart of the header's inline `dp_decide_options_init(opts)`.
+pub fn dp_decide_options_init(opts: *mut dp_decide_options) {
+    dp_decide_options_init_sized(opts, size_of::<dp_decide_options>());
+}
+
+/// The decision from every rank's record (`records[r]` is rank r's, `dp_size` entries), every
+/// rank live and step ids unchecked: `dp_decide_batch_with_options` with default options but
+/// for `pad_policy` and `num_ubatches`.
+///
+/// Local and deterministic: every rank passing the same records gets the same answer.
+/// `num_tokens_after_padding` (nullable, `dp_size` entries, must not overlap `records`)
+/// receives every rank's tokens after padding, and `res->num_tokens_after_padding` then
+/// points at it; with NULL, only the scalars are filled and that pointer is NULL. For
+/// dp_size == 1 no exchange is implied: no array is written and
+/// `has_num_tokens_after_padding` is false. `res->num_tokens_after_padding_device` is
+/// always NULL and `res->step_id` 0. `*res` must be initialised with `dp_batch_result_init`
+/// (its `struct_size` is read). Outputs are written only on success. Thread-safe,
+/// allocation-free. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (bad pointer, sizes, rank,
+/// policy, num_ubatches or record field: the message names it) or
+/// `DP_ERR_INCONSISTENT_RANKS`.
+#[no_mangle]
+pub extern "C" fn dp_decide_batch(
+    records: *const RankRecord,
+    dp_size: i32,
+    dp_rank: i32,
+    pad_policy: i32,
+    num_ubatches: i32,
+    num_tokens_after_padding: *mut i32,
+    res: *mut dp_batch_result,
+) -> dp_status {
+    const CALL: &CStr = c"dp_decide_batch";
+    let _range = diag::range(CALL, dp_rank, 0);
+    boundary(|| {
+        let options = RawOptions {
+            pad_policy,
+            num_ubatches,
+            ..RawOptions::default()
+        };
+        decide(
+            "dp_decide_batch",
+            records,
+            dp_size,
+            dp_rank,
+            &options,
+            num_tokens_after_padding,
+            res,
+        )
+    })
+}
+
+/// The decision from every live rank's record, with dead slots and step ids (0.2).
+///
+/// As `dp_decide_batch`, with `*opts` (initialised by `dp_decide_options_init`; its
+/// `struct_size` is read first) giving the pad policy, `num_ubatches`, the live ranks and the
+/// step ids (see `dp_decide_options`). `dp_rank` must be live. `res->step_id` receives the
+/// agreed step id (0 when unchecked). The arrays `active_ranks` and `step_ids` must not overlap
+/// `num_tokens_after_padding`. Local, deterministic, thread-safe, allocation-free; outputs are
+/// written only on success. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (bad pointer or size, a
+/// rank, policy, num_ubatches, live byte, step id or live record field out of range, or the
+/// calling rank dead: the message names it) or `DP_ERR_INCONSISTENT_RANKS` (EXPLICIT pad flags
+/// or step ids differ across live ranks: the message names two ranks).
+#[no_mangle]
+pub extern "C" fn dp_decide_batch_with_options(
+    records: *const RankRecord,
+    dp_size: i32,
+    dp_rank: i32,
+    opts: *const dp_decide_options,
+    num_tokens_after_padding: *mut i32,
+    res: *mut dp_batch_result,
+) -> dp_status {
+    const CALL: &CStr = c"dp_decide_batch_with_options";
+    let _range = diag::range(CALL, dp_rank, 0);
+    boundary(|| {
+        let options = read_options(opts)?;
+        decide(
+            "dp_decide_batch_with_options",
+            records,
+            dp_size,
+            dp_rank,
+            &options,
+            num_tokens_after_padding,
+            res,
+        )
+    })
+}
+
+/// The options as read from C: pointers not yet checked.
+struct RawOptions {
+    pad_policy: i32,
+    num_ubatches: i32,
+    active_ranks: *const u8,
+    step_ids: *const i64,
+}
+
+impl Default for RawOptions {
+    /// What `dp_decide_options_init` writes: EXPLICIT, 2 microbatches, every rank live, step
+    /// ids unchecked.
+    fn default() -> Self {
+        Self {
+            pad_policy: PAD_POLICY_EXPLICIT,
+            num_ubatches: DEFAULT_NUM_UBATCHES,
+            active_ranks: std::ptr::null(),
+            step_ids: std::ptr::null(),
+        }
+    }
+}
+
+/// Reads `*opts`: `struct_size` first, then only the fields inside it (the rest takes the
+/// defaults of `dp_decide_options_init`).
+fn read_options(opts: *const dp_decide_options) -> Result<RawOptions> {
+    let base = opts.cast::<u8>();
+    let size = read_struct_size(base, "opts", "dp_decide_options", OPTIONS_MIN_SIZE)?;
+    check_ptr(opts, "opts")?;
+    let mut options = RawOptions::default();
+    macro_rules! read {
+        ($($field:ident),+) => {$(
+            if let Some(v) = read_field(
+                |o: &dp_decide_options| o.$field,
+                base,
+                size,
+                offset_of!(dp_decide_options, $field),
+            ) {
+                options.$field = v;
+            }
+        )+};
+    }
+    options_fields!(read);
+    Ok(options)
+}
+
+/// The one implementation behind both entry points (`call` names the entry point).
+fn decide(
+    call: &str,
+    records: *const RankRecord,
+    dp_size: i32,
+    dp_rank: i32,
+    options: &RawOptions,
+    num_tokens_after_padding: *mut i32,
+    res: *mut dp_batch_result,
+) -> Result<()> {
+    let res_size = check_result(res)?;
+    rules::check_decide_args(
+        i64::from(dp_size),
+        dp_rank,
+        options.pad_policy,
+        options.num_ubatches,
+    )?;
+    check_ptr(records, "records")?;
+    let n = dp_size as usize;
+    let inputs = [
+        Span::of(records, n, "records"),
+        Span::of(options.active_ranks, n, "opts->active_ranks"),
+        Span::of(options.step_ids, n, "opts->step_ids"),
+    ];
+    let out = if num_tokens_after_padding.is_null() {
+        None
+    } else {
+        check_ptr(
+            num_tokens_after_padding.cast_const(),
+            "num_tokens_after_padding",
+        )?;
+        let out_span = Span::of(num_tokens_after_padding.cast_const(), n, "");
+        if let Some(input) = inputs.iter().find(|s| s.overlaps(&out_span)) {
+            return Err(invalid!("num_tokens_after_padding overlaps {}", input.name));
+        }
+        // SAFETY: non-NULL, aligned (checked), `n` writable int32 promised by the caller, and
+        // checked above not to overlap any input, so the slices never alias.
+        Some(unsafe { std::slice::from_raw_parts_mut(num_tokens_after_padding, n) })
+    };
+    // SAFETY: `records` is non-NULL and aligned (checked) and the caller promises `dp_size`
+    // (>= 1, checked) readable records there for the duration of the call.
+    let records = unsafe { std::slice::from_raw_parts(records, n) };
+    let active_ranks = if options.active_ranks.is_null() {
+        None
+    } else {
+        // SAFETY: non-NULL (checked; a byte has no alignment), and the caller promises
+        // `dp_size` readable bytes there for the call.
+        Some(unsafe { std::slice::from_raw_parts(options.active_ranks, n) })
+    };
+    let step_ids = if options.step_ids.is_null() {
+        None
+    } else {
+        check_ptr_align(options.step_ids.cast(), "opts->step_ids", align_of::<i64>())?;
+        // SAFETY: non-NULL and aligned (checked), and the caller promises `dp_size` readable
+        // int64 there for the call.
+        Some(unsafe { std::slice::from_raw_parts(options.step_ids, n) })
+    };
+    let has_array = out.is_some();
+    let decide_options = DecideOptions {
+        pad_policy: options.pad_policy,
+        num_ubatches: options.num_ubatches,
+        active_ranks,
+        step_ids,
+    };
+    let (decision, step_id) = decide_fast(records, dp_rank, &decide_options, out)?;
+    diag::decision(&Ctx::new().rank(dp_rank, dp_size), call, &decision);
+    let mut filled = dp_batch_result::from_decision(&decision, dp_rank, dp_size, step_id);
+    if has_array && decision.has_num_tokens_after_padding {
+        filled.has_num_tokens_after_padding = true;
+        filled.num_tokens_after_padding = num_tokens_after_padding;
+    }
+    write_result(res, res_size, &filled);
+    Ok(())
+}
+
+/// A caller's array as an address range, for overlap checks (a NULL array is empty).
+struct Span {
+    begin: usize,
+    end: usize,
+    name: &'static str,
+}
+
+impl Span {
+    fn of<T>(ptr: *const T, n: usize, name: &'static str) -> Span {
+        let begin = ptr as usize;
+        let end = if ptr.is_null() {
+            begin
+        } else {
+            begin.saturating_add(n.saturating_mul(size_of::<T>()))
+        };
+        Span { begin, end, name }
+    }
+
+    fn overlaps(&self, other: &Span) -> bool {
+        self.begin < other.end && other.begin < self.end
+    }
+}
+
+/// `rules::decide_with_options`, compiled a second time for AVX2 and taken when the CPU has it
+/// (the pass is vector min/max over the record words: SSE2 has no 32-bit min/max, AVX2 does
+/// them eight lanes at a time).
+fn decide_fast(
+    records: &[RankRecord],
+    dp_rank: i32,
+    options: &DecideOptions<'_>,
+    out: Option<&mut [i32]>,
+) -> Result<(rules::Decision, i64)> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked at run time just above.
+        return unsafe { decide_avx2(records, dp_rank, options, out) };
+    }
+    rules::decide_with_options(records, dp_rank, options, out)
+}
+
+/// `rules::decide_with_options` (inlined) with AVX2 code generation.
+///
+/// # Safety
+/// Only on a CPU with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn decide_avx2(
+    records: &[RankRecord],
+    dp_rank: i32,
+    options: &DecideOptions<'_>,
+    out: Option<&mut [i32]>,
+) -> Result<(rules::Decision, i64)> {
+    rules::decide_with_options(records, dp_rank, options, out)
+}

@@ -1,0 +1,149 @@
+//! No allocation on the hot path: `dp_decide_batch`, `dp_decide_batch_with_options` (mask and
+//! step ids) and `dp_make_ubatch_slices` allocate nothing after their first call, counted by a
+//! global allocator (per thread, so other tests' threads do not count).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use dpcoord::ffi::{
+    dp_batch_result, dp_batch_result_init, dp_decide_batch, dp_decide_batch_with_options,
+    dp_decide_options, dp_decide_options_init, dp_make_ubatch_slices, dp_status,
+    DP_PAD_POLICY_EXPLICIT,
+};
+use dpcoord::rules::RankRecord;
+use dpcoord::slices::UbatchSlice;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counter is a
+// const-initialised thread-local Cell, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded with the caller's arguments.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(|c| c.get())
+}
+
+/// Runs `f` once (a first call may set things up), then counts the allocations of 100 more.
+fn allocations_after_first(mut f: impl FnMut()) -> u64 {
+    f();
+    let before = allocations();
+    for _ in 0..100 {
+        f();
+    }
+    allocations() - before
+}
+
+fn records(n: usize) -> Vec<RankRecord> {
+    (0..n)
+        .map(|i| RankRecord {
+            num_tokens_unpadded: 600 + (i % 7) as i32,
+            num_tokens_padded: 608 + (i % 7) as i32,
+            should_attempt_ubatch: 1,
+            should_attempt_dp_pad: 1,
+            cudagraph_mode: 2,
+        })
+        .collect()
+}
+
+#[test]
+fn the_counter_counts() {
+    let n = allocations_after_first(|| drop(std::hint::black_box(vec![1u8; 16])));
+    assert_eq!(n, 100);
+}
+
+#[test]
+fn decide_allocates_nothing() {
+    let recs = records(1024);
+    let mut out = vec![0i32; 1024];
+    let mut res = std::mem::MaybeUninit::<dp_batch_result>::zeroed();
+    dp_batch_result_init(res.as_mut_ptr());
+    let n = allocations_after_first(|| {
+        let s = dp_decide_batch(
+            recs.as_ptr(),
+            1024,
+            5,
+            DP_PAD_POLICY_EXPLICIT,
+            2,
+            out.as_mut_ptr(),
+            res.as_mut_ptr(),
+        );
+        assert_eq!(s, dp_status::DP_OK);
+    });
+    assert_eq!(n, 0, "dp_decide_batch allocated");
+}
+
+#[test]
+fn decide_with_options_allocates_nothing() {
+    let mut recs = records(1024);
+    let mut live = vec![1u8; 1024];
+    for r in [3, 100, 101, 700] {
+        live[r] = 0;
+        recs[r] = RankRecord::from_words([-1; 5]);
+    }
+    let ids = vec![77i64; 1024];
+    let mut opts = std::mem::MaybeUninit::<dp_decide_options>::zeroed();
+    dp_decide_options_init(opts.as_mut_ptr());
+    // SAFETY: initialised by dp_decide_options_init just above.
+    let mut opts = unsafe { opts.assume_init() };
+    opts.active_ranks = live.as_ptr();
+    opts.step_ids = ids.as_ptr();
+    let mut out = vec![0i32; 1024];
+    let mut res = std::mem::MaybeUninit::<dp_batch_result>::zeroed();
+    dp_batch_result_init(res.as_mut_ptr());
+    let n = allocations_after_first(|| {
+        let s = dp_decide_batch_with_options(
+            recs.as_ptr(),
+            1024,
+            5,
+            &opts,
+            out.as_mut_ptr(),
+            res.as_mut_ptr(),
+        );
+        assert_eq!(s, dp_status::DP_OK);
+    });
+    assert_eq!(n, 0, "dp_decide_batch_with_options allocated");
+}
+
+#[test]
+fn slices_allocate_nothing() {
+    let counts: Vec<i32> = (0..1024).map(|i| 1 + (i % 5) * 40).collect();
+    let total: i32 = counts.iter().sum();
+    let mut slices = [UbatchSlice::default(); 4];
+    let mut padded = [UbatchSlice::default(); 4];
+    let n = allocations_after_first(|| {
+        let s = dp_make_ubatch_slices(
+            counts.as_ptr(),
+            1024,
+            total + 8,
+            1030,
+            4,
+            -1,
+            slices.as_mut_ptr(),
+            padded.as_mut_ptr(),
+        );
+        assert_eq!(s, dp_status::DP_OK);
+    });
+    assert_eq!(n, 0, "dp_make_ubatch_slices allocated");
+}

@@ -1,0 +1,134 @@
+//! `dp_make_ubatch_slices` through the C ABI: a vLLM case, the nullable padded slices, the
+//! pointer checks, outputs untouched on error.
+
+mod ffi_common;
+
+use dpcoord::ffi::{dp_make_ubatch_slices, dp_status};
+use dpcoord::slices::UbatchSlice;
+use ffi_common::{assert_fails, last_error, SENTINEL};
+
+const UNTOUCHED: UbatchSlice = UbatchSlice {
+    request_begin: SENTINEL,
+    request_end: SENTINEL,
+    token_begin: SENTINEL,
+    token_end: SENTINEL,
+};
+
+fn s(request_begin: i32, request_end: i32, token_begin: i32, token_end: i32) -> UbatchSlice {
+    UbatchSlice {
+        request_begin,
+        request_end,
+        token_begin,
+        token_end,
+    }
+}
+
+/// vLLM tests/v1/attention/test_attention_splitting.py,
+/// `test_prefill_split_across_ubatches[[32, 40]-[8, 8]-12-2-1]`, through the C ABI, with a
+/// padded step (P = 20, Rp = 4) to see both outputs.
+#[test]
+fn slices_and_padded_slices() {
+    let counts = [8, 8];
+    let mut slices = [UNTOUCHED; 2];
+    let mut padded = [UNTOUCHED; 2];
+    let status = dp_make_ubatch_slices(
+        counts.as_ptr(),
+        2,
+        16,
+        2,
+        2,
+        12,
+        slices.as_mut_ptr(),
+        padded.as_mut_ptr(),
+    );
+    assert_eq!(status, dp_status::DP_OK, "{}", last_error());
+    assert_eq!(slices, [s(0, 2, 0, 12), s(1, 2, 12, 16)]);
+    assert_eq!(padded, slices);
+    let status = dp_make_ubatch_slices(
+        counts.as_ptr(),
+        2,
+        20,
+        4,
+        2,
+        -1,
+        slices.as_mut_ptr(),
+        padded.as_mut_ptr(),
+    );
+    assert_eq!(status, dp_status::DP_OK, "{}", last_error());
+    assert_eq!(slices, [s(0, 2, 0, 10), s(1, 2, 10, 16)]);
+    assert_eq!(padded, [s(0, 2, 0, 10), s(1, 4, 10, 20)]);
+    // padded_slices is nullable.
+    let mut three = [UNTOUCHED; 3];
+    let status = dp_make_ubatch_slices(
+        [5, 5, 5].as_ptr(),
+        3,
+        15,
+        -1,
+        3,
+        -1,
+        three.as_mut_ptr(),
+        std::ptr::null_mut(),
+    );
+    assert_eq!(status, dp_status::DP_OK, "{}", last_error());
+    assert_eq!(three, [s(0, 1, 0, 5), s(1, 2, 5, 10), s(2, 3, 10, 15)]);
+}
+
+#[test]
+fn bad_arguments_are_named_and_write_nothing() {
+    let counts = [4, 4];
+    let mut slices = [UNTOUCHED; 2];
+    let mut padded = [UNTOUCHED; 2];
+    let (out, pad) = (slices.as_mut_ptr(), padded.as_mut_ptr());
+    let c = counts.as_ptr();
+    let odd: *const i32 = c.cast::<u8>().wrapping_add(1).cast();
+    let null_out = std::ptr::null_mut();
+    #[allow(clippy::type_complexity)]
+    let cases: [(
+        (
+            *const i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            *mut UbatchSlice,
+            *mut UbatchSlice,
+        ),
+        &[&str],
+    ); 10] = [
+        (
+            (c, 0, 8, -1, 2, -1, out, pad),
+            &["num_requests = 0 must be >= 1"],
+        ),
+        (
+            (c, 2, 8, -1, 1, -1, out, pad),
+            &["num_ubatches = 1 must be >= 2"],
+        ),
+        (
+            (std::ptr::null(), 2, 8, -1, 2, -1, out, pad),
+            &["num_scheduled_tokens is NULL"],
+        ),
+        ((c, 2, 8, -1, 2, -1, null_out, pad), &["slices is NULL"]),
+        (
+            (odd, 2, 8, -1, 2, -1, out, pad),
+            &["num_scheduled_tokens", "aligned"],
+        ),
+        (
+            (c, 2, 7, -1, 2, -1, out, pad),
+            &["sum(num_scheduled_tokens) = 8"],
+        ),
+        ((c, 2, 8, 1, 2, -1, out, pad), &["num_requests_padded = 1"]),
+        ((c, 2, 8, -1, 2, 0, out, pad), &["split_point = 0"]),
+        ((c, 2, 8, -1, 2, 8, out, pad), &["would be empty"]),
+        (
+            (c, 2, 8, -1, 2, -1, out, out),
+            &["padded_slices overlaps slices"],
+        ),
+    ];
+    for ((counts, r, p, rp, n, sp, o, po), needles) in cases {
+        let status = dp_make_ubatch_slices(counts, r, p, rp, n, sp, o, po);
+        assert_fails(status, dp_status::DP_ERR_INVALID_ARGUMENT, needles);
+    }
+    assert_eq!(slices, [UNTOUCHED; 2]);
+    assert_eq!(padded, [UNTOUCHED; 2]);
+}
