@@ -15,8 +15,8 @@
 //!
 //! ```text
 //! host:pid:tid dpcoord LEVEL [rank R/N comm 0xADDR | group NAME, step S] message
-//! gpu7:4021:4033 dpcoord WARN [rank 1/4 comm 0x55d3c1e0 step 42] timeout: ...
 //! gpu7:4021:4021 dpcoord WARN invalid argument: req->num_tokens_unpadded = -3 must be >= 0
+//! gpu7:4021:4033 dpcoord TRACE [rank 1/4 comm 0x55d3c1e0 step 42] dp_coordinator_end: ubatch 1 ...
 //! ```
 //!
 //! The host name is cut at its first dot, as NCCL does; the bracket lists only what the call
@@ -25,7 +25,8 @@
 //!
 //! API: [`log!`]`(Level::Trace, Ctx::new().rank(r, n).step(s), "format", args..)` (the
 //! context and the arguments are evaluated only when the level is on), [`enabled`] to
-//! guard work done only for a line, [`coordinator_info`] for the GPU path's INFO line, [`decision`] for a call's TRACE line.
+//! guard work done only for a line, [`coordinator_info`] for the GPU path's INFO line,
+//! [`decision`] for a call's TRACE line.
 //!
 //! # NVTX ranges
 //!
