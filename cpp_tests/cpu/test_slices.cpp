@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "c_calls.h"
 #include "test_util.h"
 
 using dpt::LastErrorMentions;
@@ -229,5 +230,8 @@ TEST(Slices, PointersAndSizesAreChecked) {
                 dp_make_ubatch_slices(counts, 2, 8, -1, 2, -1, slices, slices));
   EXPECT_TRUE(LastErrorMentions({"padded_slices overlaps slices"}));
 }
+
+// The same calls made from C (c_calls.c, compiled as C): the vLLM case and a refused input.
+TEST(Slices, FromC) { EXPECT_EQ(dpt_c_slices(), 0) << "c_calls.c line of the failed check"; }
 
 }  // namespace
