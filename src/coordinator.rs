@@ -21,9 +21,10 @@
 //! A helper thread works for both kinds of communicator, where detecting a nonblocking one
 //! would leave the blocking kind, the common one, unbounded.
 //!
-//! State whose work may still be pending is never freed: `destroy` and `dp_release` hand it to
-//! a graveyard that frees it once the event recorded behind that work has completed (checked
-//! at later create/destroy calls), or never, when a helper may still be inside NCCL.
+//! Device state is made by `create` and never freed by `destroy` or `dp_release` (freeing may
+//! wait for the whole device): they hand it to a graveyard that the next `create` empties of
+//! whatever is idle, that is, whose event recorded behind pending work has completed; state a
+//! helper thread may still write (inside NCCL) is never freed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
@@ -34,6 +35,7 @@ use crate::cuda::{
     self, Context, DeviceBuffer, DevicePtr, Event, Kernel, MappedHost, Module, PostArgs,
     StreamHandle,
 };
+use crate::diag::{self, Ctx, Level};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ffi::dp_batch_result;
 use crate::kernels::{self as k, SLOT_WORDS};
@@ -199,7 +201,9 @@ impl Shared {
     }
 }
 
-/// The device side of a coordinator: created on its first exchange, in the stream's context.
+/// The device side of a coordinator: created with it (so that no `begin` allocates, loads a
+/// module or frees: each of those may wait for the whole device), in the context that is
+/// current on the communicator's device, else that device's primary context.
 struct GpuState {
     ctx: Context,
     post: Kernel,
@@ -327,16 +331,19 @@ fn sweep_graveyard() {
 
 /// Frees `state` now if idle, else hands it to the graveyard.
 fn retire(state: GpuState) {
-    if state.idle() {
-        state.free();
-    } else {
-        lock(&GRAVEYARD).push(state);
-    }
+    lock(&GRAVEYARD).push(state);
 }
 
 /// The first `ncclAllGather`, on a helper thread: its result, once it returned.
 struct Connect {
     code: Mutex<Option<i32>>,
+}
+
+/// Threads of the post kernel: one warp per 32 ranks, at most [`k::BLOCK_THREADS`] (a small
+/// communicator gets one warp: fewer barriers and a faster launch).
+pub(crate) fn block_threads(dp_size: i32) -> u32 {
+    let warps = (dp_size.max(1) as u32).div_ceil(32);
+    (warps * 32).min(k::BLOCK_THREADS)
 }
 
 /// One `begin`'s inputs to the device work.
@@ -370,6 +377,8 @@ enum Flight {
 /// Everything behind the coordinator's lock.
 struct Inner {
     gpu: Option<GpuState>,
+    /// The last stream checked to belong to the state's context.
+    checked_stream: Option<StreamHandle>,
     seq: u32,
     /// An exchange's `ncclAllGather` returned: NCCL's connections exist.
     connected: bool,
@@ -387,7 +396,6 @@ pub struct Coordinator {
     device: i32,
     /// Run the GPU path even for dp_size 1 (benchmarks, through `testing`).
     force_exchange: bool,
-    send_path: SendPath,
     shared: Arc<Shared>,
     inner: Mutex<Inner>,
 }
@@ -436,6 +444,31 @@ impl Coordinator {
                 ),
             ));
         }
+        if diag::enabled(Level::Info) {
+            // Once per coordinator: what was resolved (the driver is the process's already:
+            // NCCL made the communicator with it).
+            let (cuda_version, cuda_library) = match cuda::driver() {
+                Ok(d) => (d.version(), d.library()),
+                Err(e) => (0, format!("not loaded ({e})")),
+            };
+            let nccl_library = match nccl.library_path() {
+                Some(file) => format!("{file} ({})", nccl.origin()),
+                None => nccl.origin().to_owned(),
+            };
+            diag::coordinator_info(
+                &Ctx::new().rank(dp_rank, dp_size).comm(comm.as_raw()),
+                nccl.version(),
+                &nccl_library,
+                cuda_version,
+                &cuda_library,
+            );
+        }
+        let gpu = if dp_size > 1 || force_exchange {
+            let ctx = Context::of_stream(StreamHandle::DEFAULT, device)?;
+            Some(GpuState::new(ctx, dp_size as usize, send_path)?)
+        } else {
+            None
+        };
         Ok(Coordinator {
             comm,
             nccl,
@@ -443,10 +476,10 @@ impl Coordinator {
             dp_rank,
             device,
             force_exchange,
-            send_path,
             shared: Arc::new(Shared::default()),
             inner: Mutex::new(Inner {
-                gpu: None,
+                gpu,
+                checked_stream: None,
                 seq: 0,
                 connected: false,
                 in_flight: None,
@@ -458,6 +491,19 @@ impl Coordinator {
     /// The communicator's size and this rank, as NCCL reported them at creation.
     pub(crate) fn shape(&self) -> (i32, i32) {
         (self.dp_size, self.dp_rank)
+    }
+
+    /// What the DPCOORD_DEBUG log says about this coordinator at step `step_id`.
+    fn ctx(&self, step_id: i64) -> Ctx<'static> {
+        Ctx::new()
+            .rank(self.dp_rank, self.dp_size)
+            .comm(self.comm.as_raw())
+            .step(step_id)
+    }
+
+    /// The TRACE line of a decision `end` returns.
+    fn trace(&self, o: &Outcome) {
+        diag::decision(&self.ctx(o.step_id), "dp_coordinator_end", &o.decision);
     }
 
     fn try_inner(&self, what: &str) -> Result<MutexGuard<'_, Inner>> {
@@ -477,6 +523,7 @@ impl Coordinator {
     /// Enqueues this rank's exchange on `stream` and returns (collective: every rank calls
     /// it, in the same order relative to every other collective on the communicator).
     pub(crate) fn begin(&self, stream: StreamHandle, req: &Request) -> Result<()> {
+        let _range = diag::range(c"dp_coordinator_begin", self.dp_rank, req.step_id);
         let _inside = self.shared.enter()?;
         let mut inner = self.try_inner("dp_coordinator_begin")?;
         if let Some(e) = &inner.broken {
@@ -528,20 +575,22 @@ impl Coordinator {
     /// Host write of the slot, allgather, post kernel. A failure before anything is
     /// enqueued leaves the coordinator usable; one after breaks it.
     fn enqueue(&self, inner: &mut Inner, stream: StreamHandle, step: &Step) -> Result<Flight> {
-        match &inner.gpu {
-            Some(gpu) => {
-                if !gpu.ctx.owns(stream)? {
-                    return Err(Error::new(
-                        ErrorKind::InvalidArgument,
-                        "stream belongs to another CUDA context than the stream of this \
-                         coordinator's first exchange; use one context per coordinator",
-                    ));
-                }
+        let _range = diag::range(c"dp_coordinator_enqueue", self.dp_rank, step.step_id);
+        let gpu = inner
+            .gpu
+            .as_ref()
+            .expect("a coordinator of the GPU path has GPU state");
+        if inner.checked_stream != Some(stream) {
+            if !gpu.ctx.owns(stream)? {
+                // Name the devices when they differ; else it is another context of the device.
+                Context::of_stream(stream, self.device)?;
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "stream belongs to another CUDA context than the one current (or primary) \
+                     on the communicator's device when the coordinator was created",
+                ));
             }
-            None => {
-                let ctx = Context::of_stream(stream, self.device)?;
-                inner.gpu = Some(GpuState::new(ctx, self.dp_size as usize, self.send_path)?);
-            }
+            inner.checked_stream = Some(stream);
         }
         cuda::check_not_capturing(stream)?;
         let seq = inner.seq.wrapping_add(1).max(1);
@@ -602,7 +651,8 @@ impl Coordinator {
             device_out: gpu.device_out.ptr(),
             host: gpu.host.device_ptr(),
         };
-        gpu.post.launch_post(k::BLOCK_THREADS, stream, &args)
+        gpu.post
+            .launch_post(block_threads(self.dp_size), stream, &args)
     }
 
     /// The first `ncclAllGather` of this coordinator, on a helper thread the wait can leave.
@@ -715,16 +765,19 @@ impl Coordinator {
                 "dp_coordinator_end: no exchange in flight (call dp_coordinator_begin first)",
             ));
         };
+        let _range = diag::range(c"dp_coordinator_end", self.dp_rank, flight.step_id);
         let (seq, stream) = match flight.kind {
             Flight::Local(decision) => {
-                return Ok(Outcome {
+                let outcome = Outcome {
                     decision,
                     dp_rank: self.dp_rank,
                     dp_size: self.dp_size,
                     step_id: flight.step_id,
                     host_array: std::ptr::null(),
                     device_array: 0,
-                })
+                };
+                self.trace(&outcome);
+                return Ok(outcome);
             }
             Flight::Exchange { seq, stream } => (seq, stream),
         };
@@ -739,7 +792,10 @@ impl Coordinator {
             return Err(e);
         }
         match self.read_decision(gpu, &flight, seq) {
-            Ok(outcome) => Ok(outcome),
+            Ok(outcome) => {
+                self.trace(&outcome);
+                Ok(outcome)
+            }
             Err(e) => {
                 // Bad records or step ids: every rank exchanged and got the same error, so
                 // the ranks stay in step. Anything else (stale slots) breaks the coordinator.
@@ -759,6 +815,7 @@ impl Coordinator {
     /// The one host wait: polls the sequence word the kernel writes last, checking
     /// `cancel`, the communicator, the stream and the clock every [`CHECK_INTERVAL`].
     fn wait(&self, gpu: &GpuState, seq: u32, stream: StreamHandle, f: &InFlight) -> Result<()> {
+        let _range = diag::range(c"dp_coordinator_wait", self.dp_rank, f.step_id);
         let mut polls: u32 = 0;
         let mut next_check = f.start + CHECK_INTERVAL;
         loop {
@@ -909,7 +966,6 @@ impl Coordinator {
             retire(gpu);
         }
         inner.in_flight = None;
-        sweep_graveyard();
         Ok(())
     }
 }
@@ -1053,7 +1109,6 @@ pub(crate) fn cancel(comm: CommHandle) -> Result<()> {
 pub(crate) fn release(comm: CommHandle) -> Result<()> {
     let key = comm.as_raw() as usize;
     let Some(entry) = lock(&CACHE).get(&key).cloned() else {
-        sweep_graveyard();
         return Ok(());
     };
     let mut guard = match entry.coordinator.try_lock() {

@@ -52,6 +52,9 @@ unsafe impl Send for StreamHandle {}
 unsafe impl Sync for StreamHandle {}
 
 impl StreamHandle {
+    /// The NULL stream (the legacy default stream).
+    pub(crate) const DEFAULT: StreamHandle = StreamHandle(std::ptr::null_mut());
+
     /// Wraps a raw stream handle.
     ///
     /// # Safety
@@ -113,6 +116,7 @@ macro_rules! driver_table {
 
 driver_table! {
     init = c"cuInit": fn(c_uint);
+    driver_get_version = c"cuDriverGetVersion": fn(*mut c_int);
     get_error_name = c"cuGetErrorName": fn(CuResult, *mut *const c_char);
     get_error_string = c"cuGetErrorString": fn(CuResult, *mut *const c_char);
     ctx_get_current = c"cuCtxGetCurrent": fn(*mut CuContext);
@@ -236,6 +240,26 @@ fn load_driver() -> Result<Driver> {
 }
 
 impl Driver {
+    /// `cuDriverGetVersion`'s code (13000 = CUDA 13.0), or 0 when it fails (DPCOORD_DEBUG=INFO).
+    pub(crate) fn version(&self) -> i32 {
+        let mut version: c_int = 0;
+        // SAFETY: cuDriverGetVersion writes one int through a valid out pointer.
+        let rc = unsafe { (self.driver_get_version)(&mut version) };
+        if rc == CUDA_SUCCESS {
+            version
+        } else {
+            0
+        }
+    }
+
+    /// The file the driver was loaded from (per `dladdr`) and how it was found.
+    pub(crate) fn library(&self) -> String {
+        match crate::nccl::defining_file(self.init as *mut c_void) {
+            Some(file) => format!("{file} ({})", self.origin),
+            None => self.origin.clone(),
+        }
+    }
+
     /// The driver's name and description of a status.
     fn describe(&self, status: CuResult) -> String {
         let (mut name, mut text) = (std::ptr::null(), std::ptr::null());

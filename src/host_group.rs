@@ -726,7 +726,9 @@ impl HostGroup {
 
     /// Marks this rank's copy unusable and tells the other ranks (first failure wins).
     fn fail(&mut self, e: &Error, code: u64, concerned: usize) {
-        diag::log!(Level::Warn, self.ctx(0), "group unusable from here on: {e}");
+        // INFO, not WARN: the C boundary logs the failure itself once at WARN (with exactly
+        // dp_last_error's text); this line adds the group, the rank and what follows.
+        diag::log!(Level::Info, self.ctx(0), "group unusable from here on: {e}");
         if self.failed.is_none() {
             self.failed = Some(e.clone());
         }

@@ -259,7 +259,7 @@ fn dl_sym(lookup: Lookup, name: &CStr) -> std::result::Result<*mut c_void, Strin
 }
 
 /// The file that defines the code at `addr`, if the dynamic linker knows it.
-fn defining_file(addr: *mut c_void) -> Option<String> {
+pub(crate) fn defining_file(addr: *mut c_void) -> Option<String> {
     // SAFETY: Dl_info is plain old data; all-zero is a valid value.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     // SAFETY: addr is a symbol address returned by dlsym; info is a valid out pointer.

@@ -9,66 +9,11 @@
 // Rank set-up from the environment (as dpcoord_gpu_launcher sets it): DPCOORD_RANK,
 // DPCOORD_NRANKS, DPCOORD_DEVICE, DPCOORD_RENDEZVOUS (a shared directory for the ncclUniqueId).
 // In an engine these come from your own launcher (torchrun-style RANK/WORLD_SIZE, MPI, ...).
-#include <cuda_runtime.h>
-#include <dpcoord.h>
-#include <nccl.h>
-#include <unistd.h>
-
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <string>
-#include <thread>
 
-#define CUDA_CHECK(cmd)                                                            \
-  do {                                                                             \
-    cudaError_t e_ = (cmd);                                                        \
-    if (e_ != cudaSuccess) {                                                       \
-      std::fprintf(stderr, "%s:%d: CUDA failure '%s' in %s\n", __FILE__, __LINE__, \
-                   cudaGetErrorString(e_), #cmd);                                  \
-      std::exit(1);                                                                \
-    }                                                                              \
-  } while (0)
-
-#define NCCL_CHECK(cmd)                                                            \
-  do {                                                                             \
-    ncclResult_t r_ = (cmd);                                                       \
-    if (r_ != ncclSuccess) {                                                       \
-      std::fprintf(stderr, "%s:%d: NCCL failure '%s' in %s\n", __FILE__, __LINE__, \
-                   ncclGetErrorString(r_), #cmd);                                  \
-      std::exit(1);                                                                \
-    }                                                                              \
-  } while (0)
+#include "gpu_example_common.h"  // CUDA_CHECK, NCCL_CHECK, the rank's set-up (examples/)
 
 namespace {
-
-int EnvInt(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
-}
-
-// Rank 0 creates the NCCL id and publishes it through a shared directory (write + rename is
-// atomic); the others poll for it. Use your engine's own channel (TCP store, MPI) instead.
-ncclUniqueId ExchangeUniqueId(int rank, const std::string& dir) {
-  ncclUniqueId id;
-  const std::string path = dir + "/example-nccl-id";
-  if (rank == 0) {
-    NCCL_CHECK(ncclGetUniqueId(&id));
-    const std::string tmp = path + ".tmp";
-    std::ofstream(tmp, std::ios::binary).write(reinterpret_cast<const char*>(&id), sizeof id);
-    std::rename(tmp.c_str(), path.c_str());
-    return id;
-  }
-  for (int waited_ms = 0; waited_ms < 60000; waited_ms += 10) {
-    std::ifstream in(path, std::ios::binary);
-    if (in.read(reinterpret_cast<char*>(&id), sizeof id)) return id;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  std::fprintf(stderr, "rank %d: no NCCL id from rank 0 in %s\n", rank, path.c_str());
-  std::exit(1);
-}
 
 // Stand-in for the scheduler: how many tokens this rank runs this step, and its CUDA-graph
 // bucket (the padded count the graph was captured for).
@@ -95,40 +40,20 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], "--steps") == 0) steps = std::atoi(argv[i + 1]);
   }
-  const int rank = EnvInt("DPCOORD_RANK", 0);
-  const int nranks = EnvInt("DPCOORD_NRANKS", 1);
-  const char* dir = std::getenv("DPCOORD_RENDEZVOUS");
-
-  int ngpus = 0;
-  if (cudaGetDeviceCount(&ngpus) != cudaSuccess || ngpus == 0) {
-    std::printf("rank %d: no CUDA GPU: nothing to do\n", rank);
-    return 0;
-  }
-  CUDA_CHECK(cudaSetDevice(EnvInt("DPCOORD_DEVICE", rank % ngpus)));
-  cudaStream_t model_stream;
-  CUDA_CHECK(cudaStreamCreateWithFlags(&model_stream, cudaStreamNonBlocking));
-
-  // 1. The DP communicator (the engine's: its collectives run on model_stream).
-  ncclUniqueId id;
-  if (nranks == 1) {
-    NCCL_CHECK(ncclGetUniqueId(&id));
-  } else {
-    if (dir == nullptr) {
-      std::fprintf(stderr, "rank %d: DPCOORD_RENDEZVOUS not set\n", rank);
-      return 1;
-    }
-    id = ExchangeUniqueId(rank, dir);
-  }
-  ncclComm_t dp_comm;
-  NCCL_CHECK(ncclCommInitRank(&dp_comm, nranks, id, rank));
-
-  // 2. A communicator reserved for coordination, split from the DP one (same ranks, same
+  // 1. The DP communicator (the engine's: its collectives run on model_stream), and
+  // 2. a communicator reserved for coordination, split from the DP one (same ranks, same
   //    order). Why: dp_coordinate_batch is a collective. If it shared a communicator with the
   //    model's own collectives but ran on another stream, two ranks could enqueue the two
   //    collectives in different orders and deadlock (SGLang hit exactly this). On its own
-  //    communicator the ordering question does not arise.
-  ncclComm_t coord_comm;
-  NCCL_CHECK(ncclCommSplit(dp_comm, /*color=*/0, /*key=*/rank, &coord_comm, nullptr));
+  //    communicator the ordering question does not arise. (See gpu_example_common.h.)
+  example::Rank me;
+  if (!example::SetUp(me)) return 0;
+  const int rank = me.rank;
+  const int nranks = me.nranks;
+  ncclComm_t dp_comm = me.dp_comm;
+  ncclComm_t coord_comm = me.coord_comm;
+  cudaStream_t model_stream;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&model_stream, cudaStreamNonBlocking));
 
   // 3. The request template: set once, then per step only the per-step fields.
   dp_batch_request req;

@@ -6,7 +6,8 @@
 // Every rank derives every rank's request from (seed, step), so each one recomputes the whole
 // step locally: the records it should have received, and the decision (the reference model of
 // cpp_tests/cpu/test_util.h). The ranks then agree on the verdict (MPI_Allreduce) before any
-// assertion, so they all pass or all fail the same test, and they stay in step.
+// assertion, so they all pass or all fail the same test, and they stay in step. The options path
+// of 0.2 (dp_decide_batch_with_options: dead ranks, step ids) runs the same way.
 //
 // Knobs: DPCOORD_MPI_SEED (default 20261201), DPCOORD_MPI_STEPS (default 2000).
 #include <mpi.h>
@@ -258,7 +259,8 @@ std::string CheckStep(const Step& s, const Outcome& o, int rank) {
            << " microbatched, " << inconsistent_steps << " inconsistent";
   }
   if (WorldRank() == 0) {
-    std::printf("[ rank 0   ] %d steps on %d ranks: %d decided (%d microbatched), %d inconsistent\n",
+    std::printf("[ rank 0   ] %d steps on %d ranks: %d decided (%d microbatched), "
+                "%d inconsistent\n",
                 steps, size, ok_steps, ubatch_steps, inconsistent_steps);
   }
   return ::testing::AssertionSuccess();
@@ -332,6 +334,123 @@ TEST(Mpi, InvalidRequestOnOneRankFailsTheStepOnEveryRank) {
     ASSERT_TRUE(all) << "failed on rank(s) " << failed << "; this rank (" << rank << "): "
                      << (problem.str().empty() ? "fine" : problem.str())
                      << (agreed ? "" : "; the next step's decisions differ");
+  }
+}
+
+// 0.2, dp_decide_batch_with_options: dead ranks (vLLM's neutralized DP columns) and step ids.
+// A "dead" rank still runs here (it is one of the test's processes) but sends kFailedMarker
+// instead of a record, as the failing rank above does; every rank builds active_ranks from the
+// delivered records, so the live ranks decide without it. The step ids travel in a second
+// MPI_Allgather; on about one step in ten a live rank is a step ahead, and every live rank must
+// report DP_ERR_INCONSISTENT_RANKS naming both ids. A dead rank's own call is refused (dp_rank
+// must be live). The expected decision is the reference model over the live ranks alone (at
+// least 2 of them), a dead slot's entry max(padded) when padding, else 0. Dead ranks need at
+// least 3 processes; with 2, only the step ids are exercised.
+TEST(Mpi, OptionsPathWithDeadRanksAndStepIds) {
+  int rank = 0, size = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  int dead_decided = 0, skewed = 0;
+  for (int step = 0; step < kSteps / 4; ++step) {
+    const Step s = MakeStep(kSeed + 31u, step, size);
+    std::mt19937 rng(kSeed + 7919u * static_cast<uint32_t>(step));
+    auto pick = [&rng](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+    std::vector<uint8_t> live(static_cast<size_t>(size), 1);
+    const int kills = size >= 3 ? pick(0, size - 2) : 0;  // at least 2 stay live
+    for (int k = 0; k < kills; ++k) live[static_cast<size_t>(pick(0, size - 1))] = 0;
+    std::vector<int> live_ranks;
+    for (int r = 0; r < size; ++r) {
+      if (live[static_cast<size_t>(r)] == 1) live_ranks.push_back(r);
+    }
+    const int last_live = static_cast<int>(live_ranks.size()) - 1;
+    const int ahead = pick(0, 9) == 0 ? live_ranks[static_cast<size_t>(pick(0, last_live))] : -1;
+    const int64_t id = 1000 + step;
+    const bool me_live = live[static_cast<size_t>(rank)] == 1;
+
+    std::ostringstream problem;
+    dp_rank_record mine = kFailedMarker;
+    if (me_live && dp_make_record(&s.requests[static_cast<size_t>(rank)], &mine) != DP_OK) {
+      problem << "dp_make_record: " << dp_last_error() << "; ";
+      mine = kFailedMarker;
+    }
+    const int64_t my_id = !me_live ? 0 : rank == ahead ? id + 1 : id;
+    std::vector<dp_rank_record> records(static_cast<size_t>(size));
+    std::vector<int64_t> ids(static_cast<size_t>(size));
+    MPI_Allgather(&mine, 5, MPI_INT32_T, records.data(), 5, MPI_INT32_T, MPI_COMM_WORLD);
+    MPI_Allgather(&my_id, 1, MPI_INT64_T, ids.data(), 1, MPI_INT64_T, MPI_COMM_WORLD);
+    std::vector<uint8_t> active(static_cast<size_t>(size));
+    for (size_t r = 0; r < active.size(); ++r) {
+      active[r] = SameRecord(records[r], kFailedMarker) ? 0 : 1;
+    }
+    if (active != live) problem << "active_ranks built from the markers differ from the dead set; ";
+
+    dp_decide_options opts;
+    dp_decide_options_init(&opts);
+    opts.pad_policy = s.pad_policy;
+    opts.num_ubatches = s.num_ubatches;
+    opts.active_ranks = active.data();
+    opts.step_ids = ids.data();
+    std::vector<int32_t> array(static_cast<size_t>(size), dpt::kPoison32);
+    dp_batch_result res = dpt::PoisonedResult();
+    const dp_status st =
+        dp_decide_batch_with_options(records.data(), size, rank, &opts, array.data(), &res);
+    const std::string error = st == DP_OK ? "" : dp_last_error();
+
+    std::vector<dp_rank_record> live_records;
+    int own_index = 0;
+    for (int r : live_ranks) {
+      if (r == rank) own_index = static_cast<int>(live_records.size());
+      live_records.push_back(ExpectedRecord(s.requests[static_cast<size_t>(r)]));
+    }
+    const dpt::Expected e = dpt::Reference(live_records, own_index, s.pad_policy, s.num_ubatches);
+    if (!me_live) {
+      if (st != DP_ERR_INVALID_ARGUMENT) problem << "a dead dp_rank got " << dpt::Name(st) << "; ";
+    } else if (ahead >= 0) {
+      if (st != DP_ERR_INCONSISTENT_RANKS) {
+        problem << "rank " << ahead << " a step ahead: got " << dpt::Name(st) << "; ";
+      } else if (error.find(std::to_string(id + 1)) == std::string::npos ||
+                 error.find(std::to_string(id)) == std::string::npos) {
+        problem << "the message names not both ids " << id << ", " << id + 1 << ": " << error
+                << "; ";
+      }
+    } else if (e.inconsistent) {
+      if (st != DP_ERR_INCONSISTENT_RANKS) problem << "mixed pad flags: " << dpt::Name(st) << "; ";
+    } else if (st != DP_OK) {
+      problem << "dp_decide_batch_with_options: " << dpt::Name(st) << ": " << error << "; ";
+    } else {
+      std::vector<int32_t> want(static_cast<size_t>(size));
+      for (size_t r = 0, k = 0; r < want.size(); ++r) {
+        want[r] = live[r] == 1 ? e.array[k++] : e.should_dp_pad ? e.max_padded : 0;
+      }
+      if (res.should_ubatch != e.should_ubatch || res.should_dp_pad != e.should_dp_pad ||
+          res.synced_cudagraph_mode != e.synced_mode || !res.has_num_tokens_after_padding ||
+          res.num_tokens_after_padding_self != e.self ||
+          res.max_num_tokens_padded != e.max_padded ||
+          res.min_num_tokens_unpadded != e.min_unpadded || res.dp_rank != rank ||
+          res.dp_size != size || res.step_id != id ||
+          res.num_tokens_after_padding != array.data() || array != want) {
+        problem << "the decision differs from the model over the live ranks (ubatch "
+                << res.should_ubatch << "/" << e.should_ubatch << ", pad " << res.should_dp_pad
+                << "/" << e.should_dp_pad << ", self " << res.num_tokens_after_padding_self << "/"
+                << e.self << ", step_id " << res.step_id << "/" << id << ")"
+                << (array == want ? "" : "; the per-rank array differs") << "; ";
+      }
+    }
+    // Counted from what every rank knows alike, so every rank reaches the same verdict below.
+    dead_decided += live_ranks.size() < live.size() && ahead < 0 && !e.inconsistent ? 1 : 0;
+    skewed += ahead >= 0 ? 1 : 0;
+    std::string failed;
+    ASSERT_TRUE(AgreeAllPassed(problem.str().empty(), MPI_COMM_WORLD, &failed))
+        << "step " << step << ": failed on rank(s) " << failed << "; this rank (" << rank
+        << "): " << (problem.str().empty() ? "fine" : problem.str());
+  }
+  if (WorldRank() == 0) {
+    std::printf("[ rank 0   ] %d steps on %d ranks: %d decided with dead ranks, %d with a rank a "
+                "step ahead\n", kSteps / 4, size, dead_decided, skewed);
+  }
+  EXPECT_GT(skewed, 0) << "no step had a rank a step ahead";
+  if (size >= 3) {
+    EXPECT_GT(dead_decided, 0) << "no step decided with a dead rank";
   }
 }
 

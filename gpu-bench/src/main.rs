@@ -19,6 +19,8 @@
 //! - `stage_post_kernel_spin`: the post kernel alone on gathered slots + host spin.
 //! - `stage_hostsend_allgather_post_spin`: host write of the slot into mapped memory,
 //!   allgather, post kernel, spin: the library's sequence without its checks.
+//! - `stage_enqueue_allgather_launch_host_time`: the host time of that sequence's enqueue
+//!   alone (a bare `ncclAllGather` enqueue + one kernel launch: what `begin` is held to).
 //! - `dpcoord_forced_host_send`: `dp_coordinate_batch` end to end (C request read, begin,
 //!   end, C result written) on a coordinator that runs the GPU path even at one rank, host
 //!   send path (the default).
@@ -33,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dpcoord::ffi::{self, dp_batch_request, dp_batch_result, dp_status};
-use dpcoord::rules::{self, Decision, RankRecord, Request, UbatchConfig};
+use dpcoord::rules::{self, Decision, RankRecord};
 use dpcoord::testing::{
     self, CommHandle, DeviceWords, ForcedCoordinator, Harness, MappedWords, PostKit, SendPath,
     Stream, StreamHandle, UniqueId, SLOT_WORDS,
@@ -92,17 +94,11 @@ fn mix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Every rank's request for `step`: mostly decode batches padded to a bucket of 8, some
-/// prefill, some idle ranks; microbatching on 3 steps in 4; EXPLICIT padding agreed by all.
-fn step_requests(step: u64, n: usize) -> Vec<Request> {
+/// Every rank's request for `step` (a C request, as an engine passes it): mostly decode
+/// batches padded to a bucket of 8, some prefill, some idle ranks; microbatching on 3 steps
+/// in 4; EXPLICIT padding agreed by all.
+fn step_requests(step: u64, n: usize) -> Vec<dp_batch_request> {
     let h = mix(step ^ 0xD9C0_0D00_0000_0000);
-    let ubatch = UbatchConfig {
-        enabled: h % 4 != 0,
-        num_ubatches: if (h >> 8) % 8 == 0 { 3 } else { 2 },
-        decode_token_threshold: rules::DEFAULT_DECODE_TOKEN_THRESHOLD,
-        prefill_token_threshold: rules::DEFAULT_PREFILL_TOKEN_THRESHOLD,
-    };
-    let allow_dp_padding = (h >> 16) % 3 != 0;
     (0..n as u64)
         .map(|rank| {
             let g = mix(h ^ (rank + 1).wrapping_mul(0xA24B_AED4_963E_E407));
@@ -122,39 +118,56 @@ fn step_requests(step: u64, n: usize) -> Vec<Request> {
             } else {
                 (-1, if tokens > 2048 { 0 } else { 1 })
             };
-            Request {
+            let mut q = std::mem::MaybeUninit::<dp_batch_request>::zeroed();
+            ffi::dp_batch_request_init(q.as_mut_ptr());
+            // SAFETY: initialised by dp_batch_request_init.
+            let defaults = unsafe { q.assume_init() };
+            dp_batch_request {
                 num_tokens_unpadded: tokens,
                 num_tokens_padded: padded,
                 allow_microbatching: (g >> 48) % 8 != 0,
-                allow_dp_padding,
+                allow_dp_padding: (h >> 16) % 3 != 0,
                 uniform_decode,
                 cudagraph_mode: mode,
                 pad_policy: rules::PAD_POLICY_EXPLICIT,
-                ubatch,
+                ubatch: ffi::dp_ubatch_config {
+                    enabled: h % 4 != 0,
+                    num_ubatches: if (h >> 8) % 8 == 0 { 3 } else { 2 },
+                    decode_token_threshold: rules::DEFAULT_DECODE_TOKEN_THRESHOLD,
+                    prefill_token_threshold: rules::DEFAULT_PREFILL_TOKEN_THRESHOLD,
+                },
                 timeout_ms: REQUEST_TIMEOUT_MS,
                 step_id: step as i64 + 1,
+                ..defaults
             }
         })
         .collect()
 }
 
+/// `dp_make_record` of a C request (the C API's own reading of it).
+fn record_of(q: &dp_batch_request) -> Res<RankRecord> {
+    let mut r = RankRecord::default();
+    match ffi::dp_make_record(q, &mut r) {
+        dp_status::DP_OK => Ok(r),
+        st => Err(format!("dp_make_record: {st:?}: {}", last_error())),
+    }
+}
+
+fn num_ubatches(q: &dp_batch_request) -> i32 {
+    if q.ubatch.enabled {
+        q.ubatch.num_ubatches
+    } else {
+        2
+    }
+}
+
 /// The decision and per-rank array rules::decide gives (the GPU path's array is
 /// `should_dp_pad ? max padded : own padded`, also at one rank).
-fn expected(reqs: &[Request], rank: usize) -> Res<(Decision, Vec<i32>)> {
-    let records: Vec<RankRecord> = reqs
-        .iter()
-        .map(rules::make_record)
-        .collect::<Result<_, _>>()
-        .map_err(err)?;
+fn expected(reqs: &[dp_batch_request], rank: usize) -> Res<(Decision, Vec<i32>)> {
+    let records: Vec<RankRecord> = reqs.iter().map(record_of).collect::<Res<_>>()?;
     let r = &reqs[0];
-    let d = rules::decide(
-        &records,
-        rank as i32,
-        r.pad_policy,
-        r.effective_num_ubatches(),
-        None,
-    )
-    .map_err(err)?;
+    let d =
+        rules::decide(&records, rank as i32, r.pad_policy, num_ubatches(r), None).map_err(err)?;
     let array = records
         .iter()
         .map(|x| {
@@ -172,7 +185,7 @@ fn check(
     variant: &str,
     step: u64,
     got: &dp_batch_result,
-    reqs: &[Request],
+    reqs: &[dp_batch_request],
     rank: usize,
 ) -> Res<()> {
     let (d, array) = expected(reqs, rank)?;
@@ -231,27 +244,6 @@ fn check(
         }
     }
     Ok(())
-}
-
-fn c_request(r: &Request) -> dp_batch_request {
-    let mut q = std::mem::MaybeUninit::<dp_batch_request>::zeroed();
-    ffi::dp_batch_request_init(q.as_mut_ptr());
-    // SAFETY: initialised by dp_batch_request_init.
-    let mut q = unsafe { q.assume_init() };
-    q.num_tokens_unpadded = r.num_tokens_unpadded;
-    q.num_tokens_padded = r.num_tokens_padded;
-    q.allow_microbatching = r.allow_microbatching;
-    q.allow_dp_padding = r.allow_dp_padding;
-    q.uniform_decode = r.uniform_decode;
-    q.cudagraph_mode = r.cudagraph_mode;
-    q.pad_policy = r.pad_policy;
-    q.ubatch.enabled = r.ubatch.enabled;
-    q.ubatch.num_ubatches = r.ubatch.num_ubatches;
-    q.ubatch.decode_token_threshold = r.ubatch.decode_token_threshold;
-    q.ubatch.prefill_token_threshold = r.ubatch.prefill_token_threshold;
-    q.timeout_ms = r.timeout_ms;
-    q.step_id = r.step_id;
-    q
 }
 
 fn c_result() -> dp_batch_result {
@@ -410,10 +402,13 @@ fn variant<'a>(w: &'a World, name: &'a str) -> Res<Option<StepFn<'a>>> {
             }
             Ok(ns)
         }),
-        "stage_post_kernel_spin" | "stage_hostsend_allgather_post_spin" => {
+        "stage_post_kernel_spin"
+        | "stage_hostsend_allgather_post_spin"
+        | "stage_enqueue_allgather_launch_host_time" => {
             let kit = PostKit::new(n as i32, rank as i32).map_err(err)?;
             let _ = w;
-            let full = name == "stage_hostsend_allgather_post_spin";
+            let host_only = name == "stage_enqueue_allgather_launch_host_time";
+            let full = host_only || name == "stage_hostsend_allgather_post_spin";
             let staging = MappedWords::new(SLOT_WORDS * n).map_err(err)?;
             let mut seq = 0u32;
             Box::new(move |w: &World, step| {
@@ -422,13 +417,13 @@ fn variant<'a>(w: &'a World, name: &'a str) -> Res<Option<StepFn<'a>>> {
                 let slots: Vec<[i32; SLOT_WORDS]> = reqs
                     .iter()
                     .map(|r| {
-                        testing::slot_words(
+                        Ok(testing::slot_words(
                             seq,
                             r.step_id,
-                            rules::make_record(r).expect("valid").to_words(),
-                        )
+                            record_of(r)?.to_words(),
+                        ))
                     })
-                    .collect();
+                    .collect::<Res<_>>()?;
                 let t0;
                 if full {
                     t0 = Instant::now();
@@ -453,10 +448,11 @@ fn variant<'a>(w: &'a World, name: &'a str) -> Res<Option<StepFn<'a>>> {
                     t0 = Instant::now();
                 }
                 let r0 = &reqs[0];
-                kit.launch(w.s(), seq, r0.pad_policy, r0.effective_num_ubatches())
+                kit.launch(w.s(), seq, r0.pad_policy, num_ubatches(r0))
                     .map_err(err)?;
+                let enqueued = since(t0);
                 kit.spin(seq, SPIN_LIMIT).map_err(err)?;
-                let ns = since(t0);
+                let ns = if host_only { enqueued } else { since(t0) };
                 let (status, words) = kit.verdict();
                 let (d, _) = expected(&reqs, rank)?;
                 let want = [
@@ -484,7 +480,7 @@ fn variant<'a>(w: &'a World, name: &'a str) -> Res<Option<StepFn<'a>>> {
             let label = name.to_string();
             Box::new(move |w: &World, step| {
                 let reqs = step_requests(step, n);
-                let q = c_request(&reqs[rank]);
+                let q = reqs[rank];
                 let mut res = c_result();
                 let t0 = Instant::now();
                 let st = c.coordinate_batch(w.s(), &q, &mut res);
@@ -521,7 +517,7 @@ fn variant<'a>(w: &'a World, name: &'a str) -> Res<Option<StepFn<'a>>> {
         }
         "dp_coordinate_batch" => Box::new(move |w: &World, step| {
             let reqs = step_requests(step, n);
-            let q = c_request(&reqs[rank]);
+            let q = reqs[rank];
             let mut res = c_result();
             let t0 = Instant::now();
             let st = ffi::dp_coordinate_batch(
@@ -553,6 +549,7 @@ const VARIANTS: &[&str] = &[
     "bare_allgather_hostsend_sync",
     "stage_post_kernel_spin",
     "stage_hostsend_allgather_post_spin",
+    "stage_enqueue_allgather_launch_host_time",
     "dpcoord_forced_host_send",
     "dpcoord_forced_device_send",
     "dpcoord_begin_host_time",
@@ -565,9 +562,11 @@ const VARIANTS: &[&str] = &[
 struct Row {
     name: String,
     iters: usize,
+    min: f64,
     p10: f64,
     median: f64,
     p90: f64,
+    p99: f64,
 }
 
 fn stats(name: &str, mut ns: Vec<u64>) -> Row {
@@ -576,15 +575,22 @@ fn stats(name: &str, mut ns: Vec<u64>) -> Row {
     Row {
         name: name.to_string(),
         iters: ns.len(),
+        min: q(0.0),
         p10: q(0.1),
         median: q(0.5),
         p90: q(0.9),
+        p99: q(0.99),
     }
 }
 
 fn run() -> Res<()> {
     let args = parse_args()?;
     let w = World::new()?;
+    // Untimed warm-up of the GPU and NCCL (clocks ramp up; the first variant must not pay
+    // it). A count, not a time: every rank must make the same number of collective calls.
+    for _ in 0..if w.n == 1 { 100_000 } else { 100 } {
+        w.barrier()?;
+    }
     let mut rows = Vec::new();
     for (i, &name) in VARIANTS.iter().enumerate() {
         if args
@@ -651,12 +657,25 @@ fn print_table(w: &World, rows: &[Row], csv: Option<&Path>) -> Res<()> {
     }
     print!("{out}");
     if let Some(path) = csv {
-        let mut text = String::from("ranks,variant,iters,p10_us,median_us,p90_us\n");
+        // The columns plot.py reads, then the quantiles of this table.
+        let mut text = String::from(
+            "ranks,variant,iters,median_us,p99_us,min_us,gpus,ranks_share_gpu,p10_us,p90_us\n",
+        );
+        let gpus = testing::device_count().unwrap_or(0) as usize;
         for r in rows {
             writeln!(
                 text,
-                "{},{},{},{:.3},{:.3},{:.3}",
-                w.n, r.name, r.iters, r.p10, r.median, r.p90
+                "{},{},{},{:.3},{:.3},{:.3},{},{},{:.3},{:.3}",
+                w.n,
+                r.name,
+                r.iters,
+                r.median,
+                r.p99,
+                r.min,
+                gpus,
+                u8::from(w.n > gpus),
+                r.p10,
+                r.p90
             )
             .ok();
         }

@@ -74,24 +74,18 @@ impl<'a> Ctx<'a> {
     }
 
     /// The caller's NCCL communicator (shown as its address, as NCCL's own lines do).
-    // Pending: the GPU path and the host group call it once their 0.2 work lands.
-    #[allow(dead_code)]
     pub(crate) fn comm<T>(mut self, comm: *const T) -> Self {
         self.comm = comm as usize;
         self
     }
 
     /// The host group's name.
-    // Pending: the GPU path and the host group call it once their 0.2 work lands.
-    #[allow(dead_code)]
     pub(crate) const fn group(mut self, name: &'a str) -> Self {
         self.group = Some(name);
         self
     }
 
     /// The caller's step id (0 means unchecked and is not shown).
-    // Pending: the GPU path and the host group call it once their 0.2 work lands.
-    #[allow(dead_code)]
     pub(crate) const fn step(mut self, step_id: i64) -> Self {
         self.step = step_id;
         self
@@ -276,8 +270,6 @@ pub(crate) fn emit(level: Level, ctx: &Ctx<'_>, message: fmt::Arguments<'_>) {
 /// The GPU path's INFO line, once per coordinator: what it resolved and the versions.
 /// `nccl_version` is NCCL's `ncclGetVersion` code (22803 = 2.28.3), `cuda_driver_version`
 /// `cuDriverGetVersion`'s (13000 = 13.0).
-// Pending: the GPU path calls it once its 0.2 coordinator lands.
-#[allow(dead_code)]
 pub(crate) fn coordinator_info(
     ctx: &Ctx<'_>,
     nccl_version: i32,
@@ -315,13 +307,14 @@ pub(crate) fn decision(ctx: &Ctx<'_>, call: &str, d: &Decision) {
 
 /// NCCL's version code as `major.minor.patch` (codes below 10000 are pre-2.9's 1000*major +
 /// 100*minor + patch).
-#[allow(dead_code)] // Pending with coordinator_info.
 struct NcclVersion(i32);
 
 impl fmt::Display for NcclVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let code = self.0;
-        if code >= 10000 {
+        if code <= 0 {
+            write!(f, "(version unknown)")
+        } else if code >= 10000 {
             write!(f, "{}.{}.{}", code / 10000, code % 10000 / 100, code % 100)
         } else {
             write!(f, "{}.{}.{}", code / 1000, code % 1000 / 100, code % 100)
@@ -330,11 +323,13 @@ impl fmt::Display for NcclVersion {
 }
 
 /// The CUDA driver's version code as `major.minor`.
-#[allow(dead_code)] // Pending with coordinator_info.
 struct CudaVersion(i32);
 
 impl fmt::Display for CudaVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 <= 0 {
+            return write!(f, "(version unknown)");
+        }
         write!(f, "{}.{}", self.0 / 1000, self.0 % 1000 / 10)
     }
 }
@@ -394,6 +389,8 @@ mod tests {
         assert_eq!(NcclVersion(2708).to_string(), "2.7.8");
         assert_eq!(CudaVersion(13000).to_string(), "13.0");
         assert_eq!(CudaVersion(12040).to_string(), "12.4");
+        assert_eq!(CudaVersion(0).to_string(), "(version unknown)");
+        assert_eq!(NcclVersion(0).to_string(), "(version unknown)");
     }
 
     #[test]

@@ -13,7 +13,6 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ffi::{self, dp_batch_request, dp_batch_result, dp_status};
 use crate::kernels as k;
 use crate::nccl::{self, Nccl};
-use crate::rules::Request;
 
 pub use crate::coordinator::{Outcome, SendPath};
 pub use crate::cuda::{DevicePtr, StreamHandle};
@@ -41,10 +40,10 @@ impl ForcedCoordinator {
         })
     }
 
-    /// `dp_coordinator_begin` (the request already validated).
-    pub fn begin(&self, stream: StreamHandle, req: &Request) -> Result<()> {
-        req.validate()?;
-        self.inner.begin(stream, req)
+    /// `dp_coordinator_begin` (the C request read and checked as the C ABI does).
+    pub fn begin(&self, stream: StreamHandle, req: &dp_batch_request) -> Result<()> {
+        let request = ffi::read_request(req)?;
+        self.inner.begin(stream, &request)
     }
 
     /// `dp_coordinator_poll`.
@@ -336,7 +335,11 @@ impl PostKit {
             device_out: self.device_out.ptr(),
             host: self.host.device_ptr(),
         };
-        self.post.launch_post(k::BLOCK_THREADS, stream, &args)
+        self.post.launch_post(
+            crate::coordinator::block_threads(self.dp_size),
+            stream,
+            &args,
+        )
     }
 
     /// Spins until the kernel published `seq`, or `Timeout` after `limit`.
