@@ -1,4 +1,4 @@
-//! Microbatch slices (DESIGN.md section 1): vLLM's own test cases replayed, the rules one by
+//! Microbatch slices (docs/ARCHITECTURE.md ("Semantics")): vLLM's own test cases replayed, the rules one by
 //! one, and every error named.
 //!
 //! vLLM cases come from vllm-project/vllm (V1): `tests/v1/attention/test_attention_splitting.py`
@@ -122,7 +122,7 @@ fn vllm_split_attn_metadata_preserves_position_and_prefill_flags() {
     assert_eq!(padded, slices);
 }
 
-// ---- the rules of DESIGN.md section 1 -----------------------------------------------------
+// ---- the rules of docs/ARCHITECTURE.md ("Semantics") -----------------------------------------------------
 
 #[test]
 fn default_split_point_is_padded_tokens_over_n() {

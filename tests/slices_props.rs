@@ -1,4 +1,4 @@
-//! Property test: `make_ubatch_slices` against a naive model written from the DESIGN.md text
+//! Property test: `make_ubatch_slices` against a naive model written from the docs/ARCHITECTURE.md text
 //! (section 1, "Microbatch slices"): the cumulative sums stored in a vector, the split points
 //! listed, `bisect_left` / `bisect_right` done with `partition_point`, every slice checked
 //! for emptiness after the fact. A second implementation, not a copy of `src/slices.rs`.

@@ -1,6 +1,6 @@
 // dp_make_ubatch_slices: vLLM V1's maybe_create_ubatch_slices through the C API. The cases
 // marked "vLLM" replay vllm-project/vllm's own tests (file and test named on each); the rest
-// pin the rules of DESIGN.md section 1 ("Microbatch slices") and every error it names.
+// pin the rules of docs/ARCHITECTURE.md ("Semantics", microbatch slices) and every error it names.
 #include <cstdint>
 #include <string>
 #include <vector>

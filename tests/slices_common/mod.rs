@@ -1,5 +1,5 @@
 //! Helpers shared by the slices test binaries (tests/slices.rs, tests/slices_props.rs): the
-//! library call, and a naive model written from the DESIGN.md text (section 1, "Microbatch
+//! library call, and a naive model written from the docs/ARCHITECTURE.md text ("Semantics", "Microbatch
 //! slices"): the cumulative sums stored in a vector, the split points listed, `bisect_left` /
 //! `bisect_right` done with `partition_point`, every slice checked for emptiness after the
 //! fact. A second implementation, not a copy of `src/slices.rs`.
@@ -28,7 +28,7 @@ pub fn run(counts: &[i32], p: i32, rp: i32, n: i32, s: i32) -> Result<Slices, Er
     Ok((slices, padded))
 }
 
-/// The model's answer: `None` where DESIGN calls the input bad, else (slices, padded).
+/// The model's answer: `None` where docs/ARCHITECTURE.md calls the input bad, else (slices, padded).
 pub fn model(
     counts: &[i32],
     p: i32,
