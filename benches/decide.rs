@@ -4,7 +4,7 @@
 //!   plain wrapping sum, in the same 8-record blocks the pass uses, so it vectorises as well
 //!   as the compiler can), `dp_decide_batch` with and without the per-rank array, and
 //!   `dp_decide_batch_with_options` with a mask of 4 dead ranks (plus step ids). Targets
-//!   (DESIGN.md section 5, issue 10): dp_decide_batch <= 1.5x the floor, the mask path <= 1.2x
+//!   (docs/ARCHITECTURE.md ("Figures"), issue 10): dp_decide_batch <= 1.5x the floor, the mask path <= 1.2x
 //!   the plain one.
 //! - `slices_1024`: one pass over 1024 requests' counts (a plain sum: the floor) and
 //!   `dp_make_ubatch_slices` over the same counts, 2 and 4 microbatches. Target: <= 2x.

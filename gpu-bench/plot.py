@@ -7,10 +7,10 @@ Usage:
 
 Reads rows `ranks,variant,iters,median_us,p99_us,min_us,gpus,ranks_share_gpu` (rows with
 empty figures are variants the device refused). `--table` prints, per rank count, every
-variant and the ratios DESIGN.md section 5 asks for: dpcoord - bare_allgather_sync (us),
-dpcoord / bare_allgather_sync, torch / dpcoord. "dpcoord" is `dpcoord_forced_exchange` at one
-rank (where `dp_coordinate_batch` takes the no-exchange early exit) and
-`dpcoord_dedicated_stream` above. The plot (median latency vs dp_size, log y, one line per
+variant and the ratios docs/ARCHITECTURE.md ("Figures") asks for: dpcoord - bare_allgather_sync
+(us), dpcoord / bare_allgather_sync, torch / dpcoord. "dpcoord" is `dpcoord_forced_host_send`
+at one rank (where `dp_coordinate_batch` takes the no-exchange early exit, so the exchange is
+forced through the `testing` module) and `dp_coordinate_batch` above. The plot (median latency vs dp_size, log y, one line per
 variant) needs matplotlib; the table does not.
 """
 
@@ -46,7 +46,7 @@ def read_rows(paths):
 
 
 def dpcoord_name(ranks):
-    return "dpcoord_forced_exchange" if ranks == 1 else "dpcoord_dedicated_stream"
+    return "dpcoord_forced_host_send" if ranks == 1 else "dp_coordinate_batch"
 
 
 def fmt(x, digits=2):

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""The PyTorch reference of DESIGN.md section 5: dpcoord's decision written the way vLLM
+"""The PyTorch reference of docs/ARCHITECTURE.md ("Figures"): dpcoord's decision written the way vLLM
 writes it, timed the same way as dpcoord-gpu-bench.
 
-The decision (DESIGN.md section 1) on torch.distributed: every rank fills its column of a
+The decision (docs/ARCHITECTURE.md ("Semantics")) on torch.distributed: every rank fills its column of a
 zero [5, dp_size] int32 tensor (on the GPU for NCCL, on the CPU for Gloo), all-reduces it
 (sum), then post-processes with host reads: should_ubatch from all()/max()/min() .item(),
 the pad flags from all()/any() .item(), the CUDA-graph mode as a min() .item(), and the
@@ -18,7 +18,7 @@ The launcher spawns N rank processes of this script (file:// rendezvous in a tem
 directory), each rank on GPU rank % gpu_count; when ranks share a GPU each gets
 NCCL_HOSTID=rank<R> and NCCL_SOCKET_IFNAME=lo (loopback sockets); NCCL_NVLS_ENABLE=0
 always. Each call is timed with time.perf_counter_ns (host wall time); every result is
-checked against a pure-Python oracle of DESIGN.md section 1 (a mismatch fails the run).
+checked against a pure-Python oracle of docs/ARCHITECTURE.md ("Semantics") (a mismatch fails the run).
 Variants (CSV `variant` column):
     torch_<backend>                  the whole decision (zeros, column writes, all_reduce,
                                      post-processing host reads)
@@ -98,7 +98,7 @@ class Inconsistent(Exception):
 
 
 def oracle(records, pad_policy, num_ubatches):
-    """DESIGN.md section 1, multi-rank rules, in plain Python."""
+    """docs/ARCHITECTURE.md ("Semantics"), multi-rank rules, in plain Python."""
     unpadded = [r[0] for r in records]
     padded = [r[1] for r in records]
     synced_mode = min(r[4] for r in records)

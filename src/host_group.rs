@@ -1,4 +1,4 @@
-//! The host shared-memory group (DESIGN.md section 2, "Rules of the host group"): the ranks
+//! The host shared-memory group (docs/ARCHITECTURE.md, "Host group"): the ranks
 //! of one host agree each step through one POSIX shared-memory segment, with no GPU and no MPI.
 //!
 //! Segment `/dpcoord.<name>` (mode 0600, owned by the caller's effective uid):

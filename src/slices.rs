@@ -1,4 +1,4 @@
-//! Microbatch slices (DESIGN.md section 1): which requests and tokens of this rank's step go
+//! Microbatch slices (docs/ARCHITECTURE.md ("Semantics")): which requests and tokens of this rank's step go
 //! into each microbatch, exactly as vLLM V1's `maybe_create_ubatch_slices` computes them for a
 //! step that microbatches. Pure, local, allocation-free.
 //!

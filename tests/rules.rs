@@ -1,4 +1,4 @@
-//! One test per rule of DESIGN.md section 1, through the Rust API of `dpcoord::rules`.
+//! One test per rule of docs/ARCHITECTURE.md ("Semantics"), through the Rust API of `dpcoord::rules`.
 //!
 //! `make_record`: threshold selection, padded default, validation (field and value named).
 //! `decide`: early exit at dp_size 1, CUDA-graph minimum, the last-microbatch-empty rule at its

@@ -238,3 +238,115 @@ fn option_pointers_and_sizes_are_checked() {
     );
     assert_eq!(out, [SENTINEL; 2]);
 }
+
+mod differential {
+    //! The C entry point (which may run the AVX2 build of the pass) against the Rust rules
+    //! (the baseline build), on random records, masks and step ids, valid and not.
+    use super::*;
+    use dpcoord::rules::{decide_with_options, DecideOptions};
+    use proptest::prelude::*;
+
+    /// A valid record (the step's invalid one, if any, is planted by the test).
+    fn record() -> impl Strategy<Value = RankRecord> {
+        (0..3_000i32, 0..64i32, 0..=1i32, 0..=1i32, 0..=2i32)
+            .prop_map(|(u, extra, ub, dp, m)| RankRecord::from_words([u, u + extra, ub, dp, m]))
+    }
+
+    /// Words that make a record invalid, one field at a time.
+    const BAD: [(usize, i32); 6] = [(0, -1), (1, -5), (2, 2), (3, -1), (4, 3), (4, i32::MIN)];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn c_entry_point_equals_rules(
+            records in prop::collection::vec(record(), 1..140),
+            mask in prop::collection::vec(prop_oneof![9 => Just(1u8), 2 => Just(0u8)], 140),
+            use_mask in any::<bool>(),
+            ids in prop_oneof![Just(None), Just(Some(5i64)), Just(Some(-1i64))],
+            odd_id in any::<prop::sample::Index>(),
+            pad_policy in 0..=1i32,
+            n in 2..=4i32,
+            rank in any::<prop::sample::Index>(),
+            same_pad in any::<bool>(),
+            all_ubatch in any::<bool>(),
+            bad in prop::option::weighted(0.3, (any::<prop::sample::Index>(), 0..BAD.len())),
+        ) {
+            let mut records = records;
+            if all_ubatch {
+                // Every rank attempts, with counts where the last-microbatch-empty rule
+                // depends on num_ubatches: unpadded 600..650, padded up to ~1030.
+                for r in records.iter_mut() {
+                    let extra = r.num_tokens_padded - r.num_tokens_unpadded;
+                    r.num_tokens_unpadded = 600 + r.num_tokens_unpadded % 50;
+                    r.num_tokens_padded = r.num_tokens_unpadded + 6 * extra;
+                    r.should_attempt_ubatch = 1;
+                }
+            }
+            if let Some((at, which)) = bad {
+                let (field, value) = BAD[which];
+                let r = at.index(records.len());
+                let mut words = records[r].to_words();
+                words[field] = value;
+                records[r] = RankRecord::from_words(words);
+            }
+            if same_pad {
+                for r in records.iter_mut().filter(|r| r.should_attempt_dp_pad == 0) {
+                    r.should_attempt_dp_pad = 1;
+                }
+            }
+            let size = records.len();
+            let live: Vec<u8> = mask[..size].to_vec();
+            let step_ids: Option<Vec<i64>> = ids.map(|id| {
+                let mut v = vec![id.max(0); size];
+                if id < 0 {
+                    v[odd_id.index(size)] = 6;
+                }
+                v
+            });
+            let rank = rank.index(size) as i32;
+            let options = DecideOptions {
+                pad_policy,
+                num_ubatches: n,
+                active_ranks: use_mask.then_some(live.as_slice()),
+                step_ids: step_ids.as_deref(),
+            };
+            let mut want_out = vec![SENTINEL; size];
+            let want = decide_with_options(&records, rank, &options, Some(&mut want_out));
+
+            let mut o = super::options();
+            o.pad_policy = pad_policy;
+            o.num_ubatches = n;
+            if use_mask {
+                o.active_ranks = live.as_ptr();
+            }
+            if let Some(ids) = &step_ids {
+                o.step_ids = ids.as_ptr();
+            }
+            let mut out = vec![SENTINEL; size];
+            let mut res = sentinel_result();
+            let status = with_options(&records, rank, &o, &mut out, &mut res);
+            match want {
+                Ok((d, id)) => {
+                    prop_assert_eq!(status, dp_status::DP_OK, "{}", last_error());
+                    prop_assert_eq!(res.should_ubatch, d.should_ubatch);
+                    prop_assert_eq!(res.should_dp_pad, d.should_dp_pad);
+                    prop_assert_eq!(res.synced_cudagraph_mode, d.synced_cudagraph_mode);
+                    prop_assert_eq!(res.num_tokens_after_padding_self, d.num_tokens_after_padding_self);
+                    prop_assert_eq!(res.max_num_tokens_padded, d.max_num_tokens_padded);
+                    prop_assert_eq!(res.min_num_tokens_unpadded, d.min_num_tokens_unpadded);
+                    prop_assert_eq!(res.has_num_tokens_after_padding, d.has_num_tokens_after_padding);
+                    prop_assert_eq!(res.step_id, id);
+                    prop_assert_eq!(&out, &want_out);
+                }
+                Err(e) => {
+                    let message = last_error();
+                    prop_assert_ne!(status, dp_status::DP_OK);
+                    prop_assert_eq!(status as u32, e.kind.code());
+                    prop_assert!(message.ends_with(&e.message), "{} vs {}", message, e.message);
+                    prop_assert_eq!(&out, &vec![SENTINEL; size]);
+                }
+            }
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! `rules::decide_with_options` (DESIGN.md section 1, 0.2): dead slots with vLLM V1's
+//! `rules::decide_with_options` (docs/ARCHITECTURE.md, "Semantics"): dead slots with vLLM V1's
 //! `neutralize_dead_dp_columns` semantics (vllm/v1/worker/dp_utils.py: a dead column votes yes
 //! on microbatching, takes no part in min(unpadded), max(padded), min(cudagraph_mode)), step
 //! ids compared over live ranks, both pad policies; and a property: a decision with dead slots

@@ -1,5 +1,5 @@
 //! `rules::decide` and `rules::make_record` against a second, deliberately naive implementation
-//! written straight from DESIGN.md section 1, over random inputs (some of them invalid).
+//! written straight from docs/ARCHITECTURE.md ("Semantics"), over random inputs (some of them invalid).
 //!
 //! The model builds vLLM's `[5, dp_size]` matrix and reads every rule off it with
 //! `iter().all/min/max`; it allocates freely and favours the obvious over the fast.

@@ -1,4 +1,4 @@
-//! Microbatch slices (DESIGN.md section 1): vLLM's own test cases replayed, the rules one by
+//! Microbatch slices (docs/ARCHITECTURE.md ("Semantics")): vLLM's own test cases replayed, the rules one by
 //! one, and every error named.
 //!
 //! vLLM cases come from vllm-project/vllm (V1): `tests/v1/attention/test_attention_splitting.py`
@@ -10,7 +10,7 @@ use dpcoord::ErrorKind;
 
 mod slices_common;
 
-use slices_common::{run, Slices};
+use slices_common::{model, run, Slices};
 
 fn ok(counts: &[i32], p: i32, rp: i32, n: i32, s: i32) -> Slices {
     run(counts, p, rp, n, s).expect("valid inputs")
@@ -122,7 +122,7 @@ fn vllm_split_attn_metadata_preserves_position_and_prefill_flags() {
     assert_eq!(padded, slices);
 }
 
-// ---- the rules of DESIGN.md section 1 -----------------------------------------------------
+// ---- the rules of docs/ARCHITECTURE.md ("Semantics") -----------------------------------------------------
 
 #[test]
 fn default_split_point_is_padded_tokens_over_n() {
@@ -385,4 +385,38 @@ fn output_length_must_be_num_ubatches() {
         e.to_string().contains("padded_slices holds 1 entries"),
         "{e}"
     );
+}
+
+#[test]
+fn long_batches_with_and_without_kept_block_sums() {
+    // Up to 2048 requests the summing pass keeps its block sums for the walk; beyond, the walk
+    // sums blocks itself: the same slices either way.
+    for r in [2047usize, 2048, 2049, 5000] {
+        let counts = vec![1; r];
+        let total = r as i32;
+        let s = total / 3;
+        let (slices, padded) = ok(&counts, total, -1, 3, -1);
+        assert_eq!(
+            slices,
+            sl(&[
+                (0, s, 0, s),
+                (s, 2 * s, s, 2 * s),
+                (2 * s, total, 2 * s, total)
+            ]),
+            "{r} requests"
+        );
+        assert_eq!(padded, slices);
+        // A long prefill straddling the second split, zero-length requests around it: as
+        // the naive model has it.
+        let mut counts = vec![1; r];
+        counts[2 * s as usize - 3] = 0;
+        counts[2 * s as usize - 1] = 500;
+        counts[r - 1] = 0;
+        let total: i32 = counts.iter().sum();
+        for split in [-1, s, 7] {
+            let got = run(&counts, total + 9, -1, 3, split).ok();
+            assert!(got.is_some(), "{r} requests, split {split}");
+            assert_eq!(got, model(&counts, total + 9, -1, 3, split), "{r}, {split}");
+        }
+    }
 }

@@ -43,8 +43,9 @@ endif()
 # dp_batch_request_init and dp_batch_result_init are the header's inlines over these *_sized
 # functions (they pass the caller's sizeof), so they are not in the library.
 set(api dp_batch_request_init_sized dp_batch_result_init_sized dp_make_record dp_decide_batch
+        dp_decide_options_init_sized dp_decide_batch_with_options dp_make_ubatch_slices
         dp_coordinate_batch dp_release dp_status_string dp_last_error dp_version)
-foreach(inline dp_batch_request_init dp_batch_result_init)
+foreach(inline dp_batch_request_init dp_batch_result_init dp_decide_options_init)
   if(inline IN_LIST exported)
     message(FATAL_ERROR "${LIB} exports ${inline}, which must be the header's inline")
   endif()

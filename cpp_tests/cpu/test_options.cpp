@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "c_calls.h"
 #include "test_util.h"
 
 using dpt::LastErrorMentions;
@@ -184,6 +185,12 @@ TEST(DecideOptions, PlainDecideIsTheOptionsDecide) {
       EXPECT_EQ(plain.step_id, d.res.step_id);
     }
   }
+}
+
+// The options call made from C (c_calls.c, compiled as C), through the header's C inline
+// dp_decide_options_init: a dead rank holding garbage, step ids, and the refusal without the mask.
+TEST(DecideOptions, FromC) {
+  EXPECT_EQ(dpt_c_dead_rank(), 0) << "c_calls.c line of the failed check";
 }
 
 }  // namespace

@@ -1,10 +1,11 @@
 // dp_make_ubatch_slices: vLLM V1's maybe_create_ubatch_slices through the C API. The cases
 // marked "vLLM" replay vllm-project/vllm's own tests (file and test named on each); the rest
-// pin the rules of DESIGN.md section 1 ("Microbatch slices") and every error it names.
+// pin the rules of docs/ARCHITECTURE.md ("Semantics", microbatch slices) and every error it names.
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "c_calls.h"
 #include "test_util.h"
 
 using dpt::LastErrorMentions;
@@ -229,5 +230,8 @@ TEST(Slices, PointersAndSizesAreChecked) {
                 dp_make_ubatch_slices(counts, 2, 8, -1, 2, -1, slices, slices));
   EXPECT_TRUE(LastErrorMentions({"padded_slices overlaps slices"}));
 }
+
+// The same calls made from C (c_calls.c, compiled as C): the vLLM case and a refused input.
+TEST(Slices, FromC) { EXPECT_EQ(dpt_c_slices(), 0) << "c_calls.c line of the failed check"; }
 
 }  // namespace

@@ -100,7 +100,7 @@ Step MakeStep(uint32_t seed, int step, int size) {
   return s;
 }
 
-// The record DESIGN.md section 1 says dp_make_record makes of a valid request.
+// The record docs/ARCHITECTURE.md ("Semantics") says dp_make_record makes of a valid request.
 dp_rank_record ExpectedRecord(const dp_batch_request& req) {
   const int32_t threshold = req.uniform_decode == 1 ? req.ubatch.decode_token_threshold
                                                     : req.ubatch.prefill_token_threshold;

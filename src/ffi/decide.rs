@@ -274,22 +274,73 @@ fn decide(
         // int64 there for the call.
         Some(unsafe { std::slice::from_raw_parts(options.step_ids, n) })
     };
-    let has_array = out.is_some();
     let decide_options = DecideOptions {
         pad_policy: options.pad_policy,
         num_ubatches: options.num_ubatches,
         active_ranks,
         step_ids,
     };
-    let (decision, step_id) = decide_fast(records, dp_rank, &decide_options, out)?;
-    diag::decision(&Ctx::new().rank(dp_rank, dp_size), call, &decision);
-    let mut filled = dp_batch_result::from_decision(&decision, dp_rank, dp_size, step_id);
+    let to = Destination {
+        call,
+        dp_size,
+        array: num_tokens_after_padding,
+        res,
+        res_size,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked at run time just above.
+        return unsafe { decide_avx2(records, dp_rank, &decide_options, out, &to) };
+    }
+    decide_and_write(records, dp_rank, &decide_options, out, &to)
+}
+
+/// Where a decision goes: the caller's result (checked, `res_size` bytes) and array.
+struct Destination<'a> {
+    call: &'a str,
+    dp_size: i32,
+    array: *mut i32,
+    res: *mut dp_batch_result,
+    res_size: usize,
+}
+
+/// `rules::decide_with_options`, then the result written: the part of the call that runs
+/// compiled twice, for the baseline target and for AVX2 (the pass is vector min/max, which
+/// SSE2 lacks). Only a `Result<()>` crosses from the AVX2 build back, never the decision.
+#[inline(always)]
+fn decide_and_write(
+    records: &[RankRecord],
+    dp_rank: i32,
+    options: &DecideOptions<'_>,
+    out: Option<&mut [i32]>,
+    to: &Destination<'_>,
+) -> Result<()> {
+    let has_array = out.is_some();
+    let (decision, step_id) = rules::decide_with_options(records, dp_rank, options, out)?;
+    diag::decision(&Ctx::new().rank(dp_rank, to.dp_size), to.call, &decision);
+    let mut filled = dp_batch_result::from_decision(&decision, dp_rank, to.dp_size, step_id);
     if has_array && decision.has_num_tokens_after_padding {
         filled.has_num_tokens_after_padding = true;
-        filled.num_tokens_after_padding = num_tokens_after_padding;
+        filled.num_tokens_after_padding = to.array;
     }
-    write_result(res, res_size, &filled);
+    write_result(to.res, to.res_size, &filled);
     Ok(())
+}
+
+/// [`decide_and_write`] with AVX2 code generation.
+///
+/// # Safety
+/// Only on a CPU with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn decide_avx2(
+    records: &[RankRecord],
+    dp_rank: i32,
+    options: &DecideOptions<'_>,
+    out: Option<&mut [i32]>,
+    to: &Destination<'_>,
+) -> Result<()> {
+    decide_and_write(records, dp_rank, options, out, to)
 }
 
 /// A caller's array as an address range, for overlap checks (a NULL array is empty).
@@ -313,36 +364,4 @@ impl Span {
     fn overlaps(&self, other: &Span) -> bool {
         self.begin < other.end && other.begin < self.end
     }
-}
-
-/// `rules::decide_with_options`, compiled a second time for AVX2 and taken when the CPU has it
-/// (the pass is vector min/max over the record words: SSE2 has no 32-bit min/max, AVX2 does
-/// them eight lanes at a time).
-fn decide_fast(
-    records: &[RankRecord],
-    dp_rank: i32,
-    options: &DecideOptions<'_>,
-    out: Option<&mut [i32]>,
-) -> Result<(rules::Decision, i64)> {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked at run time just above.
-        return unsafe { decide_avx2(records, dp_rank, options, out) };
-    }
-    rules::decide_with_options(records, dp_rank, options, out)
-}
-
-/// `rules::decide_with_options` (inlined) with AVX2 code generation.
-///
-/// # Safety
-/// Only on a CPU with AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn decide_avx2(
-    records: &[RankRecord],
-    dp_rank: i32,
-    options: &DecideOptions<'_>,
-    out: Option<&mut [i32]>,
-) -> Result<(rules::Decision, i64)> {
-    rules::decide_with_options(records, dp_rank, options, out)
 }
