@@ -537,6 +537,8 @@ struct Summary {
 const BLOCK: usize = 8;
 /// Words per block.
 const WORDS: usize = 5 * BLOCK;
+/// Words per vector of the pass (256 bits).
+const LANES: usize = 8;
 
 /// Running aggregates over records, word by word: `lo[i]` is the minimum and `hi[i]` the
 /// maximum seen in word `i` of a block (word `i` is field `i % 5` of a record). The same two
@@ -544,15 +546,29 @@ const WORDS: usize = 5 * BLOCK;
 /// without regrouping the fields:
 /// - `lo` gives min(unpadded), min(padded) >= 0, min(ubatch) (= all), min(dp_pad) (= all),
 ///   min(mode); `hi` gives max(padded), max(ubatch), max(dp_pad) (= any), max(mode).
-/// - `hi` of the unpadded word instead folds `unpadded - padded` (the block's padded word
-///   subtracted from it): max(unpadded - padded) <= 0 is "padded >= unpadded" for every
-///   record. The difference cannot overflow once min(unpadded) and min(padded) are >= 0, which
-///   the same pass establishes; where they are not, the record is invalid anyway.
+/// - `hi` of the unpadded word instead folds `unpadded - padded`: the padded word is the
+///   word after it in the flat word stream (`ffi::record_words`), so the block's words
+///   shifted by one, masked to the unpadded lanes, are subtracted from the block's words (the
+///   compiler builds the few lanes needed with broadcasts and in-lane shuffles).
+///   max(unpadded - padded) <= 0 is "padded >= unpadded" for every record. The wrapping
+///   difference is exact once min(unpadded) and min(padded) are >= 0, which the same pass
+///   establishes; where they are not, the record is invalid anyway.
 #[derive(Clone, Copy)]
 struct Acc {
     lo: [i32; WORDS],
     hi: [i32; WORDS],
 }
+
+/// `-1` at the unpadded words of a block (word `i` with `i % 5 == 0`), else `0`.
+const UNPADDED_LANES: [i32; WORDS] = {
+    let mut m = [0i32; WORDS];
+    let mut i = 0;
+    while i < WORDS {
+        m[i] = -1;
+        i += 5;
+    }
+    m
+};
 
 impl Acc {
     const EMPTY: Acc = Acc {
@@ -560,37 +576,60 @@ impl Acc {
         hi: [i32::MIN; WORDS],
     };
 
-    /// Folds a run of consecutive (live) records.
+    /// Folds the records of words `words[begin..end]` (a run of consecutive live records;
+    /// `begin` and `end` multiples of 5).
+    ///
+    /// Min and max are idempotent, so blocks may overlap: a run of 8 or more records is
+    /// folded block by block, its last (partial) block as the block ending at its end; shorter
+    /// runs are folded record by record.
     #[inline(always)]
-    fn add_run(&mut self, run: &[RankRecord]) {
-        let blocks = run.chunks_exact(BLOCK);
-        let tail = blocks.remainder();
-        for block in blocks {
-            let mut words = [0i32; WORDS];
-            let mut padded = [0i32; WORDS];
-            for (k, r) in block.iter().enumerate() {
-                words[5 * k..5 * k + 5].copy_from_slice(&r.to_words());
-                padded[5 * k] = r.num_tokens_padded;
+    fn add_run(&mut self, words: &[i32], begin: usize, end: usize) {
+        let run = &words[begin..end];
+        if run.len() < WORDS {
+            for w in run.chunks_exact(5) {
+                for (i, &v) in w.iter().enumerate() {
+                    self.lo[i] = self.lo[i].min(v);
+                }
+                self.hi[0] = self.hi[0].max(w[0].wrapping_sub(w[1]));
+                for (i, &v) in w.iter().enumerate().skip(1) {
+                    self.hi[i] = self.hi[i].max(v);
+                }
             }
-            self.fold(&words, &padded);
+            return;
         }
-        for r in tail {
-            let w = r.to_words();
-            for (i, &v) in w.iter().enumerate() {
-                self.lo[i] = self.lo[i].min(v);
-            }
-            self.hi[0] = self.hi[0].max(w[0].wrapping_sub(w[1]));
-            for (i, &v) in w.iter().enumerate().skip(1) {
-                self.hi[i] = self.hi[i].max(v);
-            }
+        let block_at =
+            |at: usize| -> &[i32; WORDS] { run[at..at + WORDS].try_into().expect("WORDS words") };
+        let mut at = 0;
+        while at + WORDS <= run.len() {
+            self.fold(block_at(at));
+            at += WORDS;
+        }
+        if at != run.len() {
+            self.fold(block_at(run.len() - WORDS));
         }
     }
 
+    /// Folds one block as five 8-lane vectors.
     #[inline(always)]
-    fn fold(&mut self, words: &[i32; WORDS], padded: &[i32; WORDS]) {
-        for i in 0..WORDS {
-            self.lo[i] = self.lo[i].min(words[i]);
-            self.hi[i] = self.hi[i].max(words[i].wrapping_sub(padded[i]));
+    fn fold(&mut self, block: &[i32; WORDS]) {
+        for v in 0..WORDS / LANES {
+            let at = LANES * v;
+            let w: [i32; LANES] = block[at..at + LANES].try_into().expect("LANES words");
+            // The word after each (only read at the unpadded lanes, whose next word is the
+            // same record's padded count: inside the block).
+            let next: [i32; LANES] =
+                std::array::from_fn(|j| block.get(at + j + 1).map_or(0, |&x| x));
+            let lo: &mut [i32; LANES] = (&mut self.lo[at..at + LANES])
+                .try_into()
+                .expect("LANES words");
+            let hi: &mut [i32; LANES] = (&mut self.hi[at..at + LANES])
+                .try_into()
+                .expect("LANES words");
+            for j in 0..LANES {
+                let padded = next[j] & UNPADDED_LANES[at + j];
+                lo[j] = lo[j].min(w[j]);
+                hi[j] = hi[j].max(w[j].wrapping_sub(padded));
+            }
         }
     }
 
@@ -649,12 +688,14 @@ impl Summary {
     /// bad field or the two disagreeing ranks.
     #[inline(always)]
     fn of(records: &[RankRecord], live: Option<&[u8]>) -> Result<Self> {
+        // The records as flat words (a layout cast; the one `unsafe` lives in ffi).
+        let words = crate::ffi::record_words(records);
         let mut acc = Acc::EMPTY;
         match live {
-            None => acc.add_run(records),
+            None => acc.add_run(words, 0, words.len()),
             Some(live) => {
                 for (begin, end) in (LiveRuns { live, r: 0 }) {
-                    acc.add_run(&records[begin..end]);
+                    acc.add_run(words, 5 * begin, 5 * end);
                 }
             }
         }

@@ -69,6 +69,7 @@ const BLOCK: usize = 32;
 /// negative `P` or count, `sum(counts) > P`, `Rp < R`, a split point other than -1 below 1, a
 /// split point whose last split `s * (n - 1)` is not below `sum(counts)` (the last microbatch
 /// would be empty), output slices of the wrong length.
+#[inline(always)]
 pub fn make_ubatch_slices(
     inputs: &SliceInputs<'_>,
     slices: &mut [UbatchSlice],
@@ -180,6 +181,7 @@ pub fn make_ubatch_slices(
 /// non-negative count (and negative iff some count is), so when `R * OR` fits in an `i32` no
 /// partial sum can overflow and the 32-bit sum is exact; only otherwise (counts near 2^31 / R)
 /// is the sum taken again in 64 bits.
+#[inline(always)]
 fn checked_sum(counts: &[i32]) -> Result<i64> {
     let (sum, or) = counts
         .iter()
@@ -201,11 +203,13 @@ fn checked_sum(counts: &[i32]) -> Result<i64> {
 }
 
 /// Zero-length requests before the first token: `bisect_right(cu, 0) - 1`.
+#[inline(always)]
 fn leading_zeros(counts: &[i32]) -> usize {
     counts.iter().take_while(|&&c| c == 0).count()
 }
 
 /// Zero-length requests after the last token: `R - bisect_left(cu, cu[R])`.
+#[inline(always)]
 fn trailing_zeros(counts: &[i32]) -> usize {
     counts.iter().rev().take_while(|&&c| c == 0).count()
 }
@@ -234,6 +238,7 @@ impl<'a> Walk<'a> {
     /// For a split point `0 < t < cu[R]`, at or after the previous one: returns
     /// `(bisect_left(cu, t), bisect_right(cu, t) - 1)`, the end of the microbatch before `t`
     /// and the beginning of the one after it.
+    #[inline(always)]
     fn locate(&mut self, t: i32) -> (usize, usize) {
         // Skip whole blocks whose end is still before t (their requests end before t).
         for block in self.counts[self.j..].chunks_exact(BLOCK) {

@@ -80,6 +80,26 @@ pub extern "C" fn dp_make_ubatch_slices(
             num_ubatches,
             split_point,
         };
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked at run time just above.
+            return unsafe { make_avx2(&inputs, out, padded) };
+        }
         slices::make_ubatch_slices(&inputs, out, padded)
     })
+}
+
+/// [`slices::make_ubatch_slices`] with AVX2 code generation (its passes over the counts are
+/// vector sums and ORs: twice the lanes of the baseline target's SSE2).
+///
+/// # Safety
+/// Only on a CPU with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn make_avx2(
+    inputs: &SliceInputs<'_>,
+    out: &mut [UbatchSlice],
+    padded: Option<&mut [UbatchSlice]>,
+) -> crate::error::Result<()> {
+    slices::make_ubatch_slices(inputs, out, padded)
 }
