@@ -60,7 +60,7 @@ struct CUstream_st;
 #define DP_CUDAGRAPH_PIECEWISE 1
 
 /**
- * `cudagraph_mode`: full CUDA graphs.
+ * `cudagraph_mode`: full CUDA graphs (the largest legal mode).
  */
 #define DP_CUDAGRAPH_FULL 2
 

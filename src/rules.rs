@@ -6,14 +6,19 @@
 
 use crate::error::{invalid, Error, ErrorKind, Result};
 
-/// `cudagraph_mode` values: NONE.
-pub const CUDAGRAPH_NONE: i32 = 0;
-/// `cudagraph_mode` values: FULL (the largest legal mode).
-pub const CUDAGRAPH_FULL: i32 = 2;
-/// `pad_policy` EXPLICIT: pad iff every rank set `allow_dp_padding` (vLLM's rule).
-pub const PAD_POLICY_EXPLICIT: i32 = 0;
-/// `pad_policy` WHEN_CUDAGRAPH: pad iff the synced CUDA-graph mode is not NONE.
-pub const PAD_POLICY_WHEN_CUDAGRAPH: i32 = 1;
+// The policy and mode constants are the header's own (`ffi` re-exports them, cbindgen writes
+// them from here): one source for the C API, the rules and the kernel's layout.h.
+
+/// `pad_policy`: pad iff every rank set `allow_dp_padding` (vLLM's rule).
+pub const DP_PAD_POLICY_EXPLICIT: i32 = 0;
+/// `pad_policy`: pad iff the synced CUDA-graph mode is not NONE (newer vLLM).
+pub const DP_PAD_POLICY_WHEN_CUDAGRAPH: i32 = 1;
+/// `cudagraph_mode`: no CUDA graph.
+pub const DP_CUDAGRAPH_NONE: i32 = 0;
+/// `cudagraph_mode`: piecewise CUDA graphs.
+pub const DP_CUDAGRAPH_PIECEWISE: i32 = 1;
+/// `cudagraph_mode`: full CUDA graphs (the largest legal mode).
+pub const DP_CUDAGRAPH_FULL: i32 = 2;
 /// Default `num_ubatches`.
 pub const DEFAULT_NUM_UBATCHES: i32 = 2;
 /// Default `decode_token_threshold`.
@@ -121,8 +126,8 @@ impl Default for Request {
             allow_microbatching: false,
             allow_dp_padding: false,
             uniform_decode: -1,
-            cudagraph_mode: CUDAGRAPH_NONE,
-            pad_policy: PAD_POLICY_EXPLICIT,
+            cudagraph_mode: DP_CUDAGRAPH_NONE,
+            pad_policy: DP_PAD_POLICY_EXPLICIT,
             ubatch: UbatchConfig::default(),
             timeout_ms: 0,
             step_id: 0,
@@ -431,7 +436,7 @@ pub fn decide_with_options(
     let last_ubatch_empty =
         (i64::from(summary.max_padded) / n) * (n - 1) >= i64::from(summary.min_unpadded);
     let should_ubatch = summary.all_attempt_ubatch && !last_ubatch_empty;
-    let policy_pad = if options.pad_policy == PAD_POLICY_EXPLICIT {
+    let policy_pad = if options.pad_policy == DP_PAD_POLICY_EXPLICIT {
         if let Some((padding_rank, other_rank)) = summary.dp_pad_disagreement {
             return Err(Error::new(
                 ErrorKind::InconsistentRanks,
@@ -444,7 +449,7 @@ pub fn decide_with_options(
         }
         summary.all_attempt_dp_pad
     } else {
-        summary.min_mode != CUDAGRAPH_NONE
+        summary.min_mode != DP_CUDAGRAPH_NONE
     };
     let should_dp_pad = policy_pad || should_ubatch;
     if let Some(out) = out {
@@ -710,8 +715,8 @@ impl Summary {
             && ubatch_hi <= 1
             && dp_pad_lo >= 0
             && dp_pad_hi <= 1
-            && mode_lo >= CUDAGRAPH_NONE
-            && mode_hi <= CUDAGRAPH_FULL;
+            && mode_lo >= DP_CUDAGRAPH_NONE
+            && mode_hi <= DP_CUDAGRAPH_FULL;
         if !valid {
             for (rank, r) in records
                 .iter()
@@ -776,12 +781,12 @@ fn check_record(rank: usize, r: &RankRecord) -> Result<()> {
 const MODE_RANGE: &str = "must be 0 (NONE), 1 (PIECEWISE) or 2 (FULL)";
 
 fn mode_ok(mode: i32) -> bool {
-    (CUDAGRAPH_NONE..=CUDAGRAPH_FULL).contains(&mode)
+    (DP_CUDAGRAPH_NONE..=DP_CUDAGRAPH_FULL).contains(&mode)
 }
 
 fn check_pad_policy(pad_policy: i32) -> Result<()> {
     match pad_policy {
-        PAD_POLICY_EXPLICIT | PAD_POLICY_WHEN_CUDAGRAPH => Ok(()),
+        DP_PAD_POLICY_EXPLICIT | DP_PAD_POLICY_WHEN_CUDAGRAPH => Ok(()),
         v => Err(invalid!(
             "pad_policy = {v} must be 0 (EXPLICIT) or 1 (WHEN_CUDAGRAPH)"
         )),

@@ -5,8 +5,8 @@
 //! full of garbage equals the decision over the live ranks alone.
 
 use dpcoord::rules::{
-    decide, decide_with_options, DecideOptions, Decision, RankRecord, PAD_POLICY_EXPLICIT,
-    PAD_POLICY_WHEN_CUDAGRAPH,
+    decide, decide_with_options, DecideOptions, Decision, RankRecord, DP_PAD_POLICY_EXPLICIT,
+    DP_PAD_POLICY_WHEN_CUDAGRAPH,
 };
 use dpcoord::{Error, ErrorKind};
 use proptest::prelude::*;
@@ -68,7 +68,12 @@ fn dead_slot_is_neutral_like_vllm() {
         rec(90, 96, 1, 1, 2),
     ];
     let live = [1, 1, 0, 1];
-    let (d, id, out) = run(&records, 0, &opts(PAD_POLICY_EXPLICIT, Some(&live), None)).unwrap();
+    let (d, id, out) = run(
+        &records,
+        0,
+        &opts(DP_PAD_POLICY_EXPLICIT, Some(&live), None),
+    )
+    .unwrap();
     // Dead votes yes: all live attempt, (128 / 2) * 1 = 64 >= 60 is an empty last ubatch.
     assert!(!d.should_ubatch);
     assert!(d.should_dp_pad);
@@ -81,7 +86,12 @@ fn dead_slot_is_neutral_like_vllm() {
     // Not padding: the dead slot's entry is 0 (vLLM's zero-filled column).
     let records = [rec(10, 16, 0, 0, 0), GARBAGE, rec(20, 24, 0, 0, 0)];
     let live = [1, 0, 1];
-    let (d, _, out) = run(&records, 2, &opts(PAD_POLICY_EXPLICIT, Some(&live), None)).unwrap();
+    let (d, _, out) = run(
+        &records,
+        2,
+        &opts(DP_PAD_POLICY_EXPLICIT, Some(&live), None),
+    )
+    .unwrap();
     assert!(!d.should_dp_pad);
     assert_eq!(out, vec![16, 0, 24]);
     assert_eq!(d.num_tokens_after_padding_self, 24);
@@ -96,12 +106,17 @@ fn dead_slot_votes_yes_on_microbatching() {
         rec(700, 704, 1, 0, 0),
     ];
     let live = [1, 0, 1];
-    let (d, _, out) = run(&records, 0, &opts(PAD_POLICY_EXPLICIT, Some(&live), None)).unwrap();
+    let (d, _, out) = run(
+        &records,
+        0,
+        &opts(DP_PAD_POLICY_EXPLICIT, Some(&live), None),
+    )
+    .unwrap();
     assert!(d.should_ubatch);
     assert!(d.should_dp_pad, "microbatching forces padding");
     assert_eq!(out, vec![704, 704, 704]);
     // With the same rank live, its 0 vetoes.
-    let (d, _, _) = run(&records, 0, &opts(PAD_POLICY_EXPLICIT, None, None)).unwrap();
+    let (d, _, _) = run(&records, 0, &opts(DP_PAD_POLICY_EXPLICIT, None, None)).unwrap();
     assert!(!d.should_ubatch);
 }
 
@@ -113,19 +128,24 @@ fn dead_slot_takes_no_part_in_min_mode_or_pad_comparison() {
     let (d, _, out) = run(
         &records,
         0,
-        &opts(PAD_POLICY_WHEN_CUDAGRAPH, Some(&live), None),
+        &opts(DP_PAD_POLICY_WHEN_CUDAGRAPH, Some(&live), None),
     )
     .unwrap();
     assert_eq!(d.synced_cudagraph_mode, 1);
     assert!(d.should_dp_pad);
     assert_eq!(out, vec![16, 16, 16]);
     // EXPLICIT: the dead slot's differing pad flag is not compared.
-    let (d, _, out) = run(&records, 2, &opts(PAD_POLICY_EXPLICIT, Some(&live), None)).unwrap();
+    let (d, _, out) = run(
+        &records,
+        2,
+        &opts(DP_PAD_POLICY_EXPLICIT, Some(&live), None),
+    )
+    .unwrap();
     assert!(!d.should_dp_pad);
     assert_eq!(out, vec![8, 0, 16]);
     // Live, the same flags are inconsistent, naming the two ranks.
     let m = err(
-        run(&records, 2, &opts(PAD_POLICY_EXPLICIT, None, None)),
+        run(&records, 2, &opts(DP_PAD_POLICY_EXPLICIT, None, None)),
         ErrorKind::InconsistentRanks,
     );
     assert!(m.contains("rank 1 has 1, rank 0 has 0"), "{m}");
@@ -149,8 +169,12 @@ fn dead_slot_records_are_never_validated() {
             records[r] = garbage;
             live[r] = 0;
         }
-        let (d, _, out) = run(&records, 1, &opts(PAD_POLICY_EXPLICIT, Some(&live), None))
-            .unwrap_or_else(|e| panic!("{garbage:?}: {e}"));
+        let (d, _, out) = run(
+            &records,
+            1,
+            &opts(DP_PAD_POLICY_EXPLICIT, Some(&live), None),
+        )
+        .unwrap_or_else(|e| panic!("{garbage:?}: {e}"));
         assert!(d.should_ubatch);
         assert_eq!(d.max_num_tokens_padded, 48);
         assert_eq!(d.min_num_tokens_unpadded, 40);
@@ -158,7 +182,11 @@ fn dead_slot_records_are_never_validated() {
         // The same record in a live slot is refused, naming it.
         live[16] = 1;
         let m = err(
-            run(&records, 1, &opts(PAD_POLICY_EXPLICIT, Some(&live), None)),
+            run(
+                &records,
+                1,
+                &opts(DP_PAD_POLICY_EXPLICIT, Some(&live), None),
+            ),
             ErrorKind::InvalidArgument,
         );
         assert!(m.contains("records[16]"), "{m}");
@@ -172,7 +200,7 @@ fn calling_rank_must_be_live() {
         run(
             &records,
             1,
-            &opts(PAD_POLICY_EXPLICIT, Some(&[1, 0, 1]), None),
+            &opts(DP_PAD_POLICY_EXPLICIT, Some(&[1, 0, 1]), None),
         ),
         ErrorKind::InvalidArgument,
     );
@@ -182,7 +210,7 @@ fn calling_rank_must_be_live() {
         run(
             &records,
             0,
-            &opts(PAD_POLICY_EXPLICIT, Some(&[0, 0, 0]), None),
+            &opts(DP_PAD_POLICY_EXPLICIT, Some(&[0, 0, 0]), None),
         ),
         ErrorKind::InvalidArgument,
     );
@@ -195,7 +223,11 @@ fn active_ranks_bytes_are_zero_or_one() {
     for byte in [2u8, 255] {
         let live = [1, 1, byte];
         let m = err(
-            run(&records, 0, &opts(PAD_POLICY_EXPLICIT, Some(&live), None)),
+            run(
+                &records,
+                0,
+                &opts(DP_PAD_POLICY_EXPLICIT, Some(&live), None),
+            ),
             ErrorKind::InvalidArgument,
         );
         assert!(m.contains(&format!("active_ranks[2] = {byte}")), "{m}");
@@ -206,7 +238,11 @@ fn active_ranks_bytes_are_zero_or_one() {
 fn option_arrays_must_have_dp_size_entries() {
     let records = [rec(1, 1, 0, 0, 0); 3];
     let m = err(
-        run(&records, 0, &opts(PAD_POLICY_EXPLICIT, Some(&[1, 1]), None)),
+        run(
+            &records,
+            0,
+            &opts(DP_PAD_POLICY_EXPLICIT, Some(&[1, 1]), None),
+        ),
         ErrorKind::InvalidArgument,
     );
     assert!(
@@ -217,7 +253,7 @@ fn option_arrays_must_have_dp_size_entries() {
         run(
             &records,
             0,
-            &opts(PAD_POLICY_EXPLICIT, None, Some(&[1, 1, 1, 1])),
+            &opts(DP_PAD_POLICY_EXPLICIT, None, Some(&[1, 1, 1, 1])),
         ),
         ErrorKind::InvalidArgument,
     );
@@ -230,7 +266,7 @@ fn dp_size_one_with_options() {
     let (d, id, out) = run(
         &records,
         0,
-        &opts(PAD_POLICY_EXPLICIT, Some(&[1]), Some(&[42])),
+        &opts(DP_PAD_POLICY_EXPLICIT, Some(&[1]), Some(&[42])),
     )
     .unwrap();
     assert!(!d.should_ubatch && !d.should_dp_pad && !d.has_num_tokens_after_padding);
@@ -250,7 +286,7 @@ fn dp_size_one_with_options() {
 #[test]
 fn step_ids_agree_over_live_ranks() {
     let records = [rec(1, 1, 0, 0, 0); 4];
-    let p = PAD_POLICY_EXPLICIT;
+    let p = DP_PAD_POLICY_EXPLICIT;
     // All zero: unchecked.
     let (_, id, _) = run(&records, 0, &opts(p, None, Some(&[0, 0, 0, 0]))).unwrap();
     assert_eq!(id, 0);
@@ -292,7 +328,7 @@ fn no_options_is_decide() {
         rec(520, 520, 1, 1, 1),
         rec(900, 904, 1, 1, 2),
     ];
-    for policy in [PAD_POLICY_EXPLICIT, PAD_POLICY_WHEN_CUDAGRAPH] {
+    for policy in [DP_PAD_POLICY_EXPLICIT, DP_PAD_POLICY_WHEN_CUDAGRAPH] {
         for rank in 0..3 {
             let mut a = vec![SENTINEL; 3];
             let mut b = vec![SENTINEL; 3];

@@ -129,7 +129,7 @@ fn step_requests(step: u64, n: usize) -> Vec<dp_batch_request> {
                 allow_dp_padding: (h >> 16) % 3 != 0,
                 uniform_decode,
                 cudagraph_mode: mode,
-                pad_policy: rules::PAD_POLICY_EXPLICIT,
+                pad_policy: rules::DP_PAD_POLICY_EXPLICIT,
                 ubatch: ffi::dp_ubatch_config {
                     enabled: h % 4 != 0,
                     num_ubatches: if (h >> 8) % 8 == 0 { 3 } else { 2 },

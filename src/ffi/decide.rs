@@ -10,7 +10,7 @@ use super::{
 };
 use crate::diag::{self, Ctx};
 use crate::error::{invalid, Result};
-use crate::rules::{self, DecideOptions, RankRecord, DEFAULT_NUM_UBATCHES, PAD_POLICY_EXPLICIT};
+use crate::rules::{self, DecideOptions, RankRecord, DEFAULT_NUM_UBATCHES, DP_PAD_POLICY_EXPLICIT};
 
 /// Options of `dp_decide_batch_with_options`. Initialise with `dp_decide_options_init`, then
 /// set fields; the library reads only `min(struct_size, sizeof)` bytes, so the struct can grow.
@@ -186,7 +186,7 @@ impl Default for RawOptions {
     /// ids unchecked.
     fn default() -> Self {
         Self {
-            pad_policy: PAD_POLICY_EXPLICIT,
+            pad_policy: DP_PAD_POLICY_EXPLICIT,
             num_ubatches: DEFAULT_NUM_UBATCHES,
             active_ranks: std::ptr::null(),
             step_ids: std::ptr::null(),

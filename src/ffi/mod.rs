@@ -41,16 +41,10 @@ pub const DPCOORD_VERSION_MINOR: u32 = 2;
 /// Patch version.
 pub const DPCOORD_VERSION_PATCH: u32 = 0;
 
-/// `pad_policy`: pad iff every rank set `allow_dp_padding` (vLLM's rule).
-pub const DP_PAD_POLICY_EXPLICIT: i32 = 0;
-/// `pad_policy`: pad iff the synced CUDA-graph mode is not NONE (newer vLLM).
-pub const DP_PAD_POLICY_WHEN_CUDAGRAPH: i32 = 1;
-/// `cudagraph_mode`: no CUDA graph.
-pub const DP_CUDAGRAPH_NONE: i32 = 0;
-/// `cudagraph_mode`: piecewise CUDA graphs.
-pub const DP_CUDAGRAPH_PIECEWISE: i32 = 1;
-/// `cudagraph_mode`: full CUDA graphs.
-pub const DP_CUDAGRAPH_FULL: i32 = 2;
+pub use crate::rules::{
+    DP_CUDAGRAPH_FULL, DP_CUDAGRAPH_NONE, DP_CUDAGRAPH_PIECEWISE, DP_PAD_POLICY_EXPLICIT,
+    DP_PAD_POLICY_WHEN_CUDAGRAPH,
+};
 
 /// Opaque NCCL communicator: `ncclComm_t` is `struct ncclComm*`.
 pub struct ncclComm {

@@ -92,17 +92,3 @@ fn a_0_1_request_reads_as_step_id_0() {
     assert_eq!(buf[6], u64::MAX, "step_id written into a 0.1 request");
     assert_eq!(read_request(p), Ok(Request { step_id: 0, ..r }));
 }
-
-#[test]
-fn the_c_constants_equal_the_rules_constants() {
-    // The header's DP_* values (which the kernel's layout.h also takes) and the pure rules'
-    // own names are two spellings of one contract: a drift fails here.
-    use crate::rules;
-    assert_eq!(DP_PAD_POLICY_EXPLICIT, rules::PAD_POLICY_EXPLICIT);
-    assert_eq!(
-        DP_PAD_POLICY_WHEN_CUDAGRAPH,
-        rules::PAD_POLICY_WHEN_CUDAGRAPH
-    );
-    assert_eq!(DP_CUDAGRAPH_NONE, rules::CUDAGRAPH_NONE);
-    assert_eq!(DP_CUDAGRAPH_FULL, rules::CUDAGRAPH_FULL);
-}
