@@ -45,9 +45,10 @@ fn fill_result(res: *mut dp_batch_result, res_size: usize, o: &Outcome) {
     write_result(res, res_size, &o.c_result());
 }
 
-/// Creates a coordinator for `comm` and writes it to `*out` (local: asks NCCL for the
-/// communicator's size, rank and device; no collective, no GPU work; device memory is
-/// allocated by the first `dp_coordinator_begin`).
+/// Creates a coordinator for `comm` and writes it to `*out` (local, no collective: asks NCCL
+/// for the communicator's size, rank and device, and for dp_size > 1 allocates the device and
+/// mapped pinned buffers and loads the kernel on that device, so `begin` and `end` never
+/// allocate).
 ///
 /// `comm` must be a live communicator of the process's NCCL and stay live until the
 /// coordinator is destroyed (or, after a failure, until it is aborted). The coordinator
@@ -57,7 +58,8 @@ fn fill_result(res: *mut dp_batch_result, res_size: usize, o: &Outcome) {
 /// `DPCOORD_SEND_BUFFER=device` (read here) makes NCCL read the send slot from device memory
 /// instead of mapped pinned host memory.
 /// Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL, a bad `DPCOORD_SEND_BUFFER`),
-/// `DP_ERR_NCCL`, `DP_ERR_LIBRARY_UNAVAILABLE` (no NCCL found).
+/// `DP_ERR_NCCL`, `DP_ERR_CUDA` (an allocation or the kernel's load failed),
+/// `DP_ERR_LIBRARY_UNAVAILABLE` (no NCCL or CUDA driver found).
 #[no_mangle]
 pub extern "C" fn dp_coordinator_create(
     comm: *mut ncclComm,
