@@ -5,8 +5,8 @@ use std::ffi::CStr;
 use std::mem::{align_of, offset_of, size_of};
 
 use super::{
-    boundary, check_ptr, check_ptr_align, check_result, dp_batch_result, dp_status, read_field,
-    read_struct_size, write_field, write_result,
+    boundary, check_ptr, check_ptr_align, check_result, dp_batch_result, dp_status,
+    init_struct_size, read_field, read_struct_size, write_field, write_result,
 };
 use crate::diag::{self, Ctx};
 use crate::error::{invalid, Result};
@@ -57,14 +57,8 @@ macro_rules! options_fields {
 pub extern "C" fn dp_decide_options_init_sized(opts: *mut dp_decide_options, size: usize) {
     boundary(|| {
         check_ptr(opts.cast_const(), "opts")?;
-        if size < OPTIONS_MIN_SIZE {
-            return Err(invalid!(
-                "size = {size} is smaller than {OPTIONS_MIN_SIZE}, the size of the first version \
-                 of dp_decide_options"
-            ));
-        }
+        let struct_size = init_struct_size(size, OPTIONS_MIN_SIZE, "dp_decide_options")?;
         let base = opts.cast::<u8>();
-        let struct_size = u32::try_from(size).unwrap_or(u32::MAX);
         let defaults = RawOptions::default();
         macro_rules! write {
             ($($field:ident),+) => {

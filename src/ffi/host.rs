@@ -5,10 +5,9 @@ use std::mem::{size_of, MaybeUninit};
 
 use super::{
     boundary, check_ptr, check_ptr_align, dp_batch_request, dp_batch_result, dp_status,
-    read_request, request_align, write_out, write_request, write_result, REQUEST_MIN_SIZE,
-    RESULT_MIN_SIZE,
+    init_struct_size, read_request, request_align, write_out, write_request, write_result,
+    REQUEST_MIN_SIZE, RESULT_MIN_SIZE,
 };
-use crate::error::invalid;
 use crate::rules::{self, RankRecord, Request};
 
 /// Fills the caller's `*req` with the defaults (padded -1, no microbatching or DP padding,
@@ -24,12 +23,7 @@ use crate::rules::{self, RankRecord, Request};
 pub extern "C" fn dp_batch_request_init_sized(req: *mut dp_batch_request, size: usize) {
     boundary(|| {
         check_ptr_align(req.cast_const().cast(), "req", request_align(size))?;
-        if size < REQUEST_MIN_SIZE {
-            return Err(invalid!(
-                "size = {size} is smaller than {REQUEST_MIN_SIZE}, the size of the first \
-                 version of dp_batch_request"
-            ));
-        }
+        init_struct_size(size, REQUEST_MIN_SIZE, "dp_batch_request")?;
         // SAFETY: `req` is non-NULL and aligned (checked) and the C caller promises `size`
         // writable bytes there.
         unsafe { write_request(req, size, &Request::default()) };
@@ -48,13 +42,7 @@ pub extern "C" fn dp_batch_request_init_sized(req: *mut dp_batch_request, size: 
 pub extern "C" fn dp_batch_result_init_sized(res: *mut dp_batch_result, size: usize) {
     boundary(|| {
         check_ptr(res.cast_const(), "res")?;
-        if size < RESULT_MIN_SIZE {
-            return Err(invalid!(
-                "size = {size} is smaller than {RESULT_MIN_SIZE}, the size of the first version \
-                 of dp_batch_result"
-            ));
-        }
-        let struct_size = u32::try_from(size).unwrap_or(u32::MAX);
+        let struct_size = init_struct_size(size, RESULT_MIN_SIZE, "dp_batch_result")?;
         // SAFETY: `res` is non-NULL and 8-aligned (checked) and the C caller promises `size`
         // (>= 4) writable bytes there.
         unsafe { res.cast::<u32>().write(struct_size) };

@@ -283,6 +283,17 @@ pub(crate) fn check_ptr_align(ptr: *const u8, name: &str, align: usize) -> Resul
     Ok(())
 }
 
+/// The `struct_size` an init function records for a caller's `size` (saturated to `u32`), or
+/// an error when `size` is below `min`, the size of the first version of `type_name`.
+pub(crate) fn init_struct_size(size: usize, min: usize, type_name: &str) -> Result<u32> {
+    if size < min {
+        return Err(invalid!(
+            "size = {size} is smaller than {min}, the size of the first version of {type_name}"
+        ));
+    }
+    Ok(u32::try_from(size).unwrap_or(u32::MAX))
+}
+
 /// Reads the leading `uint32_t struct_size` of a caller's struct (checked first: non-NULL,
 /// 4-aligned; nothing else of the struct is touched), and refuses a size below `min`.
 fn read_struct_size(ptr: *const u8, name: &str, type_name: &str, min: usize) -> Result<usize> {
