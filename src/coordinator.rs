@@ -364,12 +364,15 @@ struct InFlight {
     pad_policy: i32,
     num_ubatches: i32,
     step_id: i64,
+    /// This rank's request was invalid and joined as [`RankRecord::MARKER`]: `end` returns
+    /// this error once the exchange completed.
+    rejected: Option<Error>,
     kind: Flight,
 }
 
 enum Flight {
     /// dp_size 1 (not forced): decided locally, no GPU work.
-    Local(Decision),
+    Local(Result<Decision>),
     /// On the GPU: published with `seq` on `stream`.
     Exchange { seq: u32, stream: StreamHandle },
 }
@@ -522,7 +525,17 @@ impl Coordinator {
 
     /// Enqueues this rank's exchange on `stream` and returns (collective: every rank calls
     /// it, in the same order relative to every other collective on the communicator).
-    pub(crate) fn begin(&self, stream: StreamHandle, req: &Request) -> Result<()> {
+    ///
+    /// A request that is invalid (`invalid`, as the C boundary read it, else
+    /// [`rules::make_record`]'s verdict) still joins, as [`RankRecord::MARKER`], so that no
+    /// rank waits for it: `end` returns the error here and the marker's on every other rank.
+    /// Only a negative `timeout_ms`, which leaves the wait unbounded, fails here.
+    pub(crate) fn begin(
+        &self,
+        stream: StreamHandle,
+        req: &Request,
+        invalid: Option<&Error>,
+    ) -> Result<()> {
         let _range = diag::range(c"dp_coordinator_begin", self.dp_rank, req.step_id);
         let _inside = self.shared.enter()?;
         let mut inner = self.try_inner("dp_coordinator_begin")?;
@@ -536,24 +549,33 @@ impl Coordinator {
                  call dp_coordinator_end first",
             ));
         }
-        let record = rules::make_record(req)?;
+        let checked = match invalid {
+            Some(e) => Err(e.clone()),
+            None => rules::make_record(req),
+        };
+        let (record, rejected) = match checked {
+            Ok(record) => (record, None),
+            Err(e) if req.timeout_ms >= 0 => (RankRecord::MARKER, Some(e)),
+            Err(e) => return Err(e),
+        };
+        // A marker's step: any valid policy and step id (the verdict is the marker's anyway).
+        let (pad_policy, num_ubatches, step_id) = match rejected {
+            None => (req.pad_policy, req.effective_num_ubatches(), req.step_id),
+            Some(_) => (rules::DP_PAD_POLICY_EXPLICIT, 2, req.step_id.max(0)),
+        };
         let start = Instant::now();
         let deadline =
             (req.timeout_ms > 0).then(|| start + Duration::from_millis(req.timeout_ms as u64));
-        let num_ubatches = req.effective_num_ubatches();
         let kind = if self.dp_size == 1 && !self.force_exchange {
-            Flight::Local(rules::decide(
-                &[record],
-                0,
-                req.pad_policy,
-                num_ubatches,
-                None,
-            )?)
+            Flight::Local(match &rejected {
+                Some(e) => Err(e.clone()),
+                None => rules::decide(&[record], 0, pad_policy, num_ubatches, None),
+            })
         } else {
             let step = Step {
                 record,
-                step_id: req.step_id,
-                pad_policy: req.pad_policy,
+                step_id,
+                pad_policy,
                 num_ubatches,
                 deadline,
                 start,
@@ -564,9 +586,10 @@ impl Coordinator {
             start,
             deadline,
             timeout_ms: req.timeout_ms,
-            pad_policy: req.pad_policy,
+            pad_policy,
             num_ubatches,
-            step_id: req.step_id,
+            step_id,
+            rejected,
             kind,
         });
         Ok(())
@@ -767,7 +790,8 @@ impl Coordinator {
         };
         let _range = diag::range(c"dp_coordinator_end", self.dp_rank, flight.step_id);
         let (seq, stream) = match flight.kind {
-            Flight::Local(decision) => {
+            Flight::Local(decided) => {
+                let decision = decided?;
                 let outcome = Outcome {
                     decision,
                     dp_rank: self.dp_rank,
@@ -791,12 +815,20 @@ impl Coordinator {
             inner.broken = Some(e.clone());
             return Err(e);
         }
-        match self.read_decision(gpu, &flight, seq) {
-            Ok(outcome) => {
+        match (self.read_decision(gpu, &flight, seq), flight.rejected) {
+            (Ok(outcome), None) => {
                 self.trace(&outcome);
                 Ok(outcome)
             }
-            Err(e) => {
+            (Ok(_), Some(_)) => {
+                let e = Error::internal(
+                    "the post-processing kernel accepted a step in which this rank sent the \
+                     invalid-request marker",
+                );
+                inner.broken = Some(e.clone());
+                Err(e)
+            }
+            (Err(e), rejected) => {
                 // Bad records or step ids: every rank exchanged and got the same error, so
                 // the ranks stay in step. Anything else (stale slots) breaks the coordinator.
                 let stale = gpu.host.load(k::HOST_STATUS) == k::STATUS_STALE;
@@ -806,8 +838,10 @@ impl Coordinator {
                 );
                 if stale || !in_step {
                     inner.broken = Some(e.clone());
+                    return Err(e);
                 }
-                Err(e)
+                // This rank's own reason, where it sent the marker; the others name it.
+                Err(rejected.unwrap_or(e))
             }
         }
     }
@@ -888,15 +922,19 @@ impl Coordinator {
                 if flagged == k::STATUS_STALE {
                     return Err(stale_error(n, self.dp_rank, seq, &slot));
                 }
-                let ids: Vec<i64> = (0..n)
-                    .map(|r| k::step_id_of(slot(r, k::SLOT_STEP_LO), slot(r, k::SLOT_STEP_HI)))
-                    .collect();
-                rules::check_step_ids(&ids, None)?;
                 let records: Vec<RankRecord> = (0..n)
                     .map(|r| {
                         RankRecord::from_words(std::array::from_fn(|i| slot(r, k::SLOT_RECORD + i)))
                     })
                     .collect();
+                // A marker first: its rank's step id says nothing.
+                if let Some(r) = records.iter().position(|x| *x == RankRecord::MARKER) {
+                    return Err(rules::marker_error(r));
+                }
+                let ids: Vec<i64> = (0..n)
+                    .map(|r| k::step_id_of(slot(r, k::SLOT_STEP_LO), slot(r, k::SLOT_STEP_HI)))
+                    .collect();
+                rules::check_step_ids(&ids, None)?;
                 match rules::decide(&records, self.dp_rank, f.pad_policy, f.num_ubatches, None) {
                     Err(e) => Err(e),
                     Ok(_) => Err(Error::internal(format!(
@@ -1045,14 +1083,32 @@ fn busy_comm() -> Error {
 
 /// `dp_coordinate_batch`: begin + end on the coordinator cached for `comm`, created (only
 /// once NCCL answered for the communicator) on first use.
-pub(crate) fn coordinate(comm: CommHandle, stream: StreamHandle, req: &Request) -> Result<Outcome> {
-    rules::make_record(req)?;
+///
+/// An invalid request joins as the marker (see [`Coordinator::begin`]); when no coordinator
+/// can be made for `comm`, the request's error is returned, saying it was not exchanged.
+pub(crate) fn coordinate(
+    comm: CommHandle,
+    stream: StreamHandle,
+    req: &Request,
+    invalid: Option<&Error>,
+) -> Result<Outcome> {
     loop {
         let existing = lock(&CACHE).get(&(comm.as_raw() as usize)).cloned();
         let entry = match existing {
             Some(e) => e,
             None => {
-                let c = Coordinator::new(comm, false)?;
+                let c = Coordinator::new(comm, false).map_err(|e| match invalid {
+                    Some(why) if req.timeout_ms < 0 => why.clone(), // never a marker
+                    Some(why) => Error::new(
+                        why.kind,
+                        format!(
+                            "{}; nor could it be exchanged as the invalid-request marker, so \
+                             the other ranks are not told: {e}",
+                            why.message
+                        ),
+                    ),
+                    None => e,
+                })?;
                 let fresh = Arc::new(Entry {
                     shared: Arc::clone(&c.shared),
                     coordinator: Mutex::new(Some(c)),
@@ -1089,7 +1145,7 @@ pub(crate) fn coordinate(comm: CommHandle, stream: StreamHandle, req: &Request) 
             }
             continue; // the next lookup creates a coordinator of the new shape
         }
-        c.begin(stream, req)?;
+        c.begin(stream, req, invalid)?;
         return c.end();
     }
 }

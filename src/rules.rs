@@ -43,6 +43,18 @@ pub struct RankRecord {
 }
 
 impl RankRecord {
+    /// The invalid-request marker (-1 in every word): what a rank whose request is invalid
+    /// exchanges instead of a record, so that every rank fails the step together and none
+    /// waits for it. The GPU path and the host group send it themselves; a caller of the host
+    /// path sends it (see the README). No valid request makes it.
+    pub(crate) const MARKER: RankRecord = RankRecord {
+        num_tokens_unpadded: -1,
+        num_tokens_padded: -1,
+        should_attempt_ubatch: -1,
+        should_attempt_dp_pad: -1,
+        cudagraph_mode: -1,
+    };
+
     /// The five wire words, in record order.
     pub fn to_words(&self) -> [i32; 5] {
         [
@@ -746,7 +758,18 @@ impl Summary {
     }
 }
 
+/// The error every rank gets for a step in which rank `rank` exchanged [`RankRecord::MARKER`].
+pub(crate) fn marker_error(rank: usize) -> Error {
+    invalid!(
+        "records[{rank}] is the invalid-request marker (-1 in every word): rank {rank}'s \
+         request was invalid (its own call names the field), so no rank decides this step"
+    )
+}
+
 fn check_record(rank: usize, r: &RankRecord) -> Result<()> {
+    if *r == RankRecord::MARKER {
+        return Err(marker_error(rank));
+    }
     if r.num_tokens_unpadded < 0 {
         return Err(invalid!(
             "records[{rank}].num_tokens_unpadded = {} must be >= 0",

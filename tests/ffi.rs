@@ -384,9 +384,10 @@ fn out_of_range_request_fields_are_named() {
 }
 
 #[test]
-fn coordinate_batch_validates_fields_before_using_the_communicator() {
-    // docs/ARCHITECTURE.md: any field out of range is an invalid argument naming it, and the
-    // request is validated first: these fail before the (fake) communicator is touched.
+fn coordinate_batch_names_an_invalid_field_when_no_marker_can_be_sent() {
+    // docs/ARCHITECTURE.md: any field out of range is an invalid argument naming it. With a
+    // NCCL, the request would join as the invalid-request marker; test processes find none
+    // (fake_comm), so the call names the field and says no rank was told.
     for (edit, needle) in [
         (
             (|r| r.cudagraph_mode = 7) as fn(&mut dp_batch_request),

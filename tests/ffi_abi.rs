@@ -189,7 +189,8 @@ fn a_0_1_request_flush_against_a_guard_page() {
         assert_eq!(make_record_at(p).0, dp_status::DP_OK, "{}", last_error());
         set_ubatch_request(p);
         assert_eq!(make_record_at(p), (dp_status::DP_OK, UBATCH_RECORD));
-        // The GPU path reads it the same way (and refuses it before the communicator).
+        // The GPU path reads it the same way (no NCCL in tests, .cargo/config.toml: no marker
+        // is sent, the field is named).
         put(p, req::CUDAGRAPH_MODE, 7i32);
         let mut res = sentinel_result();
         assert_fails(
@@ -434,7 +435,8 @@ fn every_bool_byte_other_than_0_and_1_is_refused_naming_the_field() {
             let needle = format!("{name} holds the byte {byte}");
             assert_fails(status, INVALID, &[&needle]);
             assert_eq!(out, SENTINEL_RECORD, "{name} = {byte}: record written");
-            // The GPU path reads the request the same way, before the communicator.
+            // The GPU path reads the request the same way (no NCCL in tests: no marker is
+            // sent, the field is named).
             let mut res = sentinel_result();
             assert_fails(
                 dp_coordinate_batch(fake_comm(), null_mut(), p.cast(), &mut res),

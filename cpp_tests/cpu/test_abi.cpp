@@ -146,7 +146,7 @@ TEST(Growth, OldRequestFlushAgainstAGuardPage) {
   EXPECT_EQ(Get<int32_t>(old, offsetof(dp_batch_request, timeout_ms)), 0);
   SetUbatchRequest(old);
   EXPECT_TRUE(MakesTheUbatchRecord(old));
-  // The GPU path reads it the same way (and refuses it before touching the communicator).
+  // The GPU path reads it the same way (no NCCL here: no marker is sent, the field is named).
   Put<int32_t>(old, offsetof(dp_batch_request, cudagraph_mode), 7);
   dp_batch_result res = dpt::PoisonedResult();
   EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT,

@@ -535,7 +535,7 @@ std::vector<Scenario> Scenarios() {
                [](const dp_batch_result& res, int, int) { EXPECT_FALSE(res.should_ubatch); }});
   s.push_back({"last_ubatch_empty_n2",  // 200 / 2 >= 100
                [](int r, int, dp_batch_request& q) {
-                 Micro(q, 1, 2, 0, 0);
+                 Micro(q, 1, 2, 2, 2);
                  if (r == 0)
                    Tokens(q, 100);
                  else
@@ -547,7 +547,7 @@ std::vector<Scenario> Scenarios() {
                }});
   s.push_back({"last_ubatch_not_empty_n2",  // 199 / 2 = 99 < 100
                [](int r, int, dp_batch_request& q) {
-                 Micro(q, 1, 2, 0, 0);
+                 Micro(q, 1, 2, 2, 2);
                  if (r == 0)
                    Tokens(q, 100);
                  else
@@ -560,7 +560,7 @@ std::vector<Scenario> Scenarios() {
                }});
   s.push_back({"last_ubatch_empty_n3",  // 90 / 3 * 2 = 60 >= 60
                [](int r, int, dp_batch_request& q) {
-                 Micro(q, 0, 3, 0, 0);
+                 Micro(q, 0, 3, 3, 3);
                  if (r == 0)
                    Tokens(q, 60);
                  else
@@ -569,16 +569,25 @@ std::vector<Scenario> Scenarios() {
                [](const dp_batch_result& res, int, int) { EXPECT_FALSE(res.should_ubatch); }});
   s.push_back({"last_ubatch_not_empty_n3",  // 89 / 3 * 2 = 58 < 60
                [](int r, int, dp_batch_request& q) {
-                 Micro(q, 0, 3, 0, 0);
+                 Micro(q, 0, 3, 3, 3);
                  if (r == 0)
                    Tokens(q, 60);
                  else
                    Tokens(q, 80, 89);
                },
                [](const dp_batch_result& res, int, int) { EXPECT_TRUE(res.should_ubatch); }});
-  s.push_back({"zero_tokens_threshold_zero",  // attempts (0 >= 0), but 0 / 2 >= 0: empty
+  s.push_back({"threshold_at_its_floor",  // thresholds = num_ubatches = 2: 2 >= 2, 2 / 2 < 2
                [](int, int, dp_batch_request& q) {
-                 Micro(q, 1, 2, 0, 0);
+                 Micro(q, 1, 2, 2, 2);
+                 Tokens(q, 2);
+               },
+               [](const dp_batch_result& res, int, int) {
+                 EXPECT_TRUE(res.should_ubatch);
+                 EXPECT_EQ(2, res.max_num_tokens_padded);
+               }});
+  s.push_back({"zero_tokens_below_threshold",  // 0 < 2: nobody attempts
+               [](int, int, dp_batch_request& q) {
+                 Micro(q, 1, 2, 2, 2);
                  Tokens(q, 0);
                },
                [](const dp_batch_result& res, int, int) {
@@ -587,7 +596,7 @@ std::vector<Scenario> Scenarios() {
                }});
   s.push_back({"one_rank_declines_microbatching",
                [](int r, int n, dp_batch_request& q) {
-                 Micro(q, 1, 2, 1, 1);
+                 Micro(q, 1, 2, 2, 2);
                  Tokens(q, 64);
                  if (r == n - 1) q.allow_microbatching = false;
                },
@@ -992,7 +1001,10 @@ TEST_F(Gpu, InconsistentPadFlagsFailEveryRank) {
   }
 }
 
-TEST_F(Gpu, InvalidRequestOnEveryRankFailsWithoutACollective) {
+// Every rank's request invalid (a shared configuration error): every rank gets its own field
+// named. Field values join the exchange as the invalid-request marker; what cannot be exchanged
+// (a negative timeout_ms, a bad struct_size, NULLs) fails before any communication.
+TEST_F(Gpu, InvalidRequestOnEveryRankFailsEveryRank) {
   struct Case {
     const char* name;
     const char* mentions;
@@ -1025,7 +1037,7 @@ TEST_F(Gpu, InvalidRequestOnEveryRankFailsWithoutACollective) {
     dp_batch_request q = BaseRequest();
     Tokens(q, 16);
     c.mutate(q);
-    if (q.timeout_ms > 0) q.timeout_ms = 5000;  // a rank that wrongly enters the collective fails
+    if (q.timeout_ms > 0) q.timeout_ms = 5000;  // a rank left waiting fails with TIMEOUT
     dp_batch_result res;
     const dp_status st = Coordinate(g.dp, g.stream, &q, &res);
     EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT, st);
@@ -1046,7 +1058,7 @@ TEST_F(Gpu, InvalidRequestOnEveryRankFailsWithoutACollective) {
   EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT, dp_coordinate_batch(nullptr, g.stream, &q, &res));
   EXPECT_TRUE(IsPoisoned(res));
   if (!AllTrue(!HasFailure())) return;
-  // Nobody entered a collective: the next valid call lines up on every rank.
+  // Every rank joined the same exchanges (or none): the next valid call lines up everywhere.
   std::vector<dp_batch_request> reqs(g.nranks, BaseRequest());
   for (int r = 0; r < g.nranks; ++r) Tokens(reqs[r], 30 + r);
   RunStep(g.dp, g.rank, g.nranks, reqs, g.stream);
@@ -1433,6 +1445,77 @@ TEST_F(Gpu, CoordinatorReuseAcrossManySteps) {
 
 // A rank that never calls, on a FRESH communicator (no warm-up: NCCL's lazy connect happens
 // inside the first collective): the others get DP_ERR_TIMEOUT within timeout_ms + 100 ms.
+// One rank's invalid request joins as the invalid-request marker: every rank's call fails at
+// once with DP_ERR_INVALID_ARGUMENT (that rank names its field, the others name that rank), no
+// rank waits for a timeout, and the next step succeeds everywhere. The explicit coordinator
+// starts on a fresh communicator (no warm-up: the first exchange carries a marker), then the
+// cached form on `dp`, with a C bool byte of 2.
+TEST_F(Gpu, CoordinatorInvalidRequestOnOneRankFailsEveryRankAtOnce) {
+  SkipUnlessRanks(2);
+  ncclComm_t fresh = FreshComm();
+  dp_coordinator* c = CreateCoordinator(fresh);
+  for (int bad = 0; bad < 2 * g.nranks; ++bad) {
+    const bool cached = bad >= g.nranks;
+    const int bad_rank = bad % g.nranks;
+    SCOPED_TRACE(std::string(cached ? "dp_coordinate_batch" : "dp_coordinator_begin/end") +
+                 ", invalid request on rank " + std::to_string(bad_rank));
+    dp_batch_request q = BaseRequest();
+    Tokens(q, 20 + g.rank);
+    q.step_id = 10 + bad;
+    q.timeout_ms = 10000;  // a rank left waiting would fail with DP_ERR_TIMEOUT
+    if (g.rank == bad_rank) {
+      if (cached) {
+        reinterpret_cast<unsigned char*>(&q.allow_dp_padding)[0] = 2;
+      } else {
+        q.cudagraph_mode = 7;
+      }
+    }
+    dp_batch_result res = Poisoned<dp_batch_result>();
+    dp_status st = DP_OK;
+    const auto t0 = std::chrono::steady_clock::now();
+    if (cached) {
+      st = Coordinate(g.dp, g.stream, &q, &res);
+    } else {
+      st = dp_coordinator_begin(c, g.stream, &q);
+      if (st != DP_OK) ADD_FAILURE() << "begin: " << Name(st) << ": " << dp_last_error();
+      if (st == DP_OK) st = dp_coordinator_end(c, &res);
+    }
+    const double ms = MsSince(t0);
+    const std::string msg = dp_last_error();
+    EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT, st);
+    const std::string want =
+        g.rank != bad_rank ? "records[" + std::to_string(bad_rank) + "] is the invalid-request marker"
+        : cached           ? "req->allow_dp_padding holds the byte 2"
+                           : "req->cudagraph_mode = 7";
+    EXPECT_NE(std::string::npos, msg.find(want)) << msg;
+    EXPECT_TRUE(IsPoisoned(res)) << "result written on failure";
+    if (!Sanitized()) {
+      EXPECT_LT(ms, 5000.0) << "a rank waited for the invalid one";
+    }
+    ASSERT_TRUE(AllTrue(st == DP_ERR_INVALID_ARGUMENT && !g.suspect));
+    // The step completed on every rank: the next one succeeds.
+    q = BaseRequest();
+    Tokens(q, 30 + g.rank);
+    q.step_id = 100 + bad;
+    if (cached) {
+      st = Coordinate(g.dp, g.stream, &q, &res);
+    } else {
+      st = dp_coordinator_begin(c, g.stream, &q);
+      if (st == DP_OK) st = dp_coordinator_end(c, &res);
+    }
+    EXPECT_STATUS(DP_OK, st);
+    if (st == DP_OK) {
+      EXPECT_EQ(100 + bad, res.step_id);
+      EXPECT_EQ(30 + g.nranks - 1, res.max_num_tokens_padded);
+      EXPECT_EQ(30 + g.rank, res.num_tokens_after_padding_self);
+    }
+    ASSERT_TRUE(AllTrue(st == DP_OK));
+  }
+  EXPECT_STATUS(DP_OK, dp_coordinator_destroy(c));
+  Barrier();
+  NCCL_CHECK(ncclCommDestroy(fresh));
+}
+
 TEST_F(Gpu, CoordinatorFreshCommunicatorAbsentPeerTimesOut) {
   SkipUnlessRanks(2);
   constexpr int32_t kTimeoutMs = 500;

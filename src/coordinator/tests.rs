@@ -20,7 +20,7 @@ fn request(tokens: i32, step_id: i64) -> Request {
 fn begin_end_on_one_rank_decides_locally() {
     let c = one_rank_coordinator();
     let stream = no_stream();
-    c.begin(stream, &request(7, 3)).unwrap();
+    c.begin(stream, &request(7, 3), None).unwrap();
     assert!(c.poll().unwrap());
     let o = c.end().unwrap();
     assert_eq!((o.dp_size, o.dp_rank, o.step_id), (1, 0, 3));
@@ -37,24 +37,50 @@ fn begin_twice_is_busy_and_end_without_begin_is_invalid() {
     assert!(e.message.contains("no exchange in flight"), "{e}");
     let e = c.poll().unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
-    c.begin(no_stream(), &request(1, 0)).unwrap();
-    let e = c.begin(no_stream(), &request(1, 0)).unwrap_err();
+    c.begin(no_stream(), &request(1, 0), None).unwrap();
+    let e = c.begin(no_stream(), &request(1, 0), None).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Busy, "{e}");
     assert!(e.message.contains("already in flight"), "{e}");
     c.end().unwrap();
     // Usable again after end.
-    c.begin(no_stream(), &request(2, 0)).unwrap();
+    c.begin(no_stream(), &request(2, 0), None).unwrap();
     assert_eq!(c.end().unwrap().decision.max_num_tokens_padded, 2);
 }
 
 #[test]
-fn an_invalid_request_fails_before_anything_and_leaves_the_coordinator_usable() {
+fn an_invalid_request_joins_and_end_names_it_then_the_coordinator_is_usable() {
     let c = one_rank_coordinator();
-    let e = c.begin(no_stream(), &request(-3, 0)).unwrap_err();
+    c.begin(no_stream(), &request(-3, 0), None).unwrap();
+    assert!(c.poll().unwrap());
+    let e = c.end().unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
-    assert!(e.message.contains("-3"), "{e}");
-    c.begin(no_stream(), &request(3, 0)).unwrap();
-    c.end().unwrap();
+    assert!(e.message.contains("num_tokens_unpadded = -3"), "{e}");
+    // The boundary's verdict wins over the request's own fields.
+    let why = Error::new(
+        ErrorKind::InvalidArgument,
+        "req->allow_dp_padding holds the byte 2",
+    );
+    c.begin(no_stream(), &request(3, 0), Some(&why)).unwrap();
+    assert_eq!(c.end().unwrap_err(), why);
+    c.begin(no_stream(), &request(3, 0), None).unwrap();
+    assert_eq!(c.end().unwrap().decision.max_num_tokens_padded, 3);
+}
+
+#[test]
+fn a_negative_timeout_fails_at_begin_and_nothing_is_in_flight() {
+    let c = one_rank_coordinator();
+    let req = Request {
+        timeout_ms: -1,
+        ..request(3, 0)
+    };
+    let e = c.begin(no_stream(), &req, None).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+    assert!(e.message.contains("timeout_ms = -1"), "{e}");
+    assert!(c
+        .end()
+        .unwrap_err()
+        .message
+        .contains("no exchange in flight"));
 }
 
 #[test]
@@ -63,7 +89,7 @@ fn a_second_thread_inside_gets_busy() {
     let held = c.inner.lock().unwrap();
     std::thread::scope(|s| {
         let e = s
-            .spawn(|| c.begin(no_stream(), &request(1, 0)))
+            .spawn(|| c.begin(no_stream(), &request(1, 0), None))
             .join()
             .unwrap();
         let e = e.unwrap_err();
@@ -80,7 +106,7 @@ fn cancel_with_nothing_in_flight_then_every_call_is_cancelled_and_destroy_works(
     let c = one_rank_coordinator();
     c.cancel().unwrap();
     for e in [
-        c.begin(no_stream(), &request(1, 0)).unwrap_err(),
+        c.begin(no_stream(), &request(1, 0), None).unwrap_err(),
         c.poll().unwrap_err(),
         c.end().unwrap_err(),
     ] {
@@ -249,6 +275,36 @@ fn c_coordinator_states_over_a_one_rank_communicator() {
     assert_eq!(dp_coordinator_end(c, &mut r), dp_status::DP_OK);
     assert_eq!((r.dp_size, r.num_tokens_after_padding_self), (1, 5));
     assert!(!r.has_num_tokens_after_padding && r.num_tokens_after_padding.is_null());
+    // Bad contents join (begin OK) and end names them; the result stays untouched.
+    let mut bad = c_request(5);
+    bad.cudagraph_mode = 9;
+    assert_eq!(dp_coordinator_begin(c, null, &bad), dp_status::DP_OK);
+    let mut untouched = c_result();
+    untouched.step_id = 77;
+    assert_eq!(
+        dp_coordinator_end(c, &mut untouched),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    let message = crate::ffi::tests::last_error();
+    assert!(message.contains("req->cudagraph_mode = 9"), "{message}");
+    assert_eq!(untouched.step_id, 77);
+    // What cannot be exchanged fails at begin: a bad struct_size, a negative timeout.
+    bad = c_request(5);
+    bad.struct_size = 4;
+    assert_eq!(
+        dp_coordinator_begin(c, null, &bad),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    bad = c_request(5);
+    bad.timeout_ms = -2;
+    assert_eq!(
+        dp_coordinator_begin(c, null, &bad),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        dp_coordinator_end(c, &mut r),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    ); // nothing in flight
     assert_eq!(dp_coordinator_cancel(c), dp_status::DP_OK);
     assert_eq!(
         dp_coordinator_begin(c, null, &q),
@@ -281,12 +337,22 @@ fn without_nccl_create_is_library_unavailable() {
 }
 
 #[test]
-fn an_invalid_request_to_dp_coordinate_batch_fails_first_and_caches_nothing() {
+fn an_invalid_request_to_dp_coordinate_batch_without_nccl_names_the_field_and_caches_nothing() {
+    // Only where no NCCL can be found (CI): the marker cannot be sent, the field is named.
+    if nccl::nccl().is_ok() {
+        return;
+    }
     let mut r = c_result();
     let q = c_request(-3);
     let comm = 0x3000 as *mut ffi::ncclComm;
     let st = ffi::dp_coordinate_batch(comm, std::ptr::null_mut(), &q, &mut r);
     assert_eq!(st, dp_status::DP_ERR_INVALID_ARGUMENT);
+    let message = crate::ffi::tests::last_error();
+    assert!(
+        message.contains("req->num_tokens_unpadded = -3"),
+        "{message}"
+    );
+    assert!(message.contains("other ranks are not told"), "{message}");
     assert!(!lock(&CACHE).contains_key(&0x3000));
 }
 

@@ -113,7 +113,7 @@ mod tests {
         };
         // SAFETY: NULL is the legacy default stream; the one-rank path never uses it.
         let stream = unsafe { StreamHandle::from_raw(std::ptr::null_mut()) };
-        c.begin(stream, &req).unwrap();
+        c.begin(stream, &req, None).unwrap();
         let o = c.end().unwrap();
         assert_eq!(o.decision.num_tokens_after_padding_self, 64);
     }

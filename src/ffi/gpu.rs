@@ -4,7 +4,7 @@
 
 use super::{
     boundary, check_ptr, check_result, dp_batch_request, dp_batch_result, dp_status, ncclComm,
-    read_request, write_out, write_result, CUstream_st,
+    read_request_fields, write_out, write_result, CUstream_st,
 };
 use crate::coordinator::{self, Coordinator, Outcome};
 use crate::cuda::StreamHandle;
@@ -77,18 +77,24 @@ pub extern "C" fn dp_coordinator_create(
 /// Begins this step's exchange (collective: every rank of the communicator calls it, in the
 /// same order relative to every other collective on that communicator) and returns at once.
 ///
-/// Validates `*req` (an invalid request fails before any communication), writes this rank's
-/// slot (the coordinator's sequence number, `req->step_id`, the record) into mapped pinned
-/// memory, and enqueues on `stream`: `ncclAllGather` of every rank's slot, then the
-/// post-processing kernel, which checks every slot and writes the decision to the device
-/// array and to mapped host memory. The host does not wait for the GPU; the caller may
-/// enqueue more work on `stream` and do host work before `dp_coordinator_end`. The first
-/// begin of a coordinator runs NCCL's first collective on a helper thread and waits for it to
-/// be enqueued, bounded by `req->timeout_ms` (NCCL connects lazily inside it). `stream` may
-/// be NULL, `cudaStreamLegacy` or `cudaStreamPerThread`; it must belong to the communicator's
-/// device, must not be capturing a CUDA graph, and must stay alive until `end`. With
-/// dp_size 1 no GPU work is done. The device array of the previous step stays valid until
-/// this call. `begin` and `end` may run on different threads, never at once.
+/// Writes this rank's slot (the coordinator's sequence number, `req->step_id`, the record) into
+/// mapped pinned memory and enqueues on `stream`: `ncclAllGather` of every rank's slot, then
+/// the post-processing kernel, which checks every slot and writes the decision to the device
+/// array and to mapped host memory. The host does not wait for the GPU; the caller may enqueue
+/// more work on `stream` and do host work before `dp_coordinator_end`. The first begin of a
+/// coordinator runs NCCL's first collective on a helper thread and waits for it to be enqueued,
+/// bounded by `req->timeout_ms` (NCCL connects lazily inside it). `stream` may be NULL,
+/// `cudaStreamLegacy` or `cudaStreamPerThread`; it must belong to the communicator's device,
+/// must not be capturing a CUDA graph, and must stay alive until `end`. With dp_size 1 no GPU
+/// work is done. The device array of the previous step stays valid until this call. `begin`
+/// and `end` may run on different threads, never at once.
+///
+/// An invalid request (a field out of range or a bool byte other than 0/1) still joins the
+/// exchange, as the invalid-request marker, so that no rank waits for it: `begin` returns
+/// `DP_OK` and `end` returns `DP_ERR_INVALID_ARGUMENT` on every rank, naming the field on
+/// this rank and this rank on the others; the coordinator stays usable. Only what cannot be
+/// exchanged fails here at once: NULL or misaligned pointers, a bad `struct_size`, a negative
+/// `timeout_ms` (the wait would have no bound).
 /// Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`, `DP_ERR_BUSY` (an exchange is in flight, or
 /// another thread is inside a call on `c`), `DP_ERR_CUDA`, `DP_ERR_NCCL`, `DP_ERR_TIMEOUT`
 /// (first call only), `DP_ERR_CANCELLED`, `DP_ERR_LIBRARY_UNAVAILABLE`; after a failure once
@@ -101,8 +107,8 @@ pub extern "C" fn dp_coordinator_begin(
 ) -> dp_status {
     boundary(|| {
         let c = coordinator(c)?;
-        let request = read_request(req)?;
-        c.begin(stream_handle(stream), &request)
+        let read = read_request_fields(req)?;
+        c.begin(stream_handle(stream), &read.request, read.invalid.as_ref())
     })
 }
 
@@ -131,10 +137,11 @@ pub extern "C" fn dp_coordinator_poll(c: *mut dp_coordinator, done: *mut bool) -
 /// `num_tokens_after_padding_device` are owned by the coordinator and stay valid until the
 /// next `begin` on it or its destruction; the device array is written in `stream` order.
 /// Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL, a bad `res->struct_size`, no exchange
-/// in flight, or invalid records: every rank gets it), `DP_ERR_INCONSISTENT_RANKS` (pad flags
-/// or step ids differ, or ranks out of step), `DP_ERR_TIMEOUT`, `DP_ERR_NCCL`, `DP_ERR_CUDA`,
-/// `DP_ERR_CANCELLED`, `DP_ERR_BUSY`, `DP_ERR_INTERNAL`. After `TIMEOUT`, `NCCL`, `CUDA` or
-/// `CANCELLED`: abort the communicator on every rank, then destroy the coordinator.
+/// in flight, or a rank's invalid request: every rank gets it), `DP_ERR_INCONSISTENT_RANKS`
+/// (pad flags or step ids differ, or ranks out of step), `DP_ERR_TIMEOUT`, `DP_ERR_NCCL`,
+/// `DP_ERR_CUDA`, `DP_ERR_CANCELLED`, `DP_ERR_BUSY`, `DP_ERR_INTERNAL`. After `TIMEOUT`,
+/// `NCCL`, `CUDA` or `CANCELLED`: abort the communicator on every rank, then destroy the
+/// coordinator.
 #[no_mangle]
 pub extern "C" fn dp_coordinator_end(
     c: *mut dp_coordinator,
@@ -199,6 +206,9 @@ pub extern "C" fn dp_coordinator_destroy(c: *mut dp_coordinator) -> dp_status {
 /// `dp_release(comm)` before `ncclCommDestroy`/`ncclCommAbort`: a new communicator created at
 /// the address of an unreleased one would inherit its state. Thread-safe across
 /// communicators; a concurrent call on the same communicator returns `DP_ERR_BUSY`.
+/// An invalid request joins as the invalid-request marker, as for `dp_coordinator_begin`:
+/// every rank gets `DP_ERR_INVALID_ARGUMENT` from this call (when no coordinator can be made
+/// for `comm`, the request's error comes back, saying it was not exchanged).
 /// Returns what `dp_coordinator_begin` and `dp_coordinator_end` return.
 #[no_mangle]
 pub extern "C" fn dp_coordinate_batch(
@@ -209,9 +219,14 @@ pub extern "C" fn dp_coordinate_batch(
 ) -> dp_status {
     boundary(|| {
         let comm = comm_handle(comm)?;
-        let request = read_request(req)?;
+        let read = read_request_fields(req)?;
         let res_size = check_result(res)?;
-        let o = coordinator::coordinate(comm, stream_handle(stream), &request)?;
+        let o = coordinator::coordinate(
+            comm,
+            stream_handle(stream),
+            &read.request,
+            read.invalid.as_ref(),
+        )?;
         fill_result(res, res_size, &o);
         Ok(())
     })

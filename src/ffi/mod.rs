@@ -402,14 +402,27 @@ fn request_align(size: usize) -> usize {
     }
 }
 
+/// A caller's request as far as it could be read: its fields (the defaults of
+/// `dp_batch_request_init` where unread or unreadable) and the first thing wrong with them.
+pub(crate) struct ReadRequest {
+    /// The fields as read.
+    pub(crate) request: Request,
+    /// The first bad bool byte or out-of-range value, named (None: the request is valid).
+    pub(crate) invalid: Option<Error>,
+}
+
 /// Reads a `dp_batch_request`: `struct_size` first, then only the fields inside it (the rest
-/// takes the defaults of `dp_batch_request_init`), bools as bytes; then validates it. Never
-/// forms a reference to the caller's struct and never reads a byte past `struct_size`.
-pub(crate) fn read_request(req: *const dp_batch_request) -> Result<Request> {
+/// takes the defaults of `dp_batch_request_init`), bools as bytes; then validates it. Fails
+/// only when the struct itself cannot be read (NULL, misaligned, `struct_size`); bad contents
+/// come back in `invalid`, so that the GPU path can still join the exchange with the
+/// invalid-request marker. Never forms a reference to the caller's struct and never reads a
+/// byte past `struct_size`.
+pub(crate) fn read_request_fields(req: *const dp_batch_request) -> Result<ReadRequest> {
     let base = req.cast::<u8>();
     let size = read_struct_size(base, "req", "dp_batch_request", REQUEST_MIN_SIZE)?;
     check_ptr_align(base, "req", request_align(size))?;
     let mut request = Request::default();
+    let mut invalid: Option<Error> = None;
     macro_rules! read {
         ($($($field:ident).+ : $kind:ident,)+) => {$(
             let offset = offset_of!(dp_batch_request, $($field).+);
@@ -423,16 +436,32 @@ pub(crate) fn read_request(req: *const dp_batch_request) -> Result<Request> {
         (@flag $offset:ident, $dst:expr, $($field:ident).+) => {
             let byte = read_field(|r: &dp_batch_request| u8::from(r.$($field).+), base, size, $offset);
             let name = concat!("req->", stringify!($($field).+));
-            if let Some(v) = bool_from_byte(byte, name)? {
-                $dst = v;
+            match bool_from_byte(byte, name) {
+                Ok(Some(v)) => $dst = v,
+                Ok(None) => {}
+                Err(e) => {
+                    invalid.get_or_insert(e);
+                }
             }
         };
     }
     request_fields!(read);
-    request
-        .validate()
-        .map_err(|e| Error::new(e.kind, format!("req->{}", e.message)))?;
-    Ok(request)
+    if invalid.is_none() {
+        invalid = request
+            .validate()
+            .err()
+            .map(|e| Error::new(e.kind, format!("req->{}", e.message)));
+    }
+    Ok(ReadRequest { request, invalid })
+}
+
+/// Reads and validates a `dp_batch_request` ([`read_request_fields`]): any fault is an error.
+pub(crate) fn read_request(req: *const dp_batch_request) -> Result<Request> {
+    let read = read_request_fields(req)?;
+    match read.invalid {
+        Some(e) => Err(e),
+        None => Ok(read.request),
+    }
 }
 
 /// Writes `r` into a caller's request whose first `size` bytes are writable: `struct_size =
@@ -549,4 +578,4 @@ pub extern "C" fn dp_version() -> *const c_char {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,6 +1,7 @@
 use super::*;
 
-fn last_error() -> String {
+/// The calling thread's `dp_last_error`, as a String.
+pub(crate) fn last_error() -> String {
     // SAFETY: dp_last_error returns a NUL-terminated thread-local string.
     unsafe { CStr::from_ptr(dp_last_error()) }
         .to_string_lossy()
@@ -91,4 +92,64 @@ fn a_0_1_request_reads_as_step_id_0() {
     unsafe { write_request(p, REQUEST_MIN_SIZE, &r) };
     assert_eq!(buf[6], u64::MAX, "step_id written into a 0.1 request");
     assert_eq!(read_request(p), Ok(Request { step_id: 0, ..r }));
+}
+
+#[test]
+fn bad_contents_come_back_with_the_fields_read_and_the_first_fault() {
+    let r = every_field_set();
+    let mut c = dp_batch_request::from(&r);
+    // SAFETY: `allow_dp_padding` is a one-byte C bool inside `c`; the byte 2 is what a C
+    // caller can store, and the struct is only read as bytes afterwards.
+    unsafe {
+        std::ptr::from_mut(&mut c.allow_dp_padding)
+            .cast::<u8>()
+            .write(2)
+    };
+    c.num_tokens_unpadded = -5; // a later fault: the first one is kept
+    let read = read_request_fields(&c).unwrap();
+    let e = read.invalid.unwrap();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert!(
+        e.message.contains("req->allow_dp_padding holds the byte 2"),
+        "{e}"
+    );
+    // Every field after the bad byte was still read (the marker needs step_id and timeout_ms).
+    assert_eq!((read.request.step_id, read.request.timeout_ms), (9, 1000));
+    assert_eq!(read_request(&c), Err(e));
+    // A range fault is named with the req-> prefix; a valid request has none.
+    let mut c = dp_batch_request::from(&r);
+    c.cudagraph_mode = 7;
+    let e = read_request_fields(&c).unwrap().invalid.unwrap();
+    assert!(e.message.starts_with("req->cudagraph_mode = 7"), "{e}");
+    let ok = dp_batch_request::from(&r);
+    assert!(read_request_fields(&ok).unwrap().invalid.is_none());
+    // Only what cannot be read at all is an error of its own.
+    assert!(read_request_fields(std::ptr::null()).is_err());
+}
+
+#[test]
+fn the_host_decision_names_a_rank_that_sent_the_marker() {
+    let good = crate::rules::RankRecord {
+        num_tokens_unpadded: 4,
+        num_tokens_padded: 4,
+        ..Default::default()
+    };
+    let records = [good, crate::rules::RankRecord::MARKER, good];
+    let e = crate::rules::decide(&records, 0, 0, 2, None).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert!(
+        e.message
+            .contains("records[1] is the invalid-request marker"),
+        "{e}"
+    );
+    // Any other invalid record keeps its own message.
+    let bad = crate::rules::RankRecord {
+        num_tokens_unpadded: -1,
+        ..good
+    };
+    let e = crate::rules::decide(&[good, bad], 0, 0, 2, None).unwrap_err();
+    assert!(
+        e.message.contains("records[1].num_tokens_unpadded = -1"),
+        "{e}"
+    );
 }

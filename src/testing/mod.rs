@@ -43,7 +43,7 @@ impl ForcedCoordinator {
     /// `dp_coordinator_begin` (the C request read and checked as the C ABI does).
     pub fn begin(&self, stream: StreamHandle, req: &dp_batch_request) -> Result<()> {
         let request = ffi::read_request(req)?;
-        self.inner.begin(stream, &request)
+        self.inner.begin(stream, &request, None)
     }
 
     /// `dp_coordinator_poll`.
@@ -68,7 +68,7 @@ impl ForcedCoordinator {
         ffi::boundary(|| {
             let request = ffi::read_request(req)?;
             let size = ffi::check_result(res)?;
-            self.inner.begin(stream, &request)?;
+            self.inner.begin(stream, &request, None)?;
             let o = self.inner.end()?;
             ffi::write_result(res, size, &o.c_result());
             Ok(())

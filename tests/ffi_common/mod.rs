@@ -68,9 +68,11 @@ pub fn assert_fails(status: dp_status, want: dp_status, needles: &[&str]) {
     }
 }
 
-/// A non-NULL communicator for argument checks that must fail before the communicator is
-/// used (NULL checks and request validation come first, docs/ARCHITECTURE.md "C API"). It
-/// points at zeroed memory, never at a real `ncclComm`.
+/// A non-NULL communicator for argument checks that fail before the communicator is used:
+/// NULLs and `struct_size` come first; an invalid request would join the exchange as the
+/// invalid-request marker, but test processes find no NCCL (`.cargo/config.toml` points
+/// `DPCOORD_NCCL_LIBRARY` at a missing file), so it comes back named. It points at zeroed
+/// memory, never at a real `ncclComm`.
 pub fn fake_comm() -> *mut ncclComm {
     static ZEROS: [u64; 512] = [0; 512];
     ZEROS.as_ptr() as *mut ncclComm
