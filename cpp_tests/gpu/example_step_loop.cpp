@@ -78,6 +78,7 @@ int main(int argc, char** argv) {
     req.cudagraph_mode = s.num_tokens <= 512 ? DP_CUDAGRAPH_FULL : DP_CUDAGRAPH_NONE;
 
     dp_batch_result res;
+    dp_batch_result_init(&res);                   // 0.2: the result has a struct_size too
     const dp_status st = dp_coordinate_batch(coord_comm, model_stream, &req, &res);
     if (st == DP_ERR_TIMEOUT || st == DP_ERR_NCCL) {
       // A peer is gone or the communicator is broken: abort it (never destroy: that waits),
@@ -92,9 +93,8 @@ int main(int argc, char** argv) {
     }
     if (st != DP_OK) {
       // DP_ERR_INCONSISTENT_RANKS (ranks disagree on the pad policy's flags: a configuration
-      // mismatch) reaches every rank alike, so all stop the same way. DP_ERR_INVALID_ARGUMENT
-      // is a bug in this rank's request, refused before any communication: its peers wait in
-      // the collective until their timeout_ms.
+      // mismatch) and DP_ERR_INVALID_ARGUMENT (some rank's request was invalid: it joined as
+      // the invalid-request marker) reach every rank alike, so all stop the same way.
       std::fprintf(stderr, "rank %d step %d: %s: %s\n", rank, step, dp_status_string(st),
                    dp_last_error());
       exit_code = 1;
