@@ -17,9 +17,9 @@ use std::hint::black_box;
 use std::mem::MaybeUninit;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use dpcoord::diag::bench;
 use dpcoord::ffi::{dp_batch_request, dp_batch_request_init, dp_make_record, dp_status};
 use dpcoord::rules::RankRecord;
+use dpcoord::testing::diag_sites as bench;
 
 /// A benchmarked function: the arguments a call site has (rank, step id, tokens).
 type CallSite = fn(i32, i64, i32);

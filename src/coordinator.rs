@@ -37,10 +37,10 @@ use crate::cuda::{
 };
 use crate::diag::{self, Ctx, Level};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ffi::dp_batch_result;
-use crate::kernels::{self as k, SLOT_WORDS};
+use crate::kernels as k;
 use crate::nccl::{self, CommHandle, Nccl};
 use crate::rules::{self, Decision, RankRecord, Request};
+use crate::slot::{self, SLOT_WORDS};
 
 /// Environment variable choosing the send buffer: `host` (default: mapped pinned memory that
 /// NCCL reads) or `device` (a device buffer filled by one async copy on the stream).
@@ -104,24 +104,6 @@ pub struct Outcome {
     pub host_array: *const i32,
     /// Library-owned device array of `dp_size` entries, or 0 when dp_size == 1.
     pub device_array: DevicePtr,
-}
-
-impl Outcome {
-    /// The C result of this outcome (arrays set when there are any).
-    pub(crate) fn c_result(&self) -> dp_batch_result {
-        let mut r = dp_batch_result::from_decision(
-            &self.decision,
-            self.dp_rank,
-            self.dp_size,
-            self.step_id,
-        );
-        if self.decision.has_num_tokens_after_padding {
-            r.has_num_tokens_after_padding = true;
-            r.num_tokens_after_padding = self.host_array;
-            r.num_tokens_after_padding_device = self.device_array as *const i32;
-        }
-        r
-    }
 }
 
 /// What every thread may touch without the coordinator's lock: `cancel`'s flag and the count
@@ -620,8 +602,10 @@ impl Coordinator {
         let connected = inner.connected;
         let gpu = inner.gpu.as_mut().expect("state was just ensured");
         let _current = gpu.ctx.enter()?;
-        gpu.send_host
-            .store(0, &k::slot_words(seq, step.step_id, step.record.to_words()));
+        gpu.send_host.store(
+            0,
+            &slot::slot_words(seq, step.step_id, step.record.to_words()),
+        );
         // The stores reach memory before the launch below makes the GPU read them.
         fence(Ordering::SeqCst);
         inner.seq = seq;
@@ -911,7 +895,7 @@ impl Coordinator {
                 },
                 dp_rank: self.dp_rank,
                 dp_size: self.dp_size,
-                step_id: k::step_id_of(word(k::HOST_STEP_LO), word(k::HOST_STEP_HI)),
+                step_id: slot::step_id_of(word(k::HOST_STEP_LO), word(k::HOST_STEP_HI)),
                 host_array: gpu.host.host_ptr(k::host_array_offset()),
                 device_array: gpu.device_out.ptr(),
             }),
@@ -924,7 +908,9 @@ impl Coordinator {
                 }
                 let records: Vec<RankRecord> = (0..n)
                     .map(|r| {
-                        RankRecord::from_words(std::array::from_fn(|i| slot(r, k::SLOT_RECORD + i)))
+                        RankRecord::from_words(std::array::from_fn(|i| {
+                            slot(r, slot::SLOT_RECORD + i)
+                        }))
                     })
                     .collect();
                 // A marker first: its rank's step id says nothing.
@@ -932,7 +918,9 @@ impl Coordinator {
                     return Err(rules::marker_error(r));
                 }
                 let ids: Vec<i64> = (0..n)
-                    .map(|r| k::step_id_of(slot(r, k::SLOT_STEP_LO), slot(r, k::SLOT_STEP_HI)))
+                    .map(|r| {
+                        slot::step_id_of(slot(r, slot::SLOT_STEP_LO), slot(r, slot::SLOT_STEP_HI))
+                    })
                     .collect();
                 rules::check_step_ids(&ids, None)?;
                 match rules::decide(&records, self.dp_rank, f.pad_policy, f.num_ubatches, None) {
@@ -1033,11 +1021,11 @@ fn broken_error(first: &Error) -> Error {
 /// The message for slots that do not carry this exchange's sequence number.
 fn stale_error(n: usize, dp_rank: i32, seq: u32, slot: &dyn Fn(usize, usize) -> i32) -> Error {
     let bad: Vec<String> = (0..n)
-        .filter(|&r| slot(r, k::SLOT_SEQ) as u32 != seq)
+        .filter(|&r| slot(r, slot::SLOT_SEQ) as u32 != seq)
         .take(4)
-        .map(|r| format!("rank {r} carries {}", slot(r, k::SLOT_SEQ) as u32))
+        .map(|r| format!("rank {r} carries {}", slot(r, slot::SLOT_SEQ) as u32))
         .collect();
-    let own_ok = slot(dp_rank as usize, k::SLOT_SEQ) as u32 == seq;
+    let own_ok = slot(dp_rank as usize, slot::SLOT_SEQ) as u32 == seq;
     let (kind, why) = if own_ok {
         (
             ErrorKind::InconsistentRanks,

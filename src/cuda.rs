@@ -9,6 +9,7 @@
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
+use crate::dl::{self, Lookup};
 use crate::error::{Error, ErrorKind, Result};
 
 /// A driver status (`CUresult`), read as an integer.
@@ -154,27 +155,12 @@ driver_table! {
 
 /// `dlsym(handle, name)`, or `None`.
 fn sym(handle: *mut c_void, name: &CStr) -> Option<*mut c_void> {
-    // SAFETY: `handle` comes from a successful dlopen that is never closed; `name` is
-    // NUL-terminated.
-    let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
-    (!p.is_null()).then_some(p)
+    dl::sym(Lookup::Handle(handle), name).ok()
 }
 
 /// `dlopen(LIBRARY, flags)`, or dlerror's text.
 fn open(flags: c_int) -> std::result::Result<*mut c_void, String> {
-    // SAFETY: LIBRARY is NUL-terminated; dlopen has no other preconditions.
-    let h = unsafe { libc::dlopen(LIBRARY.as_ptr(), flags) };
-    if !h.is_null() {
-        return Ok(h);
-    }
-    // SAFETY: dlerror returns NULL or a NUL-terminated thread-local string, copied at once.
-    let e = unsafe { libc::dlerror() };
-    if e.is_null() {
-        Err("dlopen returned NULL".to_string())
-    } else {
-        // SAFETY: non-NULL and NUL-terminated (above).
-        Err(unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned())
-    }
+    dl::open(LIBRARY, flags)
 }
 
 static DRIVER: OnceLock<Driver> = OnceLock::new();
@@ -254,7 +240,7 @@ impl Driver {
 
     /// The file the driver was loaded from (per `dladdr`) and how it was found.
     pub(crate) fn library(&self) -> String {
-        match crate::nccl::defining_file(self.init as *mut c_void) {
+        match crate::dl::defining_file(self.init as *mut c_void) {
             Some(file) => format!("{file} ({})", self.origin),
             None => self.origin.clone(),
         }

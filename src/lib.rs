@@ -6,18 +6,13 @@
 //! the host transports share. docs/ARCHITECTURE.md maps the modules.
 
 /// cbindgen:ignore
-#[cfg(not(feature = "testing"))]
 mod diag;
-// The benchmarks measure the log's and the ranges' call sites (benches/diag.rs).
-/// cbindgen:ignore
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod diag;
 mod error;
 pub mod ffi;
 mod host_group;
 pub mod rules;
 pub mod slices;
+mod slot;
 
 // The GPU path: internal rooms, reached from the C ABI (and, for the benchmark only, from
 // `testing`).
@@ -25,6 +20,8 @@ pub mod slices;
 mod coordinator;
 /// cbindgen:ignore
 mod cuda;
+/// cbindgen:ignore
+mod dl;
 /// cbindgen:ignore
 mod kernels;
 /// cbindgen:ignore

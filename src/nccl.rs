@@ -24,9 +24,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use crate::error::{invalid, Error, ErrorKind, Result};
-
 use crate::cuda::StreamHandle;
+use crate::dl::{self, defining_file, Lookup};
+use crate::error::{invalid, Error, ErrorKind, Result};
 
 /// Raw `ncclComm_t`, inside this module only.
 type CommPtr = *mut c_void;
@@ -209,72 +209,6 @@ pub(crate) fn format_not_found(attempts: &[Attempt]) -> String {
     s
 }
 
-/// Where a found library's symbols are looked up.
-#[derive(Clone, Copy)]
-enum Lookup {
-    Global,
-    Handle(*mut c_void),
-}
-
-/// The text of the calling thread's last `dl*` error, or `fallback`.
-fn dl_error(fallback: &str) -> String {
-    // SAFETY: dlerror takes no arguments and returns NULL or a NUL-terminated string valid
-    // until the next dl* call on this thread; it is copied out at once.
-    let p = unsafe { libc::dlerror() };
-    if p.is_null() {
-        fallback.to_string()
-    } else {
-        // SAFETY: p is non-NULL and NUL-terminated (above).
-        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-    }
-}
-
-/// `dlopen(name, flags)`: the handle, or dlerror's text.
-fn dl_open(name: &CStr, flags: c_int) -> std::result::Result<*mut c_void, String> {
-    dl_error(""); // clear a stale error
-                  // SAFETY: name is a valid NUL-terminated string; dlopen has no other preconditions.
-    let h = unsafe { libc::dlopen(name.as_ptr(), flags) };
-    if h.is_null() {
-        Err(dl_error("dlopen returned NULL"))
-    } else {
-        Ok(h)
-    }
-}
-
-/// `dlsym` of `name` in `lookup`: the address, or dlerror's text.
-fn dl_sym(lookup: Lookup, name: &CStr) -> std::result::Result<*mut c_void, String> {
-    let handle = match lookup {
-        Lookup::Global => libc::RTLD_DEFAULT,
-        Lookup::Handle(h) => h,
-    };
-    dl_error(""); // clear a stale error
-                  // SAFETY: handle is RTLD_DEFAULT or a handle from a successful dlopen that is never
-                  // closed; name is NUL-terminated.
-    let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
-    if p.is_null() {
-        Err(dl_error("symbol not found"))
-    } else {
-        Ok(p)
-    }
-}
-
-/// The file that defines the code at `addr`, if the dynamic linker knows it.
-pub(crate) fn defining_file(addr: *mut c_void) -> Option<String> {
-    // SAFETY: Dl_info is plain old data; all-zero is a valid value.
-    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    // SAFETY: addr is a symbol address returned by dlsym; info is a valid out pointer.
-    let ok = unsafe { libc::dladdr(addr as *const c_void, &mut info) };
-    if ok == 0 || info.dli_fname.is_null() {
-        return None;
-    }
-    // SAFETY: dli_fname is non-NULL and NUL-terminated, owned by the never-unloaded library.
-    Some(
-        unsafe { CStr::from_ptr(info.dli_fname) }
-            .to_string_lossy()
-            .into_owned(),
-    )
-}
-
 /// Runs the steps in order; the first that finds a library decides the outcome.
 pub(crate) fn resolve(sources: &[Source]) -> Result<Nccl> {
     let mut tried = Vec::with_capacity(sources.len());
@@ -291,22 +225,22 @@ pub(crate) fn resolve(sources: &[Source]) -> Result<Nccl> {
             continue;
         }
         let found = match source {
-            Source::ProcessSymbols => dl_sym(Lookup::Global, c"ncclAllGather")
+            Source::ProcessSymbols => dl::sym(Lookup::Global, c"ncclAllGather")
                 .map(|_| Lookup::Global)
                 .map_err(|e| format!("dlsym(RTLD_DEFAULT, \"ncclAllGather\"): {e}")),
-            Source::AlreadyLoaded => dl_open(c"libnccl.so.2", libc::RTLD_NOW | libc::RTLD_NOLOAD)
+            Source::AlreadyLoaded => dl::open(c"libnccl.so.2", libc::RTLD_NOW | libc::RTLD_NOLOAD)
                 .map(Lookup::Handle)
                 .map_err(|e| format!("not loaded (dlopen with RTLD_NOLOAD: {e})")),
             Source::EnvPath(None) => Err("not set".to_string()),
             Source::EnvPath(Some(path)) => {
                 env_failed = true;
                 match CString::new(path.as_bytes()) {
-                    Ok(c) => dl_open(&c, libc::RTLD_NOW).map(Lookup::Handle),
+                    Ok(c) => dl::open(&c, libc::RTLD_NOW).map(Lookup::Handle),
                     Err(_) => Err("the path contains a NUL byte".to_string()),
                 }
                 .map_err(|e| format!("dlopen failed: {e}"))
             }
-            Source::Dlopen => dl_open(c"libnccl.so.2", libc::RTLD_NOW)
+            Source::Dlopen => dl::open(c"libnccl.so.2", libc::RTLD_NOW)
                 .map(Lookup::Handle)
                 .map_err(|e| format!("dlopen failed: {e}")),
         };
@@ -323,14 +257,14 @@ pub(crate) fn resolve(sources: &[Source]) -> Result<Nccl> {
 
 /// Reads every entry point from a library that a step found.
 fn load(lookup: Lookup, origin: String) -> Result<Nccl> {
-    let probe = dl_sym(lookup, c"ncclAllGather");
+    let probe = dl::sym(lookup, c"ncclAllGather");
     let library_path = probe.as_ref().ok().and_then(|&p| defining_file(p));
     let library = match &library_path {
         Some(path) => format!("{origin} ({path})"),
         None => origin.clone(),
     };
     let required = |name: &CStr| {
-        dl_sym(lookup, name).map_err(|e| {
+        dl::sym(lookup, name).map_err(|e| {
             Error::new(
                 ErrorKind::LibraryUnavailable,
                 format!(
@@ -367,11 +301,11 @@ fn load(lookup: Lookup, origin: String) -> Result<Nccl> {
     // SAFETY: see above.
     let get_version =
         unsafe { std::mem::transmute::<*mut c_void, VersionFn>(required(c"ncclGetVersion")?) };
-    let get_last_error = dl_sym(lookup, c"ncclGetLastError").ok().map(|p| {
+    let get_last_error = dl::sym(lookup, c"ncclGetLastError").ok().map(|p| {
         // SAFETY: see above (optional: NCCL >= 2.13).
         unsafe { std::mem::transmute::<*mut c_void, LastErrorFn>(p) }
     });
-    let optional = |name: &CStr| dl_sym(lookup, name).ok();
+    let optional = |name: &CStr| dl::sym(lookup, name).ok();
     let harness = (|| {
         Some(Harness {
             // SAFETY: the address of the NCCL function of that name, whose nccl.h signature the

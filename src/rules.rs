@@ -5,6 +5,7 @@
 //! every rank's record into the decision all ranks share.
 
 use crate::error::{invalid, Error, ErrorKind, Result};
+pub use crate::slot::RankRecord;
 
 // The policy and mode constants are the header's own (`ffi` re-exports them, cbindgen writes
 // them from here): one source for the C API, the rules and the kernel's layout.h.
@@ -25,60 +26,6 @@ pub const DEFAULT_NUM_UBATCHES: i32 = 2;
 pub const DEFAULT_DECODE_TOKEN_THRESHOLD: i32 = 32;
 /// Default `prefill_token_threshold`.
 pub const DEFAULT_PREFILL_TOKEN_THRESHOLD: i32 = 512;
-
-/// One rank's contribution to the exchange: five `int32_t`, the wire format.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RankRecord {
-    /// Tokens this rank schedules this step.
-    pub num_tokens_unpadded: i32,
-    /// Tokens including non-DP padding (>= unpadded).
-    pub num_tokens_padded: i32,
-    /// 1 if this rank wants to microbatch, else 0.
-    pub should_attempt_ubatch: i32,
-    /// 1 if this rank allows DP padding, else 0.
-    pub should_attempt_dp_pad: i32,
-    /// This rank's CUDA-graph mode (0 NONE, 1 PIECEWISE, 2 FULL).
-    pub cudagraph_mode: i32,
-}
-
-impl RankRecord {
-    /// The invalid-request marker (-1 in every word): what a rank whose request is invalid
-    /// exchanges instead of a record, so that every rank fails the step together and none
-    /// waits for it. The GPU path and the host group send it themselves; a caller of the host
-    /// path sends it (see the README). No valid request makes it.
-    pub(crate) const MARKER: RankRecord = RankRecord {
-        num_tokens_unpadded: -1,
-        num_tokens_padded: -1,
-        should_attempt_ubatch: -1,
-        should_attempt_dp_pad: -1,
-        cudagraph_mode: -1,
-    };
-
-    /// The five wire words, in record order.
-    pub fn to_words(&self) -> [i32; 5] {
-        [
-            self.num_tokens_unpadded,
-            self.num_tokens_padded,
-            self.should_attempt_ubatch,
-            self.should_attempt_dp_pad,
-            self.cudagraph_mode,
-        ]
-    }
-
-    /// The record whose wire words are `w`.
-    pub fn from_words(w: [i32; 5]) -> Self {
-        let [num_tokens_unpadded, num_tokens_padded, should_attempt_ubatch, should_attempt_dp_pad, cudagraph_mode] =
-            w;
-        Self {
-            num_tokens_unpadded,
-            num_tokens_padded,
-            should_attempt_ubatch,
-            should_attempt_dp_pad,
-            cudagraph_mode,
-        }
-    }
-}
 
 /// Microbatching configuration (vLLM's `enable_dbo` and its thresholds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,6 +218,23 @@ pub struct Decision {
     pub max_num_tokens_padded: i32,
     /// Minimum unpadded token count across ranks.
     pub min_num_tokens_unpadded: i32,
+}
+
+impl std::fmt::Display for Decision {
+    /// The decision as the TRACE log writes it: `ubatch 1 dp_pad 1 cudagraph 2 tokens self 96
+    /// max 96 min 64`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ubatch {} dp_pad {} cudagraph {} tokens self {} max {} min {}",
+            u8::from(self.should_ubatch),
+            u8::from(self.should_dp_pad),
+            self.synced_cudagraph_mode,
+            self.num_tokens_after_padding_self,
+            self.max_num_tokens_padded,
+            self.min_num_tokens_unpadded
+        )
+    }
 }
 
 /// The step id every live rank agrees on: 0 when every live rank passed 0 (unchecked), else
@@ -564,7 +528,7 @@ const LANES: usize = 8;
 /// - `lo` gives min(unpadded), min(padded) >= 0, min(ubatch) (= all), min(dp_pad) (= all),
 ///   min(mode); `hi` gives max(padded), max(ubatch), max(dp_pad) (= any), max(mode).
 /// - `hi` of the unpadded word instead folds `unpadded - padded`: the padded word is the
-///   word after it in the flat word stream (`ffi::record_words`), so the block's words
+///   word after it in the flat word stream (`RankRecord::words`), so the block's words
 ///   shifted by one, masked to the unpadded lanes, are subtracted from the block's words (the
 ///   compiler builds the few lanes needed with broadcasts and in-lane shuffles).
 ///   max(unpadded - padded) <= 0 is "padded >= unpadded" for every record. The wrapping
@@ -705,8 +669,8 @@ impl Summary {
     /// bad field or the two disagreeing ranks.
     #[inline(always)]
     fn of(records: &[RankRecord], live: Option<&[u8]>) -> Result<Self> {
-        // The records as flat words (a layout cast; the one `unsafe` lives in ffi).
-        let words = crate::ffi::record_words(records);
+        // The records as flat words (a layout cast).
+        let words = RankRecord::words(records);
         let mut acc = Acc::EMPTY;
         match live {
             None => acc.add_run(words, 0, words.len()),

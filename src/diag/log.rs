@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
-use crate::rules::Decision;
+use std::fmt::Display;
 
 /// How much the log says; each level includes the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -289,20 +289,11 @@ pub(crate) fn coordinator_info(
 }
 
 /// The TRACE line of a call that decided: `dp_decide_batch: ubatch 1 dp_pad 1 cudagraph 2
-/// tokens self 96 max 96 min 64`. Costs the relaxed load and branch while TRACE is off.
+/// tokens self 96 max 96 min 64` (the decision formats itself). Costs the relaxed load and
+/// branch while TRACE is off.
 #[inline]
-pub(crate) fn decision(ctx: &Ctx<'_>, call: &str, d: &Decision) {
-    super::log!(
-        Level::Trace,
-        ctx,
-        "{call}: ubatch {} dp_pad {} cudagraph {} tokens self {} max {} min {}",
-        u8::from(d.should_ubatch),
-        u8::from(d.should_dp_pad),
-        d.synced_cudagraph_mode,
-        d.num_tokens_after_padding_self,
-        d.max_num_tokens_padded,
-        d.min_num_tokens_unpadded
-    );
+pub(crate) fn decision(ctx: &Ctx<'_>, call: &str, d: &dyn Display) {
+    super::log!(Level::Trace, ctx, "{call}: {d}");
 }
 
 /// NCCL's version code as `major.minor.patch` (codes below 10000 are pre-2.9's 1000*major +

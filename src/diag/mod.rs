@@ -57,40 +57,6 @@ macro_rules! log_line {
 }
 pub(crate) use log_line as log;
 
-/// Call sites for benches/diag.rs (the `testing` feature only): what a switched-off TRACE line
-/// and NVTX range cost next to the same function without them.
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod bench {
-    use std::hint::black_box;
-
-    use super::{Ctx, Level};
-
-    /// The baseline: takes the arguments a call site has and does nothing with them.
-    #[inline(never)]
-    pub fn plain(rank: i32, step_id: i64, tokens: i32) {
-        black_box((rank, step_id, tokens));
-    }
-
-    /// [`plain`] plus a TRACE line with a context and an argument.
-    #[inline(never)]
-    pub fn with_trace(rank: i32, step_id: i64, tokens: i32) {
-        black_box((rank, step_id, tokens));
-        super::log!(
-            Level::Trace,
-            Ctx::new().rank(rank, 8).step(step_id),
-            "dp_coordinator_end: tokens {tokens}"
-        );
-    }
-
-    /// [`plain`] plus an NVTX range around it.
-    #[inline(never)]
-    pub fn with_range(rank: i32, step_id: i64, tokens: i32) {
-        let _range = super::range(c"dp_coordinator_begin", rank, step_id);
-        black_box((rank, step_id, tokens));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::ffi::OsStr;

@@ -337,18 +337,6 @@ unsafe fn decide_avx2(
     decide_and_write(records, dp_rank, options, out, to)
 }
 
-/// The records as their wire words, `5 * records.len()` of them (record `r`'s field `f` is
-/// word `5 * r + f`): the flat view the decision pass reads with vector loads, shifted by one
-/// word for the padded count (see `rules`' pass). A layout cast, no copy.
-pub(crate) fn record_words(records: &[RankRecord]) -> &[i32] {
-    const _: () = assert!(size_of::<RankRecord>() == 5 * size_of::<i32>());
-    const _: () = assert!(align_of::<RankRecord>() == align_of::<i32>());
-    // SAFETY: `RankRecord` is `repr(C)` of exactly five `i32` (size and alignment asserted
-    // above: no padding), so `records` is `5 * len` initialised, aligned `i32` in one
-    // allocation, borrowed for the same lifetime and never written through this view.
-    unsafe { std::slice::from_raw_parts(records.as_ptr().cast::<i32>(), 5 * records.len()) }
-}
-
 /// A caller's array as an address range, for overlap checks (a NULL array is empty).
 struct Span {
     begin: usize,

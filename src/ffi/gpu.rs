@@ -40,9 +40,20 @@ fn coordinator<'a>(c: *mut dp_coordinator) -> Result<&'a Coordinator> {
     Ok(unsafe { &(*c).inner })
 }
 
+/// The C result of a coordinated step (arrays set when there are any).
+pub(crate) fn outcome_result(o: &Outcome) -> dp_batch_result {
+    let mut r = dp_batch_result::from_decision(&o.decision, o.dp_rank, o.dp_size, o.step_id);
+    if o.decision.has_num_tokens_after_padding {
+        r.has_num_tokens_after_padding = true;
+        r.num_tokens_after_padding = o.host_array;
+        r.num_tokens_after_padding_device = o.device_array as *const i32;
+    }
+    r
+}
+
 /// Writes an outcome into the caller's result (its `struct_size` bytes only).
 fn fill_result(res: *mut dp_batch_result, res_size: usize, o: &Outcome) {
-    write_result(res, res_size, &o.c_result());
+    write_result(res, res_size, &outcome_result(o));
 }
 
 /// Creates a coordinator for `comm` and writes it to `*out` (local, no collective: asks NCCL

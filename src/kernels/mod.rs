@@ -21,6 +21,8 @@
 
 use std::ffi::CStr;
 
+use crate::{rules, slot};
+
 /// The committed PTX of the kernel.
 #[cfg(test)]
 pub(crate) const POSTPROCESS_PTX: &str = include_str!("postprocess.ptx");
@@ -55,28 +57,28 @@ macro_rules! layout {
 
 layout! {
     /// `int32` words of one rank record (the wire format of `dp_rank_record`).
-    RECORD_WORDS: usize = 5;
+    RECORD_WORDS: usize = slot::RECORD_WORDS;
     /// Record word: num_tokens_unpadded.
-    REC_UNPADDED: usize = 0;
+    REC_UNPADDED: usize = slot::REC_UNPADDED;
     /// Record word: num_tokens_padded.
-    REC_PADDED: usize = 1;
+    REC_PADDED: usize = slot::REC_PADDED;
     /// Record word: should_attempt_ubatch.
-    REC_ATTEMPT_UBATCH: usize = 2;
+    REC_ATTEMPT_UBATCH: usize = slot::REC_ATTEMPT_UBATCH;
     /// Record word: should_attempt_dp_pad.
-    REC_ATTEMPT_DP_PAD: usize = 3;
+    REC_ATTEMPT_DP_PAD: usize = slot::REC_ATTEMPT_DP_PAD;
     /// Record word: cudagraph_mode.
-    REC_MODE: usize = 4;
+    REC_MODE: usize = slot::REC_MODE;
 
-    /// Slot word: the coordinator's sequence number of this exchange (never 0).
-    SLOT_SEQ: usize = 0;
-    /// Slot word: low 32 bits of the request's step id.
-    SLOT_STEP_LO: usize = 1;
-    /// Slot word: high 32 bits of the request's step id.
-    SLOT_STEP_HI: usize = 2;
-    /// Slot word: the first of the five record words.
-    SLOT_RECORD: usize = 3;
-    /// `int32` words of one rank's slot on the wire (32 bytes).
-    SLOT_WORDS: usize = 8;
+    /// Slot word: the sequence number.
+    SLOT_SEQ: usize = slot::SLOT_SEQ;
+    /// Slot word: low 32 bits of the step id.
+    SLOT_STEP_LO: usize = slot::SLOT_STEP_LO;
+    /// Slot word: high 32 bits of the step id.
+    SLOT_STEP_HI: usize = slot::SLOT_STEP_HI;
+    /// Slot word: the first record word.
+    SLOT_RECORD: usize = slot::SLOT_RECORD;
+    /// `int32` words of one rank's slot on the wire.
+    SLOT_WORDS: usize = slot::SLOT_WORDS;
 
     /// Host word: the exchange's sequence number, written last (poll it, then read the rest).
     HOST_SEQ: usize = 0;
@@ -114,13 +116,13 @@ layout! {
     STATUS_STEP_MISMATCH: i32 = 4;
 
     /// `pad_policy` EXPLICIT (`DP_PAD_POLICY_EXPLICIT`).
-    PAD_POLICY_EXPLICIT: i32 = crate::ffi::DP_PAD_POLICY_EXPLICIT;
+    PAD_POLICY_EXPLICIT: i32 = rules::DP_PAD_POLICY_EXPLICIT;
     /// `pad_policy` WHEN_CUDAGRAPH (`DP_PAD_POLICY_WHEN_CUDAGRAPH`).
-    PAD_POLICY_WHEN_CUDAGRAPH: i32 = crate::ffi::DP_PAD_POLICY_WHEN_CUDAGRAPH;
+    PAD_POLICY_WHEN_CUDAGRAPH: i32 = rules::DP_PAD_POLICY_WHEN_CUDAGRAPH;
     /// `cudagraph_mode` NONE (`DP_CUDAGRAPH_NONE`).
-    CUDAGRAPH_NONE: i32 = crate::ffi::DP_CUDAGRAPH_NONE;
+    CUDAGRAPH_NONE: i32 = rules::DP_CUDAGRAPH_NONE;
     /// `cudagraph_mode` FULL (`DP_CUDAGRAPH_FULL`), the largest mode.
-    CUDAGRAPH_FULL: i32 = crate::ffi::DP_CUDAGRAPH_FULL;
+    CUDAGRAPH_FULL: i32 = rules::DP_CUDAGRAPH_FULL;
 }
 
 /// First word of the per-rank num_tokens_after_padding array (written only on OK).
@@ -152,21 +154,6 @@ pub(crate) fn layout_header() -> String {
     }
     s.push_str("#endif  // DPCOORD_KERNEL_LAYOUT_H\n");
     s
-}
-
-/// One rank's slot: sequence number, step id, record.
-pub(crate) fn slot_words(seq: u32, step_id: i64, record: [i32; RECORD_WORDS]) -> [i32; SLOT_WORDS] {
-    let mut w = [0i32; SLOT_WORDS];
-    w[SLOT_SEQ] = seq as i32;
-    w[SLOT_STEP_LO] = step_id as u64 as u32 as i32;
-    w[SLOT_STEP_HI] = ((step_id as u64) >> 32) as u32 as i32;
-    w[SLOT_RECORD..SLOT_RECORD + RECORD_WORDS].copy_from_slice(&record);
-    w
-}
-
-/// The step id of two words (low, high).
-pub(crate) fn step_id_of(lo: i32, hi: i32) -> i64 {
-    ((u64::from(hi as u32) << 32) | u64::from(lo as u32)) as i64
 }
 
 #[cfg(test)]
@@ -203,24 +190,7 @@ mod tests {
     }
 
     #[test]
-    fn slots_fit_the_wire_and_round_trip_the_step_id() {
-        assert_eq!(SLOT_RECORD + RECORD_WORDS, SLOT_WORDS);
-        assert_eq!(SLOT_WORDS * 4, 32);
-        for id in [
-            0i64,
-            1,
-            7,
-            -1,
-            i64::MAX,
-            i64::MIN,
-            0x1_0000_0000,
-            0xffff_ffff,
-        ] {
-            let w = slot_words(9, id, [1, 2, 3, 4, 5]);
-            assert_eq!(step_id_of(w[SLOT_STEP_LO], w[SLOT_STEP_HI]), id);
-            assert_eq!(w[SLOT_SEQ], 9);
-            assert_eq!(&w[SLOT_RECORD..], &[1, 2, 3, 4, 5]);
-        }
+    fn the_host_block_holds_header_array_and_slots() {
         assert_eq!(host_block_words(3), HOST_HEADER_WORDS + 3 + 3 * SLOT_WORDS);
         assert_eq!(host_slots_offset(3), HOST_HEADER_WORDS + 3);
     }

@@ -7,23 +7,26 @@
 //! The raw driver and NCCL wrappers behind these live in `cuda` and `nccl` under the same
 //! feature (the rooms where `unsafe` may live); this module is safe code over them.
 
+pub mod diag_sites;
+
 use crate::coordinator::Coordinator;
 use crate::cuda::{self, extra, DeviceBuffer, MappedHost, Module, PostArgs};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ffi::{self, dp_batch_request, dp_batch_result, dp_status};
 use crate::kernels as k;
 use crate::nccl::{self, Nccl};
+use crate::slot;
 
 pub use crate::coordinator::{Outcome, SendPath};
 pub use crate::cuda::{DevicePtr, StreamHandle};
 pub use crate::nccl::{CommHandle, UniqueId};
 
 /// `int32` words of one rank's slot on the wire.
-pub const SLOT_WORDS: usize = k::SLOT_WORDS;
+pub const SLOT_WORDS: usize = slot::SLOT_WORDS;
 
 /// One rank's slot (sequence number, step id, record words), as the coordinator writes it.
 pub fn slot_words(seq: u32, step_id: i64, record: [i32; 5]) -> [i32; SLOT_WORDS] {
-    k::slot_words(seq, step_id, record)
+    slot::slot_words(seq, step_id, record)
 }
 
 /// A coordinator that runs the whole GPU path even on a one-rank communicator (where the
@@ -70,7 +73,7 @@ impl ForcedCoordinator {
             let size = ffi::check_result(res)?;
             self.inner.begin(stream, &request, None)?;
             let o = self.inner.end()?;
-            ffi::write_result(res, size, &o.c_result());
+            ffi::write_result(res, size, &ffi::outcome_result(&o));
             Ok(())
         })
     }
