@@ -69,8 +69,7 @@ fn step_records(dp_size: i32) -> Vec<RankRecord> {
                     enabled: true,
                     ..UbatchConfig::default()
                 },
-                timeout_ms: 0,
-                step_id: 0,
+                ..Request::default()
             };
             make_record(&req).expect("a valid request")
         })

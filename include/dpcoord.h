@@ -65,6 +65,16 @@ struct CUstream_st;
 #define DP_CUDAGRAPH_FULL 2
 
 /**
+ * `rules`: vLLM's V1 rules (docs/ARCHITECTURE.md, "Semantics"), the default.
+ */
+#define DP_RULES_VLLM_V1 0
+
+/**
+ * `rules`: vLLM's model runner V2 rules (docs/ARCHITECTURE.md, "The V2 rule set").
+ */
+#define DP_RULES_VLLM_V2 1
+
+/**
  * Status of every dpcoord call. Numbered explicitly; a number never changes meaning.
  */
 typedef enum dp_status {
@@ -244,6 +254,75 @@ typedef struct dp_batch_result {
    * The agreed step id (0.2): every live rank's `step_id`, 0 when unchecked.
    */
   int64_t step_id;
+  /**
+   * The live rank that arrived last at this exchange (0.3; -1 when nothing was exchanged).
+   */
+  int32_t last_rank;
+  /**
+   * Latest minus earliest arrival over the live ranks, in ns of `CLOCK_MONOTONIC` (0.3):
+   * exact for ranks of one host; across hosts it also holds the clocks' offsets.
+   */
+  int64_t arrival_skew_ns;
+  /**
+   * How long this call waited for the other ranks, in ns (0.3; 0 on the host path).
+   */
+  int64_t wait_ns;
+  /**
+   * V2 (0.3): no live rank has work this step (every `num_tokens` is 0): run nothing; there
+   * is no array.
+   */
+  bool idle;
+  /**
+   * Decided with no exchange, as if every rank had sent this rank's values (0.3,
+   * `dp_decide_local`): not the same decision as the other ranks'.
+   */
+  bool local;
+  /**
+   * V2 (0.3): the ranks agreed to run eager (a reuse of this agreement runs eager too).
+   */
+  bool eager;
+  /**
+   * V2 (0.3): every live rank allows skipping this step's drafts.
+   */
+  bool skip_drafts;
+  /**
+   * The graph to run (0.3): 0 NONE, 1 PIECEWISE, 2 FULL.
+   */
+  int32_t graph_mode;
+  /**
+   * The graph's tokens (0.3): every rank runs this many, except when eager (this rank's own
+   * tokens).
+   */
+  int32_t graph_num_tokens;
+  /**
+   * The graph's requests (0.3), -1 = no request padding (PIECEWISE); per rank (this rank's
+   * own) when `graph_mode` is NONE.
+   */
+  int32_t graph_num_reqs;
+  /**
+   * The graph's uniform query length (0.3), 0 = none.
+   */
+  int32_t graph_uniform_token_count;
+  /**
+   * The graph's query-length bound (0.3), -1 = none.
+   */
+  int32_t graph_max_query_len;
+  /**
+   * Microbatches this step runs (0.3): 1 = none.
+   */
+  int32_t num_ubatches;
+  /**
+   * V2 (0.3): the uniform query length every live rank sent; 0 = none, or they differ.
+   */
+  int32_t agreed_uniform_token_count;
+  /**
+   * V2 (0.3): the largest query-length bound when every live rank sent one; -1 = none.
+   */
+  int32_t agreed_max_query_len;
+  /**
+   * V2 (0.3): the largest request count of the live ranks (before graph padding).
+   */
+  int32_t max_num_reqs;
 } dp_batch_result;
 
 /**
@@ -319,6 +398,43 @@ typedef struct dp_batch_request {
    * The caller's step counter (0.2); 0 = unchecked, else >= 0 and equal on every rank.
    */
   int64_t step_id;
+  /**
+   * The rule set (0.3): `DP_RULES_VLLM_V1` (default) or `DP_RULES_VLLM_V2`; every rank must
+   * pass the same value.
+   */
+  int32_t rules;
+  /**
+   * For a draft (speculator) step, the `step_id` of the step it belongs to (0.3); 0 = none,
+   * else >= 0 and equal on every rank.
+   */
+  int64_t parent_step_id;
+  /**
+   * V2 (0.3): requests this rank schedules; >= 0 (default 0).
+   */
+  int32_t num_reqs;
+  /**
+   * V2 (0.3): the per-request query length when every request schedules the same number of
+   * tokens (a uniform decode, 1 + the speculative tokens); >= 1, 0 = none (default).
+   */
+  int32_t uniform_token_count;
+  /**
+   * V2 (0.3): the largest query length, when the batch may use varlen decode graphs; >= 1,
+   * -1 = none (default).
+   */
+  int32_t max_query_len;
+  /**
+   * V2 (0.3): active LoRA adapters on this rank (local: selects the graph family, never
+   * exchanged); >= 0 (default 0).
+   */
+  int32_t num_active_loras;
+  /**
+   * V2 (0.3): none of this rank's requests can use this step's drafts. A byte: 0 or 1.
+   */
+  bool allow_skip_drafts;
+  /**
+   * V2 (0.3): this rank must run eager (its own graph is NONE). A byte: 0 or 1.
+   */
+  bool need_eager;
 } dp_batch_request;
 
 /**

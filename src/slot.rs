@@ -65,6 +65,30 @@ impl RankRecord {
     }
 }
 
+/// One rank's inputs under the V2 rules (docs/ARCHITECTURE.md, "The V2 rule set"): vLLM
+/// 0.34.0's seven exchanged rows (`VLLM_V2.md` section 1.1) plus the rank's LoRA count, which
+/// only the rank itself reads (it selects its graph family). Eight `int32_t` words.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct V2Record {
+    /// Row 0: the step's tokens, not yet padded to a graph (>= 0).
+    pub num_tokens: i32,
+    /// Row 1: the mode of the rank's own graph dispatch (0 NONE, 1 PIECEWISE, 2 FULL).
+    pub cg_mode: i32,
+    /// Row 2: the uniform query length, 0 = none.
+    pub uniform_token_count: i32,
+    /// Row 3: the query-length bound, -1 = none.
+    pub max_query_len: i32,
+    /// Row 4: 1 if this rank allows microbatching (and it is enabled), else 0.
+    pub allow_ubatching: i32,
+    /// Row 5: the rank's request count (>= 0).
+    pub num_reqs: i32,
+    /// Row 6: 1 if this rank allows skipping drafts, else 0.
+    pub allow_skip_drafts: i32,
+    /// The rank's active LoRA count (local: never read from another rank's record).
+    pub num_active_loras: i32,
+}
+
 /// `int32` words of one rank record (the wire format of `dp_rank_record`).
 pub(crate) const RECORD_WORDS: usize = 5;
 /// Record word: num_tokens_unpadded.

@@ -338,7 +338,7 @@ fn make_record_matches_plan() {
                     prefill_token_threshold: req.ubatch.prefill_token_threshold,
                 },
                 timeout_ms: req.timeout_ms,
-                step_id: 0,
+                ..rules::Request::default()
             })
             .unwrap();
             assert_eq!(out, want);
@@ -858,7 +858,7 @@ fn a_failure_during_thread_exit_does_not_abort() {
 
 #[test]
 fn dp_batch_request_layout() {
-    assert_eq!(size_of::<dp_batch_request>(), 56);
+    assert_eq!(size_of::<dp_batch_request>(), 96);
     assert_eq!(align_of::<dp_batch_request>(), 8);
     assert_eq!(offset_of!(dp_batch_request, struct_size), 0);
     assert_eq!(offset_of!(dp_batch_request, num_tokens_unpadded), 4);
@@ -872,6 +872,15 @@ fn dp_batch_request_layout() {
     assert_eq!(offset_of!(dp_batch_request, timeout_ms), 44);
     // 0.2: appended; the 0.1 struct ends here.
     assert_eq!(offset_of!(dp_batch_request, step_id), 48);
+    // 0.3: appended; the 0.2 struct ends here (56 bytes).
+    assert_eq!(offset_of!(dp_batch_request, rules), 56);
+    assert_eq!(offset_of!(dp_batch_request, parent_step_id), 64);
+    assert_eq!(offset_of!(dp_batch_request, num_reqs), 72);
+    assert_eq!(offset_of!(dp_batch_request, uniform_token_count), 76);
+    assert_eq!(offset_of!(dp_batch_request, max_query_len), 80);
+    assert_eq!(offset_of!(dp_batch_request, num_active_loras), 84);
+    assert_eq!(offset_of!(dp_batch_request, allow_skip_drafts), 88);
+    assert_eq!(offset_of!(dp_batch_request, need_eager), 89);
 }
 
 #[test]
@@ -897,7 +906,7 @@ fn dp_rank_record_layout() {
 
 #[test]
 fn dp_batch_result_layout() {
-    assert_eq!(size_of::<dp_batch_result>(), 56);
+    assert_eq!(size_of::<dp_batch_result>(), 120);
     assert_eq!(align_of::<dp_batch_result>(), 8);
     // 0.2: a leading struct_size (the one breaking change), then 0.1's fields, then step_id.
     assert_eq!(offset_of!(dp_batch_result, struct_size), 0);
@@ -919,6 +928,23 @@ fn dp_batch_result_layout() {
         40
     );
     assert_eq!(offset_of!(dp_batch_result, step_id), 48);
+    // 0.3: appended; the 0.2 struct ends here (56 bytes).
+    assert_eq!(offset_of!(dp_batch_result, last_rank), 56);
+    assert_eq!(offset_of!(dp_batch_result, arrival_skew_ns), 64);
+    assert_eq!(offset_of!(dp_batch_result, wait_ns), 72);
+    assert_eq!(offset_of!(dp_batch_result, idle), 80);
+    assert_eq!(offset_of!(dp_batch_result, local), 81);
+    assert_eq!(offset_of!(dp_batch_result, eager), 82);
+    assert_eq!(offset_of!(dp_batch_result, skip_drafts), 83);
+    assert_eq!(offset_of!(dp_batch_result, graph_mode), 84);
+    assert_eq!(offset_of!(dp_batch_result, graph_num_tokens), 88);
+    assert_eq!(offset_of!(dp_batch_result, graph_num_reqs), 92);
+    assert_eq!(offset_of!(dp_batch_result, graph_uniform_token_count), 96);
+    assert_eq!(offset_of!(dp_batch_result, graph_max_query_len), 100);
+    assert_eq!(offset_of!(dp_batch_result, num_ubatches), 104);
+    assert_eq!(offset_of!(dp_batch_result, agreed_uniform_token_count), 108);
+    assert_eq!(offset_of!(dp_batch_result, agreed_max_query_len), 112);
+    assert_eq!(offset_of!(dp_batch_result, max_num_reqs), 116);
 }
 
 #[test]

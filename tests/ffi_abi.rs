@@ -29,6 +29,8 @@ const INVALID: dp_status = dp_status::DP_ERR_INVALID_ARGUMENT;
 const FILL: u8 = 0xA5;
 /// The 0.1 request: everything before `step_id`.
 const REQUEST_0_1: usize = offset_of!(dp_batch_request, step_id);
+const REQUEST_0_2: usize = offset_of!(dp_batch_request, rules);
+const RESULT_0_2: usize = offset_of!(dp_batch_result, last_rank);
 const REQUEST: usize = size_of::<dp_batch_request>();
 const RESULT: usize = size_of::<dp_batch_result>();
 /// A newer caller's structs: 16 bytes of fields this library does not know.
@@ -212,7 +214,7 @@ fn a_0_1_request_gets_step_id_0() {
     set_ubatch_request(p);
     assert_eq!(make_record_at(p), (dp_status::DP_OK, UBATCH_RECORD));
     // The same bytes as a 0.2 request: the step id is read, and refused.
-    put(p, req::STRUCT_SIZE, REQUEST as u32);
+    put(p, req::STRUCT_SIZE, REQUEST_0_2 as u32);
     let (status, out) = make_record_at(p);
     assert_fails(status, INVALID, &["req->step_id = -1"]);
     assert_eq!(out, SENTINEL_RECORD);
@@ -389,7 +391,7 @@ fn struct_size_is_read_alone_first() {
         let guard = GuardPage::new();
         dp_batch_request_init_sized(guard.tail(REQUEST_0_1 - 4).cast(), REQUEST_0_1 - 4);
         assert!(last_error().contains("size = 44"), "{}", last_error());
-        dp_batch_result_init_sized(guard.tail(RESULT - 8).cast(), RESULT - 8);
+        dp_batch_result_init_sized(guard.tail(RESULT_0_2 - 8).cast(), RESULT_0_2 - 8);
         assert!(last_error().contains("size = 48"), "{}", last_error());
         assert!(guard.tail_bytes(RESULT).iter().all(|&b| b == FILL));
     });
@@ -463,9 +465,10 @@ type Call = Box<dyn Fn() -> dp_status>;
 #[test]
 fn every_misaligned_pointer_of_the_host_path_is_an_error_naming_it() {
     let mut scratch = Scratch::new();
-    // Layout inside the scratch buffer (all 16-aligned): request at 0, result at 64, records
-    // at 128 (2 x 20 bytes), array at 192, record out at 256; a pointer is moved by +k.
-    let (req_at, res_at, records_at, array_at, out_at) = (0, 64, 128, 192, 256);
+    // Layout inside the scratch buffer (all 16-aligned): request at 0 (96 bytes), result at
+    // 128 (120 bytes), records at 256 (2 x 20 bytes), array at 320, record out at 384; a
+    // pointer is moved by +k.
+    let (req_at, res_at, records_at, array_at, out_at) = (0, 128, 256, 320, 384);
     let setup = |s: &mut Scratch| {
         *s = Scratch([FILL; 512]);
         dp_batch_request_init(s.at(req_at).cast());

@@ -205,6 +205,7 @@ fn step_requests(
                 ubatch,
                 timeout_ms,
                 step_id,
+                ..Request::default()
             })
         })
         .collect();

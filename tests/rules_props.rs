@@ -515,7 +515,7 @@ fn request() -> impl Strategy<Value = Request> {
                     prefill_token_threshold: prefill,
                 },
                 timeout_ms: timeout,
-                step_id: 0,
+                ..Request::default()
             },
         )
 }
@@ -533,8 +533,7 @@ fn valid_request(shared: (i32, UbatchConfig), mine: (i32, i32, bool, bool, i32, 
         cudagraph_mode: mode,
         pad_policy,
         ubatch,
-        timeout_ms: 0,
-        step_id: 0,
+        ..Request::default()
     }
 }
 

@@ -166,8 +166,8 @@ TEST(Growth, OldRequestGetsStepIdZero) {
   Put<int64_t>(s.bytes, offsetof(dp_batch_request, step_id), -1);
   SetUbatchRequest(req);
   EXPECT_TRUE(MakesTheUbatchRecord(req));
-  // The same bytes as a 0.2 request: step_id is read, and refused.
-  Put<uint32_t>(s.bytes, 0, sizeof(dp_batch_request));
+  // The same bytes as a 0.2 request (56 bytes): step_id is read, and refused.
+  Put<uint32_t>(s.bytes, 0, offsetof(dp_batch_request, rules));
   dp_rank_record rec = dpt::Poisoned<dp_rank_record>();
   EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT, dp_make_record(req, &rec));
   EXPECT_TRUE(LastErrorMentions({"req->step_id = -1"}));
@@ -313,22 +313,22 @@ TEST(BoolBytes, OnlyZeroAndOneAreAcceptedInEveryBoolField) {
 // --- alignment -------------------------------------------------------------------------------
 
 TEST(Alignment, EveryPointerOfTheHostPathAtOffsetsOneToThree) {
-  // Inside one scratch buffer (16-aligned parts): request at 0, result at 64, records at 128,
-  // array at 192, record out at 256. Each call moves one pointer by +k.
+  // Inside one scratch buffer (16-aligned parts): request at 0 (96 bytes), result at 128 (120
+  // bytes), records at 256, array at 320, record out at 384. Each call moves one pointer by +k.
   for (size_t k = 1; k <= 3; ++k) {
     Scratch s;
     unsigned char* b = s.bytes;
     dp_batch_request_init(reinterpret_cast<dp_batch_request*>(b));
     SetUbatchRequest(b);
-    dp_batch_result_init(reinterpret_cast<dp_batch_result*>(b + 64));
+    dp_batch_result_init(reinterpret_cast<dp_batch_result*>(b + 128));
     dp_rank_record two[2] = {Rec(600, 640, 1, 1, 2), Rec(500, 512, 1, 1, 2)};
-    std::memcpy(b + 128, two, sizeof two);
+    std::memcpy(b + 256, two, sizeof two);
     const std::vector<unsigned char> before(b, b + sizeof s.bytes);
     auto req = [&](size_t m) { return reinterpret_cast<dp_batch_request*>(b + m); };
-    auto res = [&](size_t m) { return reinterpret_cast<dp_batch_result*>(b + 64 + m); };
-    auto recs = [&](size_t m) { return reinterpret_cast<dp_rank_record*>(b + 128 + m); };
-    auto array = [&](size_t m) { return reinterpret_cast<int32_t*>(b + 192 + m); };
-    auto out = [&](size_t m) { return reinterpret_cast<dp_rank_record*>(b + 256 + m); };
+    auto res = [&](size_t m) { return reinterpret_cast<dp_batch_result*>(b + 128 + m); };
+    auto recs = [&](size_t m) { return reinterpret_cast<dp_rank_record*>(b + 256 + m); };
+    auto array = [&](size_t m) { return reinterpret_cast<int32_t*>(b + 320 + m); };
+    auto out = [&](size_t m) { return reinterpret_cast<dp_rank_record*>(b + 384 + m); };
     const struct {
       const char* name;
       std::function<dp_status()> call;

@@ -22,13 +22,13 @@ DPT_STATIC_ASSERT(record_2, offsetof(dp_rank_record, should_attempt_ubatch) == 8
 DPT_STATIC_ASSERT(record_3, offsetof(dp_rank_record, should_attempt_dp_pad) == 12);
 DPT_STATIC_ASSERT(record_4, offsetof(dp_rank_record, cudagraph_mode) == 16);
 
-/* The request: 0.1's 48 bytes, then 0.2's step_id (append-only from here on). */
+/* The request: 0.1's 48 bytes, 0.2's step_id, then 0.3's fields (append-only). */
 DPT_STATIC_ASSERT(ubatch_size, sizeof(dp_ubatch_config) == 16);
 DPT_STATIC_ASSERT(ubatch_0, offsetof(dp_ubatch_config, enabled) == 0);
 DPT_STATIC_ASSERT(ubatch_1, offsetof(dp_ubatch_config, num_ubatches) == 4);
 DPT_STATIC_ASSERT(ubatch_2, offsetof(dp_ubatch_config, decode_token_threshold) == 8);
 DPT_STATIC_ASSERT(ubatch_3, offsetof(dp_ubatch_config, prefill_token_threshold) == 12);
-DPT_STATIC_ASSERT(request_size, sizeof(dp_batch_request) == 56);
+DPT_STATIC_ASSERT(request_size, sizeof(dp_batch_request) == 96);
 DPT_STATIC_ASSERT(request_0, offsetof(dp_batch_request, struct_size) == 0);
 DPT_STATIC_ASSERT(request_1, offsetof(dp_batch_request, num_tokens_unpadded) == 4);
 DPT_STATIC_ASSERT(request_2, offsetof(dp_batch_request, num_tokens_padded) == 8);
@@ -40,9 +40,18 @@ DPT_STATIC_ASSERT(request_7, offsetof(dp_batch_request, pad_policy) == 24);
 DPT_STATIC_ASSERT(request_8, offsetof(dp_batch_request, ubatch) == 28);
 DPT_STATIC_ASSERT(request_9, offsetof(dp_batch_request, timeout_ms) == 44);
 DPT_STATIC_ASSERT(request_10, offsetof(dp_batch_request, step_id) == 48);
+DPT_STATIC_ASSERT(request_11, offsetof(dp_batch_request, rules) == 56);
+DPT_STATIC_ASSERT(request_12, offsetof(dp_batch_request, parent_step_id) == 64);
+DPT_STATIC_ASSERT(request_13, offsetof(dp_batch_request, num_reqs) == 72);
+DPT_STATIC_ASSERT(request_14, offsetof(dp_batch_request, uniform_token_count) == 76);
+DPT_STATIC_ASSERT(request_15, offsetof(dp_batch_request, max_query_len) == 80);
+DPT_STATIC_ASSERT(request_16, offsetof(dp_batch_request, num_active_loras) == 84);
+DPT_STATIC_ASSERT(request_17, offsetof(dp_batch_request, allow_skip_drafts) == 88);
+DPT_STATIC_ASSERT(request_18, offsetof(dp_batch_request, need_eager) == 89);
 
-/* The result (LP64: 8-byte pointers): 0.2's leading struct_size, 0.1's fields, step_id. */
-DPT_STATIC_ASSERT(result_size, sizeof(void*) != 8 || sizeof(dp_batch_result) == 56);
+/* The result (LP64: 8-byte pointers): 0.2's leading struct_size, 0.1's fields, step_id, then
+   0.3's fields. */
+DPT_STATIC_ASSERT(result_size, sizeof(void*) != 8 || sizeof(dp_batch_result) == 120);
 DPT_STATIC_ASSERT(result_0, offsetof(dp_batch_result, struct_size) == 0);
 DPT_STATIC_ASSERT(result_1, offsetof(dp_batch_result, should_ubatch) == 4);
 DPT_STATIC_ASSERT(result_2, offsetof(dp_batch_result, should_dp_pad) == 5);
@@ -58,6 +67,11 @@ DPT_STATIC_ASSERT(result_10,
 DPT_STATIC_ASSERT(result_11, sizeof(void*) != 8 ||
                                  offsetof(dp_batch_result, num_tokens_after_padding_device) == 40);
 DPT_STATIC_ASSERT(result_12, sizeof(void*) != 8 || offsetof(dp_batch_result, step_id) == 48);
+DPT_STATIC_ASSERT(result_13, sizeof(void*) != 8 || offsetof(dp_batch_result, last_rank) == 56);
+DPT_STATIC_ASSERT(result_14, sizeof(void*) != 8 || offsetof(dp_batch_result, arrival_skew_ns) == 64);
+DPT_STATIC_ASSERT(result_15, sizeof(void*) != 8 || offsetof(dp_batch_result, idle) == 80);
+DPT_STATIC_ASSERT(result_16, sizeof(void*) != 8 || offsetof(dp_batch_result, graph_mode) == 84);
+DPT_STATIC_ASSERT(result_17, sizeof(void*) != 8 || offsetof(dp_batch_result, max_num_reqs) == 116);
 
 /* Status codes are numbered explicitly and never renumbered. */
 DPT_STATIC_ASSERT(status_0, DP_OK == 0 && DP_ERR_INVALID_ARGUMENT == 1);

@@ -20,11 +20,14 @@ static_assert(std::is_trivially_copyable<dp_batch_request>::value, "C layout");
 static_assert(std::is_standard_layout<dp_batch_result>::value, "C layout");
 static_assert(std::is_trivially_copyable<dp_batch_result>::value, "C layout");
 static_assert(sizeof(dp_rank_record) == 20, "the 20-byte wire record");
-static_assert(sizeof(dp_batch_request) == 56, "the 0.2 request layout");
+static_assert(sizeof(dp_batch_request) == 96, "the 0.3 request layout");
 static_assert(offsetof(dp_batch_request, timeout_ms) == 44, "the 0.1 fields are unchanged");
 static_assert(offsetof(dp_batch_request, step_id) == 48, "0.2 appends step_id");
+static_assert(offsetof(dp_batch_request, rules) == 56, "0.3 appends its fields after step_id");
 static_assert(alignof(dp_batch_request) == 8, "int64_t step_id");
-static_assert(sizeof(void*) != 8 || sizeof(dp_batch_result) == 56, "the 0.2 result layout");
+static_assert(sizeof(void*) != 8 || sizeof(dp_batch_result) == 120, "the 0.3 result layout");
+static_assert(sizeof(void*) != 8 || offsetof(dp_batch_result, last_rank) == 56,
+              "0.3 appends its fields after step_id");
 static_assert(offsetof(dp_batch_result, struct_size) == 0, "0.2: the result starts with its size");
 static_assert(DP_OK == 0 && DP_ERR_INTERNAL == 8 && DP_ERR_PEER_EXITED == 10, "status numbering");
 

@@ -1,4 +1,8 @@
+use std::ffi::CStr;
+
 use super::*;
+use crate::error::{Error, ErrorKind};
+use crate::rules::Request;
 
 /// The calling thread's `dp_last_error`, as a String.
 pub(crate) fn last_error() -> String {
@@ -63,6 +67,15 @@ fn every_field_set() -> Request {
         },
         timeout_ms: 1000,
         step_id: 9,
+        // V1 (the default) with every V2 input set: V1 reads and range-checks them only.
+        rules: crate::rules::DP_RULES_VLLM_V1,
+        parent_step_id: 8,
+        num_reqs: 12,
+        uniform_token_count: 2,
+        max_query_len: 64,
+        num_active_loras: 1,
+        allow_skip_drafts: true,
+        need_eager: true,
     }
 }
 
@@ -70,12 +83,12 @@ fn every_field_set() -> Request {
 fn every_request_field_round_trips_through_the_field_list() {
     let r = every_field_set();
     assert_ne!(r, Request::default());
-    // 64 bytes, 8-aligned: a newer caller's struct.
-    let mut buf = [u64::MAX; 8];
+    // 128 bytes, 8-aligned: a newer caller's struct.
+    let mut buf = [u64::MAX; 16];
     let p = buf.as_mut_ptr().cast::<dp_batch_request>();
-    // SAFETY: `buf` holds 64 writable bytes.
-    unsafe { write_request(p, 64, &r) };
-    assert_eq!(buf[7], u64::MAX, "written past sizeof");
+    // SAFETY: `buf` holds 128 writable bytes.
+    unsafe { write_request(p, 128, &r) };
+    assert_eq!(buf[15], u64::MAX, "written past sizeof");
     assert_eq!(read_request(p), Ok(r));
     assert_eq!(
         read_request(std::ptr::from_ref(&dp_batch_request::from(&r))),
@@ -91,7 +104,23 @@ fn a_0_1_request_reads_as_step_id_0() {
     // SAFETY: `buf` holds 56 writable bytes; only the first 48 are written.
     unsafe { write_request(p, REQUEST_MIN_SIZE, &r) };
     assert_eq!(buf[6], u64::MAX, "step_id written into a 0.1 request");
-    assert_eq!(read_request(p), Ok(Request { step_id: 0, ..r }));
+    let v0_1 = Request {
+        step_id: 0,
+        ..Request::default()
+    };
+    let want = Request {
+        num_tokens_unpadded: r.num_tokens_unpadded,
+        num_tokens_padded: r.num_tokens_padded,
+        allow_microbatching: r.allow_microbatching,
+        allow_dp_padding: r.allow_dp_padding,
+        uniform_decode: r.uniform_decode,
+        cudagraph_mode: r.cudagraph_mode,
+        pad_policy: r.pad_policy,
+        ubatch: r.ubatch,
+        timeout_ms: r.timeout_ms,
+        ..v0_1
+    };
+    assert_eq!(read_request(p), Ok(want));
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! every rank's record into the decision all ranks share.
 
 use crate::error::{invalid, Error, ErrorKind, Result};
-pub use crate::slot::RankRecord;
+pub use crate::slot::{RankRecord, V2Record};
 
 // The policy and mode constants are the header's own (`ffi` re-exports them, cbindgen writes
 // them from here): one source for the C API, the rules and the kernel's layout.h.
@@ -20,6 +20,10 @@ pub const DP_CUDAGRAPH_NONE: i32 = 0;
 pub const DP_CUDAGRAPH_PIECEWISE: i32 = 1;
 /// `cudagraph_mode`: full CUDA graphs (the largest legal mode).
 pub const DP_CUDAGRAPH_FULL: i32 = 2;
+/// `rules`: vLLM's V1 rules (docs/ARCHITECTURE.md, "Semantics"), the default.
+pub const DP_RULES_VLLM_V1: i32 = 0;
+/// `rules`: vLLM's model runner V2 rules (docs/ARCHITECTURE.md, "The V2 rule set").
+pub const DP_RULES_VLLM_V2: i32 = 1;
 /// Default `num_ubatches`.
 pub const DEFAULT_NUM_UBATCHES: i32 = 2;
 /// Default `decode_token_threshold`.
@@ -75,6 +79,23 @@ pub struct Request {
     pub timeout_ms: i32,
     /// The caller's step counter; 0 = unchecked, else equal on every rank.
     pub step_id: i64,
+    /// The rule set: [`DP_RULES_VLLM_V1`] or [`DP_RULES_VLLM_V2`]; equal on every rank.
+    pub rules: i32,
+    /// For a draft (speculator) agreement, the step it belongs to; 0 = none.
+    pub parent_step_id: i64,
+    /// V2: the requests this rank schedules (>= 0).
+    pub num_reqs: i32,
+    /// V2: the per-request query length of a uniform batch (>= 1); 0 = none.
+    pub uniform_token_count: i32,
+    /// V2: the largest query length when the batch may use varlen decode graphs (>= 1);
+    /// -1 = none.
+    pub max_query_len: i32,
+    /// V2: active LoRA adapters on this rank (>= 0); local, never exchanged.
+    pub num_active_loras: i32,
+    /// V2: none of this rank's requests can use this step's drafts.
+    pub allow_skip_drafts: bool,
+    /// V2: this rank must run eager (its own graph is NONE).
+    pub need_eager: bool,
 }
 
 impl Default for Request {
@@ -90,6 +111,14 @@ impl Default for Request {
             ubatch: UbatchConfig::default(),
             timeout_ms: 0,
             step_id: 0,
+            rules: DP_RULES_VLLM_V1,
+            parent_step_id: 0,
+            num_reqs: 0,
+            uniform_token_count: 0,
+            max_query_len: -1,
+            num_active_loras: 0,
+            allow_skip_drafts: false,
+            need_eager: false,
         }
     }
 }
@@ -112,7 +141,8 @@ impl Request {
         }
         match self.uniform_decode {
             0 | 1 => {}
-            -1 if !self.allow_microbatching => {}
+            // V2 derives the flag from the agreed uniform count: the field is not read.
+            -1 if !self.allow_microbatching || self.rules == DP_RULES_VLLM_V2 => {}
             -1 => {
                 return Err(invalid!(
                     "uniform_decode = -1 (unknown) is only legal when allow_microbatching is false"
@@ -161,6 +191,36 @@ impl Request {
             return Err(invalid!(
                 "step_id = {} must be >= 0 (0 = unchecked)",
                 self.step_id
+            ));
+        }
+        self.validate_0_3()
+    }
+
+    /// The checks of the 0.3 fields (rule set, parent step, the V2 inputs).
+    fn validate_0_3(&self) -> Result<()> {
+        match self.rules {
+            DP_RULES_VLLM_V1 | DP_RULES_VLLM_V2 => {}
+            v => return Err(invalid!("rules = {v} must be 0 (VLLM_V1) or 1 (VLLM_V2)")),
+        }
+        if self.parent_step_id < 0 {
+            return Err(invalid!(
+                "parent_step_id = {} must be >= 0 (0 = none)",
+                self.parent_step_id
+            ));
+        }
+        for (field, value) in [
+            ("num_reqs", self.num_reqs),
+            ("uniform_token_count", self.uniform_token_count),
+            ("num_active_loras", self.num_active_loras),
+        ] {
+            if value < 0 {
+                return Err(invalid!("{field} = {value} must be >= 0"));
+            }
+        }
+        if self.max_query_len != -1 && self.max_query_len < 1 {
+            return Err(invalid!(
+                "max_query_len = {} must be -1 (none) or >= 1",
+                self.max_query_len
             ));
         }
         Ok(())

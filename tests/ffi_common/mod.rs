@@ -37,6 +37,22 @@ pub fn sentinel_result() -> dp_batch_result {
         num_tokens_after_padding: SENTINEL_PTR as *const i32,
         num_tokens_after_padding_device: SENTINEL_PTR as *const i32,
         step_id: i64::from(SENTINEL),
+        last_rank: SENTINEL,
+        arrival_skew_ns: i64::from(SENTINEL),
+        wait_ns: i64::from(SENTINEL),
+        idle: true,
+        local: true,
+        eager: true,
+        skip_drafts: true,
+        graph_mode: SENTINEL,
+        graph_num_tokens: SENTINEL,
+        graph_num_reqs: SENTINEL,
+        graph_uniform_token_count: SENTINEL,
+        graph_max_query_len: SENTINEL,
+        num_ubatches: SENTINEL,
+        agreed_uniform_token_count: SENTINEL,
+        agreed_max_query_len: SENTINEL,
+        max_num_reqs: SENTINEL,
     }
 }
 
