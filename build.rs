@@ -19,6 +19,19 @@ fn main() {
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-changed=src");
 
+    // NVTX ranges (src/diag/nvtx.rs): dpcoord's three-function shim over NVIDIA's header-only
+    // NVTX v3, vendored unchanged in third_party/nvtx. It links against nothing: the only
+    // symbols it needs are libc's (getenv, dlopen, dlsym, dlclose, sched_yield).
+    println!("cargo:rerun-if-changed=third_party/nvtx");
+    cc::Build::new()
+        .file("src/diag/nvtx_shim.c")
+        .include("third_party/nvtx/include")
+        .warnings(true)
+        .compile("dpcoord_nvtx");
+    // dlopen/dlsym live in libc from glibc 2.34 on and in libdl before; libdl.so.2 exists on
+    // every glibc, so naming it never makes the library fail to load.
+    println!("cargo:rustc-link-lib=dylib=dl");
+
     let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
         .expect("cbindgen.toml is readable");

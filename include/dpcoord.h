@@ -124,6 +124,14 @@ typedef enum dp_status {
    * A host-group peer process exited or closed the group.
    */
   DP_ERR_PEER_EXITED = 10,
+  /**
+   * A rank's slot failed its checksum (0.3): the transport delivered damaged bytes, or
+   * something wrote into them; the message names the rank. Its own status, not
+   * `DP_ERR_INCONSISTENT_RANKS` (ranks that disagree on a setting: fix the deployment) nor a
+   * library's error: the transport or the memory under it is faulty, so nothing of the
+   * exchange was used and the caller should rebuild it.
+   */
+  DP_ERR_CORRUPT = 11,
 } dp_status;
 
 /**
@@ -459,6 +467,18 @@ typedef struct dp_ubatch_slice {
    */
   int32_t token_end;
 } dp_ubatch_slice;
+
+/**
+ * One rank's slot: exchange `sizeof(dp_slot)` bytes per rank (e.g. `MPI_Allgather`) and hand
+ * every rank's slot, indexed by rank, to `dp_decide_slots`. Opaque: write it only with
+ * `dp_make_slot`; a slot whose bytes changed on the way fails its checksum.
+ */
+typedef struct dp_slot {
+  /**
+   * The slot's words (see docs/ARCHITECTURE.md, "One slot on every wire").
+   */
+  uint32_t opaque[24];
+} dp_slot;
 
 #ifdef __cplusplus
 extern "C" {
@@ -809,6 +829,48 @@ enum dp_status dp_make_ubatch_slices(const int32_t *num_scheduled_tokens,
                                      int32_t split_point,
                                      struct dp_ubatch_slice *slices,
                                      struct dp_ubatch_slice *padded_slices);
+
+/**
+ * Writes this rank's slot for this step to `*out`: the request's record and settings, its
+ * step ids, and this rank's arrival time (`CLOCK_MONOTONIC`), sealed with a checksum. Then
+ * exchange `sizeof(dp_slot)` bytes per rank (every rank's slot, indexed by rank) and call
+ * `dp_decide_slots`.
+ *
+ * Local, thread-safe, allocation-free. Unlike the other functions, `*out` is written even
+ * when the request is refused: a request that cannot be read or is invalid (NULL, a
+ * `struct_size` too small, a field out of range, a bool byte other than 0/1) writes the
+ * invalid-request marker and returns `DP_ERR_INVALID_ARGUMENT` naming the field. Exchange
+ * that slot anyway: every rank's `dp_decide_slots` then fails this step, naming this rank,
+ * and no rank waits for it. Only a NULL or misaligned `out` (4 bytes) writes nothing.
+ * Returns `DP_OK` or `DP_ERR_INVALID_ARGUMENT`.
+ */
+enum dp_status dp_make_slot(const struct dp_batch_request *req, struct dp_slot *out);
+
+/**
+ * The decision from every rank's slot (`slots[r]` is rank r's, `dp_size` of them, as
+ * `dp_make_slot` wrote them and the caller exchanged them).
+ *
+ * Checks, over the live ranks and in this order, and fails on every rank alike: every
+ * slot's checksum (`DP_ERR_CORRUPT` naming the rank), the invalid-request marker
+ * (`DP_ERR_INVALID_ARGUMENT` naming the rank whose request was refused), the configuration
+ * (rule set, pad policy, microbatching; `DP_ERR_INCONSISTENT_RANKS` naming two ranks and the
+ * setting), the step ids and parent step ids (`DP_ERR_INCONSISTENT_RANKS` naming two ranks
+ * and their ids); then decides as `dp_decide_batch_with_options` does. The configuration
+ * comes from the slots: `opts` (nullable: every rank live) gives only `active_ranks`;
+ * `opts->pad_policy` and `opts->num_ubatches` are not read, and `opts->step_ids` must be NULL
+ * (the step ids travel in the slots). `res` receives the decision, the agreed step id, and
+ * the straggler report (`last_rank`, `arrival_skew_ns`; `wait_ns` is 0: the caller's own
+ * exchange did the waiting). `num_tokens_after_padding` (nullable, `dp_size` entries, must
+ * not overlap the inputs) as in `dp_decide_batch`. Local, deterministic, thread-safe,
+ * allocation-free; outputs are written only on success. Returns `DP_OK`,
+ * `DP_ERR_INVALID_ARGUMENT`, `DP_ERR_INCONSISTENT_RANKS` or `DP_ERR_CORRUPT`.
+ */
+enum dp_status dp_decide_slots(const struct dp_slot *slots,
+                               int32_t dp_size,
+                               int32_t dp_rank,
+                               const struct dp_decide_options *opts,
+                               int32_t *num_tokens_after_padding,
+                               struct dp_batch_result *res);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -892,6 +892,11 @@ impl Coordinator {
                     num_tokens_after_padding_self: word(k::HOST_NUM_TOKENS_AFTER_PADDING_SELF),
                     max_num_tokens_padded: word(k::HOST_MAX_NUM_TOKENS_PADDED),
                     min_num_tokens_unpadded: word(k::HOST_MIN_NUM_TOKENS_UNPADDED),
+                    num_ubatches: if word(k::HOST_SHOULD_UBATCH) != 0 {
+                        f.num_ubatches
+                    } else {
+                        1
+                    },
                 },
                 dp_rank: self.dp_rank,
                 dp_size: self.dp_size,

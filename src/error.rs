@@ -67,6 +67,8 @@ error_kinds! {
     Cancelled = 9, c"DP_ERR_CANCELLED", "cancelled";
     /// A host-group peer process exited or closed the group.
     PeerExited = 10, c"DP_ERR_PEER_EXITED", "peer exited";
+    /// A rank's slot failed its checksum: the exchange delivered damaged bytes.
+    Corrupt = 11, c"DP_ERR_CORRUPT", "corrupt slot";
 }
 
 /// Every failure the library reports: its kind and a message.

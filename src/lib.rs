@@ -9,6 +9,7 @@
 mod diag;
 mod error;
 pub mod ffi;
+/// cbindgen:ignore
 mod host_group;
 pub mod rules;
 pub mod slices;

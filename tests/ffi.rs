@@ -681,13 +681,14 @@ fn status_strings() {
         "DP_ERR_INTERNAL",
         "DP_ERR_CANCELLED",
         "DP_ERR_PEER_EXITED",
+        "DP_ERR_CORRUPT",
     ];
     for (code, name) in names.iter().enumerate() {
         assert_eq!(text(dp_status_string(code as u32)), *name);
         // Static: the same pointer every time.
         assert_eq!(dp_status_string(code as u32), dp_status_string(code as u32));
     }
-    for code in [11, 12, 255, 1 << 31, u32::MAX] {
+    for code in [12, 13, 255, 1 << 31, u32::MAX] {
         assert_eq!(text(dp_status_string(code)), "DP_ERR_UNKNOWN");
     }
 }
@@ -755,6 +756,10 @@ fn every_error_maps_to_its_status() {
     assert_eq!(
         m(Error::new(ErrorKind::PeerExited, s())),
         dp_status::DP_ERR_PEER_EXITED
+    );
+    assert_eq!(
+        m(Error::new(ErrorKind::Corrupt, s())),
+        dp_status::DP_ERR_CORRUPT
     );
     // What a panic caught at the boundary becomes.
     assert_eq!(m(Error::internal(s())), dp_status::DP_ERR_INTERNAL);
@@ -962,6 +967,7 @@ fn dp_status_discriminants() {
         dp_status::DP_ERR_INTERNAL,
         dp_status::DP_ERR_CANCELLED,
         dp_status::DP_ERR_PEER_EXITED,
+        dp_status::DP_ERR_CORRUPT,
     ];
     for (code, status) in all.into_iter().enumerate() {
         assert_eq!(status as u32, code as u32);

@@ -453,6 +453,7 @@ fn dp_size_one_exits_early_and_leaves_the_array_alone() {
                     num_tokens_after_padding_self: 320,
                     max_num_tokens_padded: 320,
                     min_num_tokens_unpadded: 300,
+                    num_ubatches: 1,
                 }
             );
             assert_eq!(out, vec![SENTINEL]);

@@ -79,7 +79,7 @@ DPT_STATIC_ASSERT(status_1, DP_ERR_INCONSISTENT_RANKS == 2 && DP_ERR_CUDA == 3);
 DPT_STATIC_ASSERT(status_2, DP_ERR_NCCL == 4 && DP_ERR_TIMEOUT == 5);
 DPT_STATIC_ASSERT(status_3, DP_ERR_LIBRARY_UNAVAILABLE == 6 && DP_ERR_BUSY == 7);
 DPT_STATIC_ASSERT(status_4, DP_ERR_INTERNAL == 8 && DP_ERR_CANCELLED == 9);
-DPT_STATIC_ASSERT(status_5, DP_ERR_PEER_EXITED == 10);
+DPT_STATIC_ASSERT(status_5, DP_ERR_PEER_EXITED == 10 && DP_ERR_CORRUPT == 11);
 DPT_STATIC_ASSERT(constants, DP_PAD_POLICY_EXPLICIT == 0 && DP_PAD_POLICY_WHEN_CUDAGRAPH == 1 &&
                                  DP_CUDAGRAPH_NONE == 0 && DP_CUDAGRAPH_PIECEWISE == 1 &&
                                  DP_CUDAGRAPH_FULL == 2);
@@ -120,7 +120,7 @@ int main(void) {
   check(strcmp(p_version(), version) == 0, "dp_version() equals the version macros");
 
   /* Any value is accepted from C; unknown ones have a name too. */
-  check(strcmp(p_status_string((dp_status)11), "DP_ERR_UNKNOWN") == 0, "status 11");
+  check(strcmp(p_status_string((dp_status)12), "DP_ERR_UNKNOWN") == 0, "status 12");
   check(strcmp(p_status_string(DP_ERR_PEER_EXITED), "DP_ERR_PEER_EXITED") == 0, "status 10");
   check(strcmp(p_status_string((dp_status)1000), "DP_ERR_UNKNOWN") == 0, "status 1000");
   check(strcmp(p_status_string((dp_status)0x7FFFFFFF), "DP_ERR_UNKNOWN") == 0, "status INT_MAX");

@@ -4,9 +4,10 @@
 //! `nvtx` crate 2.0.0 builds on) runs bindgen in its build script on every build, which
 //! needs libclang on the building machine (ours and CI's have none: "Unable to find
 //! libclang") and 26 more build crates, for the three functions used here. NVTX v3 itself is
-//! header-only: `src/diag/nvtx-c` vendors the headers from NVIDIA's `nvidia-nvtx-cu12`
-//! 12.9.79 wheel (Apache-2.0 WITH LLVM-exception) and compiles a three-function shim with
-//! `cc`, so the build downloads nothing, needs no CUDA and no libclang.
+//! header-only: `third_party/nvtx` vendors the headers from NVIDIA's `nvidia-nvtx-cu12`
+//! 12.9.79 wheel (Apache-2.0 WITH LLVM-exception, unchanged) and `build.rs` compiles a
+//! three-function shim (`nvtx_shim.c`) with `cc`, so the build downloads nothing, needs no
+//! CUDA and no libclang.
 //!
 //! What it costs and loads: NVTX links against nothing (no libnvToolsExt); its first call
 //! reads `NVTX_INJECTION64_PATH` and `dlopen`s the tool named there (nsys and ncu set it
@@ -22,7 +23,23 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
-use dpcoord_nvtx_c as c;
+/// The C functions of `nvtx_shim.c` (NVTX v3 through NVIDIA's header).
+mod c {
+    use std::ffi::{c_char, c_void};
+
+    extern "C" {
+        /// `nvtxDomainCreateA(name)`: the domain's handle (NVTX returns one handle per name).
+        pub(super) fn dpcoord_nvtx_domain_create(name: *const c_char) -> *mut c_void;
+        /// `nvtxDomainRangePushEx` with an ASCII message and an ARGB colour, on this thread.
+        pub(super) fn dpcoord_nvtx_range_push(
+            domain: *mut c_void,
+            message: *const c_char,
+            argb: u32,
+        );
+        /// `nvtxDomainRangePop`: closes this thread's innermost range in `domain`.
+        pub(super) fn dpcoord_nvtx_range_pop(domain: *mut c_void);
+    }
+}
 
 /// The NVTX domain of every dpcoord range (nsys: `--nvtx-domain-include=dpcoord`).
 const DOMAIN_NAME: &CStr = c"dpcoord";

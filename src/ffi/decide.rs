@@ -168,11 +168,11 @@ pub extern "C" fn dp_decide_batch_with_options(
 }
 
 /// The options as read from C: pointers not yet checked.
-struct RawOptions {
-    pad_policy: i32,
-    num_ubatches: i32,
-    active_ranks: *const u8,
-    step_ids: *const i64,
+pub(crate) struct RawOptions {
+    pub(crate) pad_policy: i32,
+    pub(crate) num_ubatches: i32,
+    pub(crate) active_ranks: *const u8,
+    pub(crate) step_ids: *const i64,
 }
 
 impl Default for RawOptions {
@@ -188,9 +188,42 @@ impl Default for RawOptions {
     }
 }
 
+impl RawOptions {
+    /// `active_ranks` as `dp_size` bytes (`None`: every rank live).
+    pub(crate) fn live<'a>(&self, dp_size: usize) -> Option<&'a [u8]> {
+        if self.active_ranks.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL (a byte has no alignment), and the caller promises `dp_size`
+            // readable bytes there for the call.
+            Some(unsafe { std::slice::from_raw_parts(self.active_ranks, dp_size) })
+        }
+    }
+}
+
+/// The caller's `num_tokens_after_padding` (nullable) as `n` int32: checked for alignment and
+/// for overlap with the call's `inputs`, so the slices never alias.
+pub(crate) fn out_array<'a>(
+    array: *mut i32,
+    n: usize,
+    inputs: &[Span],
+) -> Result<Option<&'a mut [i32]>> {
+    if array.is_null() {
+        return Ok(None);
+    }
+    check_ptr(array.cast_const(), "num_tokens_after_padding")?;
+    let out_span = Span::of(array.cast_const(), n, "");
+    if let Some(input) = inputs.iter().find(|s| s.overlaps(&out_span)) {
+        return Err(invalid!("num_tokens_after_padding overlaps {}", input.name));
+    }
+    // SAFETY: non-NULL, aligned (checked), `n` writable int32 promised by the caller, and
+    // checked above not to overlap any input.
+    Ok(Some(unsafe { std::slice::from_raw_parts_mut(array, n) }))
+}
+
 /// Reads `*opts`: `struct_size` first, then only the fields inside it (the rest takes the
 /// defaults of `dp_decide_options_init`).
-fn read_options(opts: *const dp_decide_options) -> Result<RawOptions> {
+pub(crate) fn read_options(opts: *const dp_decide_options) -> Result<RawOptions> {
     let base = opts.cast::<u8>();
     let size = read_struct_size(base, "opts", "dp_decide_options", OPTIONS_MIN_SIZE)?;
     check_ptr(opts, "opts")?;
@@ -235,31 +268,11 @@ fn decide(
         Span::of(options.active_ranks, n, "opts->active_ranks"),
         Span::of(options.step_ids, n, "opts->step_ids"),
     ];
-    let out = if num_tokens_after_padding.is_null() {
-        None
-    } else {
-        check_ptr(
-            num_tokens_after_padding.cast_const(),
-            "num_tokens_after_padding",
-        )?;
-        let out_span = Span::of(num_tokens_after_padding.cast_const(), n, "");
-        if let Some(input) = inputs.iter().find(|s| s.overlaps(&out_span)) {
-            return Err(invalid!("num_tokens_after_padding overlaps {}", input.name));
-        }
-        // SAFETY: non-NULL, aligned (checked), `n` writable int32 promised by the caller, and
-        // checked above not to overlap any input, so the slices never alias.
-        Some(unsafe { std::slice::from_raw_parts_mut(num_tokens_after_padding, n) })
-    };
+    let out = out_array(num_tokens_after_padding, n, &inputs)?;
     // SAFETY: `records` is non-NULL and aligned (checked) and the caller promises `dp_size`
     // (>= 1, checked) readable records there for the duration of the call.
     let records = unsafe { std::slice::from_raw_parts(records, n) };
-    let active_ranks = if options.active_ranks.is_null() {
-        None
-    } else {
-        // SAFETY: non-NULL (checked; a byte has no alignment), and the caller promises
-        // `dp_size` readable bytes there for the call.
-        Some(unsafe { std::slice::from_raw_parts(options.active_ranks, n) })
-    };
+    let active_ranks = options.live(n);
     let step_ids = if options.step_ids.is_null() {
         None
     } else {
@@ -338,14 +351,14 @@ unsafe fn decide_avx2(
 }
 
 /// A caller's array as an address range, for overlap checks (a NULL array is empty).
-struct Span {
+pub(crate) struct Span {
     begin: usize,
     end: usize,
     name: &'static str,
 }
 
 impl Span {
-    fn of<T>(ptr: *const T, n: usize, name: &'static str) -> Span {
+    pub(crate) fn of<T>(ptr: *const T, n: usize, name: &'static str) -> Span {
         let begin = ptr as usize;
         let end = if ptr.is_null() {
             begin
@@ -355,7 +368,7 @@ impl Span {
         Span { begin, end, name }
     }
 
-    fn overlaps(&self, other: &Span) -> bool {
+    pub(crate) fn overlaps(&self, other: &Span) -> bool {
         self.begin < other.end && other.begin < self.end
     }
 }

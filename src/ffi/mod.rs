@@ -19,6 +19,7 @@ mod gpu;
 mod host;
 mod host_group;
 mod slices;
+mod slots;
 mod types;
 
 pub use boundary::*;
@@ -27,6 +28,7 @@ pub use gpu::*;
 pub use host::*;
 pub use host_group::*;
 pub use slices::*;
+pub use slots::*;
 pub use types::*;
 
 /// Major version of this header and library.

@@ -40,7 +40,7 @@ fn every_error_kind_maps_to_the_status_of_its_code_and_name() {
         assert_eq!(name, kind.status_name(), "{kind:?}");
         assert_eq!(format!("{status:?}").as_str(), name.to_str().unwrap());
     }
-    assert_eq!(ErrorKind::ALL.len(), 10);
+    assert_eq!(ErrorKind::ALL.len(), 11);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::mem::{align_of, offset_of, size_of};
 
 use super::boundary::{check_ptr, check_ptr_align};
 use crate::error::{invalid, Error, ErrorKind, Result};
-use crate::rules::{Decision, Request};
+use crate::rules::{Decision, Request, DP_CUDAGRAPH_NONE};
 
 /// Opaque NCCL communicator: `ncclComm_t` is `struct ncclComm*`.
 pub struct ncclComm {
@@ -45,6 +45,12 @@ pub enum dp_status {
     DP_ERR_CANCELLED = 9,
     /// A host-group peer process exited or closed the group.
     DP_ERR_PEER_EXITED = 10,
+    /// A rank's slot failed its checksum (0.3): the transport delivered damaged bytes, or
+    /// something wrote into them; the message names the rank. Its own status, not
+    /// `DP_ERR_INCONSISTENT_RANKS` (ranks that disagree on a setting: fix the deployment) nor a
+    /// library's error: the transport or the memory under it is faulty, so nothing of the
+    /// exchange was used and the caller should rebuild it.
+    DP_ERR_CORRUPT = 11,
 }
 
 impl From<ErrorKind> for dp_status {
@@ -60,6 +66,7 @@ impl From<ErrorKind> for dp_status {
             ErrorKind::Internal => dp_status::DP_ERR_INTERNAL,
             ErrorKind::Cancelled => dp_status::DP_ERR_CANCELLED,
             ErrorKind::PeerExited => dp_status::DP_ERR_PEER_EXITED,
+            ErrorKind::Corrupt => dp_status::DP_ERR_CORRUPT,
         }
     }
 }
@@ -210,7 +217,10 @@ pub struct dp_batch_result {
 pub(crate) const RESULT_MIN_SIZE: usize = offset_of!(dp_batch_result, last_rank);
 
 impl dp_batch_result {
-    /// The C result of a decision (arrays NULL; the caller sets them when it has them).
+    /// The C result of a V1 decision (arrays NULL; the caller sets them when it has them, and
+    /// the straggler report when there was an exchange). The 0.3 descriptor fields hold the V1
+    /// view: the synced mode, this rank's tokens after padding, no request count, and
+    /// `num_ubatches`; the V2 agreement fields hold their "none" values.
     pub(crate) fn from_decision(d: &Decision, dp_rank: i32, dp_size: i32, step_id: i64) -> Self {
         Self {
             struct_size: size_of::<dp_batch_result>() as u32,
@@ -231,6 +241,41 @@ impl dp_batch_result {
             wait_ns: 0,
             idle: false,
             local: false,
+            eager: d.synced_cudagraph_mode == DP_CUDAGRAPH_NONE,
+            skip_drafts: false,
+            graph_mode: d.synced_cudagraph_mode,
+            graph_num_tokens: d.num_tokens_after_padding_self,
+            graph_num_reqs: -1,
+            graph_uniform_token_count: 0,
+            graph_max_query_len: -1,
+            num_ubatches: d.num_ubatches,
+            agreed_uniform_token_count: 0,
+            agreed_max_query_len: -1,
+            max_num_reqs: 0,
+        }
+    }
+
+    /// The result of `dp_batch_result_init`: everything zero, false or NULL.
+    pub(crate) fn empty() -> Self {
+        Self {
+            struct_size: size_of::<dp_batch_result>() as u32,
+            should_ubatch: false,
+            should_dp_pad: false,
+            has_num_tokens_after_padding: false,
+            synced_cudagraph_mode: 0,
+            dp_rank: 0,
+            dp_size: 0,
+            num_tokens_after_padding_self: 0,
+            max_num_tokens_padded: 0,
+            min_num_tokens_unpadded: 0,
+            num_tokens_after_padding: std::ptr::null(),
+            num_tokens_after_padding_device: std::ptr::null(),
+            step_id: 0,
+            last_rank: 0,
+            arrival_skew_ns: 0,
+            wait_ns: 0,
+            idle: false,
+            local: false,
             eager: false,
             skip_drafts: false,
             graph_mode: 0,
@@ -242,28 +287,6 @@ impl dp_batch_result {
             agreed_uniform_token_count: 0,
             agreed_max_query_len: 0,
             max_num_reqs: 0,
-        }
-    }
-
-    /// The result of `dp_batch_result_init`: everything zero/false/NULL.
-    pub(crate) fn empty() -> Self {
-        let none = Self::from_decision(
-            &Decision {
-                should_ubatch: false,
-                should_dp_pad: false,
-                has_num_tokens_after_padding: false,
-                synced_cudagraph_mode: 0,
-                num_tokens_after_padding_self: 0,
-                max_num_tokens_padded: 0,
-                min_num_tokens_unpadded: 0,
-            },
-            0,
-            0,
-            0,
-        );
-        Self {
-            last_rank: 0,
-            ..none
         }
     }
 }

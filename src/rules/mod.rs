@@ -7,6 +7,8 @@
 use crate::error::{invalid, Error, ErrorKind, Result};
 pub use crate::slot::{RankRecord, V2Record};
 
+pub(crate) mod slots;
+
 // The policy and mode constants are the header's own (`ffi` re-exports them, cbindgen writes
 // them from here): one source for the C API, the rules and the kernel's layout.h.
 
@@ -278,6 +280,8 @@ pub struct Decision {
     pub max_num_tokens_padded: i32,
     /// Minimum unpadded token count across ranks.
     pub min_num_tokens_unpadded: i32,
+    /// Microbatches this step runs: `num_ubatches` when microbatching, else 1.
+    pub num_ubatches: i32,
 }
 
 impl std::fmt::Display for Decision {
@@ -456,8 +460,33 @@ pub fn decide_with_options(
     };
     let summary = Summary::of(records, live)?;
     let own = records[dp_rank as usize];
+    let decision = decide_summary(
+        &summary,
+        own,
+        dp_size,
+        options.pad_policy,
+        options.num_ubatches,
+    )?;
+    if let (Some(out), true) = (out, decision.has_num_tokens_after_padding) {
+        fill_after_padding(out, live, decision.should_dp_pad, summary.max_padded, |r| {
+            records[r].num_tokens_padded
+        });
+    }
+    Ok((decision, step_id))
+}
+
+/// The V1 decision from the live records' [`Summary`], this rank's own record, the rank count
+/// and the step's settings (`n` = num_ubatches).
+#[inline(always)]
+fn decide_summary(
+    summary: &Summary,
+    own: RankRecord,
+    dp_size: usize,
+    pad_policy: i32,
+    n: i32,
+) -> Result<Decision> {
     if dp_size == 1 {
-        let decision = Decision {
+        return Ok(Decision {
             should_ubatch: false,
             should_dp_pad: false,
             has_num_tokens_after_padding: false,
@@ -465,14 +494,14 @@ pub fn decide_with_options(
             num_tokens_after_padding_self: own.num_tokens_padded,
             max_num_tokens_padded: own.num_tokens_padded,
             min_num_tokens_unpadded: own.num_tokens_unpadded,
-        };
-        return Ok((decision, step_id));
+            num_ubatches: 1,
+        });
     }
-    let n = i64::from(options.num_ubatches);
+    let n64 = i64::from(n);
     let last_ubatch_empty =
-        (i64::from(summary.max_padded) / n) * (n - 1) >= i64::from(summary.min_unpadded);
+        (i64::from(summary.max_padded) / n64) * (n64 - 1) >= i64::from(summary.min_unpadded);
     let should_ubatch = summary.all_attempt_ubatch && !last_ubatch_empty;
-    let policy_pad = if options.pad_policy == DP_PAD_POLICY_EXPLICIT {
+    let policy_pad = if pad_policy == DP_PAD_POLICY_EXPLICIT {
         if let Some((padding_rank, other_rank)) = summary.dp_pad_disagreement {
             return Err(Error::new(
                 ErrorKind::InconsistentRanks,
@@ -488,10 +517,7 @@ pub fn decide_with_options(
         summary.min_mode != DP_CUDAGRAPH_NONE
     };
     let should_dp_pad = policy_pad || should_ubatch;
-    if let Some(out) = out {
-        fill_after_padding(out, records, live, should_dp_pad, summary.max_padded);
-    }
-    let decision = Decision {
+    Ok(Decision {
         should_ubatch,
         should_dp_pad,
         has_num_tokens_after_padding: true,
@@ -503,30 +529,30 @@ pub fn decide_with_options(
         },
         max_num_tokens_padded: summary.max_padded,
         min_num_tokens_unpadded: summary.min_unpadded,
-    };
-    Ok((decision, step_id))
+        num_ubatches: if should_ubatch { n } else { 1 },
+    })
 }
 
-/// Every rank's tokens after padding: max(padded) when padding, else its own padded count; a
-/// dead slot's is max(padded) when padding, else 0 (its record is not read).
+/// Every rank's tokens after padding: max(padded) when padding, else its own padded count
+/// (`padded(r)`); a dead slot's is max(padded) when padding, else 0 (its record is not read).
 #[inline(always)]
 fn fill_after_padding(
     out: &mut [i32],
-    records: &[RankRecord],
     live: Option<&[u8]>,
     pad: bool,
     max_padded: i32,
+    padded: impl Fn(usize) -> i32,
 ) {
     match (pad, live) {
         (true, _) => out.fill(max_padded),
         (false, None) => {
-            for (slot, r) in out.iter_mut().zip(records) {
-                *slot = r.num_tokens_padded;
+            for (r, slot) in out.iter_mut().enumerate() {
+                *slot = padded(r);
             }
         }
         (false, Some(live)) => {
-            for ((slot, r), &l) in out.iter_mut().zip(records).zip(live) {
-                *slot = if l == 1 { r.num_tokens_padded } else { 0 };
+            for (r, (slot, &l)) in out.iter_mut().zip(live).enumerate() {
+                *slot = if l == 1 { padded(r) } else { 0 };
             }
         }
     }
@@ -740,6 +766,19 @@ impl Summary {
                 }
             }
         }
+        Self::from_acc(&acc, records.len(), live, |rank| records[rank])
+    }
+
+    /// The summary from the accumulated words of the live records; `record(r)` is rank r's
+    /// record, read again only on the error path (to name the first bad field) and to name two
+    /// ranks whose pad flags differ.
+    #[inline(always)]
+    fn from_acc(
+        acc: &Acc,
+        dp_size: usize,
+        live: Option<&[u8]>,
+        record: impl Fn(usize) -> RankRecord,
+    ) -> Result<Self> {
         let is_live = |rank: usize| live.map_or(true, |l| l[rank] == 1);
         let (lo, hi) = acc.fields();
         let [min_unpadded, min_padded, ubatch_lo, dp_pad_lo, mode_lo] = lo;
@@ -754,18 +793,13 @@ impl Summary {
             && mode_lo >= DP_CUDAGRAPH_NONE
             && mode_hi <= DP_CUDAGRAPH_FULL;
         if !valid {
-            for (rank, r) in records
-                .iter()
-                .enumerate()
-                .filter(|&(rank, _)| is_live(rank))
-            {
-                check_record(rank, r)?;
+            for rank in (0..dp_size).filter(|&rank| is_live(rank)) {
+                check_record(rank, &record(rank))?;
             }
             return Err(Error::internal("a record failed the fast check only"));
         }
         let first = |pad: i32| {
-            (0..records.len())
-                .find(|&rank| is_live(rank) && records[rank].should_attempt_dp_pad == pad)
+            (0..dp_size).find(|&rank| is_live(rank) && record(rank).should_attempt_dp_pad == pad)
         };
         Ok(Summary {
             min_unpadded,

@@ -62,7 +62,7 @@ pub fn build_nvtx_tool(dir: &Path) -> PathBuf {
         .args(["-shared", "-fPIC", "-O1", "-o"])
         .arg(&lib)
         .arg("-I")
-        .arg(root.join("src/diag/nvtx-c/include"))
+        .arg(root.join("third_party/nvtx/include"))
         .arg(root.join("tests/diag_nvtx_tool.c"))
         .status()
         .unwrap_or_else(|e| panic!("running {compiler}: {e}"));

@@ -3,7 +3,7 @@
  * NVTX v3 loads nothing until its first call, and then only the tool named by
  * NVTX_INJECTION64_PATH (set by nsys or ncu when they launch the process); without one every
  * NVTX call becomes a no-op. dpcoord calls these functions only when that variable is set
- * (src/diag/nvtx.rs), so a process without a profiler never enters NVTX at all.
+ * (nvtx.rs), so a process without a profiler never enters NVTX at all.
  * The names start with dpcoord_, not dp_, so exports.map keeps them out of the .so's
  * dynamic symbol table. */
 

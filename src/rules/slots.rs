@@ -1,0 +1,202 @@
+//! The reader's side of the slot (docs/ARCHITECTURE.md, "One slot on every wire"): every
+//! transport checks the gathered slots the same way before it decides, over the live ranks and
+//! in this order: checksums, then the invalid-request marker, then the configuration words,
+//! then the step ids and parent step ids. Only the checksum detects damaged bytes, only the
+//! step ids a rank that skipped a call; sequence numbers (aborted, partial or recreated
+//! exchanges) are the transports' own check, before this one.
+
+use super::{
+    check_active_ranks, decide_summary, fill_after_padding, marker_error, Acc, Decision, Summary,
+    DEFAULT_NUM_UBATCHES,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::slot::{RankRecord, Settings, Slot, LAYOUT_TAG};
+
+/// What the checks established about a step's slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Checked {
+    /// The configuration every live rank carries.
+    pub(crate) settings: Settings,
+    /// The step id every live rank agrees on (0: unchecked).
+    pub(crate) step_id: i64,
+    /// The parent step id every live rank agrees on (0: none).
+    pub(crate) parent_step_id: i64,
+    /// The live rank that arrived last (the lowest such rank on a tie).
+    pub(crate) last_rank: i32,
+    /// Latest minus earliest arrival over the live ranks, in ns.
+    pub(crate) arrival_skew_ns: i64,
+}
+
+/// Runs the checks over `slots` (`slots[r]` is rank r's; `live[r] == 0` marks a dead slot,
+/// which is not read). The caller has checked `live` (length, bytes, a live rank).
+pub(crate) fn check(slots: &[Slot], live: Option<&[u8]>) -> Result<Checked> {
+    let is_live = |r: usize| live.map_or(true, |l| l[r] != 0);
+    let Some(first) = (0..slots.len()).find(|&r| is_live(r)) else {
+        return Err(Error::internal("no live rank to check"));
+    };
+    let base = &slots[first];
+    // One pass: every fault as a flag; only a fault walks the slots again to name it.
+    let (mut broken, mut marker, mut config, mut ids) = (false, false, false, false);
+    let (mut earliest, mut latest, mut last_rank) = (i64::MAX, i64::MIN, first);
+    for (r, s) in slots.iter().enumerate().filter(|&(r, _)| is_live(r)) {
+        broken |= !s.intact();
+        marker |= s.is_marker();
+        config |= s.config_words() != base.config_words();
+        ids |= (s.step_id(), s.parent_step_id()) != (base.step_id(), base.parent_step_id());
+        let t = s.arrival_ns();
+        earliest = earliest.min(t);
+        if t > latest {
+            (latest, last_rank) = (t, r);
+        }
+    }
+    let live_ranks = || (0..slots.len()).filter(move |&r| is_live(r));
+    if broken {
+        let r = live_ranks().find(|&r| !slots[r].intact()).unwrap_or(first);
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "slots[{r}] fails its checksum: rank {r}'s slot was damaged between its \
+                 dp_make_slot and this read (the transport, or a stray write into its memory); \
+                 nothing of this exchange was used"
+            ),
+        ));
+    }
+    if marker {
+        let r = live_ranks()
+            .find(|&r| slots[r].is_marker())
+            .unwrap_or(first);
+        return Err(marker_error(r));
+    }
+    if config {
+        let r = live_ranks()
+            .find(|&r| slots[r].config_words() != base.config_words())
+            .unwrap_or(first);
+        return Err(config_error(first, base, r, &slots[r]));
+    }
+    if ids {
+        for (what, id) in [
+            ("step_id", Slot::step_id as fn(&Slot) -> i64),
+            ("parent_step_id", Slot::parent_step_id),
+        ] {
+            if let Some(r) = live_ranks().find(|&r| id(&slots[r]) != id(base)) {
+                return Err(Error::new(
+                    ErrorKind::InconsistentRanks,
+                    format!(
+                        "{what}s differ across ranks: rank {first} passed {what} {}, rank {r} \
+                         passed {what} {}; every rank must pass the same {what} (a rank is a \
+                         step ahead or behind)",
+                        id(base),
+                        id(&slots[r])
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Checked {
+        settings: base.settings(),
+        step_id: base.step_id(),
+        parent_step_id: base.parent_step_id(),
+        last_rank: last_rank as i32,
+        arrival_skew_ns: latest.saturating_sub(earliest),
+    })
+}
+
+/// The error for rank `r`'s configuration words differing from rank `first`'s: names the
+/// first differing setting and both values.
+fn config_error(first: usize, base: &Slot, r: usize, other: &Slot) -> Error {
+    let what = if base.layout() != other.layout() {
+        format!(
+            "the slot layout differs: rank {first} carries {:#010x}, rank {r} carries {:#010x} \
+             (this library writes {LAYOUT_TAG:#010x}: every rank must run the same dpcoord \
+             0.x)",
+            base.layout(),
+            other.layout()
+        )
+    } else {
+        let (a, b) = (
+            base.settings().named_words(),
+            other.settings().named_words(),
+        );
+        let (name, x, y) = a
+            .iter()
+            .zip(b)
+            .find(|(x, y)| x.1 != y.1)
+            .map_or(("configuration", 0, 0), |(x, y)| (x.0, x.1, y.1));
+        format!(
+            "{name} differs: rank {first} has {}, rank {r} has {}",
+            x as i32, y as i32
+        )
+    };
+    Error::new(
+        ErrorKind::InconsistentRanks,
+        format!(
+            "the ranks' configurations differ: {what}; every rank must pass the same rules, \
+             pad_policy, ubatch settings and graph table (a rank started with other settings)"
+        ),
+    )
+}
+
+/// The V1 decision over checked slots (`checked` from [`check`] over the same slots and
+/// `live`), as `decide_with_options` decides over records; `out` as there.
+pub(crate) fn decide_v1(
+    slots: &[Slot],
+    dp_rank: i32,
+    live: Option<&[u8]>,
+    checked: &Checked,
+    out: Option<&mut [i32]>,
+) -> Result<Decision> {
+    let summary = summary_of(slots, live)?;
+    let own = slots[dp_rank as usize].v1_record();
+    let n = match checked.settings.num_ubatches {
+        0 => DEFAULT_NUM_UBATCHES,
+        n => n,
+    };
+    let decision = decide_summary(&summary, own, slots.len(), checked.settings.pad_policy, n)?;
+    if let (Some(out), true) = (out, decision.has_num_tokens_after_padding) {
+        fill_after_padding(out, live, decision.should_dp_pad, summary.max_padded, |r| {
+            slots[r].v1_record().num_tokens_padded
+        });
+    }
+    Ok(decision)
+}
+
+/// The [`Summary`] of the live slots' V1 records: the records are copied, a chunk at a time,
+/// into a buffer the vectorised pass reads.
+fn summary_of(slots: &[Slot], live: Option<&[u8]>) -> Result<Summary> {
+    const CHUNK: usize = 64;
+    let mut acc = Acc::EMPTY;
+    let mut buf = [RankRecord::default(); CHUNK];
+    let mut fill = 0;
+    for (r, s) in slots.iter().enumerate() {
+        if live.is_some_and(|l| l[r] == 0) {
+            continue;
+        }
+        buf[fill] = s.v1_record();
+        fill += 1;
+        if fill == CHUNK {
+            let words = RankRecord::words(&buf);
+            acc.add_run(words, 0, words.len());
+            fill = 0;
+        }
+    }
+    let words = RankRecord::words(&buf[..fill]);
+    acc.add_run(words, 0, words.len());
+    Summary::from_acc(&acc, slots.len(), live, |r| slots[r].v1_record())
+}
+
+/// Checks `live` against the slots (`dp_size` bytes, 0 or 1, `dp_rank` live) and `dp_rank`.
+pub(crate) fn check_shape(slots: &[Slot], dp_rank: i32, live: Option<&[u8]>) -> Result<()> {
+    super::check_decide_args(
+        slots.len() as i64,
+        dp_rank,
+        super::DP_PAD_POLICY_EXPLICIT,
+        DEFAULT_NUM_UBATCHES,
+    )?;
+    match live {
+        Some(live) => check_active_ranks(live, slots.len(), dp_rank),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
