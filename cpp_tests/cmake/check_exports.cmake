@@ -1,5 +1,5 @@
 # ctest script: the installed libdpcoord exports only dp_* symbols, all of the C API, and
-# carries the SONAME the package promises (libdpcoord.so.0.2 for 0.2.x); the SONAME link and
+# carries the SONAME the package promises (libdpcoord.so.0.3 for 0.3.x); the SONAME link and
 # the .so link sit next to it.
 #
 #   cmake -DLIB=<imported location> -DSONAME=<IMPORTED_SONAME> -DNM=<nm> -DREADELF=<readelf>

@@ -34,7 +34,7 @@ pub use types::*;
 /// Major version of this header and library.
 pub const DPCOORD_VERSION_MAJOR: u32 = 0;
 /// Minor version; a 0.x minor is a breaking release (the SONAME carries it).
-pub const DPCOORD_VERSION_MINOR: u32 = 2;
+pub const DPCOORD_VERSION_MINOR: u32 = 3;
 /// Patch version.
 pub const DPCOORD_VERSION_PATCH: u32 = 0;
 
