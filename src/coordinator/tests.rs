@@ -5,7 +5,7 @@ use super::*;
 use crate::ffi::{self, dp_status};
 
 fn one_rank_coordinator() -> Coordinator {
-    Coordinator::with_nccl(nccl::fake_one_rank(), false)
+    Coordinator::with_nccl(nccl::fake::one_rank(), false)
 }
 
 fn request(tokens: i32, step_id: i64) -> Request {

@@ -70,7 +70,7 @@ mod tests {
     #[test]
     #[ignore = "the body of the GPU-path diagnostics test, run by it in a subprocess"]
     fn child_runs_a_one_rank_coordinator() {
-        let c = Coordinator::with_nccl(nccl::fake_one_rank(), false);
+        let c = Coordinator::with_nccl(nccl::fake::one_rank(), false);
         let req = Request {
             num_tokens_unpadded: 64,
             cudagraph_mode: 2,

@@ -135,7 +135,8 @@ impl Harness {
         comm: CommHandle,
         stream: StreamHandle,
     ) -> Result<()> {
-        self.nccl.all_gather_i32(send, recv, words, comm, stream)
+        self.nccl
+            .all_gather_i32_until(send, recv, words, comm, stream, None)
     }
 
     /// The bare `ncclAllReduce` (sum) of `words` int32 on `stream`.
