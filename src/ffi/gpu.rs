@@ -4,7 +4,7 @@
 
 use super::{
     boundary, check_ptr, check_result, dp_batch_request, dp_batch_result, dp_status, ncclComm,
-    read_request_fields, write_out, write_result, CUstream_st,
+    read_request_fields, write_out, write_result, CUstream_st, OwnedHandle,
 };
 use crate::coordinator::{self, Coordinator, Outcome};
 use crate::cuda::StreamHandle;
@@ -15,7 +15,11 @@ use crate::nccl::CommHandle;
 /// every rank), then `dp_coordinator_begin` / `dp_coordinator_end` once per step. Opaque;
 /// owned by the caller until `dp_coordinator_destroy`.
 pub struct dp_coordinator {
-    inner: Coordinator,
+    _opaque: [u8; 0],
+}
+
+impl OwnedHandle for dp_coordinator {
+    type Owned = Coordinator;
 }
 
 /// The typed handles of a C communicator and stream (checked: the comm is non-NULL).
@@ -34,10 +38,7 @@ fn stream_handle(stream: *mut CUstream_st) -> StreamHandle {
 
 /// The coordinator behind a C pointer (checked: non-NULL, aligned).
 fn coordinator<'a>(c: *mut dp_coordinator) -> Result<&'a Coordinator> {
-    check_ptr(c.cast_const(), "c")?;
-    // SAFETY: non-NULL and aligned (checked); the C caller promises a pointer from
-    // dp_coordinator_create that was not destroyed.
-    Ok(unsafe { &(*c).inner })
+    dp_coordinator::borrow(c, "c")
 }
 
 /// The C result of a coordinated step (arrays set when there are any).
@@ -79,8 +80,8 @@ pub extern "C" fn dp_coordinator_create(
     boundary(|| {
         let comm = comm_handle(comm)?;
         check_ptr(out.cast_const(), "out")?;
-        let inner = Coordinator::new(comm, false)?;
-        write_out(out, Box::into_raw(Box::new(dp_coordinator { inner })));
+        let coordinator = Coordinator::new(comm, false)?;
+        write_out(out, dp_coordinator::into_raw(coordinator));
         Ok(())
     })
 }
@@ -195,10 +196,9 @@ pub extern "C" fn dp_coordinator_destroy(c: *mut dp_coordinator) -> dp_status {
             return Ok(());
         }
         coordinator(c)?.destroy()?;
-        // SAFETY: `c` came from Box::into_raw in dp_coordinator_create (the C caller's
-        // promise), was not destroyed before, and no thread is inside a call on it (checked
-        // by destroy).
-        drop(unsafe { Box::from_raw(c) });
+        // SAFETY: `c` came from dp_coordinator_create (the C caller's promise), was not
+        // destroyed before, and no thread is inside a call on it (checked by destroy).
+        unsafe { dp_coordinator::drop_raw(c) };
         Ok(())
     })
 }
@@ -259,11 +259,4 @@ pub extern "C" fn dp_cancel(comm: *mut ncclComm) -> dp_status {
 #[no_mangle]
 pub extern "C" fn dp_release(comm: *mut ncclComm) -> dp_status {
     boundary(|| coordinator::release(comm_handle(comm)?))
-}
-
-/// A C pointer to a coordinator built in Rust (unit tests of the C functions with a fake
-/// NCCL).
-#[cfg(test)]
-pub(crate) fn coordinator_into_raw(inner: Coordinator) -> *mut dp_coordinator {
-    Box::into_raw(Box::new(dp_coordinator { inner }))
 }

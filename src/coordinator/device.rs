@@ -1,0 +1,145 @@
+//! The device side of a coordinator and the graveyard: state whose work may still be pending
+//! is freed only once it is not, and state a helper thread may still write never.
+
+use std::sync::Mutex;
+
+use super::{lock, SendPath};
+use crate::cuda::{
+    Context, DeviceBuffer, DevicePtr, Event, Kernel, MappedHost, Module, StreamHandle,
+};
+use crate::error::Result;
+use crate::kernels as k;
+use crate::slot::SLOT_WORDS;
+
+/// The device side of a coordinator: created with it (so that no `begin` allocates, loads a
+/// module or frees: each of those may wait for the whole device), in the context that is
+/// current on the communicator's device, else that device's primary context.
+pub(super) struct GpuState {
+    pub(super) ctx: Context,
+    pub(super) post: Kernel,
+    /// This rank's slot, written by the host (NCCL's send buffer on the host path).
+    pub(super) send_host: MappedHost,
+    /// The device send buffer (device path only).
+    pub(super) send_device: Option<DeviceBuffer>,
+    /// Every rank's slot, gathered by NCCL.
+    pub(super) recv: DeviceBuffer,
+    pub(super) device_out: DeviceBuffer,
+    /// The kernel's host block.
+    pub(super) host: MappedHost,
+    /// Recorded only behind work that may still be pending when the coordinator fails or
+    /// is destroyed.
+    pub(super) event: Event,
+    pub(super) event_recorded: bool,
+    /// A helper thread may still be inside NCCL with pointers to these buffers: never free.
+    pub(super) leak: bool,
+    pub(super) module: Module,
+}
+
+impl GpuState {
+    pub(super) fn new(ctx: Context, dp_size: usize, send_path: SendPath) -> Result<GpuState> {
+        let _current = ctx.enter()?;
+        let module = Module::load(k::POSTPROCESS_PTX_CSTR)?;
+        let post = module.kernel(k::POSTPROCESS_KERNEL)?;
+        let send_host = MappedHost::new(SLOT_WORDS)?;
+        let send_device = match send_path {
+            SendPath::Host => None,
+            SendPath::Device => Some(DeviceBuffer::new(SLOT_WORDS)?),
+        };
+        // Zeroed: no slot carries sequence number 0, so nothing left here is ever accepted.
+        let recv = DeviceBuffer::new(SLOT_WORDS * dp_size)?;
+        let device_out = DeviceBuffer::new(dp_size)?;
+        let host = MappedHost::new(k::host_block_words(dp_size))?;
+        let event = Event::new()?;
+        Ok(GpuState {
+            ctx,
+            post,
+            send_host,
+            send_device,
+            recv,
+            device_out,
+            host,
+            event,
+            event_recorded: false,
+            leak: false,
+            module,
+        })
+    }
+
+    /// The send buffer NCCL reads.
+    pub(super) fn send_ptr(&self) -> DevicePtr {
+        match &self.send_device {
+            Some(d) => d.ptr(),
+            None => self.send_host.device_ptr(),
+        }
+    }
+
+    /// Records the event behind whatever is queued on `stream` (best effort: a failure
+    /// leaves the state to be leaked rather than freed too early).
+    pub(super) fn record_pending(&mut self, stream: StreamHandle) {
+        if let Ok(_current) = self.ctx.enter() {
+            self.event_recorded = self.event.record(stream).is_ok();
+            if !self.event_recorded {
+                self.leak = true;
+            }
+        } else {
+            self.leak = true;
+        }
+    }
+
+    /// Whether freeing now is safe: no helper inside NCCL, and the recorded work finished.
+    pub(super) fn idle(&self) -> bool {
+        if self.leak {
+            return false;
+        }
+        if !self.event_recorded {
+            return true;
+        }
+        match self.ctx.enter() {
+            // A failed query (the work failed, or the context is gone) means nothing of it
+            // runs any more.
+            Ok(_current) => self.event.done().unwrap_or(true),
+            Err(_) => true,
+        }
+    }
+
+    /// Frees everything in its own context; a context destroyed (or reset) meanwhile took
+    /// the memory with it, and nothing is freed twice.
+    pub(super) fn free(self) {
+        if !self.ctx.still_alive() {
+            return;
+        }
+        let Ok(_current) = self.ctx.enter() else {
+            return;
+        };
+        self.event.destroy();
+        self.send_host.free();
+        if let Some(d) = self.send_device {
+            d.free();
+        }
+        self.recv.free();
+        self.device_out.free();
+        self.host.free();
+        self.module.unload();
+    }
+}
+
+/// States whose work may still be pending, freed once it is not.
+pub(super) static GRAVEYARD: Mutex<Vec<GpuState>> = Mutex::new(Vec::new());
+
+/// Frees what in the graveyard is idle now.
+pub(super) fn sweep_graveyard() {
+    let ready: Vec<GpuState> = {
+        let mut g = lock(&GRAVEYARD);
+        let (ready, waiting): (Vec<_>, Vec<_>) = g.drain(..).partition(GpuState::idle);
+        *g = waiting;
+        ready
+    };
+    for state in ready {
+        state.free();
+    }
+}
+
+/// Frees `state` now if idle, else hands it to the graveyard.
+pub(super) fn retire(state: GpuState) {
+    lock(&GRAVEYARD).push(state);
+}
