@@ -139,7 +139,8 @@ pub(super) fn sweep_graveyard() {
     }
 }
 
-/// Frees `state` now if idle, else hands it to the graveyard.
+/// Hands `state` to the graveyard without looking at it (it never waits and never frees
+/// here); a later [`sweep_graveyard`] frees it once it is idle.
 pub(super) fn retire(state: GpuState) {
     lock(&GRAVEYARD).push(state);
 }

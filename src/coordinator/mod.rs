@@ -498,7 +498,8 @@ impl Coordinator {
         let busy = || {
             Error::new(
                 ErrorKind::Busy,
-                "dp_coordinator_destroy: another thread is inside a call on this coordinator;                  cancel it first (dp_coordinator_cancel)",
+                "dp_coordinator_destroy: another thread is inside a call on this coordinator; \
+                 cancel it first (dp_coordinator_cancel)",
             )
         };
         if self.shared.active.load(Ordering::SeqCst) != 0 {

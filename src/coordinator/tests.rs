@@ -135,7 +135,13 @@ fn cancel_waits_for_a_thread_inside_and_reports_one_that_stays() {
 fn destroy_while_a_thread_is_inside_is_busy_and_frees_nothing() {
     let c = one_rank_coordinator();
     let inside = c.shared.enter().unwrap();
-    assert_eq!(c.destroy().unwrap_err().kind, ErrorKind::Busy);
+    let e = c.destroy().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Busy);
+    assert!(
+        e.message
+            .ends_with("on this coordinator; cancel it first (dp_coordinator_cancel)"),
+        "{e}"
+    );
     drop(inside);
     c.destroy().unwrap();
 }
