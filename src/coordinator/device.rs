@@ -14,6 +14,11 @@ use crate::slot::SLOT_WORDS;
 /// The device side of a coordinator: created with it (so that no `begin` allocates, loads a
 /// module or frees: each of those may wait for the whole device), in the context that is
 /// current on the communicator's device, else that device's primary context.
+///
+/// Every resource frees itself when dropped (in its context, unless that context was
+/// destroyed or reset meanwhile, which took the memory with it), so a `create` that fails
+/// half-way frees what it made. A whole state is dropped only by [`sweep_graveyard`], once
+/// [`GpuState::idle`]; one that must leak stays in the graveyard, never dropped.
 pub(super) struct GpuState {
     pub(super) ctx: Context,
     pub(super) post: Kernel,
@@ -32,24 +37,25 @@ pub(super) struct GpuState {
     pub(super) event_recorded: bool,
     /// A helper thread may still be inside NCCL with pointers to these buffers: never free.
     pub(super) leak: bool,
-    pub(super) module: Module,
+    /// The module `post` belongs to: it lives, and is unloaded, with the state.
+    _module: Module,
 }
 
 impl GpuState {
     pub(super) fn new(ctx: Context, dp_size: usize, send_path: SendPath) -> Result<GpuState> {
         let _current = ctx.enter()?;
-        let module = Module::load(k::POSTPROCESS_PTX_CSTR)?;
+        let module = Module::load(ctx, k::POSTPROCESS_PTX_CSTR)?;
         let post = module.kernel(k::POSTPROCESS_KERNEL)?;
-        let send_host = MappedHost::new(SLOT_WORDS)?;
+        let send_host = MappedHost::new(ctx, SLOT_WORDS)?;
         let send_device = match send_path {
             SendPath::Host => None,
-            SendPath::Device => Some(DeviceBuffer::new(SLOT_WORDS)?),
+            SendPath::Device => Some(DeviceBuffer::new(ctx, SLOT_WORDS)?),
         };
         // Zeroed: no slot carries sequence number 0, so nothing left here is ever accepted.
-        let recv = DeviceBuffer::new(SLOT_WORDS * dp_size)?;
-        let device_out = DeviceBuffer::new(dp_size)?;
-        let host = MappedHost::new(k::host_block_words(dp_size))?;
-        let event = Event::new()?;
+        let recv = DeviceBuffer::new(ctx, SLOT_WORDS * dp_size)?;
+        let device_out = DeviceBuffer::new(ctx, dp_size)?;
+        let host = MappedHost::new(ctx, k::host_block_words(dp_size))?;
+        let event = Event::new(ctx)?;
         Ok(GpuState {
             ctx,
             post,
@@ -61,7 +67,7 @@ impl GpuState {
             event,
             event_recorded: false,
             leak: false,
-            module,
+            _module: module,
         })
     }
 
@@ -101,26 +107,6 @@ impl GpuState {
             Err(_) => true,
         }
     }
-
-    /// Frees everything in its own context; a context destroyed (or reset) meanwhile took
-    /// the memory with it, and nothing is freed twice.
-    pub(super) fn free(self) {
-        if !self.ctx.still_alive() {
-            return;
-        }
-        let Ok(_current) = self.ctx.enter() else {
-            return;
-        };
-        self.event.destroy();
-        self.send_host.free();
-        if let Some(d) = self.send_device {
-            d.free();
-        }
-        self.recv.free();
-        self.device_out.free();
-        self.host.free();
-        self.module.unload();
-    }
 }
 
 /// States whose work may still be pending, freed once it is not.
@@ -134,9 +120,7 @@ pub(super) fn sweep_graveyard() {
         *g = waiting;
         ready
     };
-    for state in ready {
-        state.free();
-    }
+    drop(ready);
 }
 
 /// Hands `state` to the graveyard without looking at it (it never waits and never frees

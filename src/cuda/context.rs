@@ -84,7 +84,7 @@ impl Context {
     }
 
     /// Device and id of a live context.
-    fn resolve(raw: CuContext) -> Result<Context> {
+    pub(super) fn resolve(raw: CuContext) -> Result<Context> {
         let d = driver()?;
         // SAFETY: `raw` is a live context; it is pushed, queried and popped again, leaving
         // the thread's context stack as it was.
@@ -155,22 +155,22 @@ impl Context {
         Ok(ContextGuard { pushed: true })
     }
 
-    /// Whether this context is still the one resolved: entering it works and, where the
-    /// driver reports context ids, its id is unchanged (a primary context reset by
-    /// `cudaDeviceReset` gets a new id, and memory allocated in the old one is gone).
-    pub(crate) fn still_alive(&self) -> bool {
-        let Ok(d) = driver() else { return false };
-        let Ok(_guard) = self.enter() else {
-            return false;
-        };
+    /// Makes this context current for the life of the guard, if it is still the one
+    /// resolved: entering it works and, where the driver reports context ids, its id is
+    /// unchanged (a primary context reset by `cudaDeviceReset` gets a new id, and memory
+    /// allocated in the old one is gone). Where an owned resource frees itself, so that
+    /// nothing of a destroyed or reset context is freed twice.
+    pub(crate) fn enter_if_alive(&self) -> Option<ContextGuard> {
+        let d = driver().ok()?;
+        let guard = self.enter().ok()?;
         match d.sym.ctx_get_id {
             Some(get_id) if self.id != 0 => {
                 let mut id = 0;
                 // SAFETY: the context is current and valid (entered above); valid out pointer.
                 let rc = unsafe { get_id(self.raw, &mut id) };
-                rc == CUDA_SUCCESS && id == self.id
+                (rc == CUDA_SUCCESS && id == self.id).then_some(guard)
             }
-            _ => true,
+            _ => Some(guard),
         }
     }
 }

@@ -1,19 +1,22 @@
 //! A timing-free event: recorded behind work, queried without blocking.
 
-use super::{driver, CuEvent, StreamHandle, CUDA_ERROR_NOT_READY, CU_EVENT_DISABLE_TIMING};
+use super::{
+    driver, Context, CuEvent, StreamHandle, CUDA_ERROR_NOT_READY, CU_EVENT_DISABLE_TIMING,
+};
 use crate::error::Result;
 
-/// A timing-free event; destroyed with [`Event::destroy`].
+/// A timing-free event; destroyed on drop, in its context.
 pub(crate) struct Event {
     raw: CuEvent,
+    ctx: Context,
 }
 
 // SAFETY: an event handle may be recorded and queried from any thread.
 unsafe impl Send for Event {}
 
 impl Event {
-    /// Creates an event without timing in the current context.
-    pub(crate) fn new() -> Result<Self> {
+    /// Creates an event without timing in `ctx`, which is current.
+    pub(crate) fn new(ctx: Context) -> Result<Self> {
         let d = driver()?;
         let mut raw = std::ptr::null_mut();
         d.check(
@@ -21,7 +24,7 @@ impl Event {
             unsafe { (d.sym.event_create)(&mut raw, CU_EVENT_DISABLE_TIMING) },
             "cuEventCreate",
         )?;
-        Ok(Self { raw })
+        Ok(Self { raw, ctx })
     }
 
     /// Records the event on `stream`.
@@ -44,11 +47,13 @@ impl Event {
             status => d.check(status, "cuEventQuery").map(|()| true),
         }
     }
+}
 
-    /// Destroys the event (its context current).
-    pub(crate) fn destroy(self) {
-        if let Ok(d) = driver() {
-            // SAFETY: destroys the event this value owns.
+impl Drop for Event {
+    fn drop(&mut self) {
+        if let (Ok(d), Some(_current)) = (driver(), self.ctx.enter_if_alive()) {
+            // SAFETY: destroys the event this value owns, in its context, which is still the
+            // one it was made in.
             unsafe { (d.sym.event_destroy)(self.raw) };
         }
     }

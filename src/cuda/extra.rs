@@ -39,6 +39,24 @@ pub(crate) fn device_name(ordinal: i32) -> Result<String> {
         .into_owned())
 }
 
+/// The context current on this thread (an error when there is none).
+pub(crate) fn current_context() -> Result<Context> {
+    let d = driver()?;
+    let mut raw = std::ptr::null_mut();
+    d.check(
+        // SAFETY: writes the current context (or NULL) into a valid local.
+        unsafe { (d.sym.ctx_get_current)(&mut raw) },
+        "cuCtxGetCurrent",
+    )?;
+    if raw.is_null() {
+        return Err(crate::error::Error::new(
+            crate::error::ErrorKind::Cuda,
+            "no CUDA context is current on this thread (bind a device first)",
+        ));
+    }
+    Context::resolve(raw)
+}
+
 /// Makes `device`'s primary context current on this thread (as `cudaSetDevice` does).
 pub(crate) fn bind_device(device: i32) -> Result<()> {
     let d = driver()?;

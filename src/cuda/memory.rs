@@ -3,19 +3,21 @@
 use std::ffi::c_void;
 
 use super::{
-    driver, DevicePtr, StreamHandle, CUDA_SUCCESS, CU_MEMHOSTALLOC_DEVICEMAP,
+    driver, Context, DevicePtr, StreamHandle, CUDA_SUCCESS, CU_MEMHOSTALLOC_DEVICEMAP,
     CU_MEMHOSTALLOC_PORTABLE,
 };
 use crate::error::Result;
 
-/// Device memory of `words` int32, zeroed; freed with [`DeviceBuffer::free`] (in its context).
+/// Device memory of `words` int32, zeroed; freed on drop, in its context (no work that uses
+/// it may be in flight then: the coordinator's graveyard sees to that).
 pub(crate) struct DeviceBuffer {
     ptr: DevicePtr,
+    ctx: Context,
 }
 
 impl DeviceBuffer {
-    /// Allocates `words` int32 in the current context and zeroes them (synchronously).
-    pub(crate) fn new(words: usize) -> Result<Self> {
+    /// Allocates `words` int32 in `ctx`, which is current, and zeroes them (synchronously).
+    pub(crate) fn new(ctx: Context, words: usize) -> Result<Self> {
         let d = driver()?;
         let mut ptr = 0;
         d.check(
@@ -23,11 +25,10 @@ impl DeviceBuffer {
             unsafe { (d.sym.mem_alloc)(&mut ptr, words * 4) },
             "cuMemAlloc",
         )?;
-        let buffer = Self { ptr };
+        let buffer = Self { ptr, ctx };
         // SAFETY: `ptr` is a fresh allocation of `words` int32 in the current context.
         let rc = unsafe { (d.sym.memset_d32)(ptr, 0, words) };
         if rc != CUDA_SUCCESS {
-            buffer.free();
             return Err(d.failure("cuMemsetD32", rc));
         }
         Ok(buffer)
@@ -37,21 +38,25 @@ impl DeviceBuffer {
     pub(crate) fn ptr(&self) -> DevicePtr {
         self.ptr
     }
+}
 
-    /// Frees the memory. Its context must be current and no work that uses it in flight.
-    pub(crate) fn free(self) {
-        if let Ok(d) = driver() {
-            // SAFETY: frees the allocation this buffer owns (the caller's contract above).
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        if let (Ok(d), Some(_current)) = (driver(), self.ctx.enter_if_alive()) {
+            // SAFETY: frees the allocation this buffer owns, in its context, which is still
+            // the one it was made in; nothing uses it any more (the type's contract).
             unsafe { (d.sym.mem_free)(self.ptr) };
         }
     }
 }
 
-/// Pinned host memory of int32 words mapped into the device's address space.
+/// Pinned host memory of int32 words mapped into the device's address space; freed on drop,
+/// in its context (no work that uses it may be in flight then).
 pub(crate) struct MappedHost {
     host: *mut i32,
     device: DevicePtr,
     words: usize,
+    ctx: Context,
 }
 
 // SAFETY: pinned host memory is ordinary process memory; access is serialised by the
@@ -59,8 +64,8 @@ pub(crate) struct MappedHost {
 unsafe impl Send for MappedHost {}
 
 impl MappedHost {
-    /// Allocates `words` zeroed int32 of mapped pinned memory in the current context.
-    pub(crate) fn new(words: usize) -> Result<Self> {
+    /// Allocates `words` zeroed int32 of mapped pinned memory in `ctx`, which is current.
+    pub(crate) fn new(ctx: Context, words: usize) -> Result<Self> {
         let d = driver()?;
         let mut host: *mut c_void = std::ptr::null_mut();
         let flags = CU_MEMHOSTALLOC_DEVICEMAP | CU_MEMHOSTALLOC_PORTABLE;
@@ -73,13 +78,13 @@ impl MappedHost {
             host: host.cast(),
             device: 0,
             words,
+            ctx,
         };
         // SAFETY: `host` is a fresh allocation of `words` int32, exclusively ours.
         unsafe { std::ptr::write_bytes(block.host, 0, words) };
         // SAFETY: `host` was allocated with DEVICEMAP; the driver writes its device address.
         let rc = unsafe { (d.sym.mem_host_get_device_pointer)(&mut block.device, host, 0) };
         if rc != CUDA_SUCCESS {
-            block.free();
             return Err(d.failure("cuMemHostGetDevicePointer", rc));
         }
         Ok(block)
@@ -126,11 +131,13 @@ impl MappedHost {
             unsafe { std::ptr::write_volatile(self.host.add(index + i), w) };
         }
     }
+}
 
-    /// Frees the memory. No work that uses it may be in flight.
-    pub(crate) fn free(self) {
-        if let Ok(d) = driver() {
-            // SAFETY: frees the allocation this block owns (the caller's contract above).
+impl Drop for MappedHost {
+    fn drop(&mut self) {
+        if let (Ok(d), Some(_current)) = (driver(), self.ctx.enter_if_alive()) {
+            // SAFETY: frees the allocation this block owns, in its context, which is still
+            // the one it was made in; nothing uses it any more (the type's contract).
             unsafe { (d.sym.mem_free_host)(self.host.cast()) };
         }
     }

@@ -2,12 +2,14 @@
 
 use std::ffi::{c_void, CStr};
 
-use super::{driver, CuFunction, CuModule, DevicePtr, StreamHandle};
+use super::{driver, Context, CuFunction, CuModule, DevicePtr, StreamHandle};
 use crate::error::Result;
 
-/// A loaded PTX module.
+/// A loaded PTX module; unloaded on drop, in its context (no launch of it may be in flight
+/// then).
 pub(crate) struct Module {
     raw: CuModule,
+    ctx: Context,
 }
 
 // SAFETY: module and function handles may be used from any thread of the process.
@@ -23,8 +25,8 @@ pub(crate) struct Kernel {
 unsafe impl Send for Kernel {}
 
 impl Module {
-    /// JIT-loads NUL-terminated PTX into the current context.
-    pub(crate) fn load(ptx: &CStr) -> Result<Self> {
+    /// JIT-loads NUL-terminated PTX into `ctx`, which is current.
+    pub(crate) fn load(ctx: Context, ptx: &CStr) -> Result<Self> {
         let d = driver()?;
         let mut raw = std::ptr::null_mut();
         d.check(
@@ -32,7 +34,7 @@ impl Module {
             unsafe { (d.sym.module_load_data)(&mut raw, ptx.as_ptr().cast()) },
             "cuModuleLoadData (the embedded PTX)",
         )?;
-        Ok(Self { raw })
+        Ok(Self { raw, ctx })
     }
 
     /// The kernel named `name`.
@@ -46,11 +48,13 @@ impl Module {
         )?;
         Ok(Kernel { raw })
     }
+}
 
-    /// Unloads the module (its context current, no launch of it in flight).
-    pub(crate) fn unload(self) {
-        if let Ok(d) = driver() {
-            // SAFETY: unloads the module this value owns.
+impl Drop for Module {
+    fn drop(&mut self) {
+        if let (Ok(d), Some(_current)) = (driver(), self.ctx.enter_if_alive()) {
+            // SAFETY: unloads the module this value owns, in its context, which is still the
+            // one it was loaded in; no launch of it is in flight (the type's contract).
             unsafe { (d.sym.module_unload)(self.raw) };
         }
     }
