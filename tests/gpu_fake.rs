@@ -1,11 +1,15 @@
 //! The GPU path over a fake NCCL and a fake CUDA driver (C libraries in `tests/fake_gpu/`,
 //! loaded the way dpcoord loads the real ones), one child process per scenario: no leak when
-//! `dp_coordinator_create` fails at any allocation.
+//! `dp_coordinator_create` fails at any allocation; the watchdog protocol (`dp_cancel` until
+//! `DP_OK`, then abort) at every point of the first `dp_coordinate_batch`; special streams
+//! never used from another thread; a stream the coordinator cannot use still joins the
+//! exchange; a timed-out first exchange frees its state once NCCL let go of it.
 
 mod fake_gpu;
 
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
+use std::time::{Duration, Instant};
 
 use dpcoord::ffi::*;
 use fake_gpu::{run, Fakes, CASE};
@@ -38,8 +42,29 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// A raw pointer that may cross threads (the fakes' handles are thread-safe).
+#[derive(Clone, Copy)]
+struct Raw(usize);
+impl Raw {
+    fn comm(self) -> *mut ncclComm {
+        self.0 as *mut ncclComm
+    }
+}
+
 fn stream(raw: usize) -> *mut CUstream_st {
     raw as *mut CUstream_st
+}
+
+/// Polls `done` every millisecond for at most 10 s.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "waited 10 s for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[test]
@@ -74,6 +99,45 @@ fn child() {
                 println!("ERROR={}", last_error());
                 assert!(c.is_null());
             }
+        }
+        // A watchdog cancels a dp_coordinate_batch blocked at the point WATCH names
+        // (`nccl|cuda:function:nth`), then aborts the communicator.
+        "watchdog" => {
+            let watch = env("WATCH").unwrap();
+            let parts: Vec<&str> = watch.split(':').collect();
+            let (lib, name, nth) = (parts[0], parts[1], parts[2].parse::<i64>().unwrap());
+            let comm = Raw(fakes.comm(2, 0) as usize);
+            let caller = std::thread::spawn(move || {
+                let mut res = result();
+                let status =
+                    dp_coordinate_batch(comm.comm(), stream(0), &request(5, 10_000), &mut res);
+                (status, last_error())
+            });
+            wait_for(&watch, || {
+                let calls = match lib {
+                    "nccl" => fakes.nccl_calls(name),
+                    _ => fakes.cuda_calls(name),
+                };
+                calls >= nth
+            });
+            wait_for("dp_cancel to return DP_OK", || {
+                match dp_cancel(comm.comm()) {
+                    dp_status::DP_OK => true,
+                    dp_status::DP_ERR_BUSY => false,
+                    other => panic!("dp_cancel returned {other:?}: {}", last_error()),
+                }
+            });
+            fakes.abort(comm.comm().cast());
+            let (status, message) = caller.join().unwrap();
+            println!("STATUS={}", status as u32);
+            println!("ERROR={message}");
+            println!("AFTER_ABORT={}", fakes.after_abort(comm.comm().cast()));
+            assert_eq!(
+                dp_release(comm.comm()),
+                dp_status::DP_OK,
+                "{}",
+                last_error()
+            );
         }
         other => panic!("unknown case {other}"),
     }
@@ -112,4 +176,59 @@ fn create_that_fails_at_any_allocation_leaves_nothing_allocated() {
             "allocation {k} of {allocations} failed: the others leaked"
         );
     }
+}
+
+/// Item 3 of issue 17: at every point of a first dp_coordinate_batch, once dp_cancel returned
+/// DP_OK no dpcoord thread calls NCCL on the communicator again, and the call fails.
+#[test]
+fn after_dp_cancel_returns_ok_nothing_touches_the_communicator() {
+    let points: [(&str, &[(&str, &str)]); 8] = [
+        (
+            "nccl:ncclCommCount:1",
+            &[("FAKE_NCCL_BLOCK", "ncclCommCount:1:300")],
+        ),
+        (
+            "nccl:ncclCommUserRank:1",
+            &[("FAKE_NCCL_BLOCK", "ncclCommUserRank:1:300")],
+        ),
+        (
+            "nccl:ncclCommCuDevice:1",
+            &[("FAKE_NCCL_BLOCK", "ncclCommCuDevice:1:300")],
+        ),
+        (
+            "cuda:cuModuleLoadData:1",
+            &[("FAKE_CUDA_BLOCK", "cuModuleLoadData:1:300")],
+        ),
+        (
+            "nccl:ncclCommCount:2",
+            &[("FAKE_NCCL_BLOCK", "ncclCommCount:2:300")],
+        ),
+        (
+            "nccl:ncclCommUserRank:2",
+            &[("FAKE_NCCL_BLOCK", "ncclCommUserRank:2:300")],
+        ),
+        (
+            "nccl:ncclAllGather:1",
+            &[("FAKE_NCCL_BLOCK", "ncclAllGather:1:300")],
+        ),
+        ("cuda:cuLaunchKernel:1", &[("FAKE_CUDA_NO_PUBLISH", "1")]),
+    ];
+    let mut failures = Vec::new();
+    for (watch, block) in points {
+        let mut vars: Vec<(&str, String)> = block.iter().map(|&(k, v)| (k, v.to_owned())).collect();
+        vars.push(("WATCH", watch.to_owned()));
+        let r = run("watchdog", &vars);
+        let after = r.printed("AFTER_ABORT");
+        if !after.is_empty() {
+            failures.push(format!(
+                "blocked at {watch}: called after the abort: {after}"
+            ));
+        }
+        if status(&r) == dp_status::DP_OK as u32 {
+            failures.push(format!(
+                "blocked at {watch}: the cancelled call returned DP_OK"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

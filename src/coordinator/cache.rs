@@ -4,17 +4,26 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, TryLockError};
 
-use super::{lock, shared::Shared, Coordinator, Outcome};
+use super::{cancelled_error, lock, shared::Shared, Coordinator, Outcome};
 use crate::cuda::StreamHandle;
 use crate::error::{Error, ErrorKind, Result};
 use crate::nccl::CommHandle;
 use crate::rules::Request;
 
-/// One cached communicator: the cancel flags reachable without its lock, the coordinator
-/// behind it. `None` once released (a caller that raced the release retries the lookup).
+/// One cached communicator: the cancel flags reachable without its lock (made with the
+/// entry, before anything touches the communicator), the coordinator behind it.
 struct Entry {
     shared: Arc<Shared>,
-    coordinator: Mutex<Option<Coordinator>>,
+    held: Mutex<Held>,
+}
+
+/// What an entry holds.
+enum Held {
+    /// No coordinator yet: the first call (or one after a change of shape) makes it.
+    Creating,
+    Ready(Box<Coordinator>),
+    /// Released, or its creation failed: a caller that raced it looks again.
+    Gone,
 }
 
 /// Coordinators of `dp_coordinate_batch`, keyed by the communicator's address.
@@ -28,69 +37,77 @@ fn busy_comm() -> Error {
     )
 }
 
+/// Removes `entry` from the cache, if it is still the one cached for `key`.
+fn forget(key: usize, entry: &Arc<Entry>) {
+    let mut cache = lock(&CACHE);
+    if cache.get(&key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+        cache.remove(&key);
+    }
+}
+
 /// `dp_coordinate_batch`: begin + end on the coordinator cached for `comm`, created (only
 /// once NCCL answered for the communicator) on first use.
 ///
-/// An invalid request joins as the marker (see [`Coordinator::begin`]); when no coordinator
-/// can be made for `comm`, the request's error is returned, saying it was not exchanged.
+/// The call is visible to `dp_cancel` and `dp_release` from its first line: the entry (a
+/// placeholder until the coordinator exists) is cached, and this thread counted inside it,
+/// before anything touches the communicator; so `dp_cancel` returning `DP_OK` means no
+/// dpcoord thread touches it again. An invalid request joins as the marker (see
+/// [`Coordinator::begin`]); when no coordinator can be made for `comm`, the request's error
+/// is returned, saying it was not exchanged.
 pub(crate) fn coordinate(
     comm: CommHandle,
     stream: StreamHandle,
     req: &Request,
     invalid: Option<&Error>,
 ) -> Result<Outcome> {
+    let key = comm.as_raw() as usize;
     loop {
-        let existing = lock(&CACHE).get(&(comm.as_raw() as usize)).cloned();
-        let entry = match existing {
-            Some(e) => e,
-            None => {
-                let c = Coordinator::new(comm, false).map_err(|e| match invalid {
-                    Some(why) if req.timeout_ms < 0 => why.clone(), // never a marker
-                    Some(why) => Error::new(
-                        why.kind,
-                        format!(
-                            "{}; nor could it be exchanged as the invalid-request marker, so \
-                             the other ranks are not told: {e}",
-                            why.message
-                        ),
-                    ),
-                    None => e,
-                })?;
-                let fresh = Arc::new(Entry {
-                    shared: Arc::clone(&c.shared),
-                    coordinator: Mutex::new(Some(c)),
-                });
-                let mut cache = lock(&CACHE);
-                let kept = cache
-                    .entry(comm.as_raw() as usize)
-                    .or_insert_with(|| Arc::clone(&fresh));
-                let kept = Arc::clone(kept);
-                drop(cache);
-                // Another thread created one first: ours has no GPU state and is dropped.
-                drop(fresh);
-                kept
-            }
-        };
-        let mut guard = match entry.coordinator.try_lock() {
+        let entry = Arc::clone(lock(&CACHE).entry(key).or_insert_with(|| {
+            Arc::new(Entry {
+                shared: Arc::default(),
+                held: Mutex::new(Held::Creating),
+            })
+        }));
+        let _inside = entry.shared.enter()?;
+        let mut held = match entry.held.try_lock() {
             Ok(g) => g,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return Err(busy_comm()),
         };
-        let Some(c) = guard.as_ref() else {
+        if let Held::Creating = *held {
+            match Coordinator::with_shared(comm, Arc::clone(&entry.shared)) {
+                Ok(c) => *held = Held::Ready(Box::new(c)),
+                Err(e) => {
+                    *held = Held::Gone;
+                    forget(key, &entry);
+                    return Err(match invalid {
+                        Some(why) if req.timeout_ms < 0 => why.clone(), // never a marker
+                        Some(why) => Error::new(
+                            why.kind,
+                            format!(
+                                "{}; nor could it be exchanged as the invalid-request marker, \
+                                 so the other ranks are not told: {e}",
+                                why.message
+                            ),
+                        ),
+                        None => e,
+                    });
+                }
+            }
+            if entry.shared.is_cancelled() {
+                return Err(cancelled_error());
+            }
+        }
+        let Held::Ready(c) = &*held else {
             continue; // released meanwhile: look again
         };
-        // A new communicator at a released one's address, of another shape: start afresh
-        // (the old state is retired without waiting).
+        // A new communicator at a released one's address, of another shape: start afresh in
+        // the same entry (the old state is retired without waiting; a cancel still holds).
         let (size, rank) = (c.nccl.comm_count(comm)?, c.nccl.comm_user_rank(comm)?);
         if (size, rank) != c.shape() {
-            c.destroy()?;
-            guard.take();
-            let key = comm.as_raw() as usize;
-            let mut cache = lock(&CACHE);
-            if cache.get(&key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
-                cache.remove(&key);
-            }
-            continue; // the next lookup creates a coordinator of the new shape
+            c.destroy_inside(1)?;
+            *held = Held::Creating;
+            continue;
         }
         c.begin(stream, req, invalid)?;
         return c.end();
@@ -114,7 +131,7 @@ pub(crate) fn release(comm: CommHandle) -> Result<()> {
     let Some(entry) = lock(&CACHE).get(&key).cloned() else {
         return Ok(());
     };
-    let mut guard = match entry.coordinator.try_lock() {
+    let mut held = match entry.held.try_lock() {
         Ok(g) => g,
         Err(TryLockError::Poisoned(p)) => p.into_inner(),
         Err(TryLockError::WouldBlock) => {
@@ -125,13 +142,8 @@ pub(crate) fn release(comm: CommHandle) -> Result<()> {
             ))
         }
     };
-    {
-        let mut cache = lock(&CACHE);
-        if cache.get(&key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
-            cache.remove(&key);
-        }
-    }
-    if let Some(c) = guard.as_ref() {
+    forget(key, &entry);
+    if let Held::Ready(c) = &*held {
         if let Err(e) = c.destroy() {
             lock(&CACHE)
                 .entry(key)
@@ -139,7 +151,7 @@ pub(crate) fn release(comm: CommHandle) -> Result<()> {
             return Err(e);
         }
     }
-    guard.take();
+    *held = Held::Gone;
     Ok(())
 }
 

@@ -191,7 +191,22 @@ impl Coordinator {
         send_path: SendPath,
     ) -> Result<Coordinator> {
         sweep_graveyard();
-        Self::build(comm, nccl::nccl()?, force_exchange, send_path)
+        Self::build(
+            comm,
+            nccl::nccl()?,
+            force_exchange,
+            send_path,
+            Arc::default(),
+        )
+    }
+
+    /// The coordinator of `dp_coordinate_batch`'s cache entry, whose `shared` (what
+    /// `dp_cancel` reaches) existed, and counted the creating thread inside, before this
+    /// touches the communicator.
+    fn with_shared(comm: CommHandle, shared: Arc<Shared>) -> Result<Coordinator> {
+        let send_path = SendPath::from_env()?;
+        sweep_graveyard();
+        Self::build(comm, nccl::nccl()?, false, send_path, shared)
     }
 
     /// A coordinator over a fake NCCL (unit tests without a GPU).
@@ -199,7 +214,8 @@ impl Coordinator {
     pub(crate) fn with_nccl(nccl: &'static Nccl, force_exchange: bool) -> Coordinator {
         // SAFETY: the fake NCCL never dereferences the communicator.
         let comm = unsafe { CommHandle::from_raw(0x1000 as *mut std::ffi::c_void) };
-        Self::build(comm, nccl, force_exchange, SendPath::Host).expect("the fake answers")
+        Self::build(comm, nccl, force_exchange, SendPath::Host, Arc::default())
+            .expect("the fake answers")
     }
 
     fn build(
@@ -207,6 +223,7 @@ impl Coordinator {
         nccl: &'static Nccl,
         force_exchange: bool,
         send_path: SendPath,
+        shared: Arc<Shared>,
     ) -> Result<Coordinator> {
         let dp_size = nccl.comm_count(comm)?;
         let dp_rank = nccl.comm_user_rank(comm)?;
@@ -252,7 +269,7 @@ impl Coordinator {
             dp_rank,
             device,
             force_exchange,
-            shared: Arc::new(Shared::default()),
+            shared,
             inner: Mutex::new(Inner {
                 gpu,
                 checked_stream: None,
@@ -495,6 +512,12 @@ impl Coordinator {
     /// pending goes to the graveyard. Never calls NCCL. `Busy` (and nothing freed) while
     /// another thread is inside a call on it. The coordinator itself may then be dropped.
     pub(crate) fn destroy(&self) -> Result<()> {
+        self.destroy_inside(0)
+    }
+
+    /// [`Coordinator::destroy`] by a caller that is itself counted inside `own` times (the
+    /// cache, replacing a coordinator within its entered section).
+    fn destroy_inside(&self, own: u32) -> Result<()> {
         let busy = || {
             Error::new(
                 ErrorKind::Busy,
@@ -502,7 +525,7 @@ impl Coordinator {
                  cancel it first (dp_coordinator_cancel)",
             )
         };
-        if self.shared.active.load(Ordering::SeqCst) != 0 {
+        if self.shared.active.load(Ordering::SeqCst) != own {
             return Err(busy());
         }
         let mut inner = self

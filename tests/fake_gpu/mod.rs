@@ -151,6 +151,31 @@ impl Fakes {
         unsafe { f(nranks, rank) }
     }
 
+    /// Marks `comm` aborted (what `ncclCommAbort` does to a real one).
+    pub fn abort(&self, comm: *mut c_void) {
+        // SAFETY: fake_nccl_abort(void*).
+        let f: unsafe extern "C" fn(*mut c_void) =
+            unsafe { std::mem::transmute(Self::sym(self.nccl, "fake_nccl_abort")) };
+        // SAFETY: a communicator from `comm`.
+        unsafe { f(comm) }
+    }
+
+    fn text(&self, handle: *mut c_void, name: &str, arg: *mut c_void) -> String {
+        // SAFETY: every text function of the fakes is `const char* f(void*)` (an argument
+        // the function does not take is ignored under the C calling convention).
+        let f: unsafe extern "C" fn(*mut c_void) -> *const c_char =
+            unsafe { std::mem::transmute(Self::sym(handle, name)) };
+        // SAFETY: returns a NUL-terminated string the fake owns.
+        unsafe { CStr::from_ptr(f(arg)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The calls made on `comm` after [`Fakes::abort`], `name;` each.
+    pub fn after_abort(&self, comm: *mut c_void) -> String {
+        self.text(self.nccl, "fake_nccl_after_abort", comm)
+    }
+
     fn count(&self, handle: *mut c_void, name: &str, arg: Option<&str>) -> i64 {
         let arg = arg.map(|a| CString::new(a).unwrap());
         let p = arg.as_ref().map_or(std::ptr::null(), |a| a.as_ptr());
@@ -159,6 +184,16 @@ impl Fakes {
             unsafe { std::mem::transmute(Self::sym(handle, name)) };
         // SAFETY: NULL or a NUL-terminated name.
         unsafe { f(p) as i64 }
+    }
+
+    /// Calls of NCCL function `name` so far.
+    pub fn nccl_calls(&self, name: &str) -> i64 {
+        self.count(self.nccl, "fake_nccl_calls", Some(name))
+    }
+
+    /// Calls of driver function `name` so far.
+    pub fn cuda_calls(&self, name: &str) -> i64 {
+        self.count(self.cuda, "fake_cuda_calls", Some(name))
     }
 
     /// Driver allocations not freed yet.
