@@ -12,7 +12,7 @@ use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
 use dpcoord::ffi::*;
-use fake_gpu::{run, Fakes, CASE};
+use fake_gpu::{run, tid, Fakes, CASE};
 
 fn request(tokens: i32, timeout_ms: i32) -> dp_batch_request {
     let mut req = MaybeUninit::<dp_batch_request>::uninit();
@@ -48,6 +48,9 @@ struct Raw(usize);
 impl Raw {
     fn comm(self) -> *mut ncclComm {
         self.0 as *mut ncclComm
+    }
+    fn coordinator(self) -> *mut dp_coordinator {
+        self.0 as *mut dp_coordinator
     }
 }
 
@@ -138,6 +141,116 @@ fn child() {
                 "{}",
                 last_error()
             );
+        }
+        // On stream STREAM: the first exchange (helper thread), `end` on another thread, a
+        // second exchange cancelled and destroyed from a third; prints every call the fakes
+        // saw on a stream and the id of the thread that called begin.
+        "streams" => {
+            let s = stream(usize::from_str_radix(&env("STREAM").unwrap(), 16).unwrap());
+            let comm = fakes.comm(2, 0).cast::<ncclComm>();
+            let mut c: *mut dp_coordinator = std::ptr::null_mut();
+            assert_eq!(dp_coordinator_create(comm, &mut c), dp_status::DP_OK);
+            let c = Raw(c as usize);
+            assert_eq!(
+                dp_coordinator_begin(c.coordinator(), s, &request(3, 5000)),
+                dp_status::DP_OK,
+                "{}",
+                last_error()
+            );
+            let ended = std::thread::spawn(move || {
+                let mut res = result();
+                let st = dp_coordinator_end(c.coordinator(), &mut res);
+                (st, last_error(), res.num_tokens_after_padding_self)
+            })
+            .join()
+            .unwrap();
+            assert_eq!(ended.0, dp_status::DP_OK, "{}", ended.1);
+            assert_eq!(ended.2, 3);
+            assert_eq!(
+                dp_coordinator_begin(c.coordinator(), s, &request(4, 5000)),
+                dp_status::DP_OK,
+                "{}",
+                last_error()
+            );
+            std::thread::spawn(move || {
+                assert_eq!(
+                    dp_coordinator_cancel(c.coordinator()),
+                    dp_status::DP_OK,
+                    "{}",
+                    last_error()
+                );
+                assert_eq!(
+                    dp_coordinator_destroy(c.coordinator()),
+                    dp_status::DP_OK,
+                    "{}",
+                    last_error()
+                );
+            })
+            .join()
+            .unwrap();
+            println!("BEGIN_TID={}", tid());
+            println!("CUDA_LOG={}", fakes.cuda_log());
+            println!("NCCL_LOG={}", fakes.nccl_log());
+        }
+        // begin on a stream the coordinator cannot use (STREAM: capturing, or another
+        // device's) joins the exchange as the invalid-request marker; end names the stream.
+        "unusable_stream" => {
+            let s = stream(usize::from_str_radix(&env("STREAM").unwrap(), 16).unwrap());
+            let comm = fakes.comm(2, 0).cast::<ncclComm>();
+            let mut c: *mut dp_coordinator = std::ptr::null_mut();
+            assert_eq!(dp_coordinator_create(comm, &mut c), dp_status::DP_OK);
+            println!(
+                "BEGIN={}",
+                dp_coordinator_begin(c, s, &request(3, 5000)) as u32
+            );
+            println!("BEGIN_ERROR={}", last_error());
+            let mut res = result();
+            println!("END={}", dp_coordinator_end(c, &mut res) as u32);
+            println!("END_ERROR={}", last_error());
+            println!("GATHERS={}", fakes.nccl_calls("ncclAllGather"));
+            println!("CUDA_LOG={}", fakes.cuda_log());
+            // Still usable on a good stream.
+            assert_eq!(
+                dp_coordinator_begin(c, stream(0), &request(3, 5000)),
+                dp_status::DP_OK,
+                "{}",
+                last_error()
+            );
+            assert_eq!(
+                dp_coordinator_end(c, &mut res),
+                dp_status::DP_OK,
+                "{}",
+                last_error()
+            );
+            assert_eq!(dp_coordinator_destroy(c), dp_status::DP_OK);
+        }
+        // A first exchange that times out inside NCCL (FAKE_NCCL_BLOCK); the caller destroys
+        // the coordinator and aborts; once NCCL let the helper go, the next create frees the
+        // old state.
+        "first_timeout" => {
+            let comm = fakes.comm(2, 0);
+            let mut c: *mut dp_coordinator = std::ptr::null_mut();
+            assert_eq!(dp_coordinator_create(comm.cast(), &mut c), dp_status::DP_OK);
+            let one = fakes.live();
+            let st = dp_coordinator_begin(c, stream(0), &request(3, 50));
+            assert_eq!(st, dp_status::DP_ERR_TIMEOUT, "{}", last_error());
+            assert_eq!(
+                dp_coordinator_destroy(c),
+                dp_status::DP_OK,
+                "{}",
+                last_error()
+            );
+            fakes.abort(comm);
+            // The fake lets the helper go after its 300 ms.
+            std::thread::sleep(Duration::from_millis(600));
+            let mut c2: *mut dp_coordinator = std::ptr::null_mut();
+            assert_eq!(
+                dp_coordinator_create(fakes.comm(2, 0).cast(), &mut c2),
+                dp_status::DP_OK
+            );
+            println!("ONE={one}");
+            println!("LIVE={}", fakes.live());
+            assert_eq!(dp_coordinator_destroy(c2), dp_status::DP_OK);
         }
         other => panic!("unknown case {other}"),
     }
@@ -231,4 +344,104 @@ fn after_dp_cancel_returns_ok_nothing_touches_the_communicator() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The special stream handles: NULL (legacy), cudaStreamLegacy, cudaStreamPerThread.
+const SPECIAL: [&str; 3] = ["(nil)", "0x1", "0x2"];
+
+/// Item 4 of issue 17: a special stream given to begin is used (by CUDA or NCCL) only on the
+/// thread that called begin: not by the first exchange's helper thread, not by `end` on
+/// another thread, not by cancel and destroy from a watchdog; and the helper's gather is
+/// ordered after the caller's stream and before the post kernel (an event each way).
+#[test]
+fn a_special_stream_is_used_only_on_the_thread_that_called_begin() {
+    for raw in ["0", "1", "2"] {
+        let r = run(
+            "streams",
+            &[
+                ("STREAM", raw.to_owned()),
+                ("FAKE_CUDA_PUBLISH_DELAY_MS", "5".to_owned()),
+            ],
+        );
+        let begin_tid = r.printed("BEGIN_TID");
+        let mut wrong = std::collections::BTreeSet::new();
+        for entry in r
+            .printed("CUDA_LOG")
+            .split(';')
+            .chain(r.printed("NCCL_LOG").split(';'))
+        {
+            let words: Vec<&str> = entry.split_whitespace().collect();
+            if let [name, stream, tid] = words[..] {
+                if SPECIAL.contains(&stream) && tid != begin_tid {
+                    wrong.insert(format!("{name} on {stream} from thread {tid}"));
+                }
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "stream {raw}: begin ran on thread {begin_tid}, but {wrong:?}"
+        );
+        // The helper gathered on a stream of its own, between two waits on events.
+        let nccl = r.printed("NCCL_LOG");
+        let first = nccl.split(';').next().unwrap();
+        assert!(
+            !first.contains(&format!(" {begin_tid}")),
+            "the first gather ran on the caller's thread: {nccl}"
+        );
+        let log = r.printed("CUDA_LOG");
+        let waits = log.matches("cuStreamWaitEvent").count();
+        assert!(
+            waits >= 2,
+            "stream {raw}: the helper's gather is not ordered by events: {log}"
+        );
+    }
+}
+
+/// Item 4 of issue 17: begin on a stream the coordinator cannot use (one capturing a CUDA
+/// graph, one of another device) still joins the exchange, as the invalid-request marker,
+/// on a stream the coordinator owns: begin returns DP_OK, end names the stream, and nothing
+/// but the checks ran on the unusable stream.
+#[test]
+fn an_unusable_stream_joins_the_exchange_as_the_marker() {
+    for (raw, why) in [("ca97", "capturing a CUDA graph"), ("d1", "CUDA device 1")] {
+        let r = run("unusable_stream", &[("STREAM", raw.to_owned())]);
+        assert_eq!(
+            r.printed("BEGIN"),
+            "0",
+            "stream {raw}: {}",
+            r.printed("BEGIN_ERROR")
+        );
+        assert_eq!(
+            r.printed("END"),
+            (dp_status::DP_ERR_INVALID_ARGUMENT as u32).to_string()
+        );
+        let end = r.printed("END_ERROR");
+        assert!(end.contains(why), "stream {raw}: {end}");
+        assert_eq!(
+            r.printed("GATHERS"),
+            "1",
+            "stream {raw}: the exchange did not happen"
+        );
+        let log = r.printed("CUDA_LOG");
+        let used: Vec<&str> = log
+            .split(';')
+            .filter(|e| e.contains(&format!(" 0x{raw} ")) && !e.starts_with("cuStreamIsCapturing"))
+            .collect();
+        assert!(used.is_empty(), "stream {raw} was used: {used:?}");
+    }
+}
+
+/// Item 7 of issue 17: the state of a first exchange that timed out inside NCCL is freed
+/// once NCCL let the helper thread go (it was leaked for the life of the process).
+#[test]
+fn a_timed_out_first_exchange_is_freed_once_nccl_lets_go() {
+    let r = run(
+        "first_timeout",
+        &[("FAKE_NCCL_BLOCK", "ncclAllGather:1:300".to_owned())],
+    );
+    assert_eq!(
+        r.printed("LIVE"),
+        r.printed("ONE"),
+        "the timed-out coordinator's state is still allocated"
+    );
 }

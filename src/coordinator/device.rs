@@ -1,11 +1,13 @@
 //! The device side of a coordinator and the graveyard: state whose work may still be pending
 //! is freed only once it is not, and state a helper thread may still write never.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::{lock, SendPath};
 use crate::cuda::{
-    Context, DeviceBuffer, DevicePtr, Event, Kernel, MappedHost, Module, StreamHandle,
+    self, Context, DeviceBuffer, DevicePtr, Event, Kernel, MappedHost, Module, OwnedStream,
+    StreamHandle,
 };
 use crate::error::Result;
 use crate::kernels as k;
@@ -31,11 +33,21 @@ pub(super) struct GpuState {
     pub(super) device_out: DeviceBuffer,
     /// The kernel's host block.
     pub(super) host: MappedHost,
-    /// Recorded only behind work that may still be pending when the coordinator fails or
-    /// is destroyed.
+    /// Recorded behind work that may still be pending when the coordinator fails or is
+    /// destroyed, and behind every `begin` on a special stream (see [`Flight::Exchange`]).
+    ///
+    /// [`Flight::Exchange`]: super::Flight::Exchange
     pub(super) event: Event,
     pub(super) event_recorded: bool,
-    /// A helper thread may still be inside NCCL with pointers to these buffers: never free.
+    /// The coordinator's own stream: the first exchange's gather (on the helper thread),
+    /// and the whole exchange of a `begin` whose stream it cannot use.
+    pub(super) stream: OwnedStream,
+    /// Orders the first gather on [`GpuState::stream`] after the caller's stream, and the
+    /// caller's stream after it.
+    pub(super) order: Event,
+    /// A helper thread is inside NCCL with pointers to these buffers: not freed until it left.
+    pub(super) helper: Arc<AtomicBool>,
+    /// Pending work that could not be covered by the event: never freed.
     pub(super) leak: bool,
     /// The module `post` belongs to: it lives, and is unloaded, with the state.
     _module: Module,
@@ -56,6 +68,8 @@ impl GpuState {
         let device_out = DeviceBuffer::new(ctx, dp_size)?;
         let host = MappedHost::new(ctx, k::host_block_words(dp_size))?;
         let event = Event::new(ctx)?;
+        let stream = OwnedStream::new(ctx)?;
+        let order = Event::new(ctx)?;
         Ok(GpuState {
             ctx,
             post,
@@ -66,6 +80,9 @@ impl GpuState {
             host,
             event,
             event_recorded: false,
+            stream,
+            order,
+            helper: Arc::default(),
             leak: false,
             _module: module,
         })
@@ -92,20 +109,21 @@ impl GpuState {
         }
     }
 
-    /// Whether freeing now is safe: no helper inside NCCL, and the recorded work finished.
+    /// Whether freeing now is safe: no helper thread inside NCCL, the work recorded on the
+    /// event finished, and so did whatever the helper left on the coordinator's own stream.
     pub(super) fn idle(&self) -> bool {
-        if self.leak {
+        if self.leak || self.helper.load(Ordering::SeqCst) {
             return false;
         }
-        if !self.event_recorded {
+        // A context destroyed or reset took the work with it; a failed query (the work
+        // failed) means nothing of it runs any more.
+        let Some(_current) = self.ctx.enter_if_alive() else {
             return true;
+        };
+        if self.event_recorded && !self.event.done().unwrap_or(true) {
+            return false;
         }
-        match self.ctx.enter() {
-            // A failed query (the work failed, or the context is gone) means nothing of it
-            // runs any more.
-            Ok(_current) => self.event.done().unwrap_or(true),
-            Err(_) => true,
-        }
+        cuda::stream_idle(self.stream.handle()).unwrap_or(true)
     }
 }
 

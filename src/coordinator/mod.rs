@@ -21,15 +21,24 @@
 //! calls `ncclAllGather` on a helper thread and waits for it, bounded by `timeout_ms` and by
 //! `cancel`; if it does not return in time the coordinator fails with `DP_ERR_TIMEOUT` and
 //! the helper is left inside NCCL, where only `ncclCommAbort` frees it (it touches nothing
-//! afterwards). Later exchanges call NCCL on the caller's thread (connections exist; a
-//! nonblocking communicator's `ncclInProgress` is polled against the same deadline).
-//! A helper thread works for both kinds of communicator, where detecting a nonblocking one
-//! would leave the blocking kind, the common one, unbounded.
+//! afterwards). That gather runs on the coordinator's own stream, ordered after the caller's
+//! stream and before the post kernel by an event each way, recorded and waited for on the
+//! caller's thread (the helper's `cudaStreamPerThread` would be another stream). Later
+//! exchanges call NCCL on the caller's thread (connections exist; a nonblocking
+//! communicator's `ncclInProgress` is polled against the same deadline). A helper thread
+//! works for both kinds of communicator, where detecting a nonblocking one would leave the
+//! blocking kind, the common one, unbounded.
+//!
+//! Special streams (NULL, legacy, per-thread) mean something on the calling thread only:
+//! `begin` records the state's event behind its work there, and `end`, `cancel` and
+//! `destroy`, which may run on other threads, use the event, never the stream. An ordinary
+//! stream costs nothing extra.
 //!
 //! Device state is made by `create` and never freed by `destroy` or `dp_release` (freeing may
 //! wait for the whole device): they hand it to a graveyard that the next `create` empties of
-//! whatever is idle, that is, whose event recorded behind pending work has completed; state a
-//! helper thread may still write (inside NCCL) is never freed.
+//! whatever is idle, that is, whose event recorded behind pending work has completed, and
+//! whose helper thread (if any) left NCCL and whatever it enqueued on the coordinator's own
+//! stream completed.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
@@ -146,8 +155,17 @@ struct InFlight {
 enum Flight {
     /// dp_size 1 (not forced): decided locally, no GPU work.
     Local(Result<Decision>),
-    /// On the GPU: published with `seq` on `stream`.
-    Exchange { seq: u32, stream: StreamHandle },
+    /// On the GPU: published with `seq` on `stream` (the caller's, or the coordinator's own
+    /// for a stream it could not use).
+    Exchange {
+        seq: u32,
+        stream: StreamHandle,
+        /// `stream` is special (NULL, legacy, per-thread: what it means depends on the
+        /// thread), so `begin` recorded the state's event behind its work on the caller's
+        /// thread: `end`, `cancel` and `destroy`, maybe on other threads, use that event and
+        /// never the stream.
+        marked: bool,
+    },
 }
 
 /// Everything behind the coordinator's lock.
@@ -319,7 +337,10 @@ impl Coordinator {
     /// A request that is invalid (`invalid`, as the C boundary read it, else
     /// [`rules::make_record`]'s verdict) still joins, as [`RankRecord::MARKER`], so that no
     /// rank waits for it: `end` returns the error here and the marker's on every other rank.
-    /// Only a negative `timeout_ms`, which leaves the wait unbounded, fails here.
+    /// So does a `stream` the coordinator cannot use (another device's or context's, or one
+    /// capturing a CUDA graph): the marker is exchanged on the coordinator's own stream and
+    /// the caller's is not touched. Only a negative `timeout_ms`, which leaves the wait
+    /// unbounded, fails here.
     pub(crate) fn begin(
         &self,
         stream: StreamHandle,
@@ -339,9 +360,17 @@ impl Coordinator {
                  call dp_coordinator_end first",
             ));
         }
-        let checked = match invalid {
-            Some(e) => Err(e.clone()),
-            None => rules::make_record(req),
+        let exchange = self.dp_size > 1 || self.force_exchange;
+        // Checked here, on the caller's thread; one the coordinator cannot use joins on its
+        // own stream, as the marker.
+        let (stream, unusable) = match exchange {
+            true => self.usable_stream(&mut inner, stream)?,
+            false => (stream, None),
+        };
+        let checked = match (invalid, unusable) {
+            (Some(e), _) => Err(e.clone()),
+            (None, Some(e)) => Err(e),
+            (None, None) => rules::make_record(req),
         };
         let (record, rejected) = match checked {
             Ok(record) => (record, None),
@@ -356,7 +385,7 @@ impl Coordinator {
         let start = Instant::now();
         let deadline =
             (req.timeout_ms > 0).then(|| start + Duration::from_millis(req.timeout_ms as u64));
-        let kind = if self.dp_size == 1 && !self.force_exchange {
+        let kind = if !exchange {
             Flight::Local(match &rejected {
                 Some(e) => Err(e.clone()),
                 None => rules::decide(&[record], 0, pad_policy, num_ubatches, None),
@@ -427,7 +456,7 @@ impl Coordinator {
             ));
         };
         let _range = diag::range(c"dp_coordinator_end", self.dp_rank, flight.step_id);
-        let (seq, stream) = match flight.kind {
+        let (seq, stream, marked) = match flight.kind {
             Flight::Local(decided) => {
                 let decision = decided?;
                 let outcome = Outcome {
@@ -441,15 +470,21 @@ impl Coordinator {
                 self.trace(&outcome);
                 return Ok(outcome);
             }
-            Flight::Exchange { seq, stream } => (seq, stream),
+            Flight::Exchange {
+                seq,
+                stream,
+                marked,
+            } => (seq, stream, marked),
         };
         let inner = &mut *inner;
         let gpu = inner.gpu.as_mut().expect("an exchange has GPU state");
         let waited = self
-            .wait(gpu, seq, stream, &flight)
+            .wait(gpu, seq, (stream, marked), &flight)
             .and_then(|()| self.nccl.check_async_error(self.comm));
         if let Err(e) = waited {
-            gpu.record_pending(stream);
+            if !marked {
+                gpu.record_pending(stream);
+            }
             inner.broken = Some(e.clone());
             return Err(e);
         }
@@ -491,15 +526,18 @@ impl Coordinator {
             let inner = &mut *inner;
             if let (
                 Some(InFlight {
-                    kind: Flight::Exchange { stream, .. },
+                    kind:
+                        Flight::Exchange {
+                            stream,
+                            marked: false,
+                            ..
+                        },
                     ..
                 }),
                 Some(gpu),
             ) = (&inner.in_flight, inner.gpu.as_mut())
             {
-                if !gpu.event_recorded {
-                    gpu.record_pending(*stream);
-                }
+                gpu.record_pending(*stream);
             }
             if inner.broken.is_none() {
                 inner.broken = Some(cancelled_error());
@@ -533,17 +571,17 @@ impl Coordinator {
             .map_err(|_| busy())?;
         let inner = &mut *inner;
         if let Some(mut gpu) = inner.gpu.take() {
-            if self.shared.helper_inside.load(Ordering::SeqCst) {
-                gpu.leak = true;
-            }
             if let Some(InFlight {
-                kind: Flight::Exchange { stream, .. },
+                kind:
+                    Flight::Exchange {
+                        stream,
+                        marked: false,
+                        ..
+                    },
                 ..
             }) = &inner.in_flight
             {
-                if !gpu.event_recorded {
-                    gpu.record_pending(*stream);
-                }
+                gpu.record_pending(*stream);
             }
             retire(gpu);
         }

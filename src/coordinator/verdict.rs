@@ -23,7 +23,7 @@ impl Coordinator {
         &self,
         gpu: &GpuState,
         seq: u32,
-        stream: StreamHandle,
+        (stream, marked): (StreamHandle, bool),
         f: &InFlight,
     ) -> Result<()> {
         let _range = diag::range(c"dp_coordinator_wait", self.dp_rank, f.step_id);
@@ -48,7 +48,15 @@ impl Coordinator {
                 return Err(cancelled_error());
             }
             self.nccl.check_async_error(self.comm)?;
-            let done = cuda::stream_idle(stream)?;
+            // A special stream means another stream on this thread: its work is behind the
+            // event `begin` recorded (see Flight::Exchange).
+            let done = match marked {
+                true => {
+                    let _current = gpu.ctx.enter()?;
+                    gpu.event.done()?
+                }
+                false => cuda::stream_idle(stream)?,
+            };
             if done && gpu.host.load(k::HOST_SEQ) as u32 != seq {
                 return Err(Error::internal(
                     "the post-processing kernel finished without publishing its result",

@@ -78,26 +78,6 @@ pub(crate) fn synchronize(stream: StreamHandle) -> Result<()> {
     )
 }
 
-/// A new non-blocking stream of the current context (destroy with `destroy_stream`).
-pub(crate) fn create_stream() -> Result<StreamHandle> {
-    let d = driver()?;
-    let mut raw = std::ptr::null_mut();
-    d.check(
-        // SAFETY: writes the new stream into a valid local (flag 1: CU_STREAM_NON_BLOCKING).
-        unsafe { (d.sym.stream_create)(&mut raw, 1) },
-        "cuStreamCreate",
-    )?;
-    Ok(StreamHandle(raw))
-}
-
-/// Destroys a stream made by `create_stream`.
-pub(crate) fn destroy_stream(stream: StreamHandle) {
-    if let Ok(d) = driver() {
-        // SAFETY: the stream was made by create_stream and is used no more.
-        unsafe { (d.sym.stream_destroy)(stream.as_raw()) };
-    }
-}
-
 /// Copies `out.len()` int32 from device address `src` (synchronously).
 pub(crate) fn copy_to_host(src: DevicePtr, out: &mut [i32]) -> Result<()> {
     let d = driver()?;

@@ -26,7 +26,7 @@ mod module;
 mod tests;
 
 pub(crate) use context::Context;
-pub(crate) use event::Event;
+pub(crate) use event::{Event, OwnedStream};
 pub(crate) use memory::{copy_host_to_device_async, DeviceBuffer, MappedHost};
 pub(crate) use module::{Kernel, Module, PostArgs};
 
@@ -88,8 +88,10 @@ impl StreamHandle {
         self.0
     }
 
-    /// NULL, legacy or per-thread: a default stream, owned by no context of its own.
-    fn is_special(self) -> bool {
+    /// NULL, legacy or per-thread: a default stream, owned by no context of its own, whose
+    /// meaning depends on the thread (per-thread) or on the context current there (NULL,
+    /// legacy).
+    pub(crate) fn is_special(self) -> bool {
         matches!(self.0 as usize, 0 | STREAM_LEGACY | STREAM_PER_THREAD)
     }
 }
@@ -121,10 +123,9 @@ symbol_table! {
         required stream_synchronize: unsafe extern "C" fn(CuStream) -> CuResult = c"cuStreamSynchronize";
         required stream_query: unsafe extern "C" fn(CuStream) -> CuResult = c"cuStreamQuery";
         required stream_is_capturing: unsafe extern "C" fn(CuStream, *mut c_int) -> CuResult = c"cuStreamIsCapturing";
-        #[cfg(feature = "testing")]
         required stream_create: unsafe extern "C" fn(*mut CuStream, c_uint) -> CuResult = c"cuStreamCreate";
-        #[cfg(feature = "testing")]
         required stream_destroy: unsafe extern "C" fn(CuStream) -> CuResult = c"cuStreamDestroy_v2";
+        required stream_wait_event: unsafe extern "C" fn(CuStream, CuEvent, c_uint) -> CuResult = c"cuStreamWaitEvent";
         required mem_alloc: unsafe extern "C" fn(*mut DevicePtr, usize) -> CuResult = c"cuMemAlloc_v2";
         required mem_free: unsafe extern "C" fn(DevicePtr) -> CuResult = c"cuMemFree_v2";
         required mem_host_alloc: unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> CuResult = c"cuMemHostAlloc";

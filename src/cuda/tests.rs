@@ -124,6 +124,7 @@ fn a_stub_driver_is_library_unavailable_not_a_panic() {
         "cuStreamIsCapturing",
         "cuStreamQuery",
         "cuStreamSynchronize",
+        "cuStreamWaitEvent",
     ]
     .map(String::from)
     .to_vec();

@@ -95,18 +95,24 @@ pub extern "C" fn dp_coordinator_create(
 /// array and to mapped host memory. The host does not wait for the GPU; the caller may enqueue
 /// more work on `stream` and do host work before `dp_coordinator_end`. The first begin of a
 /// coordinator runs NCCL's first collective on a helper thread and waits for it to be enqueued,
-/// bounded by `req->timeout_ms` (NCCL connects lazily inside it). `stream` may be NULL,
-/// `cudaStreamLegacy` or `cudaStreamPerThread`; it must belong to the communicator's device,
-/// must not be capturing a CUDA graph, and must stay alive until `end`. With dp_size 1 no GPU
-/// work is done. The device array of the previous step stays valid until this call. `begin`
-/// and `end` may run on different threads, never at once.
+/// bounded by `req->timeout_ms` (NCCL connects lazily inside it); that collective runs on a
+/// stream the coordinator owns, ordered after the work queued on `stream` and before the
+/// kernel. `stream` may be NULL, `cudaStreamLegacy` or `cudaStreamPerThread`, meaning the
+/// stream they mean on the thread that calls `begin` (`end`, `poll`, `cancel` and `destroy`
+/// may run on other threads: they use an event recorded here, never the stream); it must stay
+/// alive until `end`. With dp_size 1 no GPU work is done. The device array of the previous
+/// step stays valid until this call. `begin` and `end` may run on different threads, never at
+/// once.
 ///
 /// An invalid request (a field out of range or a bool byte other than 0/1) still joins the
 /// exchange, as the invalid-request marker, so that no rank waits for it: `begin` returns
 /// `DP_OK` and `end` returns `DP_ERR_INVALID_ARGUMENT` on every rank, naming the field on
-/// this rank and this rank on the others; the coordinator stays usable. Only what cannot be
-/// exchanged fails here at once: NULL or misaligned pointers, a bad `struct_size`, a negative
-/// `timeout_ms` (the wait would have no bound).
+/// this rank and this rank on the others; the coordinator stays usable. So does a `stream`
+/// the coordinator cannot use (one of another device or context, or one capturing a CUDA
+/// graph): the marker is exchanged on the coordinator's own stream, nothing is enqueued on
+/// `stream`, and `end` names the stream's fault. Only what cannot be exchanged fails here at
+/// once: NULL or misaligned pointers, a bad `struct_size`, a negative `timeout_ms` (the wait
+/// would have no bound).
 /// Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`, `DP_ERR_BUSY` (an exchange is in flight, or
 /// another thread is inside a call on `c`), `DP_ERR_CUDA`, `DP_ERR_NCCL`, `DP_ERR_TIMEOUT`
 /// (first call only), `DP_ERR_CANCELLED`, `DP_ERR_LIBRARY_UNAVAILABLE`; after a failure once

@@ -181,26 +181,20 @@ pub fn stream_idle(stream: StreamHandle) -> Result<bool> {
 
 /// A non-blocking stream of the current context, destroyed on drop.
 pub struct Stream {
-    handle: StreamHandle,
+    stream: cuda::OwnedStream,
 }
 
 impl Stream {
     /// Creates the stream.
     pub fn new() -> Result<Stream> {
         Ok(Stream {
-            handle: extra::create_stream()?,
+            stream: cuda::OwnedStream::new(extra::current_context()?)?,
         })
     }
 
     /// Its handle.
     pub fn handle(&self) -> StreamHandle {
-        self.handle
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        extra::destroy_stream(self.handle);
+        self.stream.handle()
     }
 }
 

@@ -45,6 +45,8 @@ static char block_name[64];
 static long block_nth, block_ms;
 static int no_publish;
 static long publish_delay_ms;
+/* Delayed publishes not done yet: until then every stream is busy and every event pending. */
+static int pending;
 static __thread void* current;
 static __thread void* stack[16];
 static __thread int depth;
@@ -146,7 +148,11 @@ CUresult cuDeviceGetName(char* name, int len, int d) { (void)d; snprintf(name, (
 CUresult cuDevicePrimaryCtxRetain(void** c, int d) { (void)d; *c = CTX; return 0; }
 
 CUresult cuStreamSynchronize(void* s) { enter("cuStreamSynchronize"); log_stream("cuStreamSynchronize", s); return 0; }
-CUresult cuStreamQuery(void* s) { enter("cuStreamQuery"); log_stream("cuStreamQuery", s); return 0; }
+CUresult cuStreamQuery(void* s) {
+  enter("cuStreamQuery");
+  log_stream("cuStreamQuery", s);
+  return __atomic_load_n(&pending, __ATOMIC_SEQ_CST) ? 600 : 0; /* CUDA_ERROR_NOT_READY */
+}
 CUresult cuStreamIsCapturing(void* s, int* status) {
   enter("cuStreamIsCapturing");
   log_stream("cuStreamIsCapturing", s);
@@ -215,7 +221,11 @@ CUresult cuEventCreate(void** e, unsigned flags) {
   return 0;
 }
 CUresult cuEventRecord(void* e, void* s) { (void)e; enter("cuEventRecord"); log_stream("cuEventRecord", s); return 0; }
-CUresult cuEventQuery(void* e) { (void)e; enter("cuEventQuery"); return 0; }
+CUresult cuEventQuery(void* e) {
+  (void)e;
+  enter("cuEventQuery");
+  return __atomic_load_n(&pending, __ATOMIC_SEQ_CST) ? 600 : 0; /* CUDA_ERROR_NOT_READY */
+}
 CUresult cuEventDestroy_v2(void* e) { enter("cuEventDestroy"); free(e); release(); return 0; }
 
 CUresult cuModuleLoadData(void** m, const void* image) {
@@ -282,6 +292,7 @@ static void* publish_later(void* arg) {
   sleep_ms(publish_delay_ms);
   publish(arg);
   free(arg);
+  __atomic_fetch_sub(&pending, 1, __ATOMIC_SEQ_CST);
   return NULL;
 }
 
@@ -302,6 +313,7 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
   p->host = (volatile int*)(uintptr_t)*(CUdeviceptr*)params[7];
   if (publish_delay_ms > 0) {
     pthread_t t;
+    __atomic_fetch_add(&pending, 1, __ATOMIC_SEQ_CST);
     pthread_create(&t, NULL, publish_later, p);
     pthread_detach(t);
     return 0;

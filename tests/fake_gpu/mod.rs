@@ -176,6 +176,16 @@ impl Fakes {
         self.text(self.nccl, "fake_nccl_after_abort", comm)
     }
 
+    /// Every `ncclAllGather`, `ncclAllGather stream tid;` each.
+    pub fn nccl_log(&self) -> String {
+        self.text(self.nccl, "fake_nccl_log", std::ptr::null_mut())
+    }
+
+    /// Every driver call on a stream, `name stream tid;` each.
+    pub fn cuda_log(&self) -> String {
+        self.text(self.cuda, "fake_cuda_log", std::ptr::null_mut())
+    }
+
     fn count(&self, handle: *mut c_void, name: &str, arg: Option<&str>) -> i64 {
         let arg = arg.map(|a| CString::new(a).unwrap());
         let p = arg.as_ref().map_or(std::ptr::null(), |a| a.as_ptr());
@@ -205,4 +215,10 @@ impl Fakes {
     pub fn allocations(&self) -> i64 {
         self.count(self.cuda, "fake_cuda_allocations", None)
     }
+}
+
+/// The calling thread's id, as the fakes log it.
+pub fn tid() -> i64 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) }
 }
