@@ -168,8 +168,21 @@ fn stale_slots_name_the_ranks_and_tell_aborted_from_out_of_step() {
     let e = stale_error(2, 0, 5, &slot);
     assert_eq!(e.kind, ErrorKind::InconsistentRanks, "{e}");
     assert!(e.message.contains("rank 1 carries 4"), "{e}");
+    // It says what the sequence number detects, and that it does not detect a skipped call.
+    assert!(e.message.contains("recreated"), "{e}");
+    assert!(
+        e.message
+            .contains("aborted or completed on only some ranks"),
+        "{e}"
+    );
+    assert!(
+        e.message
+            .contains("a rank that skipped a call is caught only by step ids"),
+        "{e}"
+    );
     let e = stale_error(2, 1, 5, &slot);
     assert_eq!(e.kind, ErrorKind::Nccl, "{e}");
+    assert!(e.message.contains("aborted, partial or failed"), "{e}");
 }
 
 fn no_stream() -> StreamHandle {

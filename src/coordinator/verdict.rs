@@ -152,14 +152,15 @@ pub(super) fn stale_error(
     let (kind, why) = if own_ok {
         (
             ErrorKind::InconsistentRanks,
-            "the ranks' coordinators are out of step (a rank skipped a call or recreated its \
-             coordinator)",
+            "the ranks' coordinators are out of step: a coordinator was recreated on some rank, \
+             or an earlier exchange was aborted or completed on only some ranks (what the \
+             sequence number detects; a rank that skipped a call is caught only by step ids)",
         )
     } else {
         (
             ErrorKind::Nccl,
-            "the collective did not deliver this call's data (an aborted or failed \
-             ncclAllGather)",
+            "the collective did not deliver this call's data, not even this rank's own slot (an \
+             aborted, partial or failed ncclAllGather)",
         )
     };
     Error::new(
