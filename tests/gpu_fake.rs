@@ -3,8 +3,10 @@
 //! `dp_coordinator_create` fails at any allocation; the watchdog protocol (`dp_cancel` until
 //! `DP_OK`, then abort) at every point of the first `dp_coordinate_batch`; special streams
 //! never used from another thread; a stream the coordinator cannot use still joins the
-//! exchange; a timed-out first exchange frees its state once NCCL let go of it.
+//! exchange; a timed-out first exchange frees its state once NCCL let go of it; the GPU
+//! path's log lines and NVTX ranges.
 
+mod diag_support;
 mod fake_gpu;
 
 use std::ffi::CStr;
@@ -252,6 +254,21 @@ fn child() {
             println!("LIVE={}", fakes.live());
             assert_eq!(dp_coordinator_destroy(c2), dp_status::DP_OK);
         }
+        // One step of a one-rank coordinator (decided locally), for the log and the ranges.
+        "diag" => {
+            let comm = fakes.comm(1, 0);
+            let mut c: *mut dp_coordinator = std::ptr::null_mut();
+            assert_eq!(dp_coordinator_create(comm.cast(), &mut c), dp_status::DP_OK);
+            let mut req = request(64, 5000);
+            req.cudagraph_mode = 2;
+            req.step_id = 7;
+            assert_eq!(dp_coordinator_begin(c, stream(0), &req), dp_status::DP_OK);
+            let mut res = result();
+            assert_eq!(dp_coordinator_end(c, &mut res), dp_status::DP_OK);
+            assert_eq!(res.num_tokens_after_padding_self, 64);
+            assert_eq!(dp_coordinator_destroy(c), dp_status::DP_OK);
+            println!("COMM={comm:p}");
+        }
         other => panic!("unknown case {other}"),
     }
 }
@@ -443,5 +460,55 @@ fn a_timed_out_first_exchange_is_freed_once_nccl_lets_go() {
         r.printed("LIVE"),
         r.printed("ONE"),
         "the timed-out coordinator's state is still allocated"
+    );
+}
+
+/// The GPU path's lines and ranges, on a one-rank coordinator over the fake NCCL (no GPU
+/// work: the step is decided locally).
+#[test]
+fn the_gpu_path_logs_info_and_trace_and_opens_ranges() {
+    let dir = diag_support::scratch("gpu-path");
+    let tool = diag_support::build_nvtx_tool(&dir);
+    let events = dir.join("events.txt");
+    let r = run(
+        "diag",
+        &[
+            ("DPCOORD_DEBUG", "TRACE".to_owned()),
+            ("NVTX_INJECTION64_PATH", tool.display().to_string()),
+            ("DPCOORD_TEST_NVTX_OUT", events.display().to_string()),
+        ],
+    );
+    let comm = r.printed("COMM");
+    let lines: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter_map(|l| l.split_once(" dpcoord ").map(|(_, rest)| rest))
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", r.stderr);
+    let libs = fake_gpu::libraries().display();
+    assert_eq!(
+        lines[0],
+        format!(
+            "INFO [rank 0/1 comm {comm}] coordinator created: NCCL 2.28.3 from \
+             {libs}/libnccl.so.2 (already-loaded libnccl.so.2), CUDA driver 12.4 from \
+             {libs}/libcuda.so.1 (the process's libcuda.so.1 (dlopen RTLD_NOLOAD)), dpcoord {}",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    assert_eq!(
+        lines[1],
+        format!(
+            "TRACE [rank 0/1 comm {comm} step 7] dp_coordinator_end: ubatch 0 dp_pad 0 \
+             cudagraph 2 tokens self 64 max 64 min 64"
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(&events).unwrap(),
+        "init\n\
+         domain dpcoord\n\
+         push dpcoord dp_coordinator_begin rank 0 step 7\n\
+         pop dpcoord\n\
+         push dpcoord dp_coordinator_end rank 0 step 7\n\
+         pop dpcoord\n"
     );
 }
