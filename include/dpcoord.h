@@ -522,9 +522,10 @@ enum dp_status dp_coordinator_cancel(struct dp_coordinator *c);
  * Destroys `c` (local; never waits and never calls NCCL, so it may follow `ncclCommAbort`).
  *
  * Device and pinned memory that work still in flight may write (an exchange begun and not
- * ended, a timed-out or cancelled one) is freed only once that work has finished (checked by
- * later create/destroy calls), or never, if a helper thread is still inside NCCL. Arrays of
- * earlier results become invalid. NULL is fine. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`
+ * ended, a timed-out or cancelled one) is freed only once that work has finished and, after
+ * a first exchange that timed out or was cancelled, once NCCL let dpcoord's helper thread go
+ * (`ncclCommAbort`); later `dp_coordinator_create` calls check. Arrays of earlier results
+ * become invalid. NULL is fine. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`
  * (misaligned), `DP_ERR_BUSY` (another thread is inside a call on `c`: nothing is freed).
  */
 enum dp_status dp_coordinator_destroy(struct dp_coordinator *c);
@@ -556,7 +557,9 @@ enum dp_status dp_coordinate_batch(struct ncclComm *comm,
 
 /**
  * `dp_coordinator_cancel` for the coordinator `dp_coordinate_batch` keeps for `comm` (from
- * any thread; a communicator never used with dpcoord is fine). Then abort `comm` and call
+ * any thread; a communicator never used with dpcoord is fine). A `dp_coordinate_batch` on
+ * `comm` is seen from its first line, also while it creates that coordinator: once this
+ * returns `DP_OK`, no dpcoord thread calls NCCL on `comm` again. Then abort `comm` and call
  * `dp_release(comm)`. Never calls NCCL. Returns as `dp_coordinator_cancel`.
  */
 enum dp_status dp_cancel(struct ncclComm *comm);
