@@ -243,8 +243,9 @@ fn child() {
                 last_error()
             );
             fakes.abort(comm);
-            // The fake lets the helper go after its 300 ms.
-            std::thread::sleep(Duration::from_millis(600));
+            // The fake lets the helper go after its 300 ms; then it has nothing left to do.
+            wait_for("the helper to leave NCCL", || fakes.gathers_inside() == 0);
+            std::thread::sleep(Duration::from_millis(20));
             let mut c2: *mut dp_coordinator = std::ptr::null_mut();
             assert_eq!(
                 dp_coordinator_create(fakes.comm(2, 0).cast(), &mut c2),

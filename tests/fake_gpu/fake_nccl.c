@@ -12,6 +12,7 @@
  *   fake_nccl_after_abort(comm)   the calls made on it after the mark, "name;" each
  *   fake_nccl_calls(name)         calls of `name` so far, on any communicator
  *   fake_nccl_log()               every ncclAllGather, "ncclAllGather stream tid;" in order
+ *   fake_nccl_inside()            ncclAllGather calls not returned yet
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -35,6 +36,8 @@ static int configured;
 static char log_buf[1 << 14];
 static size_t log_len;
 const char* fake_nccl_log(void) { return log_buf; }
+static long inside;
+long fake_nccl_inside(void) { return __atomic_load_n(&inside, __ATOMIC_SEQ_CST); }
 #define MAX_NAMES 32
 static struct { const char* name; long calls; } counts[MAX_NAMES];
 
@@ -108,7 +111,10 @@ int ncclAllGather(const void* send, void* recv, size_t count, int type, void* co
     log_len += (size_t)snprintf(log_buf + log_len, sizeof log_buf - log_len, "ncclAllGather %p %ld;",
                                 stream, (long)syscall(SYS_gettid));
   pthread_mutex_unlock(&lock);
-  if (enter("ncclAllGather", c)) return NCCL_INTERNAL_ERROR;
-  for (int r = 0; r < c->nranks; r++) memcpy((int*)recv + (size_t)r * count, send, count * 4);
-  return 0;
+  __atomic_fetch_add(&inside, 1, __ATOMIC_SEQ_CST);
+  int rc = enter("ncclAllGather", c) ? NCCL_INTERNAL_ERROR : 0;
+  if (rc == 0)
+    for (int r = 0; r < c->nranks; r++) memcpy((int*)recv + (size_t)r * count, send, count * 4);
+  __atomic_fetch_sub(&inside, 1, __ATOMIC_SEQ_CST);
+  return rc;
 }

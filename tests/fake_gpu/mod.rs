@@ -201,6 +201,11 @@ impl Fakes {
         self.count(self.nccl, "fake_nccl_calls", Some(name))
     }
 
+    /// `ncclAllGather` calls not returned yet.
+    pub fn gathers_inside(&self) -> i64 {
+        self.count(self.nccl, "fake_nccl_inside", None)
+    }
+
     /// Calls of driver function `name` so far.
     pub fn cuda_calls(&self, name: &str) -> i64 {
         self.count(self.cuda, "fake_cuda_calls", Some(name))
