@@ -587,18 +587,24 @@ enum dp_status dp_coordinator_create(struct ncclComm *comm, struct dp_coordinato
  * array and to mapped host memory. The host does not wait for the GPU; the caller may enqueue
  * more work on `stream` and do host work before `dp_coordinator_end`. The first begin of a
  * coordinator runs NCCL's first collective on a helper thread and waits for it to be enqueued,
- * bounded by `req->timeout_ms` (NCCL connects lazily inside it). `stream` may be NULL,
- * `cudaStreamLegacy` or `cudaStreamPerThread`; it must belong to the communicator's device,
- * must not be capturing a CUDA graph, and must stay alive until `end`. With dp_size 1 no GPU
- * work is done. The device array of the previous step stays valid until this call. `begin`
- * and `end` may run on different threads, never at once.
+ * bounded by `req->timeout_ms` (NCCL connects lazily inside it); that collective runs on a
+ * stream the coordinator owns, ordered after the work queued on `stream` and before the
+ * kernel. `stream` may be NULL, `cudaStreamLegacy` or `cudaStreamPerThread`, meaning the
+ * stream they mean on the thread that calls `begin` (`end`, `poll`, `cancel` and `destroy`
+ * may run on other threads: they use an event recorded here, never the stream); it must stay
+ * alive until `end`. With dp_size 1 no GPU work is done. The device array of the previous
+ * step stays valid until this call. `begin` and `end` may run on different threads, never at
+ * once.
  *
  * An invalid request (a field out of range or a bool byte other than 0/1) still joins the
  * exchange, as the invalid-request marker, so that no rank waits for it: `begin` returns
  * `DP_OK` and `end` returns `DP_ERR_INVALID_ARGUMENT` on every rank, naming the field on
- * this rank and this rank on the others; the coordinator stays usable. Only what cannot be
- * exchanged fails here at once: NULL or misaligned pointers, a bad `struct_size`, a negative
- * `timeout_ms` (the wait would have no bound).
+ * this rank and this rank on the others; the coordinator stays usable. So does a `stream`
+ * the coordinator cannot use (one of another device or context, or one capturing a CUDA
+ * graph): the marker is exchanged on the coordinator's own stream, nothing is enqueued on
+ * `stream`, and `end` names the stream's fault. Only what cannot be exchanged fails here at
+ * once: NULL or misaligned pointers, a bad `struct_size`, a negative `timeout_ms` (the wait
+ * would have no bound).
  * Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`, `DP_ERR_BUSY` (an exchange is in flight, or
  * another thread is inside a call on `c`), `DP_ERR_CUDA`, `DP_ERR_NCCL`, `DP_ERR_TIMEOUT`
  * (first call only), `DP_ERR_CANCELLED`, `DP_ERR_LIBRARY_UNAVAILABLE`; after a failure once
@@ -652,9 +658,10 @@ enum dp_status dp_coordinator_cancel(struct dp_coordinator *c);
  * Destroys `c` (local; never waits and never calls NCCL, so it may follow `ncclCommAbort`).
  *
  * Device and pinned memory that work still in flight may write (an exchange begun and not
- * ended, a timed-out or cancelled one) is freed only once that work has finished (checked by
- * later create/destroy calls), or never, if a helper thread is still inside NCCL. Arrays of
- * earlier results become invalid. NULL is fine. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`
+ * ended, a timed-out or cancelled one) is freed only once that work has finished and, after
+ * a first exchange that timed out or was cancelled, once NCCL let dpcoord's helper thread go
+ * (`ncclCommAbort`); later `dp_coordinator_create` calls check. Arrays of earlier results
+ * become invalid. NULL is fine. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`
  * (misaligned), `DP_ERR_BUSY` (another thread is inside a call on `c`: nothing is freed).
  */
 enum dp_status dp_coordinator_destroy(struct dp_coordinator *c);
@@ -686,7 +693,9 @@ enum dp_status dp_coordinate_batch(struct ncclComm *comm,
 
 /**
  * `dp_coordinator_cancel` for the coordinator `dp_coordinate_batch` keeps for `comm` (from
- * any thread; a communicator never used with dpcoord is fine). Then abort `comm` and call
+ * any thread; a communicator never used with dpcoord is fine). A `dp_coordinate_batch` on
+ * `comm` is seen from its first line, also while it creates that coordinator: once this
+ * returns `DP_OK`, no dpcoord thread calls NCCL on `comm` again. Then abort `comm` and call
  * `dp_release(comm)`. Never calls NCCL. Returns as `dp_coordinator_cancel`.
  */
 enum dp_status dp_cancel(struct ncclComm *comm);

@@ -1,6 +1,26 @@
 //! Dynamic loading shared by the two loaders (`nccl`, `cuda`): `dlopen`, `dlsym` and `dladdr`
-//! with `dlerror`'s text as the error. Handles are never closed (a loaded NCCL or CUDA driver
-//! stays for the life of the process, as the communicator and contexts made with it do).
+//! with `dlerror`'s text as the error, and [`symbol_table!`], the one way either loader turns a
+//! library's symbols into typed function pointers. Handles are never closed (a loaded NCCL or
+//! CUDA driver stays for the life of the process, as the communicator and contexts made with
+//! it do).
+//!
+//! # Why not `libloading`
+//!
+//! `libloading` was evaluated for this room (0.8 and 0.9) and not adopted, because here it
+//! would make the code neither smaller nor safer:
+//! - NCCL's first step looks a symbol up with `dlsym(RTLD_DEFAULT, ..)`. libloading has no
+//!   `RTLD_DEFAULT`; its `Library::this()` is `dlopen(NULL, RTLD_LAZY | RTLD_LOCAL)`, whose
+//!   scope is not the caller's default scope when libdpcoord itself was loaded `RTLD_LOCAL`
+//!   (a Python extension, say), so step 1 would find another set of libraries. It has no
+//!   `dladdr` either. This file would keep its `libc` calls for both.
+//! - A typed `Library::get::<T>` is `unsafe` for exactly the reason [`function`] is (the
+//!   caller promises `T`), so it removes no `unsafe` block; [`symbol_table!`] already has one
+//!   cast site for every table.
+//! - Its `Library` closes the handle on drop; every use would need `into_raw` to keep NCCL
+//!   and the driver loaded, a trap in a room whose rule is never to close one.
+//! - Its errors print as "dlopen failed" with `dlerror`'s text as the `source()`, so every
+//!   message naming the failing path would need the chain walked; and 0.9 needs Rust 1.88
+//!   (dpcoord's floor is 1.80).
 
 use std::ffi::{c_int, c_void, CStr};
 
@@ -71,3 +91,99 @@ pub(crate) fn defining_file(addr: *mut c_void) -> Option<String> {
             .into_owned(),
     )
 }
+
+/// An address from [`sym`] as the function-pointer type `F` (checked at compile time to be
+/// pointer-sized).
+///
+/// # Safety
+/// `p` is the address of a C function whose signature `F` matches exactly (handles are
+/// pointers, enums and status codes are `int`, `size_t` is `usize`).
+pub(crate) unsafe fn function<F: Copy>(p: *mut c_void) -> F {
+    const { assert!(std::mem::size_of::<F>() == std::mem::size_of::<*mut c_void>()) };
+    // SAFETY: `F` is pointer-sized (checked above) and, by the caller's promise, a function
+    // pointer type whose signature is the function's at `p`.
+    unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) }
+}
+
+/// A required symbol that [`symbol_table!`]'s `resolve` did not find.
+#[derive(Debug)]
+pub(crate) struct Missing {
+    /// The symbol's name.
+    pub(crate) name: &'static CStr,
+    /// `dlerror`'s text.
+    pub(crate) why: String,
+}
+
+/// Declares a library's table of entry points, every one resolved once, up front, from one
+/// [`Lookup`]:
+///
+/// ```ignore
+/// symbol_table! {
+///     /// The table's doc.
+///     pub(crate) struct Symbols {
+///         /// A field's doc.
+///         required all_gather: AllGatherFn = c"ncclAllGather";
+///         optional get_last_error: LastErrorFn = c"ncclGetLastError";
+///         #[cfg(feature = "testing")]
+///         required stream_create: StreamCreateFn = c"cuStreamCreate";
+///     }
+/// }
+/// ```
+///
+/// A `required` symbol missing makes `resolve` fail with [`Missing`] (the first one, in
+/// declaration order); an `optional` one is `None`. A field under `#[cfg(..)]` is still
+/// resolved (and, when required, still demanded) in every build, so a library is accepted or
+/// refused alike with and without the feature; it is only stored where the feature is on.
+macro_rules! symbol_table {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $(
+                $(#[doc = $doc:literal])*
+                $(#[cfg($cfg:meta)])?
+                $need:ident $field:ident: $ty:ty = $sym:literal;
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $(
+                $(#[doc = $doc])*
+                $(#[cfg($cfg)])?
+                pub(crate) $field: $crate::dl::symbol_table!(@type $need $ty),
+            )*
+        }
+
+        impl $name {
+            /// Resolves every entry point in `lookup`, in declaration order.
+            ///
+            /// # Safety
+            /// Every symbol of these names that `lookup` finds is a C function whose
+            /// signature its field's type matches exactly.
+            $vis unsafe fn resolve(
+                lookup: $crate::dl::Lookup,
+            ) -> ::std::result::Result<Self, $crate::dl::Missing> {
+                $(
+                    let $field = $crate::dl::symbol_table!(@get $need lookup, $sym, $ty);
+                    $(#[cfg(not($cfg))] let _ = $field;)?
+                )*
+                Ok(Self { $($(#[cfg($cfg)])? $field,)* })
+            }
+        }
+    };
+    (@type required $ty:ty) => { $ty };
+    (@type optional $ty:ty) => { ::std::option::Option<$ty> };
+    (@get required $lookup:ident, $sym:literal, $ty:ty) => {{
+        let p = $crate::dl::sym($lookup, $sym)
+            .map_err(|why| $crate::dl::Missing { name: $sym, why })?;
+        // SAFETY: the caller's promise: the symbol of this name has the field's signature.
+        unsafe { $crate::dl::function::<$ty>(p) }
+    }};
+    (@get optional $lookup:ident, $sym:literal, $ty:ty) => {
+        $crate::dl::sym($lookup, $sym).ok().map(|p| {
+            // SAFETY: as for a required symbol.
+            unsafe { $crate::dl::function::<$ty>(p) }
+        })
+    };
+}
+pub(crate) use symbol_table;

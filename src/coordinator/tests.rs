@@ -1,11 +1,12 @@
 //! The coordinator's state rules without a GPU: a fake NCCL answers for a one-rank
 //! communicator, so begin/poll/end/cancel/destroy run their host-only path.
 
+use super::verdict::stale_error;
 use super::*;
-use crate::ffi::{self, dp_status};
+use crate::cuda::StreamHandle;
 
 fn one_rank_coordinator() -> Coordinator {
-    Coordinator::with_nccl(nccl::fake_one_rank(), false)
+    Coordinator::with_nccl(nccl::fake::one_rank(), false)
 }
 
 fn request(tokens: i32, step_id: i64) -> Request {
@@ -134,7 +135,13 @@ fn cancel_waits_for_a_thread_inside_and_reports_one_that_stays() {
 fn destroy_while_a_thread_is_inside_is_busy_and_frees_nothing() {
     let c = one_rank_coordinator();
     let inside = c.shared.enter().unwrap();
-    assert_eq!(c.destroy().unwrap_err().kind, ErrorKind::Busy);
+    let e = c.destroy().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Busy);
+    assert!(
+        e.message
+            .ends_with("on this coordinator; cancel it first (dp_coordinator_cancel)"),
+        "{e}"
+    );
     drop(inside);
     c.destroy().unwrap();
 }
@@ -161,199 +168,21 @@ fn stale_slots_name_the_ranks_and_tell_aborted_from_out_of_step() {
     let e = stale_error(2, 0, 5, &slot);
     assert_eq!(e.kind, ErrorKind::InconsistentRanks, "{e}");
     assert!(e.message.contains("rank 1 carries 4"), "{e}");
+    // It says what the sequence number detects, and that it does not detect a skipped call.
+    assert!(e.message.contains("recreated"), "{e}");
+    assert!(
+        e.message
+            .contains("aborted or completed on only some ranks"),
+        "{e}"
+    );
+    assert!(
+        e.message
+            .contains("a rank that skipped a call is caught only by step ids"),
+        "{e}"
+    );
     let e = stale_error(2, 1, 5, &slot);
     assert_eq!(e.kind, ErrorKind::Nccl, "{e}");
-}
-
-// ---- the C functions over a coordinator built here ----
-
-fn c_request(tokens: i32) -> ffi::dp_batch_request {
-    let mut q = std::mem::MaybeUninit::<ffi::dp_batch_request>::zeroed();
-    ffi::dp_batch_request_init(q.as_mut_ptr());
-    // SAFETY: initialised by dp_batch_request_init.
-    let mut q = unsafe { q.assume_init() };
-    q.num_tokens_unpadded = tokens;
-    q
-}
-
-fn c_result() -> ffi::dp_batch_result {
-    let mut r = std::mem::MaybeUninit::<ffi::dp_batch_result>::zeroed();
-    ffi::dp_batch_result_init(r.as_mut_ptr());
-    // SAFETY: initialised by dp_batch_result_init.
-    unsafe { r.assume_init() }
-}
-
-#[test]
-fn c_functions_refuse_nulls() {
-    use ffi::*;
-    let mut out: *mut dp_coordinator = std::ptr::null_mut();
-    assert_eq!(
-        dp_coordinator_create(std::ptr::null_mut(), &mut out),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    assert!(out.is_null());
-    let fake = 0x1000 as *mut ncclComm;
-    assert_eq!(
-        dp_coordinator_create(fake, std::ptr::null_mut()),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    let q = c_request(1);
-    let mut r = c_result();
-    let mut done = false;
-    let null = std::ptr::null_mut();
-    assert_eq!(
-        dp_coordinator_begin(null, std::ptr::null_mut(), &q),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        dp_coordinator_poll(null, &mut done),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        dp_coordinator_end(null, &mut r),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        dp_coordinator_cancel(null),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(dp_coordinator_destroy(null), dp_status::DP_OK);
-    assert_eq!(
-        dp_cancel(std::ptr::null_mut()),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        dp_release(std::ptr::null_mut()),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    let misaligned = 0x1001 as *mut dp_coordinator;
-    assert_eq!(
-        dp_coordinator_cancel(misaligned),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    // A communicator dpcoord never saw: cancel and release are harmless, never touch it.
-    assert_eq!(dp_cancel(0x7e57_0000 as *mut ncclComm), dp_status::DP_OK);
-    assert_eq!(dp_release(0x7e57_0000 as *mut ncclComm), dp_status::DP_OK);
-}
-
-#[test]
-fn c_coordinator_states_over_a_one_rank_communicator() {
-    use ffi::*;
-    let c = crate::ffi::coordinator_into_raw(one_rank_coordinator());
-    let mut r = c_result();
-    let mut done = true;
-    let null = std::ptr::null_mut();
-    assert_eq!(
-        dp_coordinator_end(c, &mut r),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        dp_coordinator_poll(c, &mut done),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        dp_coordinator_poll(c, std::ptr::null_mut()),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    let q = c_request(5);
-    assert_eq!(
-        dp_coordinator_begin(c, null, std::ptr::null()),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(dp_coordinator_begin(c, null, &q), dp_status::DP_OK);
-    assert_eq!(dp_coordinator_begin(c, null, &q), dp_status::DP_ERR_BUSY);
-    done = false;
-    assert_eq!(dp_coordinator_poll(c, &mut done), dp_status::DP_OK);
-    assert!(done);
-    // A result struct smaller than 0.2's is refused before anything is consumed.
-    let mut small = c_result();
-    small.struct_size = 8;
-    assert_eq!(
-        dp_coordinator_end(c, &mut small),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(dp_coordinator_end(c, &mut r), dp_status::DP_OK);
-    assert_eq!((r.dp_size, r.num_tokens_after_padding_self), (1, 5));
-    assert!(!r.has_num_tokens_after_padding && r.num_tokens_after_padding.is_null());
-    // Bad contents join (begin OK) and end names them; the result stays untouched.
-    let mut bad = c_request(5);
-    bad.cudagraph_mode = 9;
-    assert_eq!(dp_coordinator_begin(c, null, &bad), dp_status::DP_OK);
-    let mut untouched = c_result();
-    untouched.step_id = 77;
-    assert_eq!(
-        dp_coordinator_end(c, &mut untouched),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    let message = crate::ffi::tests::last_error();
-    assert!(message.contains("req->cudagraph_mode = 9"), "{message}");
-    assert_eq!(untouched.step_id, 77);
-    // What cannot be exchanged fails at begin: a bad struct_size, a negative timeout.
-    bad = c_request(5);
-    bad.struct_size = 4;
-    assert_eq!(
-        dp_coordinator_begin(c, null, &bad),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    bad = c_request(5);
-    bad.timeout_ms = -2;
-    assert_eq!(
-        dp_coordinator_begin(c, null, &bad),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        dp_coordinator_end(c, &mut r),
-        dp_status::DP_ERR_INVALID_ARGUMENT
-    ); // nothing in flight
-    assert_eq!(dp_coordinator_cancel(c), dp_status::DP_OK);
-    assert_eq!(
-        dp_coordinator_begin(c, null, &q),
-        dp_status::DP_ERR_CANCELLED
-    );
-    assert_eq!(dp_coordinator_destroy(c), dp_status::DP_OK);
-}
-
-#[test]
-fn without_nccl_create_is_library_unavailable() {
-    // Only where no NCCL can be found (CI); elsewhere, NCCL is found.
-    if nccl::nccl().is_ok() {
-        return;
-    }
-    let mut out: *mut ffi::dp_coordinator = std::ptr::null_mut();
-    let st = ffi::dp_coordinator_create(0x1000 as *mut ffi::ncclComm, &mut out);
-    assert_eq!(st, dp_status::DP_ERR_LIBRARY_UNAVAILABLE);
-    assert!(out.is_null());
-    let mut r = c_result();
-    let q = c_request(1);
-    let st = ffi::dp_coordinate_batch(
-        0x2000 as *mut ffi::ncclComm,
-        std::ptr::null_mut(),
-        &q,
-        &mut r,
-    );
-    assert_eq!(st, dp_status::DP_ERR_LIBRARY_UNAVAILABLE);
-    // Nothing was cached for the failing call.
-    assert!(!lock(&CACHE).contains_key(&0x2000));
-}
-
-#[test]
-fn an_invalid_request_to_dp_coordinate_batch_without_nccl_names_the_field_and_caches_nothing() {
-    // Only where no NCCL can be found (CI): the marker cannot be sent, the field is named.
-    if nccl::nccl().is_ok() {
-        return;
-    }
-    let mut r = c_result();
-    let q = c_request(-3);
-    let comm = 0x3000 as *mut ffi::ncclComm;
-    let st = ffi::dp_coordinate_batch(comm, std::ptr::null_mut(), &q, &mut r);
-    assert_eq!(st, dp_status::DP_ERR_INVALID_ARGUMENT);
-    let message = crate::ffi::tests::last_error();
-    assert!(
-        message.contains("req->num_tokens_unpadded = -3"),
-        "{message}"
-    );
-    assert!(message.contains("other ranks are not told"), "{message}");
-    assert!(!lock(&CACHE).contains_key(&0x3000));
+    assert!(e.message.contains("aborted, partial or failed"), "{e}");
 }
 
 fn no_stream() -> StreamHandle {

@@ -37,7 +37,7 @@
 
 pub(crate) mod log;
 pub(crate) mod nvtx;
-/// The helpers the diag tests share with `tests/diag.rs`.
+/// The helpers the NVTX unit tests (`nvtx.rs`) share with `tests/diag.rs`.
 #[cfg(test)]
 #[path = "../../tests/diag_support/mod.rs"]
 mod test_support;
@@ -56,76 +56,3 @@ macro_rules! log_line {
     };
 }
 pub(crate) use log_line as log;
-
-#[cfg(test)]
-mod tests {
-    use std::ffi::OsStr;
-
-    use super::test_support::{build_nvtx_tool, rerun, scratch};
-    use crate::coordinator::Coordinator;
-    use crate::cuda::StreamHandle;
-    use crate::nccl;
-    use crate::rules::Request;
-
-    #[test]
-    #[ignore = "the body of the GPU-path diagnostics test, run by it in a subprocess"]
-    fn child_runs_a_one_rank_coordinator() {
-        let c = Coordinator::with_nccl(nccl::fake_one_rank(), false);
-        let req = Request {
-            num_tokens_unpadded: 64,
-            cudagraph_mode: 2,
-            step_id: 7,
-            ..Request::default()
-        };
-        // SAFETY: NULL is the legacy default stream; the one-rank path never uses it.
-        let stream = unsafe { StreamHandle::from_raw(std::ptr::null_mut()) };
-        c.begin(stream, &req, None).unwrap();
-        let o = c.end().unwrap();
-        assert_eq!(o.decision.num_tokens_after_padding_self, 64);
-    }
-
-    /// The GPU path's lines and ranges, on a one-rank coordinator over the fake NCCL (its
-    /// communicator is 0x1000, its NCCL 2.28.3; no GPU needed).
-    #[test]
-    fn the_gpu_path_logs_info_and_trace_and_opens_ranges() {
-        let dir = scratch("gpu-path");
-        let tool = build_nvtx_tool(&dir);
-        let events = dir.join("events.txt");
-        let output = rerun(
-            "diag::tests::child_runs_a_one_rank_coordinator",
-            &[
-                ("DPCOORD_DEBUG", OsStr::new("TRACE")),
-                ("NVTX_INJECTION64_PATH", tool.as_os_str()),
-                ("DPCOORD_TEST_NVTX_OUT", events.as_os_str()),
-            ],
-        );
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let lines: Vec<&str> = stderr
-            .lines()
-            .filter_map(|l| l.split_once(" dpcoord ").map(|(_, rest)| rest))
-            .collect();
-        assert_eq!(lines.len(), 2, "{stderr}");
-        assert!(
-            lines[0].starts_with(
-                "INFO [rank 0/1 comm 0x1000] coordinator created: NCCL 2.28.3 from fake, CUDA \
-                 driver "
-            ),
-            "{}",
-            lines[0]
-        );
-        assert_eq!(
-            lines[1],
-            "TRACE [rank 0/1 comm 0x1000 step 7] dp_coordinator_end: ubatch 0 dp_pad 0 \
-             cudagraph 2 tokens self 64 max 64 min 64"
-        );
-        assert_eq!(
-            std::fs::read_to_string(&events).unwrap(),
-            "init\n\
-             domain dpcoord\n\
-             push dpcoord dp_coordinator_begin rank 0 step 7\n\
-             pop dpcoord\n\
-             push dpcoord dp_coordinator_end rank 0 step 7\n\
-             pop dpcoord\n"
-        );
-    }
-}

@@ -75,6 +75,38 @@ pub(crate) fn init_struct_size(size: usize, min: usize, type_name: &str) -> Resu
     Ok(u32::try_from(size).unwrap_or(u32::MAX))
 }
 
+/// An opaque C handle type whose `*mut Self` owns one boxed [`OwnedHandle::Owned`]: the one
+/// pattern for every handle the C caller creates and destroys.
+pub(crate) trait OwnedHandle: Sized {
+    /// What the handle owns.
+    type Owned;
+
+    /// Hands `value` to the C caller, who owns it until [`OwnedHandle::drop_raw`].
+    fn into_raw(value: Self::Owned) -> *mut Self {
+        Box::into_raw(Box::new(value)).cast()
+    }
+
+    /// The value behind `handle` (checked: non-NULL and aligned for what it owns; `name` is
+    /// the parameter's name in the error).
+    fn borrow<'a>(handle: *mut Self, name: &str) -> Result<&'a Self::Owned> {
+        let owned = handle.cast_const().cast::<Self::Owned>();
+        check_ptr(owned, name)?;
+        // SAFETY: non-NULL and aligned (checked); the C caller promises a handle from
+        // `into_raw` that was not dropped yet.
+        Ok(unsafe { &*owned })
+    }
+
+    /// Frees what `handle` owns.
+    ///
+    /// # Safety
+    /// `handle` came from [`OwnedHandle::into_raw`], was not dropped before, and no reference
+    /// from [`OwnedHandle::borrow`] is alive.
+    unsafe fn drop_raw(handle: *mut Self) {
+        // SAFETY: the caller's promise above.
+        drop(unsafe { Box::from_raw(handle.cast::<Self::Owned>()) });
+    }
+}
+
 /// Writes `value` through an output pointer (checked by `check_ptr` first).
 pub(crate) fn write_out<T>(out: *mut T, value: T) {
     // SAFETY: every caller checked `out` with `check_ptr` first, and the C caller promises

@@ -4,7 +4,7 @@
 
 use super::{
     boundary, check_ptr, check_result, dp_batch_request, dp_batch_result, dp_status, ncclComm,
-    read_request_fields, write_out, write_result, CUstream_st,
+    read_request_fields, write_out, write_result, CUstream_st, OwnedHandle,
 };
 use crate::coordinator::{self, Coordinator, Outcome};
 use crate::cuda::StreamHandle;
@@ -15,7 +15,11 @@ use crate::nccl::CommHandle;
 /// every rank), then `dp_coordinator_begin` / `dp_coordinator_end` once per step. Opaque;
 /// owned by the caller until `dp_coordinator_destroy`.
 pub struct dp_coordinator {
-    inner: Coordinator,
+    _opaque: [u8; 0],
+}
+
+impl OwnedHandle for dp_coordinator {
+    type Owned = Coordinator;
 }
 
 /// The typed handles of a C communicator and stream (checked: the comm is non-NULL).
@@ -34,10 +38,7 @@ fn stream_handle(stream: *mut CUstream_st) -> StreamHandle {
 
 /// The coordinator behind a C pointer (checked: non-NULL, aligned).
 fn coordinator<'a>(c: *mut dp_coordinator) -> Result<&'a Coordinator> {
-    check_ptr(c.cast_const(), "c")?;
-    // SAFETY: non-NULL and aligned (checked); the C caller promises a pointer from
-    // dp_coordinator_create that was not destroyed.
-    Ok(unsafe { &(*c).inner })
+    dp_coordinator::borrow(c, "c")
 }
 
 /// The C result of a coordinated step (arrays set when there are any).
@@ -79,8 +80,8 @@ pub extern "C" fn dp_coordinator_create(
     boundary(|| {
         let comm = comm_handle(comm)?;
         check_ptr(out.cast_const(), "out")?;
-        let inner = Coordinator::new(comm, false)?;
-        write_out(out, Box::into_raw(Box::new(dp_coordinator { inner })));
+        let coordinator = Coordinator::new(comm, false)?;
+        write_out(out, dp_coordinator::into_raw(coordinator));
         Ok(())
     })
 }
@@ -94,18 +95,24 @@ pub extern "C" fn dp_coordinator_create(
 /// array and to mapped host memory. The host does not wait for the GPU; the caller may enqueue
 /// more work on `stream` and do host work before `dp_coordinator_end`. The first begin of a
 /// coordinator runs NCCL's first collective on a helper thread and waits for it to be enqueued,
-/// bounded by `req->timeout_ms` (NCCL connects lazily inside it). `stream` may be NULL,
-/// `cudaStreamLegacy` or `cudaStreamPerThread`; it must belong to the communicator's device,
-/// must not be capturing a CUDA graph, and must stay alive until `end`. With dp_size 1 no GPU
-/// work is done. The device array of the previous step stays valid until this call. `begin`
-/// and `end` may run on different threads, never at once.
+/// bounded by `req->timeout_ms` (NCCL connects lazily inside it); that collective runs on a
+/// stream the coordinator owns, ordered after the work queued on `stream` and before the
+/// kernel. `stream` may be NULL, `cudaStreamLegacy` or `cudaStreamPerThread`, meaning the
+/// stream they mean on the thread that calls `begin` (`end`, `poll`, `cancel` and `destroy`
+/// may run on other threads: they use an event recorded here, never the stream); it must stay
+/// alive until `end`. With dp_size 1 no GPU work is done. The device array of the previous
+/// step stays valid until this call. `begin` and `end` may run on different threads, never at
+/// once.
 ///
 /// An invalid request (a field out of range or a bool byte other than 0/1) still joins the
 /// exchange, as the invalid-request marker, so that no rank waits for it: `begin` returns
 /// `DP_OK` and `end` returns `DP_ERR_INVALID_ARGUMENT` on every rank, naming the field on
-/// this rank and this rank on the others; the coordinator stays usable. Only what cannot be
-/// exchanged fails here at once: NULL or misaligned pointers, a bad `struct_size`, a negative
-/// `timeout_ms` (the wait would have no bound).
+/// this rank and this rank on the others; the coordinator stays usable. So does a `stream`
+/// the coordinator cannot use (one of another device or context, or one capturing a CUDA
+/// graph): the marker is exchanged on the coordinator's own stream, nothing is enqueued on
+/// `stream`, and `end` names the stream's fault. Only what cannot be exchanged fails here at
+/// once: NULL or misaligned pointers, a bad `struct_size`, a negative `timeout_ms` (the wait
+/// would have no bound).
 /// Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`, `DP_ERR_BUSY` (an exchange is in flight, or
 /// another thread is inside a call on `c`), `DP_ERR_CUDA`, `DP_ERR_NCCL`, `DP_ERR_TIMEOUT`
 /// (first call only), `DP_ERR_CANCELLED`, `DP_ERR_LIBRARY_UNAVAILABLE`; after a failure once
@@ -184,9 +191,10 @@ pub extern "C" fn dp_coordinator_cancel(c: *mut dp_coordinator) -> dp_status {
 /// Destroys `c` (local; never waits and never calls NCCL, so it may follow `ncclCommAbort`).
 ///
 /// Device and pinned memory that work still in flight may write (an exchange begun and not
-/// ended, a timed-out or cancelled one) is freed only once that work has finished (checked by
-/// later create/destroy calls), or never, if a helper thread is still inside NCCL. Arrays of
-/// earlier results become invalid. NULL is fine. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`
+/// ended, a timed-out or cancelled one) is freed only once that work has finished and, after
+/// a first exchange that timed out or was cancelled, once NCCL let dpcoord's helper thread go
+/// (`ncclCommAbort`); later `dp_coordinator_create` calls check. Arrays of earlier results
+/// become invalid. NULL is fine. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT`
 /// (misaligned), `DP_ERR_BUSY` (another thread is inside a call on `c`: nothing is freed).
 #[no_mangle]
 pub extern "C" fn dp_coordinator_destroy(c: *mut dp_coordinator) -> dp_status {
@@ -195,10 +203,9 @@ pub extern "C" fn dp_coordinator_destroy(c: *mut dp_coordinator) -> dp_status {
             return Ok(());
         }
         coordinator(c)?.destroy()?;
-        // SAFETY: `c` came from Box::into_raw in dp_coordinator_create (the C caller's
-        // promise), was not destroyed before, and no thread is inside a call on it (checked
-        // by destroy).
-        drop(unsafe { Box::from_raw(c) });
+        // SAFETY: `c` came from dp_coordinator_create (the C caller's promise), was not
+        // destroyed before, and no thread is inside a call on it (checked by destroy).
+        unsafe { dp_coordinator::drop_raw(c) };
         Ok(())
     })
 }
@@ -244,7 +251,9 @@ pub extern "C" fn dp_coordinate_batch(
 }
 
 /// `dp_coordinator_cancel` for the coordinator `dp_coordinate_batch` keeps for `comm` (from
-/// any thread; a communicator never used with dpcoord is fine). Then abort `comm` and call
+/// any thread; a communicator never used with dpcoord is fine). A `dp_coordinate_batch` on
+/// `comm` is seen from its first line, also while it creates that coordinator: once this
+/// returns `DP_OK`, no dpcoord thread calls NCCL on `comm` again. Then abort `comm` and call
 /// `dp_release(comm)`. Never calls NCCL. Returns as `dp_coordinator_cancel`.
 #[no_mangle]
 pub extern "C" fn dp_cancel(comm: *mut ncclComm) -> dp_status {
@@ -259,11 +268,4 @@ pub extern "C" fn dp_cancel(comm: *mut ncclComm) -> dp_status {
 #[no_mangle]
 pub extern "C" fn dp_release(comm: *mut ncclComm) -> dp_status {
     boundary(|| coordinator::release(comm_handle(comm)?))
-}
-
-/// A C pointer to a coordinator built in Rust (unit tests of the C functions with a fake
-/// NCCL).
-#[cfg(test)]
-pub(crate) fn coordinator_into_raw(inner: Coordinator) -> *mut dp_coordinator {
-    Box::into_raw(Box::new(dp_coordinator { inner }))
 }

@@ -1,6 +1,7 @@
 use std::ffi::CStr;
 
 use super::*;
+use crate::coordinator::{self, Coordinator};
 use crate::error::{Error, ErrorKind};
 use crate::rules::Request;
 
@@ -181,4 +182,192 @@ fn the_host_decision_names_a_rank_that_sent_the_marker() {
         e.message.contains("records[1].num_tokens_unpadded = -1"),
         "{e}"
     );
+}
+
+// ---- the GPU path's C functions over a fake one-rank NCCL ----
+
+fn one_rank_coordinator() -> Coordinator {
+    Coordinator::with_nccl(crate::nccl::fake::one_rank(), false)
+}
+
+fn c_request(tokens: i32) -> dp_batch_request {
+    let mut q = std::mem::MaybeUninit::<dp_batch_request>::zeroed();
+    dp_batch_request_init(q.as_mut_ptr());
+    // SAFETY: initialised by dp_batch_request_init.
+    let mut q = unsafe { q.assume_init() };
+    q.num_tokens_unpadded = tokens;
+    q
+}
+
+fn c_result() -> dp_batch_result {
+    let mut r = std::mem::MaybeUninit::<dp_batch_result>::zeroed();
+    dp_batch_result_init(r.as_mut_ptr());
+    // SAFETY: initialised by dp_batch_result_init.
+    unsafe { r.assume_init() }
+}
+
+#[test]
+fn c_functions_refuse_nulls() {
+    let mut out: *mut dp_coordinator = std::ptr::null_mut();
+    assert_eq!(
+        dp_coordinator_create(std::ptr::null_mut(), &mut out),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    assert!(out.is_null());
+    let fake = 0x1000 as *mut ncclComm;
+    assert_eq!(
+        dp_coordinator_create(fake, std::ptr::null_mut()),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    let q = c_request(1);
+    let mut r = c_result();
+    let mut done = false;
+    let null = std::ptr::null_mut();
+    assert_eq!(
+        dp_coordinator_begin(null, std::ptr::null_mut(), &q),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        dp_coordinator_poll(null, &mut done),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        dp_coordinator_end(null, &mut r),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        dp_coordinator_cancel(null),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(dp_coordinator_destroy(null), dp_status::DP_OK);
+    assert_eq!(
+        dp_cancel(std::ptr::null_mut()),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        dp_release(std::ptr::null_mut()),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    let misaligned = 0x1001 as *mut dp_coordinator;
+    assert_eq!(
+        dp_coordinator_cancel(misaligned),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    // A communicator dpcoord never saw: cancel and release are harmless, never touch it.
+    assert_eq!(dp_cancel(0x7e57_0000 as *mut ncclComm), dp_status::DP_OK);
+    assert_eq!(dp_release(0x7e57_0000 as *mut ncclComm), dp_status::DP_OK);
+}
+
+#[test]
+fn c_coordinator_states_over_a_one_rank_communicator() {
+    let c = dp_coordinator::into_raw(one_rank_coordinator());
+    let mut r = c_result();
+    let mut done = true;
+    let null = std::ptr::null_mut();
+    assert_eq!(
+        dp_coordinator_end(c, &mut r),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        dp_coordinator_poll(c, &mut done),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        dp_coordinator_poll(c, std::ptr::null_mut()),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    let q = c_request(5);
+    assert_eq!(
+        dp_coordinator_begin(c, null, std::ptr::null()),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(dp_coordinator_begin(c, null, &q), dp_status::DP_OK);
+    assert_eq!(dp_coordinator_begin(c, null, &q), dp_status::DP_ERR_BUSY);
+    done = false;
+    assert_eq!(dp_coordinator_poll(c, &mut done), dp_status::DP_OK);
+    assert!(done);
+    // A result struct smaller than 0.2's is refused before anything is consumed.
+    let mut small = c_result();
+    small.struct_size = 8;
+    assert_eq!(
+        dp_coordinator_end(c, &mut small),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(dp_coordinator_end(c, &mut r), dp_status::DP_OK);
+    assert_eq!((r.dp_size, r.num_tokens_after_padding_self), (1, 5));
+    assert!(!r.has_num_tokens_after_padding && r.num_tokens_after_padding.is_null());
+    // Bad contents join (begin OK) and end names them; the result stays untouched.
+    let mut bad = c_request(5);
+    bad.cudagraph_mode = 9;
+    assert_eq!(dp_coordinator_begin(c, null, &bad), dp_status::DP_OK);
+    let mut untouched = c_result();
+    untouched.step_id = 77;
+    assert_eq!(
+        dp_coordinator_end(c, &mut untouched),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    let message = last_error();
+    assert!(message.contains("req->cudagraph_mode = 9"), "{message}");
+    assert_eq!(untouched.step_id, 77);
+    // What cannot be exchanged fails at begin: a bad struct_size, a negative timeout.
+    bad = c_request(5);
+    bad.struct_size = 4;
+    assert_eq!(
+        dp_coordinator_begin(c, null, &bad),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    bad = c_request(5);
+    bad.timeout_ms = -2;
+    assert_eq!(
+        dp_coordinator_begin(c, null, &bad),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        dp_coordinator_end(c, &mut r),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    ); // nothing in flight
+    assert_eq!(dp_coordinator_cancel(c), dp_status::DP_OK);
+    assert_eq!(
+        dp_coordinator_begin(c, null, &q),
+        dp_status::DP_ERR_CANCELLED
+    );
+    assert_eq!(dp_coordinator_destroy(c), dp_status::DP_OK);
+}
+
+#[test]
+fn without_nccl_create_is_library_unavailable() {
+    // Only where no NCCL can be found (CI); elsewhere, NCCL is found.
+    if crate::nccl::nccl().is_ok() {
+        return;
+    }
+    let mut out: *mut dp_coordinator = std::ptr::null_mut();
+    let st = dp_coordinator_create(0x1000 as *mut ncclComm, &mut out);
+    assert_eq!(st, dp_status::DP_ERR_LIBRARY_UNAVAILABLE);
+    assert!(out.is_null());
+    let mut r = c_result();
+    let q = c_request(1);
+    let st = dp_coordinate_batch(0x2000 as *mut ncclComm, std::ptr::null_mut(), &q, &mut r);
+    assert_eq!(st, dp_status::DP_ERR_LIBRARY_UNAVAILABLE);
+    // Nothing was cached for the failing call.
+    assert!(!coordinator::is_cached(0x2000));
+}
+
+#[test]
+fn an_invalid_request_to_dp_coordinate_batch_without_nccl_names_the_field_and_caches_nothing() {
+    // Only where no NCCL can be found (CI): the marker cannot be sent, the field is named.
+    if crate::nccl::nccl().is_ok() {
+        return;
+    }
+    let mut r = c_result();
+    let q = c_request(-3);
+    let comm = 0x3000 as *mut ncclComm;
+    let st = dp_coordinate_batch(comm, std::ptr::null_mut(), &q, &mut r);
+    assert_eq!(st, dp_status::DP_ERR_INVALID_ARGUMENT);
+    let message = last_error();
+    assert!(
+        message.contains("req->num_tokens_unpadded = -3"),
+        "{message}"
+    );
+    assert!(message.contains("other ranks are not told"), "{message}");
+    assert!(!coordinator::is_cached(0x3000));
 }

@@ -135,7 +135,8 @@ impl Harness {
         comm: CommHandle,
         stream: StreamHandle,
     ) -> Result<()> {
-        self.nccl.all_gather_i32(send, recv, words, comm, stream)
+        self.nccl
+            .all_gather_i32_until(send, recv, words, comm, stream, None)
     }
 
     /// The bare `ncclAllReduce` (sum) of `words` int32 on `stream`.
@@ -180,45 +181,39 @@ pub fn stream_idle(stream: StreamHandle) -> Result<bool> {
 
 /// A non-blocking stream of the current context, destroyed on drop.
 pub struct Stream {
-    handle: StreamHandle,
+    stream: cuda::OwnedStream,
 }
 
 impl Stream {
     /// Creates the stream.
     pub fn new() -> Result<Stream> {
         Ok(Stream {
-            handle: extra::create_stream()?,
+            stream: cuda::OwnedStream::new(extra::current_context()?)?,
         })
     }
 
     /// Its handle.
     pub fn handle(&self) -> StreamHandle {
-        self.handle
+        self.stream.handle()
     }
 }
 
-impl Drop for Stream {
-    fn drop(&mut self) {
-        extra::destroy_stream(self.handle);
-    }
-}
-
-/// Zeroed device memory of int32 words, freed on drop (its context current).
+/// Zeroed device memory of int32 words, freed on drop (in its context).
 pub struct DeviceWords {
-    buffer: Option<DeviceBuffer>,
+    buffer: DeviceBuffer,
 }
 
 impl DeviceWords {
     /// Allocates `words` int32 in the current context.
     pub fn new(words: usize) -> Result<DeviceWords> {
         Ok(DeviceWords {
-            buffer: Some(DeviceBuffer::new(words)?),
+            buffer: DeviceBuffer::new(extra::current_context()?, words)?,
         })
     }
 
     /// The device address.
     pub fn ptr(&self) -> DevicePtr {
-        self.buffer.as_ref().map_or(0, DeviceBuffer::ptr)
+        self.buffer.ptr()
     }
 
     /// Copies `out.len()` words back (synchronously).
@@ -227,29 +222,21 @@ impl DeviceWords {
     }
 }
 
-impl Drop for DeviceWords {
-    fn drop(&mut self) {
-        if let Some(b) = self.buffer.take() {
-            b.free();
-        }
-    }
-}
-
-/// Mapped pinned host memory of int32 words, freed on drop.
+/// Mapped pinned host memory of int32 words, freed on drop (in its context).
 pub struct MappedWords {
-    block: Option<MappedHost>,
+    block: MappedHost,
 }
 
 impl MappedWords {
     /// Allocates `words` zeroed int32 in the current context.
     pub fn new(words: usize) -> Result<MappedWords> {
         Ok(MappedWords {
-            block: Some(MappedHost::new(words)?),
+            block: MappedHost::new(extra::current_context()?, words)?,
         })
     }
 
     fn block(&self) -> &MappedHost {
-        self.block.as_ref().expect("allocated until dropped")
+        &self.block
     }
 
     /// Its device address.
@@ -280,18 +267,11 @@ impl MappedWords {
     }
 }
 
-impl Drop for MappedWords {
-    fn drop(&mut self) {
-        if let Some(b) = self.block.take() {
-            b.free();
-        }
-    }
-}
-
 /// The post-processing kernel on its own, with the coordinator's buffers, for the stage
 /// measurements: launch it on slots already gathered, spin on its sequence word.
 pub struct PostKit {
-    module: Option<Module>,
+    /// The module `post` belongs to, unloaded on drop.
+    _module: Module,
     post: cuda::Kernel,
     dp_size: i32,
     dp_rank: i32,
@@ -307,10 +287,10 @@ impl PostKit {
     /// Loads the kernel into the current context and allocates its buffers.
     pub fn new(dp_size: i32, dp_rank: i32) -> Result<PostKit> {
         let n = dp_size as usize;
-        let module = Module::load(k::POSTPROCESS_PTX_CSTR)?;
+        let module = Module::load(extra::current_context()?, k::POSTPROCESS_PTX_CSTR)?;
         let post = module.kernel(k::POSTPROCESS_KERNEL)?;
         Ok(PostKit {
-            module: Some(module),
+            _module: module,
             post,
             dp_size,
             dp_rank,
@@ -383,14 +363,6 @@ impl PostKit {
     /// The host word index of the per-rank array.
     pub fn host_array_offset(&self) -> usize {
         k::host_array_offset()
-    }
-}
-
-impl Drop for PostKit {
-    fn drop(&mut self) {
-        if let Some(m) = self.module.take() {
-            m.unload();
-        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! Helpers of the diag tests, shared by `tests/diag.rs` and the NVTX unit tests in
-//! `src/diag/nvtx.rs` (which include this file by path). dpcoord and NVTX read their
+//! Helpers of the diag tests, shared by `tests/diag.rs`, `tests/gpu_fake.rs` and the NVTX
+//! unit tests in `src/diag/nvtx.rs` (which include this file by path). dpcoord and NVTX read their
 //! environment once per process, so every case runs an `#[ignore]`d test of the same binary
 //! in a fresh process with the environment it needs.
 

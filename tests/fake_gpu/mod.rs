@@ -1,0 +1,229 @@
+//! A fake NCCL and a fake CUDA driver as small C libraries (`fake_nccl.c`, `fake_cuda.c`
+//! beside this file), built with the system C compiler, and the child processes that load
+//! them: the driver is resolved once per process, so each scenario runs the `child` test of
+//! the including binary in a fresh process, with the fake `libcuda.so.1` first on the
+//! loader's path and `DPCOORD_NCCL_LIBRARY` naming the fake `libnccl.so.2`.
+
+use std::ffi::{c_char, c_int, c_long, c_void, CStr, CString};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The variable naming the scenario a child runs.
+pub const CASE: &str = "DPCOORD_FAKE_CASE";
+
+/// Builds both fakes once per test process into a directory of their own.
+pub fn libraries() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_gpu");
+        let dir = std::env::temp_dir().join(format!("dpcoord-fake-gpu-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+        for (source, soname) in [
+            ("fake_cuda.c", "libcuda.so.1"),
+            ("fake_nccl.c", "libnccl.so.2"),
+        ] {
+            let status = Command::new(&compiler)
+                .args([
+                    "-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror", "-pthread",
+                ])
+                .arg(format!("-Wl,-soname,{soname}"))
+                .arg("-o")
+                .arg(dir.join(soname))
+                .arg(root.join(source))
+                .status()
+                .unwrap_or_else(|e| panic!("running {compiler}: {e}"));
+            assert!(status.success(), "{compiler} failed to build {source}");
+        }
+        dir
+    })
+}
+
+/// What a child printed: its stdout, and `KEY=value` lookups in it.
+pub struct Run {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The value the child printed as `KEY=value`.
+    pub fn printed(&self, key: &str) -> String {
+        let prefix = format!("{key}=");
+        self.stdout
+            .lines()
+            .find_map(|l| l.split_once(&prefix).map(|(_, v)| v.to_owned()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the child printed no {key}:\n{}\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+}
+
+/// Runs the ignored test `child` of this binary for `case` with the fakes and `env`; fails
+/// unless the child passed.
+pub fn run(case: &str, env: &[(&str, String)]) -> Run {
+    let dir = libraries();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "child",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CASE, case)
+    .env("LD_LIBRARY_PATH", dir)
+    .env("DPCOORD_NCCL_LIBRARY", dir.join("libnccl.so.2"))
+    .env_remove("DPCOORD_DEBUG")
+    .env_remove("NVTX_INJECTION64_PATH");
+    for var in [
+        "FAKE_CUDA_FAIL_ALLOC",
+        "FAKE_CUDA_BLOCK",
+        "FAKE_CUDA_NO_PUBLISH",
+        "FAKE_CUDA_PUBLISH_DELAY_MS",
+        "FAKE_NCCL_BLOCK",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let out = cmd.output().unwrap();
+    let run = Run {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        out.status.success(),
+        "case {case} failed in its own process:\n{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    run
+}
+
+/// The fakes' control functions, in a child (the libraries are loaded by name, as dpcoord
+/// loads them: the same copies).
+pub struct Fakes {
+    nccl: *mut c_void,
+    cuda: *mut c_void,
+}
+
+// SAFETY: the handles are dlopen handles, usable from any thread.
+unsafe impl Send for Fakes {}
+// SAFETY: as above.
+unsafe impl Sync for Fakes {}
+
+fn open(name: &CStr) -> *mut c_void {
+    // SAFETY: name is NUL-terminated; the fakes have no initialisers.
+    let h = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW) };
+    assert!(!h.is_null(), "{name:?} is not on the loader's path");
+    h
+}
+
+impl Fakes {
+    /// Loads both fakes (in a child run by [`run`]).
+    pub fn load() -> Fakes {
+        Fakes {
+            nccl: open(c"libnccl.so.2"),
+            cuda: open(c"libcuda.so.1"),
+        }
+    }
+
+    fn sym(handle: *mut c_void, name: &str) -> *mut c_void {
+        let c = CString::new(name).unwrap();
+        // SAFETY: a live handle and a NUL-terminated name.
+        let p = unsafe { libc::dlsym(handle, c.as_ptr()) };
+        assert!(!p.is_null(), "the fake lacks {name}");
+        p
+    }
+
+    /// A new fake communicator of `nranks` ranks in which this process is `rank`.
+    pub fn comm(&self, nranks: i32, rank: i32) -> *mut c_void {
+        // SAFETY: fake_nccl_comm(int, int) -> void*.
+        let f: unsafe extern "C" fn(c_int, c_int) -> *mut c_void =
+            unsafe { std::mem::transmute(Self::sym(self.nccl, "fake_nccl_comm")) };
+        // SAFETY: plain values in, a new communicator out.
+        unsafe { f(nranks, rank) }
+    }
+
+    /// Marks `comm` aborted (what `ncclCommAbort` does to a real one).
+    pub fn abort(&self, comm: *mut c_void) {
+        // SAFETY: fake_nccl_abort(void*).
+        let f: unsafe extern "C" fn(*mut c_void) =
+            unsafe { std::mem::transmute(Self::sym(self.nccl, "fake_nccl_abort")) };
+        // SAFETY: a communicator from `comm`.
+        unsafe { f(comm) }
+    }
+
+    fn text(&self, handle: *mut c_void, name: &str, arg: *mut c_void) -> String {
+        // SAFETY: every text function of the fakes is `const char* f(void*)` (an argument
+        // the function does not take is ignored under the C calling convention).
+        let f: unsafe extern "C" fn(*mut c_void) -> *const c_char =
+            unsafe { std::mem::transmute(Self::sym(handle, name)) };
+        // SAFETY: returns a NUL-terminated string the fake owns.
+        unsafe { CStr::from_ptr(f(arg)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The calls made on `comm` after [`Fakes::abort`], `name;` each.
+    pub fn after_abort(&self, comm: *mut c_void) -> String {
+        self.text(self.nccl, "fake_nccl_after_abort", comm)
+    }
+
+    /// Every `ncclAllGather`, `ncclAllGather stream tid;` each.
+    pub fn nccl_log(&self) -> String {
+        self.text(self.nccl, "fake_nccl_log", std::ptr::null_mut())
+    }
+
+    /// Every driver call on a stream, `name stream tid;` each.
+    pub fn cuda_log(&self) -> String {
+        self.text(self.cuda, "fake_cuda_log", std::ptr::null_mut())
+    }
+
+    fn count(&self, handle: *mut c_void, name: &str, arg: Option<&str>) -> i64 {
+        let arg = arg.map(|a| CString::new(a).unwrap());
+        let p = arg.as_ref().map_or(std::ptr::null(), |a| a.as_ptr());
+        // SAFETY: every counter of the fakes is `long f(const char*)` or `long f(void)`.
+        let f: unsafe extern "C" fn(*const c_char) -> c_long =
+            unsafe { std::mem::transmute(Self::sym(handle, name)) };
+        // SAFETY: NULL or a NUL-terminated name.
+        unsafe { f(p) as i64 }
+    }
+
+    /// Calls of NCCL function `name` so far.
+    pub fn nccl_calls(&self, name: &str) -> i64 {
+        self.count(self.nccl, "fake_nccl_calls", Some(name))
+    }
+
+    /// `ncclAllGather` calls not returned yet.
+    pub fn gathers_inside(&self) -> i64 {
+        self.count(self.nccl, "fake_nccl_inside", None)
+    }
+
+    /// Calls of driver function `name` so far.
+    pub fn cuda_calls(&self, name: &str) -> i64 {
+        self.count(self.cuda, "fake_cuda_calls", Some(name))
+    }
+
+    /// Driver allocations not freed yet.
+    pub fn live(&self) -> i64 {
+        self.count(self.cuda, "fake_cuda_live", None)
+    }
+
+    /// Driver allocations made so far.
+    pub fn allocations(&self) -> i64 {
+        self.count(self.cuda, "fake_cuda_allocations", None)
+    }
+}
+
+/// The calling thread's id, as the fakes log it.
+pub fn tid() -> i64 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) }
+}
