@@ -3,10 +3,9 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
-use std::mem::align_of;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::types::{dp_status, dp_status_code};
+use super::types::{check_ptr, dp_status, dp_status_code};
 use crate::diag::{self, Ctx, Level};
 use crate::error::{invalid, Error, ErrorKind, Result};
 
@@ -44,24 +43,6 @@ pub(crate) fn boundary(body: impl FnOnce() -> Result<()>) -> dp_status {
             dp_status::from(e.kind)
         }
     }
-}
-
-/// Checks a pointer argument: non-NULL and aligned for `T`.
-pub(crate) fn check_ptr<T>(ptr: *const T, name: &str) -> Result<()> {
-    check_ptr_align(ptr.cast(), name, align_of::<T>())
-}
-
-/// Checks a pointer argument: non-NULL and aligned to `align` bytes.
-pub(crate) fn check_ptr_align(ptr: *const u8, name: &str, align: usize) -> Result<()> {
-    if ptr.is_null() {
-        return Err(invalid!("{name} is NULL"));
-    }
-    if (ptr as usize) % align != 0 {
-        return Err(invalid!(
-            "{name} = {ptr:p} is not aligned to {align} bytes, as its type requires"
-        ));
-    }
-    Ok(())
 }
 
 /// The `struct_size` an init function records for a caller's `size` (saturated to `u32`), or

@@ -3,7 +3,6 @@
 
 use std::mem::{align_of, offset_of, size_of};
 
-use super::boundary::{check_ptr, check_ptr_align};
 use crate::error::{invalid, Error, ErrorKind, Result};
 use crate::rules::{Decision, Request, DP_CUDAGRAPH_NONE};
 
@@ -289,6 +288,24 @@ impl dp_batch_result {
             max_num_reqs: 0,
         }
     }
+}
+
+/// Checks a pointer argument: non-NULL and aligned for `T`.
+pub(crate) fn check_ptr<T>(ptr: *const T, name: &str) -> Result<()> {
+    check_ptr_align(ptr.cast(), name, align_of::<T>())
+}
+
+/// Checks a pointer argument: non-NULL and aligned to `align` bytes.
+pub(crate) fn check_ptr_align(ptr: *const u8, name: &str, align: usize) -> Result<()> {
+    if ptr.is_null() {
+        return Err(invalid!("{name} is NULL"));
+    }
+    if (ptr as usize) % align != 0 {
+        return Err(invalid!(
+            "{name} = {ptr:p} is not aligned to {align} bytes, as its type requires"
+        ));
+    }
+    Ok(())
 }
 
 /// Reads the leading `uint32_t struct_size` of a caller's struct (checked first: non-NULL,
