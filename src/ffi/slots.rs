@@ -12,9 +12,9 @@ use super::{
 };
 use crate::diag::{self, Ctx};
 use crate::error::{invalid, Error, Result};
-use crate::rules::{self, slots, Request, DP_RULES_VLLM_V1};
+use crate::rules::{slots, DP_RULES_VLLM_V1};
+use crate::slot::now_ns;
 pub use crate::slot::Slot;
-use crate::slot::{now_ns, Settings};
 
 /// Writes this rank's slot for this step to `*out`: the request's record and settings, its
 /// step ids, and this rank's arrival time (`CLOCK_MONOTONIC`), sealed with a checksum. Then
@@ -35,7 +35,7 @@ pub extern "C" fn dp_make_slot(req: *const dp_batch_request, out: *mut Slot) -> 
         check_ptr(out.cast_const(), "out")?;
         let made = read_request_fields(req).and_then(|read| match read.invalid {
             Some(e) => Err(e),
-            None => make_slot(&read.request, arrival),
+            None => slots::make(&read.request, 0, arrival),
         });
         match made {
             Ok(slot) => {
@@ -48,39 +48,6 @@ pub extern "C" fn dp_make_slot(req: *const dp_batch_request, out: *mut Slot) -> 
             }
         }
     })
-}
-
-/// The slot of a valid request.
-fn make_slot(req: &Request, arrival_ns: i64) -> Result<Slot> {
-    if req.rules != DP_RULES_VLLM_V1 {
-        return Err(invalid!(
-            "req->rules = {}: dp_make_slot takes the V1 rules (0) in this build",
-            req.rules
-        ));
-    }
-    let record = rules::make_record(req)?.to_words();
-    let settings = Settings {
-        rules: req.rules,
-        pad_policy: req.pad_policy,
-        num_ubatches: if req.ubatch.enabled {
-            req.ubatch.num_ubatches
-        } else {
-            0
-        },
-        decode_threshold: 0,
-        prefill_threshold: 0,
-        graphs: 0,
-        decode_query_len: 0,
-    };
-    let [a, b, c, d, e] = record;
-    Ok(Slot::new(
-        0,
-        &settings,
-        req.step_id,
-        req.parent_step_id,
-        arrival_ns,
-        [a, b, c, d, e, 0, 0, 0],
-    ))
 }
 
 /// The decision from every rank's slot (`slots[r]` is rank r's, `dp_size` of them, as

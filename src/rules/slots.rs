@@ -6,11 +6,44 @@
 //! exchanges) are the transports' own check, before this one.
 
 use super::{
-    check_active_ranks, decide_summary, fill_after_padding, marker_error, Acc, Decision, Summary,
-    DEFAULT_NUM_UBATCHES,
+    check_active_ranks, decide_summary, fill_after_padding, make_record, marker_error, Acc,
+    Decision, Request, Summary, DEFAULT_NUM_UBATCHES, DP_RULES_VLLM_V1,
 };
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{invalid, Error, ErrorKind, Result};
 use crate::slot::{RankRecord, Settings, Slot, LAYOUT_TAG};
+
+/// This rank's slot for a request (validated here): the settings, step ids and record a
+/// transport exchanges, with its sequence number `seq` and arrival time; sealed.
+pub(crate) fn make(req: &Request, seq: u32, arrival_ns: i64) -> Result<Slot> {
+    if req.rules != DP_RULES_VLLM_V1 {
+        return Err(invalid!(
+            "req->rules = {}: the slot takes the V1 rules (0) in this build",
+            req.rules
+        ));
+    }
+    let [a, b, c, d, e] = make_record(req)?.to_words();
+    let settings = Settings {
+        rules: req.rules,
+        pad_policy: req.pad_policy,
+        num_ubatches: if req.ubatch.enabled {
+            req.ubatch.num_ubatches
+        } else {
+            0
+        },
+        decode_threshold: 0,
+        prefill_threshold: 0,
+        graphs: 0,
+        decode_query_len: 0,
+    };
+    Ok(Slot::new(
+        seq,
+        &settings,
+        req.step_id,
+        req.parent_step_id,
+        arrival_ns,
+        [a, b, c, d, e, 0, 0, 0],
+    ))
+}
 
 /// What the checks established about a step's slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
