@@ -271,3 +271,29 @@ fn a_profiler_sees_the_host_decision_as_a_range() {
         "init\ndomain dpcoord\npush dpcoord dp_decide_batch rank 1\npop dpcoord\n"
     );
 }
+
+#[test]
+fn without_a_profiler_nvtx_is_never_entered() {
+    let dir = scratch("nvtx-none");
+    // The tool is built but not named: nothing may load it, so it records nothing.
+    build_nvtx_tool(&dir);
+    let events = dir.join("events.txt");
+    run("decide", &[("DPCOORD_TEST_NVTX_OUT", events.to_str().unwrap())]);
+    assert!(!events.exists(), "NVTX was entered with no profiler attached");
+}
+
+#[test]
+fn a_missing_tool_library_is_not_an_error() {
+    let dir = scratch("nvtx-missing");
+    let absent = dir.join("no-such-tool.so");
+    let events = dir.join("events.txt");
+    // The child's own assertions (a successful decision) hold with an unloadable tool.
+    run(
+        "decide",
+        &[
+            ("NVTX_INJECTION64_PATH", absent.to_str().unwrap()),
+            ("DPCOORD_TEST_NVTX_OUT", events.to_str().unwrap()),
+        ],
+    );
+    assert!(!events.exists());
+}

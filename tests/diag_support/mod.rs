@@ -1,7 +1,6 @@
-//! Helpers of the diag tests, shared by `tests/diag.rs`, `tests/gpu_fake.rs` and the NVTX
-//! unit tests in `src/diag/nvtx.rs` (which include this file by path). dpcoord and NVTX read their
-//! environment once per process, so every case runs an `#[ignore]`d test of the same binary
-//! in a fresh process with the environment it needs.
+//! Helpers of the diag tests, shared by `tests/diag.rs` and `tests/gpu_fake.rs`. dpcoord and
+//! NVTX read their environment once per process, so every case runs an `#[ignore]`d test of
+//! the same binary in a fresh process with the environment it needs.
 
 // Each including crate uses a different part.
 #![allow(dead_code)]
