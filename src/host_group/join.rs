@@ -1,0 +1,356 @@
+//! Joining a group: open or create the segment, check an existing one, reclaim a stale one,
+//! wait until every rank joined; and what `close` needs to know to unlink.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::segment::{
+    segment_size, Mapping, HEADER_SIZE, LAYOUT_VERSION, MAGIC, SLOT_SIZE, STATE_CLOSED,
+    STATE_EMPTY, STATE_JOINED,
+};
+use super::sys::{
+    euid, fstat, ftruncate, futex_wake_all, pid_plausible, pidfd_open, process_alive, shm_open,
+    shm_unlink, Locked,
+};
+use super::wait::Deadline;
+use super::{corrupt, peer_exited, timeout_error, HostGroup, Peer, MAX_DP_SIZE};
+use crate::diag::{self, Level};
+use crate::error::{invalid, Error, Result};
+
+/// Why one attempt to join did not get through.
+pub(super) enum JoinError {
+    /// Try again (the segment is busy, being replaced, or held by a previous run).
+    Retry(String),
+    Fatal(Error),
+}
+
+impl From<Error> for JoinError {
+    fn from(e: Error) -> Self {
+        JoinError::Fatal(e)
+    }
+}
+
+impl HostGroup {
+    pub(super) fn wait_all_joined(
+        &mut self,
+        deadline: Option<Instant>,
+        timeout_ms: i32,
+    ) -> Result<()> {
+        let me = self.dp_rank;
+        let mut next = 0;
+        let joined = |g: &HostGroup, next: &mut usize| -> Result<bool> {
+            g.check_segment()?;
+            while *next < g.dp_size {
+                let r = *next;
+                let member = g.map.member(r);
+                match member.state.load(Ordering::Acquire) {
+                    STATE_EMPTY => return Ok(false),
+                    STATE_JOINED => {}
+                    STATE_CLOSED if r != me => {
+                        return Err(peer_exited(format!(
+                            "host group '{}': rank {r} closed the group before every rank \
+                             joined",
+                            g.name
+                        )))
+                    }
+                    s => return Err(corrupt(&g.name, format!("member[{r}].state = {s}"))),
+                }
+                let pid = member.pid.load(Ordering::Relaxed);
+                if !pid_plausible(pid) || (r != me && pid == g.pid) || (r == me && pid != g.pid) {
+                    return Err(corrupt(&g.name, format!("member[{r}].pid = {pid}")));
+                }
+                *next += 1;
+            }
+            Ok(true)
+        };
+        let r = self.wait(
+            Deadline::At(deadline),
+            |g| joined(g, &mut next),
+            |g| {
+                // Only the ranks that joined so far have a pid to check.
+                for r in 0..g.dp_size {
+                    let member = g.map.member(r);
+                    if r != me && member.state.load(Ordering::Acquire) == STATE_JOINED {
+                        let pid = member.pid.load(Ordering::Relaxed);
+                        if pid_plausible(pid) && !process_alive(pid) {
+                            return Err(peer_exited(format!(
+                                "host group '{}': rank {r} (pid {pid}) exited before every \
+                                 rank joined",
+                                g.name
+                            )));
+                        }
+                    }
+                }
+                Ok(())
+            },
+            |g| {
+                let missing: Vec<usize> = (0..g.dp_size)
+                    .filter(|&r| g.map.member(r).state.load(Ordering::Acquire) != STATE_JOINED)
+                    .collect();
+                timeout_error(format!(
+                    "dp_host_group_open('{}', dp_size {}, dp_rank {me}): ranks {missing:?} did \
+                     not join within timeout_ms = {timeout_ms}",
+                    g.name, g.dp_size
+                ))
+            },
+        );
+        // A failed open leaves through `Drop` (state CLOSED), which the other ranks see.
+        r?;
+        for r in 0..self.dp_size {
+            let pid = self.map.member(r).pid.load(Ordering::Relaxed);
+            let pidfd = if r == me { None } else { pidfd_open(pid) };
+            self.peers.push(Peer { pid, pidfd });
+        }
+        diag::log!(
+            Level::Info,
+            self.ctx(0),
+            "host group joined: segment /dev/shm{} ({} bytes), peers watched by {}, dpcoord {}",
+            self.path.to_string_lossy(),
+            self.map.len,
+            if self
+                .peers
+                .iter()
+                .all(|p| p.pidfd.is_some() || p.pid == self.pid)
+            {
+                "pidfd"
+            } else {
+                "kill(pid, 0)"
+            },
+            env!("CARGO_PKG_VERSION")
+        );
+        Ok(())
+    }
+
+    /// Whether another rank still holds the group: joined, not closed, and its process alive.
+    pub(super) fn others_live(&self) -> bool {
+        (0..self.dp_size).any(|r| {
+            let member = self.map.member(r);
+            let pid = member.pid.load(Ordering::Relaxed);
+            r != self.dp_rank
+                && member.state.load(Ordering::Acquire) == STATE_JOINED
+                && pid_plausible(pid)
+                && pid != self.pid
+                && process_alive(pid)
+        })
+    }
+}
+
+/// Whether `path` still names the segment open as `fd`.
+pub(super) fn same_segment(path: &CString, fd: &OwnedFd) -> Result<bool> {
+    let Ok(named) = shm_open(path, 0) else {
+        return Ok(false);
+    };
+    let (a, b) = (fstat(fd.as_raw_fd())?, fstat(named.as_raw_fd())?);
+    Ok(a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+}
+
+/// One attempt to join: open or create the segment, lock it, check it, reclaim it when stale,
+/// take this rank's slot.
+pub(super) fn join(
+    name: &str,
+    path: &CString,
+    dp_size: usize,
+    dp_rank: usize,
+    pid: i32,
+) -> std::result::Result<(OwnedFd, Mapping), JoinError> {
+    let shown = format!("/dev/shm{}", path.to_string_lossy());
+    let fd = shm_open(path, libc::O_CREAT).map_err(|e| {
+        let why = if e.raw_os_error() == Some(libc::EACCES) {
+            " (it belongs to another user)"
+        } else {
+            ""
+        };
+        JoinError::Fatal(invalid!(
+            "host group '{name}': cannot open segment {shown}: {e}{why}"
+        ))
+    })?;
+    let Some(_lock) = Locked::take(&fd, Duration::ZERO) else {
+        return Err(JoinError::Retry(format!(
+            "{shown} is locked by another process"
+        )));
+    };
+    if !same_segment(path, &fd)? {
+        return Err(JoinError::Retry(format!(
+            "{shown} was replaced while opening"
+        )));
+    }
+    let st = fstat(fd.as_raw_fd())?;
+    let uid = euid();
+    if st.st_uid != uid {
+        return Err(JoinError::Fatal(invalid!(
+            "host group '{name}': segment {shown} is owned by uid {}, this process runs as uid \
+             {uid}; refusing it",
+            st.st_uid
+        )));
+    }
+    if st.st_mode & 0o777 != 0o600 {
+        return Err(JoinError::Fatal(invalid!(
+            "host group '{name}': segment {shown} has mode {:o}, not 0600; refusing it",
+            st.st_mode & 0o777
+        )));
+    }
+    let size = st.st_size as usize;
+    let map = if size == 0 {
+        create(fd.as_raw_fd(), dp_size, uid)?
+    } else {
+        check_existing(
+            name,
+            &shown,
+            fd.as_raw_fd(),
+            size,
+            dp_size,
+            dp_rank,
+            uid,
+            path,
+        )?
+    };
+    for b in &map.slot(dp_rank).bufs {
+        b.tag.store(0, Ordering::Relaxed);
+    }
+    let member = map.member(dp_rank);
+    member.pid.store(pid, Ordering::Relaxed);
+    member.state.store(STATE_JOINED, Ordering::Release);
+    let h = map.header();
+    h.wake.epoch.fetch_add(1, Ordering::SeqCst);
+    futex_wake_all(&h.wake.epoch);
+    drop(_lock);
+    Ok((fd, map))
+}
+
+/// Sizes and initialises a new segment (the caller holds the lock); the magic is written last.
+fn create(fd: RawFd, dp_size: usize, uid: u32) -> Result<Mapping> {
+    let len = segment_size(dp_size);
+    ftruncate(fd, len)?;
+    let map = Mapping::map(fd, len, dp_size)?;
+    let h = map.header();
+    h.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);
+    h.dp_size.store(dp_size as u32, Ordering::Relaxed);
+    h.owner_uid.store(uid, Ordering::Relaxed);
+    h.slot_size.store(SLOT_SIZE as u32, Ordering::Relaxed);
+    h.segment_size.store(len as u64, Ordering::Relaxed);
+    h.magic.store(MAGIC, Ordering::Release);
+    Ok(map)
+}
+
+/// Checks an existing segment (the caller holds the lock) and maps it, or says why not: a
+/// stale one (no live member) is unlinked and the open retried.
+#[allow(clippy::too_many_arguments)]
+fn check_existing(
+    name: &str,
+    shown: &str,
+    fd: RawFd,
+    size: usize,
+    dp_size: usize,
+    dp_rank: usize,
+    uid: u32,
+    path: &CString,
+) -> std::result::Result<Mapping, JoinError> {
+    let bad =
+        |what: String| JoinError::Fatal(invalid!("host group '{name}': segment {shown} {what}"));
+    if size < HEADER_SIZE {
+        return Err(bad(format!(
+            "is {size} bytes, shorter than its {HEADER_SIZE}-byte header (truncated)"
+        )));
+    }
+    let head = Mapping::map(fd, HEADER_SIZE, 0)?;
+    let h = head.header();
+    let magic = h.magic.load(Ordering::Acquire);
+    if magic == 0 && h.layout_version.load(Ordering::Relaxed) == 0 {
+        // A creator died before it finished: nobody can have joined.
+        shm_unlink(path);
+        return Err(JoinError::Retry(format!(
+            "reclaimed the unfinished segment {shown}"
+        )));
+    }
+    if magic != MAGIC {
+        return Err(bad(format!(
+            "has magic {magic:#018x}, not a dpcoord host group's"
+        )));
+    }
+    let version = h.layout_version.load(Ordering::Relaxed);
+    if version != LAYOUT_VERSION {
+        return Err(bad(format!(
+            "was made with layout version {version}; this library uses version {LAYOUT_VERSION}"
+        )));
+    }
+    let owner = h.owner_uid.load(Ordering::Relaxed);
+    if owner != uid {
+        return Err(bad(format!(
+            "says header.owner_uid = {owner}, this process runs as uid {uid}; refusing it"
+        )));
+    }
+    let slot_size = h.slot_size.load(Ordering::Relaxed);
+    if slot_size as usize != SLOT_SIZE {
+        return Err(bad(format!(
+            "has header.slot_size = {slot_size}, want {SLOT_SIZE}"
+        )));
+    }
+    let theirs = h.dp_size.load(Ordering::Relaxed);
+    if theirs < 1 || theirs > MAX_DP_SIZE as u32 {
+        return Err(bad(format!(
+            "has header.dp_size = {theirs}, outside 1..={MAX_DP_SIZE}"
+        )));
+    }
+    let recorded = h.segment_size.load(Ordering::Relaxed);
+    let needed = segment_size(theirs as usize);
+    if recorded != needed as u64 || size != needed {
+        return Err(bad(format!(
+            "is {size} bytes and header.segment_size = {recorded}, but dp_size {theirs} needs \
+             {needed} (truncated or corrupt)"
+        )));
+    }
+    drop(head);
+    let map = Mapping::map(fd, size, theirs as usize)?;
+    let mut live = None;
+    let mut previous = None;
+    for r in 0..theirs as usize {
+        let member = map.member(r);
+        let state = member.state.load(Ordering::Acquire);
+        let pid = member.pid.load(Ordering::Relaxed);
+        match state {
+            STATE_EMPTY => continue,
+            STATE_JOINED | STATE_CLOSED if pid_plausible(pid) => {}
+            STATE_JOINED | STATE_CLOSED => return Err(bad(format!("has member[{r}].pid = {pid}"))),
+            s => return Err(bad(format!("has member[{r}].state = {s}"))),
+        }
+        if state == STATE_JOINED && process_alive(pid) {
+            live.get_or_insert((r, pid));
+        } else {
+            previous.get_or_insert((r, pid));
+        }
+    }
+    let Some((live_rank, live_pid)) = live else {
+        drop(map);
+        shm_unlink(path);
+        return Err(JoinError::Retry(format!(
+            "reclaimed the stale segment {shown} (every process in it is gone)"
+        )));
+    };
+    if theirs as usize != dp_size {
+        return Err(bad(format!(
+            "belongs to a group of dp_size {theirs} (rank {live_rank} is pid {live_pid}); this \
+             open asks for dp_size {dp_size}"
+        )));
+    }
+    if let Some((r, pid)) = previous {
+        return Err(JoinError::Retry(format!(
+            "{shown} is still held by an earlier run (rank {r}, pid {pid}, has left it; rank \
+             {live_rank}, pid {live_pid}, has not closed it yet)"
+        )));
+    }
+    if map.header().failure.load(Ordering::Acquire) != 0 {
+        return Err(JoinError::Retry(format!(
+            "{shown} is held by an earlier run that failed and has not closed it yet"
+        )));
+    }
+    let own = map.member(dp_rank);
+    if own.state.load(Ordering::Acquire) == STATE_JOINED {
+        let pid = own.pid.load(Ordering::Relaxed);
+        return Err(JoinError::Fatal(invalid!(
+            "host group '{name}': dp_rank {dp_rank} is already held by pid {pid}"
+        )));
+    }
+    Ok(map)
+}

@@ -1,0 +1,264 @@
+//! The host shared-memory group (docs/ARCHITECTURE.md, "Host group"): the ranks
+//! of one host agree each step through one POSIX shared-memory segment, with no GPU and no MPI.
+//!
+//! Segment `/dpcoord.<name>` (mode 0600, owned by the caller's effective uid):
+//!
+//! | bytes | what |
+//! |---|---|
+//! | header line 0 | magic, layout version, dp_size, owner uid, slot size, segment size, failure word (written once, then read-only except the failure word) |
+//! | header line 1 | futex word (`epoch`) and sleeper count |
+//! | member table (8 bytes per rank, whole lines) | each rank's pid and state (empty, joined, closed), written when it joins and leaves |
+//! | slot r (two 64-byte lines) | two buffers, by step parity, each: tag (the step number it holds), step id, kind (record or invalid-request marker), pad policy, num_ubatches, the five record words |
+//!
+//! Step `k` (this group's own count, from 1): a rank fills its buffer of parity `k & 1` and
+//! publishes it by storing the tag `k` with release, then waits (acquire loads) until every
+//! rank's buffer of that parity holds `k`, and decides on copies of the buffers. Ranks are
+//! never more than one step apart, so a buffer cannot be overwritten before every rank has
+//! read it, and a step moves one cache line per rank.
+//! Waits spin for [`SPIN_NS`], then sleep on the futex in slices of at most [`SLICE_MS`],
+//! checking between slices whether a peer exited (pidfd, else `kill(pid, 0)`) or closed.
+//!
+//! Everything read from the segment is checked (a corrupt or hostile peer gives an error,
+//! never a crash, a hang past the timeout or a wrong decision). Two limits are inherent to a
+//! segment shared with same-user processes and documented: a peer that shrinks the segment
+//! while it is mapped makes the next access fault (SIGBUS), and a peer that rewrites the data
+//! of another rank consistently is indistinguishable from that rank.
+//!
+//! An invalid request (or one the C boundary could not read) is published as a marker, so
+//! every rank of that step fails with an invalid-argument error and no rank decides; the
+//! exchange itself completed, so the group stays usable, as it does after the inconsistent-
+//! ranks errors. A wait that failed (timeout, a peer that exited or closed, a corrupt segment)
+//! leaves the group unusable: it writes a failure word that makes every rank fail fast, and
+//! every later call fails with the first failure until `close`.
+
+//!
+//! The code, one concern a file: `segment.rs` (the layout and its mapping), `sys.rs` (the
+//! system calls), `join.rs` (create, join, check and reclaim a segment), `wait.rs` (spin,
+//! yield, futex sleep), `step.rs` (publish, wait, gather, decide, the failure word).
+
+mod join;
+mod segment;
+mod step;
+mod sys;
+mod wait;
+
+#[cfg(test)]
+mod tests;
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::diag::Ctx;
+use crate::error::{invalid, Error, ErrorKind, Result};
+use crate::rules::{self, RankRecord};
+
+use join::{join, same_segment, JoinError};
+use segment::{Mapping, STATE_CLOSED};
+use sys::{euid, getpid, shm_unlink, Locked};
+use wait::deadline_after;
+
+/// Largest `dp_size` a group accepts.
+pub(crate) const MAX_DP_SIZE: i32 = 1024;
+/// Longest group name.
+pub(crate) const MAX_NAME_LEN: usize = 64;
+/// How long `close` tries to take the segment lock before it leaves the unlink to a later open.
+const CLOSE_LOCK_MS: u64 = 200;
+
+/// What one step agreed on: the decision and the step id (0 when unchecked). The per-rank
+/// array is [`HostGroup::tokens`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Step {
+    pub(crate) decision: rules::Decision,
+    pub(crate) step_id: i64,
+}
+
+/// One open group, this process's rank in it.
+pub(crate) struct HostGroup {
+    name: String,
+    path: CString,
+    fd: OwnedFd,
+    map: Mapping,
+    dp_size: usize,
+    dp_rank: usize,
+    pid: i32,
+    open_timeout_ms: i32,
+    /// The peers' pids as they joined, and a pidfd for each where the kernel has them.
+    peers: Vec<Peer>,
+    /// This rank's last published sequence number.
+    seq: u64,
+    /// The effective uid, which owns the segment.
+    uid: u32,
+    /// A recent wait found the cores oversubscribed (see `wait`).
+    contended: std::cell::Cell<bool>,
+    /// The first failure of a wait; every later call fails with it.
+    failed: Option<Error>,
+    records: Vec<RankRecord>,
+    step_ids: Vec<i64>,
+    tokens: Vec<i32>,
+    /// Every rank's `(pad_policy, num_ubatches)` of the step being decided.
+    policies: Vec<(i32, i32)>,
+    /// The lowest rank that published an invalid-request marker this step.
+    first_invalid: Option<usize>,
+}
+
+struct Peer {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+}
+
+fn timeout_error(msg: String) -> Error {
+    Error::new(ErrorKind::Timeout, msg)
+}
+
+fn peer_exited(msg: String) -> Error {
+    Error::new(ErrorKind::PeerExited, msg)
+}
+
+fn inconsistent(msg: String) -> Error {
+    Error::new(ErrorKind::InconsistentRanks, msg)
+}
+
+fn internal(msg: &str) -> Error {
+    Error::internal(msg)
+}
+
+fn corrupt(name: &str, what: String) -> Error {
+    Error::internal(format!(
+        "host group '{name}': shared segment corrupt: {what} (a peer process wrote it, or it \
+         is not a dpcoord segment)"
+    ))
+}
+
+fn os_error(what: &str) -> Error {
+    let e = std::io::Error::last_os_error();
+    Error::internal(format!("{what} failed: {e}"))
+}
+
+/// Checks a group name: 1-64 of `[A-Za-z0-9._-]`.
+pub(crate) fn check_name(name: &[u8]) -> Result<&str> {
+    let ok = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-');
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !name.iter().all(ok) {
+        let shown = String::from_utf8_lossy(&name[..name.len().min(80)]).into_owned();
+        return Err(invalid!(
+            "name = {shown:?} ({} bytes) must be 1-{MAX_NAME_LEN} characters of [A-Za-z0-9._-]",
+            name.len()
+        ));
+    }
+    // The check above admits ASCII only.
+    std::str::from_utf8(name).map_err(|_| internal("an ASCII name is not UTF-8"))
+}
+
+/// The segment path of a group name.
+pub(crate) fn segment_path(name: &str) -> String {
+    format!("/dpcoord.{name}")
+}
+
+impl HostGroup {
+    /// Joins group `name` as `dp_rank` of `dp_size` and waits, up to `timeout_ms` (0: forever),
+    /// until every rank joined.
+    pub(crate) fn open(
+        name: &[u8],
+        dp_size: i32,
+        dp_rank: i32,
+        timeout_ms: i32,
+    ) -> Result<HostGroup> {
+        let name = check_name(name)?;
+        if !(1..=MAX_DP_SIZE).contains(&dp_size) {
+            return Err(invalid!("dp_size = {dp_size} must be in 1..={MAX_DP_SIZE}"));
+        }
+        if dp_rank < 0 || dp_rank >= dp_size {
+            return Err(invalid!(
+                "dp_rank = {dp_rank} must be in 0..{} (dp_size = {dp_size})",
+                dp_size - 1
+            ));
+        }
+        if timeout_ms < 0 {
+            return Err(invalid!(
+                "timeout_ms = {timeout_ms} must be >= 0 (0 waits forever)"
+            ));
+        }
+        let deadline = deadline_after(timeout_ms);
+        let path =
+            CString::new(segment_path(name)).map_err(|_| internal("NUL in a checked name"))?;
+        let (dp_size, dp_rank) = (dp_size as usize, dp_rank as usize);
+        let pid = getpid();
+        let (fd, map) = loop {
+            match join(name, &path, dp_size, dp_rank, pid) {
+                Ok(joined) => break joined,
+                Err(JoinError::Fatal(e)) => return Err(e),
+                Err(JoinError::Retry(why)) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(timeout_error(format!(
+                            "dp_host_group_open('{name}', dp_rank {dp_rank}) gave up after \
+                             timeout_ms = {timeout_ms}: {why}"
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
+        let mut group = HostGroup {
+            name: name.to_owned(),
+            path,
+            fd,
+            map,
+            dp_size,
+            dp_rank,
+            pid,
+            open_timeout_ms: timeout_ms,
+            peers: Vec::with_capacity(dp_size),
+            seq: 0,
+            uid: euid(),
+            contended: std::cell::Cell::new(false),
+            failed: None,
+            records: vec![RankRecord::default(); dp_size],
+            step_ids: vec![0; dp_size],
+            tokens: vec![0; dp_size],
+            policies: vec![(0, 0); dp_size],
+            first_invalid: None,
+        };
+        // On failure `group` is dropped, which leaves the group (and unlinks when last).
+        group.wait_all_joined(deadline, timeout_ms)?;
+        Ok(group)
+    }
+
+    pub(crate) fn dp_size(&self) -> usize {
+        self.dp_size
+    }
+
+    pub(crate) fn dp_rank(&self) -> usize {
+        self.dp_rank
+    }
+
+    /// The tokens after padding of every rank from the last successful step.
+    pub(crate) fn tokens(&self) -> &[i32] {
+        &self.tokens
+    }
+
+    /// What the diagnostics log says about this rank at step id `step_id`.
+    fn ctx(&self, step_id: i64) -> Ctx<'_> {
+        Ctx::new()
+            .rank(self.dp_rank as i32, self.dp_size as i32)
+            .group(&self.name)
+            .step(step_id)
+    }
+}
+
+/// Leaves the group: marks this rank closed, wakes the others, and unlinks the segment when
+/// no other rank holds it any more (under the segment lock, and only if the name still refers
+/// to this segment).
+impl Drop for HostGroup {
+    fn drop(&mut self) {
+        let member = self.map.member(self.dp_rank);
+        member.state.store(STATE_CLOSED, Ordering::Release);
+        self.wake();
+        let Some(_lock) = Locked::take(&self.fd, Duration::from_millis(CLOSE_LOCK_MS)) else {
+            return; // a later open reclaims the segment once every process is gone
+        };
+        if same_segment(&self.path, &self.fd).unwrap_or(false) && !self.others_live() {
+            shm_unlink(&self.path);
+        }
+    }
+}
