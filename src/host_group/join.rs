@@ -2,9 +2,12 @@
 //! wait until every rank joined; and what `close` needs to know to unlink.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use rustix::fs::OFlags;
+use rustix::io::Errno;
 
 use super::segment::{
     segment_size, Mapping, HEADER_SIZE, LAYOUT_VERSION, MAGIC, SLOT_SIZE, STATE_CLOSED,
@@ -106,7 +109,7 @@ impl HostGroup {
         diag::log!(
             Level::Info,
             self.ctx(0),
-            "host group joined: segment /dev/shm{} ({} bytes), peers watched by {}, dpcoord {}",
+            "host group joined: segment {} ({} bytes), peers watched by {}, dpcoord {}",
             self.path.to_string_lossy(),
             self.map.len,
             if self
@@ -139,10 +142,10 @@ impl HostGroup {
 
 /// Whether `path` still names the segment open as `fd`.
 pub(super) fn same_segment(path: &CString, fd: &OwnedFd) -> Result<bool> {
-    let Ok(named) = shm_open(path, 0) else {
+    let Ok(named) = shm_open(path, OFlags::empty()) else {
         return Ok(false);
     };
-    let (a, b) = (fstat(fd.as_raw_fd())?, fstat(named.as_raw_fd())?);
+    let (a, b) = (fstat(fd)?, fstat(&named)?);
     Ok(a.st_dev == b.st_dev && a.st_ino == b.st_ino)
 }
 
@@ -155,9 +158,9 @@ pub(super) fn join(
     dp_rank: usize,
     pid: i32,
 ) -> std::result::Result<(OwnedFd, Mapping), JoinError> {
-    let shown = format!("/dev/shm{}", path.to_string_lossy());
-    let fd = shm_open(path, libc::O_CREAT).map_err(|e| {
-        let why = if e.raw_os_error() == Some(libc::EACCES) {
+    let shown = path.to_string_lossy();
+    let fd = shm_open(path, OFlags::CREATE).map_err(|e| {
+        let why = if e == Errno::ACCESS {
             " (it belongs to another user)"
         } else {
             ""
@@ -176,7 +179,7 @@ pub(super) fn join(
             "{shown} was replaced while opening"
         )));
     }
-    let st = fstat(fd.as_raw_fd())?;
+    let st = fstat(&fd)?;
     let uid = euid();
     if st.st_uid != uid {
         return Err(JoinError::Fatal(invalid!(
@@ -193,18 +196,9 @@ pub(super) fn join(
     }
     let size = st.st_size as usize;
     let map = if size == 0 {
-        create(fd.as_raw_fd(), dp_size, uid)?
+        create(&fd, dp_size, uid)?
     } else {
-        check_existing(
-            name,
-            &shown,
-            fd.as_raw_fd(),
-            size,
-            dp_size,
-            dp_rank,
-            uid,
-            path,
-        )?
+        check_existing(name, &shown, &fd, size, dp_size, dp_rank, uid, path)?
     };
     for b in &map.slot(dp_rank).bufs {
         b.tag.store(0, Ordering::Relaxed);
@@ -220,7 +214,7 @@ pub(super) fn join(
 }
 
 /// Sizes and initialises a new segment (the caller holds the lock); the magic is written last.
-fn create(fd: RawFd, dp_size: usize, uid: u32) -> Result<Mapping> {
+fn create(fd: &OwnedFd, dp_size: usize, uid: u32) -> Result<Mapping> {
     let len = segment_size(dp_size);
     ftruncate(fd, len)?;
     let map = Mapping::map(fd, len, dp_size)?;
@@ -240,7 +234,7 @@ fn create(fd: RawFd, dp_size: usize, uid: u32) -> Result<Mapping> {
 fn check_existing(
     name: &str,
     shown: &str,
-    fd: RawFd,
+    fd: &OwnedFd,
     size: usize,
     dp_size: usize,
     dp_rank: usize,

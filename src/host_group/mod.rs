@@ -131,8 +131,7 @@ fn corrupt(name: &str, what: String) -> Error {
     ))
 }
 
-fn os_error(what: &str) -> Error {
-    let e = std::io::Error::last_os_error();
+fn os_error(what: &str, e: rustix::io::Errno) -> Error {
     Error::internal(format!("{what} failed: {e}"))
 }
 
@@ -150,9 +149,10 @@ pub(crate) fn check_name(name: &[u8]) -> Result<&str> {
     std::str::from_utf8(name).map_err(|_| internal("an ASCII name is not UTF-8"))
 }
 
-/// The segment path of a group name.
-pub(crate) fn segment_path(name: &str) -> String {
-    format!("/dpcoord.{name}")
+/// The file of a group's segment: POSIX shared memory `/dpcoord.<name>`, as glibc's
+/// `shm_open` names it.
+fn segment_path(name: &str) -> String {
+    format!("/dev/shm/dpcoord.{name}")
 }
 
 impl HostGroup {

@@ -1,8 +1,10 @@
 //! The segment's layout (header, member table, slots) and its mapping into this process.
 
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64};
+
+use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 
 use super::{internal, os_error};
 use crate::error::Result;
@@ -95,22 +97,20 @@ pub(super) struct Mapping {
 impl Mapping {
     /// Maps `len` bytes: the segment of `dp_size` ranks (`len = segment_size(dp_size)`), or
     /// only the header (`dp_size = 0`).
-    pub(super) fn map(fd: RawFd, len: usize, dp_size: usize) -> Result<Mapping> {
-        // SAFETY: a fresh shared mapping of `len` bytes of an open descriptor; the kernel picks
-        // the address, and failure is checked.
+    pub(super) fn map(fd: &OwnedFd, len: usize, dp_size: usize) -> Result<Mapping> {
+        // SAFETY: a new shared mapping at an address the kernel picks (NULL hint), so it
+        // aliases no memory Rust knows of.
         let ptr = unsafe {
-            libc::mmap(
+            mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
                 fd,
                 0,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(os_error("mmap of the group segment"));
         }
+        .map_err(|e| os_error("mmap of the group segment", e))?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| internal("mmap returned NULL"))?;
         debug_assert!(dp_size == 0 || len == segment_size(dp_size));
         Ok(Mapping { ptr, len, dp_size })
@@ -150,6 +150,6 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the region `map` created; no reference into it outlives
         // `self` (they all borrow it).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        let _ = unsafe { munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }

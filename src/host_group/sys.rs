@@ -1,86 +1,76 @@
 //! The system calls of the host group: futex, shared memory, file locks, process liveness.
+//!
+//! Through `rustix`, whose calls are safe functions that return `Result<_, Errno>`: no
+//! `unsafe` block and no `== -1` check by hand here. The mapping itself (`mmap`, `munmap`)
+//! stays with its owner, `segment::Mapping`.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::fs::{FlockOperation, Mode, OFlags, Stat};
+use rustix::io::Errno;
+use rustix::process::{Pid, PidfdFlags};
+use rustix::thread::futex;
 
 use super::os_error;
 use crate::error::Result;
 
 /// Sleeps on `word` while it holds `expected`, at most `max`.
 pub(super) fn futex_wait(word: &AtomicU32, expected: u32, max: Duration) {
-    let ts = libc::timespec {
-        tv_sec: max.as_secs() as libc::time_t,
-        tv_nsec: max.subsec_nanos() as libc::c_long,
+    let timeout = Timespec {
+        tv_sec: max.as_secs() as i64,
+        tv_nsec: max.subsec_nanos() as i64,
     };
-    // SAFETY: FUTEX_WAIT on a 4-byte aligned word of our shared mapping with a relative
-    // timeout; the kernel only reads the word and the timespec. Every outcome (woken, EAGAIN,
-    // ETIMEDOUT, EINTR) is fine: the caller re-checks its condition.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            &ts as *const libc::timespec,
-            std::ptr::null::<u32>(),
-            0u32,
-        )
-    };
+    // A shared (not private) futex: the word is in memory mapped by several processes. Every
+    // outcome (woken, EAGAIN, ETIMEDOUT, EINTR) is fine: the caller re-checks its condition.
+    let _ = futex::wait(word, futex::Flags::empty(), expected, Some(&timeout));
 }
 
+/// Wakes every process sleeping on `word`.
 pub(super) fn futex_wake_all(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE on a word of our shared mapping; the kernel reads nothing else.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            i32::MAX,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0u32,
-        )
-    };
+    let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
+}
+
+/// `pid` as rustix's type; `None` for a pid that names no single process (<= 0).
+fn pid_of(pid: i32) -> Option<Pid> {
+    (pid > 0).then(|| Pid::from_raw(pid)).flatten()
 }
 
 /// A pidfd for `pid`, or `None` where the kernel has none (then `kill(pid, 0)` is used).
 pub(super) fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: `fd` is a descriptor the kernel just gave us and nothing else owns.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    rustix::process::pidfd_open(pid_of(pid)?, PidfdFlags::empty()).ok()
 }
 
 /// Whether the process behind `pidfd` has exited (exited but not yet reaped counts).
 pub(super) fn pidfd_exited(pidfd: &OwnedFd) -> bool {
-    let mut p = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    // SAFETY: polls one valid descriptor without blocking; `p` outlives the call.
-    let n = unsafe { libc::poll(&mut p, 1, 0) };
-    n > 0 && p.revents != 0
+    matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+        && !fds[0].revents().is_empty()
 }
 
 /// Whether `pid` (> 0) is a running process: via a pidfd where possible (an unreaped zombie
 /// is dead), else `kill(pid, 0)`.
 pub(super) fn process_alive(pid: i32) -> bool {
-    if let Some(fd) = pidfd_open(pid) {
-        return !pidfd_exited(&fd);
-    }
-    let err = std::io::Error::last_os_error().raw_os_error();
-    if err == Some(libc::ESRCH) {
+    let Some(pid) = pid_of(pid) else {
         return false;
+    };
+    match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+        Ok(fd) => !pidfd_exited(&fd),
+        Err(Errno::SRCH) => false,
+        // No pidfd (a kernel before 5.3, or a seccomp filter): signal 0 checks existence;
+        // EPERM means it exists under another user.
+        Err(_) => matches!(
+            rustix::process::test_kill_process(pid),
+            Ok(()) | Err(Errno::PERM)
+        ),
     }
-    // SAFETY: signal 0 only checks for existence and permission; `pid` > 0 names one process.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Whether a pid read from the segment can name a process of this host.
@@ -88,17 +78,17 @@ pub(super) fn pid_plausible(pid: i32) -> bool {
     pid > 0 && pid < (1 << 22) + 1
 }
 
-/// The segment's descriptor, locked with `flock` until dropped.
-pub(super) struct Locked(RawFd);
+/// The segment's descriptor, locked with `flock` until dropped; the borrow keeps the
+/// descriptor open at least as long as the lock.
+pub(super) struct Locked<'fd>(BorrowedFd<'fd>);
 
-impl Locked {
+impl<'fd> Locked<'fd> {
     /// Takes the lock, retrying for up to `patience`.
-    pub(super) fn take(fd: &OwnedFd, patience: Duration) -> Option<Locked> {
+    pub(super) fn take(fd: &'fd OwnedFd, patience: Duration) -> Option<Locked<'fd>> {
         let start = Instant::now();
         loop {
-            // SAFETY: flock on a descriptor the caller owns; non-blocking.
-            if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Some(Locked(fd.as_raw_fd()));
+            if rustix::fs::flock(fd, FlockOperation::NonBlockingLockExclusive).is_ok() {
+                return Some(Locked(fd.as_fd()));
             }
             if start.elapsed() >= patience {
                 return None;
@@ -108,55 +98,38 @@ impl Locked {
     }
 }
 
-impl Drop for Locked {
+impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        // SAFETY: releases the lock `take` took; the descriptor outlives the guard (both
-        // are locals of the same scope, the guard declared after it).
-        unsafe { libc::flock(self.0, libc::LOCK_UN) };
+        let _ = rustix::fs::flock(self.0, FlockOperation::Unlock);
     }
 }
 
-pub(super) fn fstat(fd: RawFd) -> Result<libc::stat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat writes one `struct stat` into `st` on success (checked).
-    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
-        return Err(os_error("fstat of the group segment"));
-    }
-    // SAFETY: fstat succeeded, so it initialised `st`.
-    Ok(unsafe { st.assume_init() })
+pub(super) fn fstat(fd: &OwnedFd) -> Result<Stat> {
+    rustix::fs::fstat(fd).map_err(|e| os_error("fstat of the group segment", e))
 }
 
-pub(super) fn shm_open(path: &CString, flags: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: `path` is NUL-terminated; shm_open returns a new descriptor or -1.
-    let fd =
-        unsafe { libc::shm_open(path.as_ptr(), flags | libc::O_RDWR | libc::O_CLOEXEC, 0o600) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor shm_open just returned, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// `shm_open(path, O_RDWR | flags, 0600)` as glibc does it: `open` of the file under
+/// `/dev/shm` with `O_NOFOLLOW | O_CLOEXEC` (`rustix::shm::open` would follow a symbolic
+/// link: it omits `O_NOFOLLOW`). `path` is the full path, `/dev/shm/dpcoord.<name>`.
+pub(super) fn shm_open(path: &CStr, flags: OFlags) -> std::result::Result<OwnedFd, Errno> {
+    let flags = flags | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::open(path, flags, Mode::from_raw_mode(0o600))
 }
 
-pub(super) fn shm_unlink(path: &CString) {
-    // SAFETY: `path` is NUL-terminated; a failure (already unlinked) is fine.
-    unsafe { libc::shm_unlink(path.as_ptr()) };
+/// `shm_unlink`: a failure (already unlinked) is fine.
+pub(super) fn shm_unlink(path: &CStr) {
+    let _ = rustix::fs::unlink(path);
 }
 
 pub(super) fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 pub(super) fn getpid() -> i32 {
-    // SAFETY: getpid has no preconditions.
-    unsafe { libc::getpid() }
+    rustix::process::getpid().as_raw_nonzero().get()
 }
 
 /// Sizes the segment open as `fd` to `len` bytes (new bytes read as zero).
-pub(super) fn ftruncate(fd: RawFd, len: usize) -> Result<()> {
-    // SAFETY: ftruncate of a descriptor the caller owns; the new bytes read as zero.
-    if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
-        return Err(os_error("ftruncate of the group segment"));
-    }
-    Ok(())
+pub(super) fn ftruncate(fd: &OwnedFd, len: usize) -> Result<()> {
+    rustix::fs::ftruncate(fd, len as u64).map_err(|e| os_error("ftruncate of the group segment", e))
 }
