@@ -14,7 +14,7 @@ use super::segment::{
     STATE_EMPTY, STATE_JOINED,
 };
 use super::sys::{
-    euid, fstat, ftruncate, futex_wake_all, pid_plausible, pidfd_open, process_alive, shm_open,
+    fstat, ftruncate, futex_wake_all, pid_plausible, pidfd_open, process_alive, shm_open,
     shm_unlink, Locked,
 };
 use super::wait::Deadline;
@@ -149,202 +149,220 @@ pub(super) fn same_segment(path: &CString, fd: &OwnedFd) -> Result<bool> {
     Ok(a.st_dev == b.st_dev && a.st_ino == b.st_ino)
 }
 
-/// One attempt to join: open or create the segment, lock it, check it, reclaim it when stale,
-/// take this rank's slot.
-pub(super) fn join(
-    name: &str,
-    path: &CString,
-    dp_size: usize,
-    dp_rank: usize,
-    pid: i32,
-) -> std::result::Result<(OwnedFd, Mapping), JoinError> {
-    let shown = path.to_string_lossy();
-    let fd = shm_open(path, OFlags::CREATE).map_err(|e| {
-        let why = if e == Errno::ACCESS {
-            " (it belongs to another user)"
-        } else {
-            ""
-        };
+/// What one rank asks for when it opens a group; each attempt to join is one `attempt`.
+pub(super) struct Opening<'a> {
+    pub(super) name: &'a str,
+    /// The segment file, `/dev/shm/dpcoord.<name>`.
+    pub(super) path: &'a CString,
+    pub(super) dp_size: usize,
+    pub(super) dp_rank: usize,
+    pub(super) pid: i32,
+    /// The effective uid, which must own the segment.
+    pub(super) uid: u32,
+}
+
+impl Opening<'_> {
+    /// The segment file as messages show it.
+    fn shown(&self) -> std::borrow::Cow<'_, str> {
+        self.path.to_string_lossy()
+    }
+
+    /// A segment this open refuses: what is wrong with it.
+    fn bad(&self, what: String) -> JoinError {
         JoinError::Fatal(invalid!(
-            "host group '{name}': cannot open segment {shown}: {e}{why}"
+            "host group '{}': segment {} {what}",
+            self.name,
+            self.shown()
         ))
-    })?;
-    let Some(_lock) = Locked::take(&fd, Duration::ZERO) else {
-        return Err(JoinError::Retry(format!(
-            "{shown} is locked by another process"
-        )));
-    };
-    if !same_segment(path, &fd)? {
-        return Err(JoinError::Retry(format!(
-            "{shown} was replaced while opening"
-        )));
     }
-    let st = fstat(&fd)?;
-    let uid = euid();
-    if st.st_uid != uid {
-        return Err(JoinError::Fatal(invalid!(
-            "host group '{name}': segment {shown} is owned by uid {}, this process runs as uid \
-             {uid}; refusing it",
-            st.st_uid
-        )));
-    }
-    if st.st_mode & 0o777 != 0o600 {
-        return Err(JoinError::Fatal(invalid!(
-            "host group '{name}': segment {shown} has mode {:o}, not 0600; refusing it",
-            st.st_mode & 0o777
-        )));
-    }
-    let size = st.st_size as usize;
-    let map = if size == 0 {
-        create(&fd, dp_size, uid)?
-    } else {
-        check_existing(name, &shown, &fd, size, dp_size, dp_rank, uid, path)?
-    };
-    for b in &map.slot(dp_rank).bufs {
-        b.tag.store(0, Ordering::Relaxed);
-    }
-    let member = map.member(dp_rank);
-    member.pid.store(pid, Ordering::Relaxed);
-    member.state.store(STATE_JOINED, Ordering::Release);
-    let h = map.header();
-    h.wake.epoch.fetch_add(1, Ordering::SeqCst);
-    futex_wake_all(&h.wake.epoch);
-    drop(_lock);
-    Ok((fd, map))
-}
 
-/// Sizes and initialises a new segment (the caller holds the lock); the magic is written last.
-fn create(fd: &OwnedFd, dp_size: usize, uid: u32) -> Result<Mapping> {
-    let len = segment_size(dp_size);
-    ftruncate(fd, len)?;
-    let map = Mapping::map(fd, len, dp_size)?;
-    let h = map.header();
-    h.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);
-    h.dp_size.store(dp_size as u32, Ordering::Relaxed);
-    h.owner_uid.store(uid, Ordering::Relaxed);
-    h.slot_size.store(SLOT_SIZE as u32, Ordering::Relaxed);
-    h.segment_size.store(len as u64, Ordering::Relaxed);
-    h.magic.store(MAGIC, Ordering::Release);
-    Ok(map)
-}
-
-/// Checks an existing segment (the caller holds the lock) and maps it, or says why not: a
-/// stale one (no live member) is unlinked and the open retried.
-#[allow(clippy::too_many_arguments)]
-fn check_existing(
-    name: &str,
-    shown: &str,
-    fd: &OwnedFd,
-    size: usize,
-    dp_size: usize,
-    dp_rank: usize,
-    uid: u32,
-    path: &CString,
-) -> std::result::Result<Mapping, JoinError> {
-    let bad =
-        |what: String| JoinError::Fatal(invalid!("host group '{name}': segment {shown} {what}"));
-    if size < HEADER_SIZE {
-        return Err(bad(format!(
-            "is {size} bytes, shorter than its {HEADER_SIZE}-byte header (truncated)"
-        )));
-    }
-    let head = Mapping::map(fd, HEADER_SIZE, 0)?;
-    let h = head.header();
-    let magic = h.magic.load(Ordering::Acquire);
-    if magic == 0 && h.layout_version.load(Ordering::Relaxed) == 0 {
-        // A creator died before it finished: nobody can have joined.
-        shm_unlink(path);
-        return Err(JoinError::Retry(format!(
-            "reclaimed the unfinished segment {shown}"
-        )));
-    }
-    if magic != MAGIC {
-        return Err(bad(format!(
-            "has magic {magic:#018x}, not a dpcoord host group's"
-        )));
-    }
-    let version = h.layout_version.load(Ordering::Relaxed);
-    if version != LAYOUT_VERSION {
-        return Err(bad(format!(
-            "was made with layout version {version}; this library uses version {LAYOUT_VERSION}"
-        )));
-    }
-    let owner = h.owner_uid.load(Ordering::Relaxed);
-    if owner != uid {
-        return Err(bad(format!(
-            "says header.owner_uid = {owner}, this process runs as uid {uid}; refusing it"
-        )));
-    }
-    let slot_size = h.slot_size.load(Ordering::Relaxed);
-    if slot_size as usize != SLOT_SIZE {
-        return Err(bad(format!(
-            "has header.slot_size = {slot_size}, want {SLOT_SIZE}"
-        )));
-    }
-    let theirs = h.dp_size.load(Ordering::Relaxed);
-    if theirs < 1 || theirs > MAX_DP_SIZE as u32 {
-        return Err(bad(format!(
-            "has header.dp_size = {theirs}, outside 1..={MAX_DP_SIZE}"
-        )));
-    }
-    let recorded = h.segment_size.load(Ordering::Relaxed);
-    let needed = segment_size(theirs as usize);
-    if recorded != needed as u64 || size != needed {
-        return Err(bad(format!(
-            "is {size} bytes and header.segment_size = {recorded}, but dp_size {theirs} needs \
-             {needed} (truncated or corrupt)"
-        )));
-    }
-    drop(head);
-    let map = Mapping::map(fd, size, theirs as usize)?;
-    let mut live = None;
-    let mut previous = None;
-    for r in 0..theirs as usize {
-        let member = map.member(r);
-        let state = member.state.load(Ordering::Acquire);
-        let pid = member.pid.load(Ordering::Relaxed);
-        match state {
-            STATE_EMPTY => continue,
-            STATE_JOINED | STATE_CLOSED if pid_plausible(pid) => {}
-            STATE_JOINED | STATE_CLOSED => return Err(bad(format!("has member[{r}].pid = {pid}"))),
-            s => return Err(bad(format!("has member[{r}].state = {s}"))),
+    /// One attempt to join: open or create the segment, lock it, check it, reclaim it when
+    /// stale, take this rank's slot.
+    pub(super) fn attempt(&self) -> std::result::Result<(OwnedFd, Mapping), JoinError> {
+        let (name, shown) = (self.name, self.shown());
+        let fd = shm_open(self.path, OFlags::CREATE).map_err(|e| {
+            let why = if e == Errno::ACCESS {
+                " (it belongs to another user)"
+            } else {
+                ""
+            };
+            JoinError::Fatal(invalid!(
+                "host group '{name}': cannot open segment {shown}: {e}{why}"
+            ))
+        })?;
+        let Some(lock) = Locked::take(&fd, Duration::ZERO) else {
+            return Err(JoinError::Retry(format!(
+                "{shown} is locked by another process"
+            )));
+        };
+        if !same_segment(self.path, &fd)? {
+            return Err(JoinError::Retry(format!(
+                "{shown} was replaced while opening"
+            )));
         }
-        if state == STATE_JOINED && process_alive(pid) {
-            live.get_or_insert((r, pid));
+        let st = fstat(&fd)?;
+        let uid = self.uid;
+        if st.st_uid != uid {
+            return Err(JoinError::Fatal(invalid!(
+                "host group '{name}': segment {shown} is owned by uid {}, this process runs as \
+                 uid {uid}; refusing it",
+                st.st_uid
+            )));
+        }
+        if st.st_mode & 0o777 != 0o600 {
+            return Err(JoinError::Fatal(invalid!(
+                "host group '{name}': segment {shown} has mode {:o}, not 0600; refusing it",
+                st.st_mode & 0o777
+            )));
+        }
+        let size = st.st_size as usize;
+        let map = if size == 0 {
+            self.create(&fd)?
         } else {
-            previous.get_or_insert((r, pid));
+            self.check_existing(&fd, size)?
+        };
+        for b in &map.slot(self.dp_rank).bufs {
+            b.tag.store(0, Ordering::Relaxed);
         }
+        let member = map.member(self.dp_rank);
+        member.pid.store(self.pid, Ordering::Relaxed);
+        member.state.store(STATE_JOINED, Ordering::Release);
+        let h = map.header();
+        h.wake.epoch.fetch_add(1, Ordering::SeqCst);
+        futex_wake_all(&h.wake.epoch);
+        drop(lock);
+        Ok((fd, map))
     }
-    let Some((live_rank, live_pid)) = live else {
-        drop(map);
-        shm_unlink(path);
-        return Err(JoinError::Retry(format!(
-            "reclaimed the stale segment {shown} (every process in it is gone)"
-        )));
-    };
-    if theirs as usize != dp_size {
-        return Err(bad(format!(
-            "belongs to a group of dp_size {theirs} (rank {live_rank} is pid {live_pid}); this \
-             open asks for dp_size {dp_size}"
-        )));
+
+    /// Sizes and initialises a new segment (the caller holds the lock); the magic is written
+    /// last.
+    fn create(&self, fd: &OwnedFd) -> Result<Mapping> {
+        let len = segment_size(self.dp_size);
+        ftruncate(fd, len)?;
+        let map = Mapping::map(fd, len, self.dp_size)?;
+        let h = map.header();
+        h.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        h.dp_size.store(self.dp_size as u32, Ordering::Relaxed);
+        h.owner_uid.store(self.uid, Ordering::Relaxed);
+        h.slot_size.store(SLOT_SIZE as u32, Ordering::Relaxed);
+        h.segment_size.store(len as u64, Ordering::Relaxed);
+        h.magic.store(MAGIC, Ordering::Release);
+        Ok(map)
     }
-    if let Some((r, pid)) = previous {
-        return Err(JoinError::Retry(format!(
-            "{shown} is still held by an earlier run (rank {r}, pid {pid}, has left it; rank \
-             {live_rank}, pid {live_pid}, has not closed it yet)"
-        )));
+
+    /// Checks an existing segment of `size` bytes (the caller holds the lock) and maps it, or
+    /// says why not: a stale one (no live member) is unlinked and the open retried.
+    fn check_existing(&self, fd: &OwnedFd, size: usize) -> std::result::Result<Mapping, JoinError> {
+        let (shown, uid) = (self.shown(), self.uid);
+        if size < HEADER_SIZE {
+            return Err(self.bad(format!(
+                "is {size} bytes, shorter than its {HEADER_SIZE}-byte header (truncated)"
+            )));
+        }
+        let head = Mapping::map(fd, HEADER_SIZE, 0)?;
+        let h = head.header();
+        let magic = h.magic.load(Ordering::Acquire);
+        if magic == 0 && h.layout_version.load(Ordering::Relaxed) == 0 {
+            // A creator died before it finished: nobody can have joined.
+            shm_unlink(self.path);
+            return Err(JoinError::Retry(format!(
+                "reclaimed the unfinished segment {shown}"
+            )));
+        }
+        if magic != MAGIC {
+            return Err(self.bad(format!(
+                "has magic {magic:#018x}, not a dpcoord host group's"
+            )));
+        }
+        let version = h.layout_version.load(Ordering::Relaxed);
+        if version != LAYOUT_VERSION {
+            return Err(self.bad(format!(
+                "was made with layout version {version}; this library uses version \
+                 {LAYOUT_VERSION}"
+            )));
+        }
+        let owner = h.owner_uid.load(Ordering::Relaxed);
+        if owner != uid {
+            return Err(self.bad(format!(
+                "says header.owner_uid = {owner}, this process runs as uid {uid}; refusing it"
+            )));
+        }
+        let slot_size = h.slot_size.load(Ordering::Relaxed);
+        if slot_size as usize != SLOT_SIZE {
+            return Err(self.bad(format!(
+                "has header.slot_size = {slot_size}, want {SLOT_SIZE}"
+            )));
+        }
+        let theirs = h.dp_size.load(Ordering::Relaxed);
+        if theirs < 1 || theirs > MAX_DP_SIZE as u32 {
+            return Err(self.bad(format!(
+                "has header.dp_size = {theirs}, outside 1..={MAX_DP_SIZE}"
+            )));
+        }
+        let recorded = h.segment_size.load(Ordering::Relaxed);
+        let needed = segment_size(theirs as usize);
+        if recorded != needed as u64 || size != needed {
+            return Err(self.bad(format!(
+                "is {size} bytes and header.segment_size = {recorded}, but dp_size {theirs} \
+                 needs {needed} (truncated or corrupt)"
+            )));
+        }
+        drop(head);
+        let map = Mapping::map(fd, size, theirs as usize)?;
+        let mut live = None;
+        let mut previous = None;
+        for r in 0..theirs as usize {
+            let member = map.member(r);
+            let state = member.state.load(Ordering::Acquire);
+            let pid = member.pid.load(Ordering::Relaxed);
+            match state {
+                STATE_EMPTY => continue,
+                STATE_JOINED | STATE_CLOSED if pid_plausible(pid) => {}
+                STATE_JOINED | STATE_CLOSED => {
+                    return Err(self.bad(format!("has member[{r}].pid = {pid}")))
+                }
+                s => return Err(self.bad(format!("has member[{r}].state = {s}"))),
+            }
+            if state == STATE_JOINED && process_alive(pid) {
+                live.get_or_insert((r, pid));
+            } else {
+                previous.get_or_insert((r, pid));
+            }
+        }
+        let Some((live_rank, live_pid)) = live else {
+            drop(map);
+            shm_unlink(self.path);
+            return Err(JoinError::Retry(format!(
+                "reclaimed the stale segment {shown} (every process in it is gone)"
+            )));
+        };
+        let dp_size = self.dp_size;
+        if theirs as usize != dp_size {
+            return Err(self.bad(format!(
+                "belongs to a group of dp_size {theirs} (rank {live_rank} is pid {live_pid}); \
+                 this open asks for dp_size {dp_size}"
+            )));
+        }
+        if let Some((r, pid)) = previous {
+            return Err(JoinError::Retry(format!(
+                "{shown} is still held by an earlier run (rank {r}, pid {pid}, has left it; \
+                 rank {live_rank}, pid {live_pid}, has not closed it yet)"
+            )));
+        }
+        if map.header().failure.load(Ordering::Acquire) != 0 {
+            return Err(JoinError::Retry(format!(
+                "{shown} is held by an earlier run that failed and has not closed it yet"
+            )));
+        }
+        let own = map.member(self.dp_rank);
+        if own.state.load(Ordering::Acquire) == STATE_JOINED {
+            let pid = own.pid.load(Ordering::Relaxed);
+            return Err(JoinError::Fatal(invalid!(
+                "host group '{}': dp_rank {} is already held by pid {pid}",
+                self.name,
+                self.dp_rank
+            )));
+        }
+        Ok(map)
     }
-    if map.header().failure.load(Ordering::Acquire) != 0 {
-        return Err(JoinError::Retry(format!(
-            "{shown} is held by an earlier run that failed and has not closed it yet"
-        )));
-    }
-    let own = map.member(dp_rank);
-    if own.state.load(Ordering::Acquire) == STATE_JOINED {
-        let pid = own.pid.load(Ordering::Relaxed);
-        return Err(JoinError::Fatal(invalid!(
-            "host group '{name}': dp_rank {dp_rank} is already held by pid {pid}"
-        )));
-    }
-    Ok(map)
 }

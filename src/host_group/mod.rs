@@ -54,7 +54,7 @@ use crate::diag::Ctx;
 use crate::error::{invalid, Error, ErrorKind, Result};
 use crate::rules::{self, RankRecord};
 
-use join::{join, same_segment, JoinError};
+use join::{same_segment, JoinError, Opening};
 use segment::{Mapping, STATE_CLOSED};
 use sys::{euid, getpid, shm_unlink, Locked};
 use wait::deadline_after;
@@ -184,8 +184,17 @@ impl HostGroup {
             CString::new(segment_path(name)).map_err(|_| internal("NUL in a checked name"))?;
         let (dp_size, dp_rank) = (dp_size as usize, dp_rank as usize);
         let pid = getpid();
+        let uid = euid();
+        let opening = Opening {
+            name,
+            path: &path,
+            dp_size,
+            dp_rank,
+            pid,
+            uid,
+        };
         let (fd, map) = loop {
-            match join(name, &path, dp_size, dp_rank, pid) {
+            match opening.attempt() {
                 Ok(joined) => break joined,
                 Err(JoinError::Fatal(e)) => return Err(e),
                 Err(JoinError::Retry(why)) => {
@@ -210,7 +219,7 @@ impl HostGroup {
             open_timeout_ms: timeout_ms,
             peers: Vec::with_capacity(dp_size),
             seq: 0,
-            uid: euid(),
+            uid,
             contended: std::cell::Cell::new(false),
             failed: None,
             records: vec![RankRecord::default(); dp_size],

@@ -98,6 +98,18 @@ impl Mapping {
     /// Maps `len` bytes: the segment of `dp_size` ranks (`len = segment_size(dp_size)`), or
     /// only the header (`dp_size = 0`).
     pub(super) fn map(fd: &OwnedFd, len: usize, dp_size: usize) -> Result<Mapping> {
+        // What the accessors' SAFETY comments rely on: the header is always mapped, and a
+        // mapping for dp_size ranks holds their whole member table and every slot.
+        let want = if dp_size == 0 {
+            HEADER_SIZE
+        } else {
+            segment_size(dp_size)
+        };
+        if len != want {
+            return Err(internal(&format!(
+                "mapping {len} bytes for dp_size {dp_size}, want {want}"
+            )));
+        }
         // SAFETY: a new shared mapping at an address the kernel picks (NULL hint), so it
         // aliases no memory Rust knows of.
         let ptr = unsafe {
@@ -112,21 +124,22 @@ impl Mapping {
         }
         .map_err(|e| os_error("mmap of the group segment", e))?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| internal("mmap returned NULL"))?;
-        debug_assert!(dp_size == 0 || len == segment_size(dp_size));
         Ok(Mapping { ptr, len, dp_size })
     }
 
     pub(super) fn header(&self) -> &Header {
-        // SAFETY: every mapping is at least HEADER_SIZE bytes (checked before mapping), page
-        // aligned, and `Header` consists of atomics, valid for any bits another process writes.
+        // SAFETY: every mapping holds at least the header (`map` checks the length), its base
+        // is page aligned, and `Header` consists of atomics, valid for any bits another process
+        // writes.
         unsafe { &*self.ptr.as_ptr().cast::<Header>() }
     }
 
     /// Rank `r`'s member entry; `r` below the mapping's dp_size.
     pub(super) fn member(&self, r: usize) -> &Member {
         assert!(r < self.dp_size, "member {r} is outside the mapping");
-        // SAFETY: in bounds (asserted; the mapping holds the whole member table), 8-aligned,
-        // and `Member` consists of atomics, valid for any bits.
+        // SAFETY: in bounds (asserted; `map` checked that the mapping holds the whole member
+        // table), aligned (page-aligned base, whole-line header, entries of MEMBER_SIZE, a
+        // multiple of their alignment), and `Member` consists of atomics, valid for any bits.
         unsafe {
             &*self
                 .ptr
@@ -140,8 +153,9 @@ impl Mapping {
     pub(super) fn slot(&self, r: usize) -> &Slot {
         assert!(r < self.dp_size, "slot {r} is outside the mapping");
         let at = slots_offset(self.dp_size) + SLOT_SIZE * r;
-        // SAFETY: in bounds (asserted), 64-aligned (page-aligned base, whole-line header,
-        // member table and slots), and `Slot` consists of atomics, valid for any bits.
+        // SAFETY: in bounds (asserted; `map` checked that the mapping holds every slot),
+        // 64-aligned (page-aligned base, whole-line header, member table and slots), and
+        // `Slot` consists of atomics, valid for any bits.
         unsafe { &*self.ptr.as_ptr().add(at).cast::<Slot>() }
     }
 }
