@@ -1011,6 +1011,48 @@ fn foreign_segments_are_refused() {
     std::fs::remove_file(shm_file(&name)).unwrap();
 }
 
+/// Something other than a regular file at the segment path (a FIFO, a directory, a symbolic
+/// link): open is refused with DP_ERR_INVALID_ARGUMENT naming the path and what is there, and
+/// leaves it alone.
+fn non_regular_files_are_refused() {
+    let name = unique("notafile");
+    let path = shm_file(&name);
+    let target = format!("{path}.target");
+    write_segment(&format!("{name}.target"), &segment_image(2), 0o600);
+    let makers: [(&str, &dyn Fn()); 3] = [
+        ("a FIFO (named pipe)", &|| {
+            let c = CString::new(path.clone()).unwrap();
+            // SAFETY: mkfifo of a NUL-terminated path this test owns.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        }),
+        ("a directory", &|| std::fs::create_dir(&path).unwrap()),
+        ("a symbolic link", &|| {
+            std::os::unix::fs::symlink(&target, &path).unwrap()
+        }),
+    ];
+    for (what, make) in makers {
+        make();
+        let (s, m) = Group::open(&name, 2, 0, 300)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: open succeeded"));
+        assert_eq!(s, dp_status::DP_ERR_INVALID_ARGUMENT, "{what}: {m}");
+        assert!(
+            m.contains(&format!(
+                "segment {path} is {what}, not a shared-memory file"
+            )),
+            "{what}: {m:?} does not say what is at {path}"
+        );
+        let still = std::fs::symlink_metadata(&path).expect("left alone");
+        assert!(!still.file_type().is_file(), "{what}: replaced by a file");
+        if still.is_dir() {
+            std::fs::remove_dir(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    std::fs::remove_file(&target).unwrap();
+}
+
 /// A segment owned by another user (made here as root, then handed over with fchown).
 fn segment_of_another_user_is_refused() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -1160,6 +1202,10 @@ fn main() {
     let cases: &[(&str, fn())] = &[
         ("bad_arguments_are_refused", bad_arguments_are_refused),
         ("foreign_segments_are_refused", foreign_segments_are_refused),
+        (
+            "non_regular_files_are_refused",
+            non_regular_files_are_refused,
+        ),
         ("one_rank_group_decides_alone", one_rank_group_decides_alone),
         ("open_times_out_and_unlinks", open_times_out_and_unlinks),
         ("open_waits_for_late_ranks", open_waits_for_late_ranks),

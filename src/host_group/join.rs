@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rustix::fs::OFlags;
+use rustix::fs::{FileType, OFlags};
 use rustix::io::Errno;
 
 use super::segment::{
@@ -176,11 +176,23 @@ impl Opening<'_> {
         ))
     }
 
+    /// What is at the segment path when it is not a regular file (`lstat`, for a message).
+    fn not_a_file(&self) -> Option<&'static str> {
+        let st = rustix::fs::lstat(self.path.as_c_str()).ok()?;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        (kind != FileType::RegularFile).then(|| describe(kind))
+    }
+
     /// One attempt to join: open or create the segment, lock it, check it, reclaim it when
     /// stale, take this rank's slot.
     pub(super) fn attempt(&self) -> std::result::Result<(OwnedFd, Mapping), JoinError> {
         let (name, shown) = (self.name, self.shown());
         let fd = shm_open(self.path, OFlags::CREATE).map_err(|e| {
+            // Something that is not a file (a directory, a symbolic link, a socket) fails to
+            // open: the message says what it is.
+            if let Some(kind) = self.not_a_file() {
+                return self.bad(format!("is {kind}, not a shared-memory file; refusing it"));
+            }
             let why = if e == Errno::ACCESS {
                 " (it belongs to another user)"
             } else {
@@ -190,6 +202,15 @@ impl Opening<'_> {
                 "host group '{name}': cannot open segment {shown}: {e}{why}"
             ))
         })?;
+        let st = fstat(&fd)?;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if kind != FileType::RegularFile {
+            // A FIFO or a device opens (without blocking, without side effects: see shm_open).
+            return Err(self.bad(format!(
+                "is {}, not a shared-memory file; refusing it",
+                describe(kind)
+            )));
+        }
         let Some(lock) = Locked::take(&fd, Duration::ZERO) else {
             return Err(JoinError::Retry(format!(
                 "{shown} is locked by another process"
@@ -364,5 +385,19 @@ impl Opening<'_> {
             )));
         }
         Ok(map)
+    }
+}
+
+/// A file type as messages name it.
+fn describe(kind: FileType) -> &'static str {
+    match kind {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a FIFO (named pipe)",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Unknown => "a file of unknown type",
     }
 }

@@ -18,6 +18,12 @@
 //! Waits spin for [`SPIN_NS`], then sleep on the futex in slices of at most [`SLICE_MS`],
 //! checking between slices whether a peer exited (pidfd, else `kill(pid, 0)`) or closed.
 //!
+//! Opening (`join.rs`) takes the segment file's `flock` for each attempt. The file is opened
+//! as glibc's `shm_open` does (`O_NOFOLLOW`), plus `O_NONBLOCK | O_NOCTTY` so that opening
+//! something else is harmless; anything at the path that is not a regular file (a FIFO, a
+//! directory, a symbolic link, a socket, a device) is an invalid-argument error naming the
+//! path and what is there, and is left alone.
+//!
 //! Everything read from the segment is checked (a corrupt or hostile peer gives an error,
 //! never a crash, a hang past the timeout or a wrong decision). Two limits are inherent to a
 //! segment shared with same-user processes and documented: a peer that shrinks the segment

@@ -111,8 +111,15 @@ pub(super) fn fstat(fd: &OwnedFd) -> Result<Stat> {
 /// `shm_open(path, O_RDWR | flags, 0600)` as glibc does it: `open` of the file under
 /// `/dev/shm` with `O_NOFOLLOW | O_CLOEXEC` (`rustix::shm::open` would follow a symbolic
 /// link: it omits `O_NOFOLLOW`). `path` is the full path, `/dev/shm/dpcoord.<name>`.
+/// `O_NONBLOCK | O_NOCTTY` (no effect on a regular file) make opening something else at the
+/// path (a FIFO, a device) harmless until the caller's type check refuses it.
 pub(super) fn shm_open(path: &CStr, flags: OFlags) -> std::result::Result<OwnedFd, Errno> {
-    let flags = flags | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let flags = flags
+        | OFlags::RDWR
+        | OFlags::NOFOLLOW
+        | OFlags::CLOEXEC
+        | OFlags::NONBLOCK
+        | OFlags::NOCTTY;
     rustix::fs::open(path, flags, Mode::from_raw_mode(0o600))
 }
 
