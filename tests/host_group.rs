@@ -1011,6 +1011,25 @@ fn foreign_segments_are_refused() {
     std::fs::remove_file(shm_file(&name)).unwrap();
 }
 
+/// A creator killed between two header stores (the magic, its last store, never written): the
+/// next open reclaims the segment, whichever stores were done, and the group works.
+fn unfinished_header_is_reclaimed() {
+    let full = segment_image(2);
+    // The stores of creation in order: layout_version, dp_size, owner_uid, slot_size,
+    // segment_size (offsets 8..32); the magic (0..8) comes last.
+    for done in [8, 12, 16, 20, 24, 32] {
+        let name = unique(&format!("unfinished{done}"));
+        let mut img = vec![0u8; full.len()];
+        img[8..done].copy_from_slice(&full[8..done]);
+        write_segment(&name, &img, 0o600);
+        let mut g = Group::open(&name, 1, 0, 2_000)
+            .unwrap_or_else(|(s, m)| panic!("header written up to byte {done}: {s:?} {m}"));
+        good_steps(&mut g, 1, 0, 3);
+        assert_eq!(g.close(), dp_status::DP_OK);
+        assert!(!std::path::Path::new(&shm_file(&name)).exists());
+    }
+}
+
 /// Something other than a regular file at the segment path (a FIFO, a directory, a symbolic
 /// link): open is refused with DP_ERR_INVALID_ARGUMENT naming the path and what is there, and
 /// leaves it alone.
@@ -1205,6 +1224,10 @@ fn main() {
         (
             "non_regular_files_are_refused",
             non_regular_files_are_refused,
+        ),
+        (
+            "unfinished_header_is_reclaimed",
+            unfinished_header_is_reclaimed,
         ),
         ("one_rank_group_decides_alone", one_rank_group_decides_alone),
         ("open_times_out_and_unlinks", open_times_out_and_unlinks),

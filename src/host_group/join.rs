@@ -283,8 +283,11 @@ impl Opening<'_> {
         let head = Mapping::map(fd, HEADER_SIZE, 0)?;
         let h = head.header();
         let magic = h.magic.load(Ordering::Acquire);
-        if magic == 0 && h.layout_version.load(Ordering::Relaxed) == 0 {
-            // A creator died before it finished: nobody can have joined.
+        if magic == 0 {
+            // The magic is creation's last store, and a creator holds the lock from before it
+            // sizes the file until after it joined. This process holds the lock now, so the
+            // creator is gone (killed, or failed) between two stores: nobody can have joined.
+            // Unlinked under the lock, after `same_segment` showed that the name is this file.
             shm_unlink(self.path);
             return Err(JoinError::Retry(format!(
                 "reclaimed the unfinished segment {shown}"

@@ -24,6 +24,13 @@
 //! directory, a symbolic link, a socket, a device) is an invalid-argument error naming the
 //! path and what is there, and is left alone.
 //!
+//! A segment is created under that lock: the creator sizes the file, writes the header and
+//! stores the magic last, then joins, and only then unlocks. The lock dies with its holder, so
+//! an opener that holds it and finds a segment whose magic was never written knows that its
+//! creator is gone (killed or failed between two stores, before anyone could join) and
+//! unlinks it; it does so only while the name still refers to the file it locked (checked
+//! under the lock by device and inode), so it can never remove a newer segment.
+//!
 //! Everything read from the segment is checked (a corrupt or hostile peer gives an error,
 //! never a crash, a hang past the timeout or a wrong decision). Two limits are inherent to a
 //! segment shared with same-user processes and documented: a peer that shrinks the segment
