@@ -392,6 +392,7 @@ fn child_main(role: &str) {
         "survive" => rank_survive(name, dp_size, me, w[4], arg(1), w[6], &w[7..].join(" ")),
         "hammer" => hammer(name, dp_size, arg(0) as usize, arg(1) as usize),
         "hostile" => rank_hostile(name, dp_size, me, arg(0)),
+        "forkclose" => rank_fork_close(name, dp_size, me),
         "tamper" => rank_tamper(name, dp_size, me, arg(0) as usize, arg(1) as usize),
         other => panic!("unknown role {other}"),
     }
@@ -463,7 +464,12 @@ fn rank_leave(name: &str, dp_size: usize, me: usize, how: &str, hold_ms: u64) {
 
 /// `n` steps with the same valid request on every rank; all must succeed.
 fn good_steps(g: &mut Group, dp_size: usize, me: usize, n: u64) {
-    for step in 0..n {
+    good_steps_from(g, dp_size, me, 0, n);
+}
+
+/// Good steps `from..from + n` (each step's requests are the same on every rank).
+fn good_steps_from(g: &mut Group, dp_size: usize, me: usize, from: u64, n: u64) {
+    for step in from..from + n {
         let reqs = step_requests(7, step, dp_size, false, 60_000);
         let own = c_request(reqs[me].as_ref().unwrap());
         let got = g.step(Some(&own));
@@ -509,6 +515,37 @@ fn rank_survive(
     }
     assert_eq!(g.close(), dp_status::DP_OK);
     println!("rank {me}: {msg}");
+}
+
+/// Five good steps; then rank 0 forks a child that closes the inherited handle and exits, and
+/// both ranks step five more and close: the child's close left the parent's rank alone.
+fn rank_fork_close(name: &str, dp_size: usize, me: usize) {
+    let mut g = open_or_die(name, dp_size, me, 60_000);
+    good_steps(&mut g, dp_size, me, 5);
+    if me == 0 {
+        // SAFETY: fork of this single-threaded process; the child only closes and _exits.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+        if child == 0 {
+            let s = dp_host_group_close(g.0);
+            // SAFETY: ends the child at once, running none of the parent's destructors.
+            unsafe { libc::_exit(i32::from(s != dp_status::DP_OK)) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked; `status` outlives the call.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child's dp_host_group_close failed (wait status {status:#x})"
+        );
+        assert!(
+            std::path::Path::new(&shm_file(name)).exists(),
+            "the child's close unlinked the segment"
+        );
+    }
+    good_steps_from(&mut g, dp_size, me, 5, 5);
+    assert_eq!(g.close(), dp_status::DP_OK);
+    println!("rank {me}: 10 steps around a fork");
 }
 
 /// Writes garbage into `[offset, offset + len)` of the group's segment, over and over, until
@@ -756,6 +793,17 @@ fn peer_closes_is_peer_exited() {
 /// with the group (the timeout is in the segment), so both fail together.
 fn peer_stops_is_timeout() {
     two_rank_fault("stop", "timeout 300 1", "stop 1500");
+}
+
+/// A forked child closes the handle it inherited: the parent's rank is untouched (no closed
+/// state, no unlink) and keeps stepping with its peer.
+fn close_in_a_forked_child() {
+    let name = unique("forkclose");
+    let children = (0..2)
+        .map(|r| spawn(&format!("forkclose {name} 2 {r}")))
+        .collect();
+    assert_ok(&wait_all(children));
+    assert!(!std::path::Path::new(&shm_file(&name)).exists());
 }
 
 /// Every process of a group killed: the segment stays, and the next open reclaims it.
@@ -1245,6 +1293,7 @@ fn main() {
         ("peer_closes_is_peer_exited", peer_closes_is_peer_exited),
         ("peer_stops_is_timeout", peer_stops_is_timeout),
         ("stale_segment_is_reclaimed", stale_segment_is_reclaimed),
+        ("close_in_a_forked_child", close_in_a_forked_child),
         (
             "garbage_in_each_field_fails_the_step",
             garbage_in_each_field_fails_the_step,

@@ -24,6 +24,10 @@
 //! directory, a symbolic link, a socket, a device) is an invalid-argument error naming the
 //! path and what is there, and is left alone.
 //!
+//! `close` in a process other than the one that opened the handle (a child that inherited
+//! it across `fork`) only unmaps the segment and closes its descriptors: it writes no member
+//! state and unlinks nothing, so the parent's rank is untouched.
+//!
 //! A segment is created under that lock: the creator sizes the file, writes the header and
 //! stores the magic last, then joins, and only then unlocks. The lock dies with its holder, so
 //! an opener that holds it and finds a segment whose magic was never written knows that its
@@ -270,9 +274,14 @@ impl HostGroup {
 
 /// Leaves the group: marks this rank closed, wakes the others, and unlinks the segment when
 /// no other rank holds it any more (under the segment lock, and only if the name still refers
-/// to this segment).
+/// to this segment). In a process other than the one that opened the group (a child that
+/// inherited the handle across `fork`), the rank is the parent's: only the local mapping and
+/// descriptors are released.
 impl Drop for HostGroup {
     fn drop(&mut self) {
+        if getpid() != self.pid {
+            return; // the fields' own drops unmap and close, which is local
+        }
         let member = self.map.member(self.dp_rank);
         member.state.store(STATE_CLOSED, Ordering::Release);
         self.wake();
