@@ -318,8 +318,14 @@ fn check_step(
 
 /// Starts this binary as one rank running `role` (space-separated words).
 fn spawn(role: &str) -> Child {
+    spawn_with(role, &[])
+}
+
+/// `spawn` with more environment variables.
+fn spawn_with(role: &str, env: &[(&str, &str)]) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .env(ROLE_ENV, role)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -393,6 +399,7 @@ fn child_main(role: &str) {
         "hammer" => hammer(name, dp_size, arg(0) as usize, arg(1) as usize),
         "hostile" => rank_hostile(name, dp_size, me, arg(0)),
         "forkclose" => rank_fork_close(name, dp_size, me),
+        "forklog" => rank_fork_log(name),
         "tamper" => rank_tamper(name, dp_size, me, arg(0) as usize, arg(1) as usize),
         other => panic!("unknown role {other}"),
     }
@@ -546,6 +553,29 @@ fn rank_fork_close(name: &str, dp_size: usize, me: usize) {
     good_steps_from(&mut g, dp_size, me, 5, 5);
     assert_eq!(g.close(), dp_status::DP_OK);
     println!("rank {me}: 10 steps around a fork");
+}
+
+/// Opens one-rank group `<name>a` (a log line in this process's file), forks a child that
+/// opens and closes `<name>b` (a log line that must go to the child's file, with the child's
+/// pid and thread id), and prints the child's pid. Runs with DPCOORD_DEBUG=INFO and a
+/// DPCOORD_DEBUG_FILE with `%p`.
+fn rank_fork_log(name: &str) {
+    let first = open_or_die(&format!("{name}a"), 1, 0, 10_000);
+    // SAFETY: fork of this single-threaded process; the child opens and closes a group and
+    // _exits.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        let ok = Group::open(&format!("{name}b"), 1, 0, 10_000).map(Group::close);
+        // SAFETY: ends the child at once, running none of the parent's destructors.
+        unsafe { libc::_exit(i32::from(ok != Ok(dp_status::DP_OK))) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked; `status` outlives the call.
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    assert_eq!(first.close(), dp_status::DP_OK);
+    println!("child={child}");
 }
 
 /// Writes garbage into `[offset, offset + len)` of the group's segment, over and over, until
@@ -804,6 +834,64 @@ fn close_in_a_forked_child() {
         .collect();
     assert_ok(&wait_all(children));
     assert!(!std::path::Path::new(&shm_file(&name)).exists());
+}
+
+/// After fork, the child's log lines carry its own pid and thread id and go to its own
+/// DPCOORD_DEBUG_FILE (`%p`), not the parent's.
+fn log_after_fork_names_the_child() {
+    let name = unique("forklog");
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pattern = dir.join("log.%p");
+    let proc = spawn_with(
+        &format!("forklog {name} 1 0"),
+        &[
+            ("DPCOORD_DEBUG", "INFO"),
+            ("DPCOORD_DEBUG_FILE", pattern.to_str().unwrap()),
+        ],
+    );
+    let parent = proc.id();
+    let o = wait_all(vec![proc]);
+    assert_ok(&o);
+    let child: u32 = o[0]
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("child="))
+        .expect("the child's pid")
+        .parse()
+        .unwrap();
+    // Every line of `pid`'s file: written by `pid` on its main thread (tid = pid), and naming
+    // group `<name><group>` (and not the other).
+    let check = |pid: u32, group: &str, other: &str| {
+        let path = dir.join(format!("log.{pid}"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (files: {:?})", path.display(), ls(&dir)));
+        assert!(text.contains(&format!("group {name}{group}]")), "{text}");
+        assert!(!text.contains(&format!("group {name}{other}]")), "{text}");
+        for line in text.lines() {
+            let mut fields = line.splitn(3, ':');
+            let (_host, p, rest) = (fields.next(), fields.next(), fields.next().unwrap_or(""));
+            let t = rest.split(' ').next();
+            assert_eq!(
+                (p, t),
+                (Some(&*pid.to_string()), Some(&*pid.to_string())),
+                "{line}"
+            );
+        }
+    };
+    check(parent, "a", "b");
+    check(child, "b", "a");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn ls(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Every process of a group killed: the segment stays, and the next open reclaims it.
@@ -1294,6 +1382,10 @@ fn main() {
         ("peer_stops_is_timeout", peer_stops_is_timeout),
         ("stale_segment_is_reclaimed", stale_segment_is_reclaimed),
         ("close_in_a_forked_child", close_in_a_forked_child),
+        (
+            "log_after_fork_names_the_child",
+            log_after_fork_names_the_child,
+        ),
         (
             "garbage_in_each_field_fails_the_step",
             garbage_in_each_field_fails_the_step,
