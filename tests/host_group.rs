@@ -1021,7 +1021,34 @@ fn bad_arguments_are_refused() {
 
 /// Bytes of a segment of `dp_size` ranks: header, member table (whole 128-byte pairs), slots.
 fn segment_size(dp_size: usize) -> usize {
-    128 + (8 * dp_size).div_ceil(128) * 128 + 128 * dp_size
+    128 + (MEMBER_BYTES * dp_size).div_ceil(128) * 128 + 128 * dp_size
+}
+
+/// The layout version the library writes.
+const LAYOUT_VERSION: u32 = 2;
+/// Bytes of a member entry: pid, state, pid namespace, start time (layout 2).
+const MEMBER_BYTES: usize = 24;
+
+/// This process as a member entry names it: (pid, pid namespace, start time), the namespace
+/// being the inode of /proc/self/ns/pid and the start time field 22 of /proc/self/stat.
+fn own_identity() -> (i32, u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/pid").unwrap().ino();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after_command = &stat[stat.rfind(')').unwrap() + 1..];
+    let start = after_command.split_whitespace().nth(22 - 3).unwrap();
+    (std::process::id() as i32, ns, start.parse().unwrap())
+}
+
+/// The bytes of member entry `r`: (offset, bytes) of pid, state, pid_ns and start_time.
+fn member_bytes(r: usize, id: (i32, u64, u64), state: u32) -> [(usize, Vec<u8>); 4] {
+    let at = 128 + MEMBER_BYTES * r;
+    [
+        (at, id.0.to_le_bytes().to_vec()),
+        (at + 4, state.to_le_bytes().to_vec()),
+        (at + 8, id.1.to_le_bytes().to_vec()),
+        (at + 16, id.2.to_le_bytes().to_vec()),
+    ]
 }
 
 /// A segment image: a valid header for `dp_size` and rank 0 held by this (live) process.
@@ -1031,14 +1058,15 @@ fn segment_image(dp_size: usize) -> Vec<u8> {
         img[at..at + bytes.len()].copy_from_slice(bytes)
     };
     put(&mut img, 0, b"dpcoordH");
-    put(&mut img, 8, &1u32.to_le_bytes());
+    put(&mut img, 8, &LAYOUT_VERSION.to_le_bytes());
     put(&mut img, 12, &(dp_size as u32).to_le_bytes());
     // SAFETY: geteuid has no preconditions.
     put(&mut img, 16, &unsafe { libc::geteuid() }.to_le_bytes());
     put(&mut img, 20, &128u32.to_le_bytes());
     put(&mut img, 24, &(segment_size(dp_size) as u64).to_le_bytes());
-    put(&mut img, 128, &(std::process::id() as i32).to_le_bytes());
-    put(&mut img, 132, &1u32.to_le_bytes());
+    for (at, bytes) in member_bytes(0, own_identity(), 1) {
+        put(&mut img, at, &bytes);
+    }
     img
 }
 
@@ -1232,7 +1260,7 @@ fn segment_of_another_user_is_refused() -> bool {
     true
 }
 
-/// Offsets of every field of a 2-rank segment (the layout of src/host_group.rs, pinned by
+/// Offsets of every field of a 2-rank segment (the layout of src/host_group/segment.rs, pinned by
 /// its unit test): `(name, offset, length, read on every call)`; slot fields of rank `r` and
 /// buffer `p`.
 fn segment_fields() -> Vec<(String, usize, usize, bool)> {
@@ -1248,8 +1276,11 @@ fn segment_fields() -> Vec<(String, usize, usize, bool)> {
         ("header.sleepers".into(), 68, 4, false),
     ];
     for r in 0..2 {
-        fields.push((format!("member[{r}].pid"), 128 + 8 * r, 4, true));
-        fields.push((format!("member[{r}].state"), 132 + 8 * r, 4, false));
+        let m = 128 + MEMBER_BYTES * r;
+        fields.push((format!("member[{r}].pid"), m, 4, true));
+        fields.push((format!("member[{r}].state"), m + 4, 4, false));
+        fields.push((format!("member[{r}].pid_ns"), m + 8, 8, true));
+        fields.push((format!("member[{r}].start_time"), m + 16, 8, true));
     }
     for r in 0..2 {
         let s = 256 + 128 * r;

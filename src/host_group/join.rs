@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::{FileType, OFlags};
 use rustix::io::Errno;
 
+use super::identity::Identity;
 use super::segment::{
     segment_size, Mapping, HEADER_SIZE, LAYOUT_VERSION, MAGIC, SLOT_SIZE, STATE_CLOSED,
     STATE_EMPTY, STATE_JOINED,
@@ -60,9 +61,18 @@ impl HostGroup {
                     }
                     s => return Err(corrupt(&g.name, format!("member[{r}].state = {s}"))),
                 }
-                let pid = member.pid.load(Ordering::Relaxed);
-                if !pid_plausible(pid) || (r != me && pid == g.pid) || (r == me && pid != g.pid) {
+                let id = Identity::load(member);
+                let pid = id.pid;
+                if !pid_plausible(pid) || (r != me && pid == g.own.pid) {
                     return Err(corrupt(&g.name, format!("member[{r}].pid = {pid}")));
+                }
+                if r == me {
+                    if let Some((field, now, was)) = id.differs_from(&g.own) {
+                        return Err(corrupt(
+                            &g.name,
+                            format!("member[{r}].{field} = {now}, but this rank joined as {was}"),
+                        ));
+                    }
                 }
                 *next += 1;
             }
@@ -102,9 +112,13 @@ impl HostGroup {
         // A failed open leaves through `Drop` (state CLOSED), which the other ranks see.
         r?;
         for r in 0..self.dp_size {
-            let pid = self.map.member(r).pid.load(Ordering::Relaxed);
-            let pidfd = if r == me { None } else { pidfd_open(pid) };
-            self.peers.push(Peer { pid, pidfd });
+            let (id, pidfd) = if r == me {
+                (self.own, None)
+            } else {
+                let id = Identity::load(self.map.member(r));
+                (id, pidfd_open(id.pid))
+            };
+            self.peers.push(Peer { id, pidfd });
         }
         diag::log!(
             Level::Info,
@@ -115,7 +129,7 @@ impl HostGroup {
             if self
                 .peers
                 .iter()
-                .all(|p| p.pidfd.is_some() || p.pid == self.pid)
+                .all(|p| p.pidfd.is_some() || p.id == self.own)
             {
                 "pidfd"
             } else {
@@ -134,7 +148,7 @@ impl HostGroup {
             r != self.dp_rank
                 && member.state.load(Ordering::Acquire) == STATE_JOINED
                 && pid_plausible(pid)
-                && pid != self.pid
+                && pid != self.own.pid
                 && process_alive(pid)
         })
     }
@@ -156,7 +170,8 @@ pub(super) struct Opening<'a> {
     pub(super) path: &'a CString,
     pub(super) dp_size: usize,
     pub(super) dp_rank: usize,
-    pub(super) pid: i32,
+    /// This process, as its member entry will name it.
+    pub(super) own: Identity,
     /// The effective uid, which must own the segment.
     pub(super) uid: u32,
 }
@@ -246,7 +261,7 @@ impl Opening<'_> {
             b.tag.store(0, Ordering::Relaxed);
         }
         let member = map.member(self.dp_rank);
-        member.pid.store(self.pid, Ordering::Relaxed);
+        self.own.store(member);
         member.state.store(STATE_JOINED, Ordering::Release);
         let h = map.header();
         h.wake.epoch.fetch_add(1, Ordering::SeqCst);

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | header line 0 | magic, layout version, dp_size, owner uid, slot size, segment size, failure word (written once, then read-only except the failure word) |
 //! | header line 1 | futex word (`epoch`) and sleeper count |
-//! | member table (8 bytes per rank, whole lines) | each rank's pid and state (empty, joined, closed), written when it joins and leaves |
+//! | member table (24 bytes per rank, whole 128-byte pairs) | each rank's pid, state (empty, joined, closed), pid namespace and start time (`identity.rs`), written when it joins and leaves |
 //! | slot r (two 64-byte lines) | two buffers, by step parity, each: tag (the step number it holds), step id, kind (record or invalid-request marker), pad policy, num_ubatches, the five record words |
 //!
 //! Step `k` (this group's own count, from 1): a rank fills its buffer of parity `k & 1` and
@@ -50,9 +50,11 @@
 
 //!
 //! The code, one concern a file: `segment.rs` (the layout and its mapping), `sys.rs` (the
-//! system calls), `join.rs` (create, join, check and reclaim a segment), `wait.rs` (spin,
-//! yield, futex sleep), `step.rs` (publish, wait, gather, decide, the failure word).
+//! system calls), `identity.rs` (who a member is), `join.rs` (create, join, check and reclaim
+//! a segment), `wait.rs` (spin, yield, futex sleep), `step.rs` (publish, wait, gather,
+//! decide, the failure word).
 
+mod identity;
 mod join;
 mod segment;
 mod step;
@@ -71,6 +73,7 @@ use crate::diag::Ctx;
 use crate::error::{invalid, Error, ErrorKind, Result};
 use crate::rules::{self, RankRecord};
 
+use identity::Identity;
 use join::{same_segment, JoinError, Opening};
 use segment::{Mapping, STATE_CLOSED};
 use sys::{euid, getpid, shm_unlink, Locked};
@@ -99,9 +102,11 @@ pub(crate) struct HostGroup {
     map: Mapping,
     dp_size: usize,
     dp_rank: usize,
-    pid: i32,
+    /// This process, as its member entry names it.
+    own: Identity,
     open_timeout_ms: i32,
-    /// The peers' pids as they joined, and a pidfd for each where the kernel has them.
+    /// Every rank as it joined (this one included), and a pidfd for each peer where the
+    /// kernel has them.
     peers: Vec<Peer>,
     /// This rank's last published sequence number.
     seq: u64,
@@ -121,7 +126,7 @@ pub(crate) struct HostGroup {
 }
 
 struct Peer {
-    pid: i32,
+    id: Identity,
     pidfd: Option<OwnedFd>,
 }
 
@@ -200,14 +205,14 @@ impl HostGroup {
         let path =
             CString::new(segment_path(name)).map_err(|_| internal("NUL in a checked name"))?;
         let (dp_size, dp_rank) = (dp_size as usize, dp_rank as usize);
-        let pid = getpid();
+        let own = Identity::own();
         let uid = euid();
         let opening = Opening {
             name,
             path: &path,
             dp_size,
             dp_rank,
-            pid,
+            own,
             uid,
         };
         let (fd, map) = loop {
@@ -232,7 +237,7 @@ impl HostGroup {
             map,
             dp_size,
             dp_rank,
-            pid,
+            own,
             open_timeout_ms: timeout_ms,
             peers: Vec::with_capacity(dp_size),
             seq: 0,
@@ -279,7 +284,7 @@ impl HostGroup {
 /// descriptors are released.
 impl Drop for HostGroup {
     fn drop(&mut self) {
-        if getpid() != self.pid {
+        if getpid() != self.own.pid {
             return; // the fields' own drops unmap and close, which is local
         }
         let member = self.map.member(self.dp_rank);

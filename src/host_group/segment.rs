@@ -12,7 +12,7 @@ use crate::error::Result;
 /// `"dpcoordH"` as a little-endian word: a dpcoord host-group segment.
 pub(super) const MAGIC: u64 = u64::from_le_bytes(*b"dpcoordH");
 /// Bumped on any change of the segment layout below.
-pub(super) const LAYOUT_VERSION: u32 = 1;
+pub(super) const LAYOUT_VERSION: u32 = 2;
 
 /// Member states.
 pub(super) const STATE_EMPTY: u32 = 0;
@@ -53,11 +53,16 @@ pub(super) struct Buf {
     pub(super) words: [AtomicI32; 5],
 }
 
-/// One rank's entry in the member table: written when it joins and when it leaves.
+/// One rank's entry in the member table: written when it joins and when it leaves. The
+/// process is named by pid, pid namespace and start time (`identity.rs`).
 #[repr(C)]
 pub(super) struct Member {
     pub(super) pid: AtomicI32,
     pub(super) state: AtomicU32,
+    /// The inode of the rank's `/proc/self/ns/pid` (layout 2).
+    pub(super) pid_ns: AtomicU64,
+    /// The rank's start time, field 22 of `/proc/self/stat` (layout 2).
+    pub(super) start_time: AtomicU64,
 }
 
 /// One rank's slot: a cache line per buffer, so that a step moves one line per rank.
@@ -69,7 +74,7 @@ pub(super) struct Slot {
 pub(super) const HEADER_SIZE: usize = std::mem::size_of::<Header>();
 pub(super) const MEMBER_SIZE: usize = std::mem::size_of::<Member>();
 pub(super) const SLOT_SIZE: usize = std::mem::size_of::<Slot>();
-const _: () = assert!(HEADER_SIZE == 128 && MEMBER_SIZE == 8 && SLOT_SIZE == 128);
+const _: () = assert!(HEADER_SIZE == 128 && MEMBER_SIZE == 24 && SLOT_SIZE == 128);
 
 /// Bytes of the member table of `dp_size` ranks, rounded up to 128 so that every slot
 /// starts a 128-byte pair of lines (the unit of the adjacent-line prefetcher): a rank's

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
+use super::identity::Identity;
 use super::segment::{KIND_INVALID, KIND_RECORD, LAYOUT_VERSION, MAGIC, SLOT_SIZE, STATE_JOINED};
 use super::sys::{pidfd_exited, process_alive};
 use super::wait::Deadline;
@@ -139,20 +140,18 @@ impl HostGroup {
                     }
                     let peer = &g.peers[r];
                     let member = g.map.member(r);
-                    let pid = member.pid.load(Ordering::Relaxed);
-                    if pid != peer.pid {
+                    let id = Identity::load(member);
+                    if let Some((field, now, was)) = id.differs_from(&peer.id) {
                         bad.set(Some((FAIL_CORRUPT, r)));
                         return Err(corrupt(
                             name,
-                            format!(
-                                "member[{r}].pid = {pid}, but rank {r} joined as pid {}",
-                                peer.pid
-                            ),
+                            format!("member[{r}].{field} = {now}, but rank {r} joined with {was}"),
                         ));
                     }
+                    let pid = id.pid;
                     let dead = match &peer.pidfd {
                         Some(fd) => pidfd_exited(fd),
-                        None => !process_alive(peer.pid),
+                        None => !process_alive(pid),
                     };
                     let closed = member.state.load(Ordering::Acquire) != STATE_JOINED;
                     if dead || closed {
@@ -176,7 +175,7 @@ impl HostGroup {
                 timeout_error(format!(
                     "host group '{name}': rank {me} waited timeout_ms = {timeout_ms} at step {k} \
                      for rank {r} (pid {}), which is still at step {s}",
-                    g.peers[r].pid
+                    g.peers[r].id.pid
                 ))
             },
         );
@@ -198,14 +197,13 @@ impl HostGroup {
         let parity = (k & 1) as usize;
         self.first_invalid = None;
         for r in 0..self.dp_size {
-            let pid = self.map.member(r).pid.load(Ordering::Relaxed);
+            let id = Identity::load(self.map.member(r));
             let b = &self.map.slot(r).bufs[parity];
             let tag = b.tag.load(Ordering::Relaxed);
             let kind = b.kind.load(Ordering::Relaxed);
-            let bad = if pid != self.peers[r].pid {
+            let bad = if let Some((field, now, was)) = id.differs_from(&self.peers[r].id) {
                 Some(format!(
-                    "member[{r}].pid = {pid}, but rank {r} joined as pid {}",
-                    self.peers[r].pid
+                    "member[{r}].{field} = {now}, but rank {r} joined with {was}"
                 ))
             } else if tag != k {
                 Some(format!("slot[{r}].bufs[{parity}].tag = {tag} at step {k}"))

@@ -3,7 +3,8 @@
 use std::mem::offset_of;
 
 use super::segment::{
-    members_size, segment_size, Buf, Header, Member, Slot, WakeLine, HEADER_SIZE, SLOT_SIZE,
+    members_size, segment_size, Buf, Header, Member, Slot, WakeLine, HEADER_SIZE, LAYOUT_VERSION,
+    SLOT_SIZE,
 };
 use super::{check_name, MAX_NAME_LEN};
 use crate::error::ErrorKind;
@@ -28,10 +29,15 @@ fn layout_is_the_one_the_process_tests_corrupt() {
     let slot = [
         (offset_of!(Member, pid), 0),
         (offset_of!(Member, state), 4),
+        (offset_of!(Member, pid_ns), 8),
+        (offset_of!(Member, start_time), 16),
+        (std::mem::size_of::<Member>(), 24),
         (offset_of!(Slot, bufs), 0),
         (std::mem::size_of::<Buf>(), 64),
         (members_size(2), 128),
-        (members_size(17), 256),
+        (members_size(5), 128),
+        (members_size(6), 256),
+        (members_size(17), 512),
     ];
     let buf = [
         (offset_of!(Buf, tag), 0),
@@ -46,7 +52,11 @@ fn layout_is_the_one_the_process_tests_corrupt() {
     }
     assert_eq!(
         (HEADER_SIZE, SLOT_SIZE, segment_size(8)),
-        (128, 128, 128 + 128 + 128 * 8)
+        (128, 128, 128 + 256 + 128 * 8)
+    );
+    assert_eq!(
+        LAYOUT_VERSION, 2,
+        "tests/host_group.rs writes layout 2 segments"
     );
 }
 
