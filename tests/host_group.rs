@@ -22,6 +22,9 @@ use dpcoord::ffi::*;
 use dpcoord::rules::{self, Request, UbatchConfig};
 
 const ROLE_ENV: &str = "DPCOORD_HG_ROLE";
+/// The test binary's pid, passed to every process it starts: group names stay unique where a
+/// process's own pid is not (in a new pid namespace every first process is pid 1).
+const RUN_ENV: &str = "DPCOORD_HG_RUN";
 /// How long any multi-process case may take before its ranks are killed and it fails.
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
@@ -130,9 +133,17 @@ fn shm_file(name: &str) -> String {
     format!("/dev/shm/dpcoord.{name}")
 }
 
+/// This run of the test binary: the pid of the process that runs the cases.
+fn run_id() -> u32 {
+    std::env::var(RUN_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(std::process::id)
+}
+
 /// A name no other run of this binary uses.
 fn unique(tag: &str) -> String {
-    format!("t{}-{tag}", std::process::id())
+    format!("t{}-{tag}", run_id())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -325,6 +336,7 @@ fn spawn(role: &str) -> Child {
 fn spawn_with(role: &str, env: &[(&str, &str)]) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .env(ROLE_ENV, role)
+        .env(RUN_ENV, run_id().to_string())
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -400,6 +412,7 @@ fn child_main(role: &str) {
         "hostile" => rank_hostile(name, dp_size, me, arg(0)),
         "forkclose" => rank_fork_close(name, dp_size, me),
         "forklog" => rank_fork_log(name),
+        "expect" => rank_expect(name, dp_size, me, arg(0) as i32, w[5], &w[6..].join(" ")),
         "tamper" => rank_tamper(name, dp_size, me, arg(0) as usize, arg(1) as usize),
         other => panic!("unknown role {other}"),
     }
@@ -553,6 +566,37 @@ fn rank_fork_close(name: &str, dp_size: usize, me: usize) {
     good_steps_from(&mut g, dp_size, me, 5, 5);
     assert_eq!(g.close(), dp_status::DP_OK);
     println!("rank {me}: 10 steps around a fork");
+}
+
+/// An open that must fail with `want` (`invalid`, `timeout`, `exited`) and a message holding
+/// `needle`; prints this process's pid namespace first (`pidns=<inode>`).
+fn rank_expect(name: &str, dp_size: usize, me: usize, timeout_ms: i32, want: &str, needle: &str) {
+    println!("pidns={}", own_identity().1);
+    let want = match want {
+        "invalid" => dp_status::DP_ERR_INVALID_ARGUMENT,
+        "timeout" => dp_status::DP_ERR_TIMEOUT,
+        "exited" => dp_status::DP_ERR_PEER_EXITED,
+        other => panic!("unknown status {other}"),
+    };
+    match Group::open(name, dp_size as i32, me as i32, timeout_ms) {
+        Ok(mut g) => {
+            let mut req = c_request(&Request::default());
+            req.timeout_ms = 1_000;
+            let (s, _, _, msg) = g.step(Some(&req));
+            panic!(
+                "rank {me}: open succeeded (then a step gave {s:?}: {msg}); want {want:?} \
+                 naming {needle:?}"
+            );
+        }
+        Err((s, m)) => {
+            assert_eq!(s, want, "rank {me}: {m}");
+            assert!(
+                m.contains(needle),
+                "rank {me}: {m:?} does not contain {needle:?}"
+            );
+            println!("rank {me}: {s:?} {m}");
+        }
+    }
 }
 
 /// Opens one-rank group `<name>a` (a log line in this process's file), forks a child that
@@ -823,6 +867,115 @@ fn peer_closes_is_peer_exited() {
 /// with the group (the timeout is in the segment), so both fail together.
 fn peer_stops_is_timeout() {
     two_rank_fault("stop", "timeout 300 1", "stop 1500");
+}
+
+/// Starts this binary as `role` in a new pid namespace: `unshare --pid --fork`, with
+/// `--mount-proc` (a /proc of its own, as a container has) or without (the parent's /proc).
+fn spawn_in_new_pid_ns(role: &str, mount_proc: bool) -> Child {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork"]);
+    if mount_proc {
+        cmd.arg("--mount-proc");
+    }
+    cmd.arg(std::env::current_exe().unwrap())
+        .env(ROLE_ENV, role)
+        .env(RUN_ENV, run_id().to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run unshare (util-linux) for a pid namespace: {e}"))
+}
+
+/// Whether this run can make pid namespaces. As root it must: CI runs as root, where a
+/// missing or refused `unshare` fails the case, loudly, and never skips it. Not root, the case
+/// reports itself not run, with the reason.
+fn pid_namespaces_or_skip(case: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("    ({case} needs root for unshare --pid: NOT RUN)");
+        return false;
+    }
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output()
+        .unwrap_or_else(|e| panic!("{case}: cannot run unshare (util-linux) as root: {e}"));
+    assert!(
+        out.status.success(),
+        "{case}: `unshare --pid --fork --mount-proc true` fails as root ({:?}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
+/// Waits until member `r` of group `name` has joined (its state in the segment file).
+fn wait_joined(name: &str, r: usize) {
+    let at = 128 + MEMBER_BYTES * r + 4;
+    let start = Instant::now();
+    loop {
+        if let Ok(bytes) = std::fs::read(shm_file(name)) {
+            if bytes.get(at..at + 4) == Some(&1u32.to_le_bytes()[..]) {
+                return;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "rank {r} of {name} never joined"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The pid namespace an `expect` rank printed.
+fn printed_pid_ns(o: &Outcome) -> u64 {
+    o.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pidns="))
+        .unwrap_or_else(|| panic!("no pidns line: {}\n{}", o.stdout, o.stderr))
+        .parse()
+        .unwrap()
+}
+
+/// Ranks in two pid namespaces that share /dev/shm (containers with a shared memory volume)
+/// never form one group: the rank that comes second is refused with DP_ERR_INVALID_ARGUMENT
+/// saying so, and the group of the first is left alone (not unlinked as stale); both ways
+/// round.
+fn pid_namespaces_never_mix() -> bool {
+    if !pid_namespaces_or_skip("pid_namespaces_never_mix") {
+        return false;
+    }
+    let own_ns = own_identity().1;
+    // A group of this namespace; a rank of a new one is refused; the group still forms.
+    let name = unique("nsmix");
+    let first = spawn(&format!("steps {name} 2 0 9 50 0"));
+    wait_joined(&name, 0);
+    let foreign = spawn_in_new_pid_ns(
+        &format!("expect {name} 2 1 5000 invalid pid namespace"),
+        true,
+    );
+    let o = wait_all(vec![foreign]);
+    assert_ok(&o);
+    assert_ne!(
+        printed_pid_ns(&o[0]),
+        own_ns,
+        "unshare made no new pid namespace"
+    );
+    let second = spawn(&format!("steps {name} 2 1 9 50 0"));
+    assert_ok(&wait_all(vec![first, second]));
+    assert!(!std::path::Path::new(&shm_file(&name)).exists());
+    // A group of a new namespace; a rank of this one is refused; the first times out alone.
+    let name = unique("nsmix2");
+    let first = spawn_in_new_pid_ns(
+        &format!("expect {name} 2 0 3000 timeout did not join"),
+        true,
+    );
+    wait_joined(&name, 0);
+    let refused = spawn(&format!("expect {name} 2 1 5000 invalid pid namespace"));
+    let o = wait_all(vec![first, refused]);
+    assert_ok(&o);
+    assert_ne!(printed_pid_ns(&o[0]), printed_pid_ns(&o[1]));
+    assert!(!std::path::Path::new(&shm_file(&name)).exists());
+    true
 }
 
 /// A forked child closes the handle it inherited: the parent's rank is untouched (no closed
@@ -1379,51 +1532,112 @@ fn garbage_hammered_into_every_field() {
     }
 }
 
+/// A case: one that always runs, or one that may report itself not run (false).
+#[derive(Clone, Copy)]
+enum Case {
+    Always(fn()),
+    AsRoot(fn() -> bool),
+}
+
+impl Case {
+    fn run(self) -> bool {
+        match self {
+            Case::Always(case) => {
+                case();
+                true
+            }
+            Case::AsRoot(case) => case(),
+        }
+    }
+}
+
 fn main() {
     if let Ok(role) = std::env::var(ROLE_ENV) {
         child_main(&role);
         return;
     }
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let cases: &[(&str, fn())] = &[
-        ("bad_arguments_are_refused", bad_arguments_are_refused),
-        ("foreign_segments_are_refused", foreign_segments_are_refused),
+    let cases: &[(&str, Case)] = &[
+        (
+            "bad_arguments_are_refused",
+            Case::Always(bad_arguments_are_refused),
+        ),
+        (
+            "foreign_segments_are_refused",
+            Case::Always(foreign_segments_are_refused),
+        ),
         (
             "non_regular_files_are_refused",
-            non_regular_files_are_refused,
+            Case::Always(non_regular_files_are_refused),
         ),
         (
             "unfinished_header_is_reclaimed",
-            unfinished_header_is_reclaimed,
+            Case::Always(unfinished_header_is_reclaimed),
         ),
-        ("one_rank_group_decides_alone", one_rank_group_decides_alone),
-        ("open_times_out_and_unlinks", open_times_out_and_unlinks),
-        ("open_waits_for_late_ranks", open_waits_for_late_ranks),
-        ("random_steps_2_ranks", random_steps_2_ranks),
-        ("random_steps_4_ranks", random_steps_4_ranks),
-        ("random_steps_8_ranks", random_steps_8_ranks),
-        ("two_groups_never_interfere", two_groups_never_interfere),
-        ("peer_killed_wait_forever", peer_killed_wait_forever),
-        ("peer_killed_with_timeout", peer_killed_with_timeout),
+        (
+            "one_rank_group_decides_alone",
+            Case::Always(one_rank_group_decides_alone),
+        ),
+        (
+            "open_times_out_and_unlinks",
+            Case::Always(open_times_out_and_unlinks),
+        ),
+        (
+            "open_waits_for_late_ranks",
+            Case::Always(open_waits_for_late_ranks),
+        ),
+        ("random_steps_2_ranks", Case::Always(random_steps_2_ranks)),
+        ("random_steps_4_ranks", Case::Always(random_steps_4_ranks)),
+        ("random_steps_8_ranks", Case::Always(random_steps_8_ranks)),
+        (
+            "two_groups_never_interfere",
+            Case::Always(two_groups_never_interfere),
+        ),
+        (
+            "peer_killed_wait_forever",
+            Case::Always(peer_killed_wait_forever),
+        ),
+        (
+            "peer_killed_with_timeout",
+            Case::Always(peer_killed_with_timeout),
+        ),
         (
             "peer_killed_behind_a_slow_rank",
-            peer_killed_behind_a_slow_rank,
+            Case::Always(peer_killed_behind_a_slow_rank),
         ),
-        ("peer_closes_is_peer_exited", peer_closes_is_peer_exited),
-        ("peer_stops_is_timeout", peer_stops_is_timeout),
-        ("stale_segment_is_reclaimed", stale_segment_is_reclaimed),
-        ("close_in_a_forked_child", close_in_a_forked_child),
+        (
+            "peer_closes_is_peer_exited",
+            Case::Always(peer_closes_is_peer_exited),
+        ),
+        ("peer_stops_is_timeout", Case::Always(peer_stops_is_timeout)),
+        (
+            "stale_segment_is_reclaimed",
+            Case::Always(stale_segment_is_reclaimed),
+        ),
+        (
+            "close_in_a_forked_child",
+            Case::Always(close_in_a_forked_child),
+        ),
         (
             "log_after_fork_names_the_child",
-            log_after_fork_names_the_child,
+            Case::Always(log_after_fork_names_the_child),
         ),
         (
             "garbage_in_each_field_fails_the_step",
-            garbage_in_each_field_fails_the_step,
+            Case::Always(garbage_in_each_field_fails_the_step),
         ),
         (
             "garbage_hammered_into_every_field",
-            garbage_hammered_into_every_field,
+            Case::Always(garbage_hammered_into_every_field),
+        ),
+        // Report themselves not run (with the reason) when not root.
+        (
+            "segment_of_another_user_is_refused",
+            Case::AsRoot(segment_of_another_user_is_refused),
+        ),
+        (
+            "pid_namespaces_never_mix",
+            Case::AsRoot(pid_namespaces_never_mix),
         ),
     ];
     let args: Vec<String> = std::env::args().collect();
@@ -1431,7 +1645,6 @@ fn main() {
         for (name, _) in cases {
             println!("{name}: test");
         }
-        println!("segment_of_another_user_is_refused: test");
         return;
     }
     if args.iter().any(|a| a == "--ignored") {
@@ -1442,30 +1655,21 @@ fn main() {
     let mut passed = 0;
     let mut not_run = 0;
     let selected = |n: &str| filter.as_deref().map_or(true, |f| n.contains(f));
-    for (name, case) in cases.iter().filter(|(n, _)| selected(n)) {
+    for &(name, case) in cases.iter().filter(|(n, _)| selected(n)) {
         let start = Instant::now();
-        match std::panic::catch_unwind(case) {
-            Ok(()) => {
+        match std::panic::catch_unwind(|| case.run()) {
+            Ok(true) => {
                 passed += 1;
                 println!(
                     "test {name} ... ok ({:.1} s)",
                     start.elapsed().as_secs_f64()
                 );
             }
+            Ok(false) => not_run += 1,
             Err(_) => {
-                failed.push(*name);
+                failed.push(name);
                 println!("test {name} ... FAILED");
             }
-        }
-    }
-    if selected("segment_of_another_user_is_refused") {
-        match std::panic::catch_unwind(segment_of_another_user_is_refused) {
-            Ok(true) => {
-                passed += 1;
-                println!("test segment_of_another_user_is_refused ... ok");
-            }
-            Ok(false) => not_run += 1,
-            Err(_) => failed.push("segment_of_another_user_is_refused"),
         }
     }
     println!(

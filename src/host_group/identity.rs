@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use super::segment::Member;
 use super::sys::getpid;
+use crate::error::{invalid, Error};
 
 /// A process as a member entry names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,29 @@ impl Identity {
             None
         }
     }
+}
+
+/// A pid namespace as `readlink /proc/<pid>/ns/pid` shows it.
+pub(super) fn show_pid_ns(pid_ns: u64) -> String {
+    if pid_ns == 0 {
+        "unknown (no /proc/self/ns/pid)".to_owned()
+    } else {
+        format!("pid:[{pid_ns}]")
+    }
+}
+
+/// The error of a rank whose group has a member in another pid namespace: its pids mean
+/// nothing here, so whether that member lives cannot be told.
+pub(super) fn mixed_namespaces(name: &str, r: usize, theirs: &Identity, own: &Identity) -> Error {
+    invalid!(
+        "host group '{name}': rank {r} (pid {}) runs in pid namespace {}, this process in pid \
+         namespace {}: the ranks of a group must share one pid namespace (containers that \
+         share /dev/shm need a shared pid namespace, or each its own group name); if rank {r} \
+         is gone, remove /dev/shm/dpcoord.{name}",
+        theirs.pid,
+        show_pid_ns(theirs.pid_ns),
+        show_pid_ns(own.pid_ns)
+    )
 }
 
 /// Field 22 (`starttime`) of a `/proc/<pid>/stat` file: the fields after the command, which is

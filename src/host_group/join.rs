@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::{FileType, OFlags};
 use rustix::io::Errno;
 
-use super::identity::Identity;
+use super::identity::{mixed_namespaces, Identity};
 use super::segment::{
     segment_size, Mapping, HEADER_SIZE, LAYOUT_VERSION, MAGIC, SLOT_SIZE, STATE_CLOSED,
     STATE_EMPTY, STATE_JOINED,
@@ -65,6 +65,11 @@ impl HostGroup {
                 let pid = id.pid;
                 if !pid_plausible(pid) || (r != me && pid == g.own.pid) {
                     return Err(corrupt(&g.name, format!("member[{r}].pid = {pid}")));
+                }
+                if id.pid_ns != g.own.pid_ns {
+                    // Cannot happen through open (each joiner checks every joined rank under
+                    // the lock); said as what it would mean.
+                    return Err(mixed_namespaces(&g.name, r, &id, &g.own));
                 }
                 if r == me {
                     if let Some((field, now, was)) = id.differs_from(&g.own) {
@@ -144,12 +149,14 @@ impl HostGroup {
     pub(super) fn others_live(&self) -> bool {
         (0..self.dp_size).any(|r| {
             let member = self.map.member(r);
-            let pid = member.pid.load(Ordering::Relaxed);
+            let joined = member.state.load(Ordering::Acquire) == STATE_JOINED;
+            let id = Identity::load(member);
+            // A rank of another pid namespace (which open refuses) cannot be judged: live.
             r != self.dp_rank
-                && member.state.load(Ordering::Acquire) == STATE_JOINED
-                && pid_plausible(pid)
-                && pid != self.own.pid
-                && process_alive(pid)
+                && joined
+                && pid_plausible(id.pid)
+                && id.pid != self.own.pid
+                && (id.pid_ns != self.own.pid_ns || process_alive(id.pid))
         })
     }
 }
@@ -353,7 +360,8 @@ impl Opening<'_> {
         for r in 0..theirs as usize {
             let member = map.member(r);
             let state = member.state.load(Ordering::Acquire);
-            let pid = member.pid.load(Ordering::Relaxed);
+            let id = Identity::load(member);
+            let pid = id.pid;
             match state {
                 STATE_EMPTY => continue,
                 STATE_JOINED | STATE_CLOSED if pid_plausible(pid) => {}
@@ -361,6 +369,12 @@ impl Opening<'_> {
                     return Err(self.bad(format!("has member[{r}].pid = {pid}")))
                 }
                 s => return Err(self.bad(format!("has member[{r}].state = {s}"))),
+            }
+            if state == STATE_JOINED && id.pid_ns != self.own.pid_ns {
+                // Its pid means nothing in this namespace: whether it lives cannot be told.
+                return Err(JoinError::Fatal(mixed_namespaces(
+                    self.name, r, &id, &self.own,
+                )));
             }
             if state == STATE_JOINED && process_alive(pid) {
                 live.get_or_insert((r, pid));

@@ -24,6 +24,13 @@
 //! directory, a symbolic link, a socket, a device) is an invalid-argument error naming the
 //! path and what is there, and is left alone.
 //!
+//! Identity (`identity.rs`): a member entry records the rank's pid, its pid namespace (the
+//! inode of `/proc/self/ns/pid`) and its start time. A rank whose pid namespace is not that of
+//! a joined member is refused (invalid argument, saying so and naming the member): its pids
+//! mean nothing to the others (containers that share `/dev/shm` but not their pids), so a
+//! live group would look stale and be unlinked, a live peer dead, a dead one alive. Open
+//! checks every joined member under the lock, so the joined members share one namespace.
+//!
 //! `close` in a process other than the one that opened the handle (a child that inherited
 //! it across `fork`) only unmaps the segment and closes its descriptors: it writes no member
 //! state and unlinks nothing, so the parent's rank is untouched.
