@@ -412,6 +412,7 @@ fn child_main(role: &str) {
         "hostile" => rank_hostile(name, dp_size, me, arg(0)),
         "forkclose" => rank_fork_close(name, dp_size, me),
         "forklog" => rank_fork_log(name),
+        "nscases" => in_pid_namespace(w[4] == "1"),
         "expect" => rank_expect(name, dp_size, me, arg(0) as i32, w[5], &w[6..].join(" ")),
         "tamper" => rank_tamper(name, dp_size, me, arg(0) as usize, arg(1) as usize),
         other => panic!("unknown role {other}"),
@@ -976,6 +977,81 @@ fn pid_namespaces_never_mix() -> bool {
     assert_ne!(printed_pid_ns(&o[0]), printed_pid_ns(&o[1]));
     assert!(!std::path::Path::new(&shm_file(&name)).exists());
     true
+}
+
+/// Runs inside a new pid namespace (as its first process, pid 1): a group of ranks of this
+/// namespace steps, and a killed rank is reported while the others wait forever (timeout_ms
+/// = 0), with /proc mounted for this namespace (`mount_proc`) or the parent's /proc.
+fn in_pid_namespace(mount_proc: bool) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    // With its own /proc this process shows one pid (1); with the parent's, two.
+    let shown = nspid.split_whitespace().count() - 1;
+    assert_eq!(shown, if mount_proc { 1 } else { 2 }, "{nspid}");
+    assert_eq!(
+        std::process::id(),
+        1,
+        "not the first process of a new pid namespace"
+    );
+    random_steps(2, 300);
+    peer_killed_is_peer_exited(0);
+    println!("in a new pid namespace ({nspid}): steps and a killed peer ok");
+}
+
+/// A group whose ranks all run in one new pid namespace works as on the host: random steps,
+/// and a killed rank is DP_ERR_PEER_EXITED while the others wait with timeout_ms = 0 (no
+/// hang); with the namespace's own /proc (as in a container) and with the parent's (where
+/// /proc/<pid> does not name this namespace's processes, so start times are not compared).
+fn pid_namespace_of_its_own_works() -> bool {
+    if !pid_namespaces_or_skip("pid_namespace_of_its_own_works") {
+        return false;
+    }
+    for mount_proc in [true, false] {
+        let role = format!("nscases - 0 0 {}", u8::from(mount_proc));
+        let o = wait_all(vec![spawn_in_new_pid_ns(&role, mount_proc)]);
+        assert_ok(&o);
+        assert!(o[0].stdout.contains("killed peer ok"), "{}", o[0].stdout);
+    }
+    true
+}
+
+/// A member entry that names a live process with another start time (its pid reused): at open
+/// it is a stale segment, reclaimed; while a rank waits for the others to join it is a dead
+/// peer, DP_ERR_PEER_EXITED naming the rank (never a peer that seems alive forever).
+fn reused_pid_is_a_dead_member() {
+    let (pid, ns, start) = own_identity();
+    let reused = (pid, ns, start + 1);
+    // This (live) process, with another start time, holds rank 0 of a one-rank group.
+    let name = unique("reused");
+    let mut img = segment_image(1);
+    for (at, bytes) in member_bytes(0, reused, 1) {
+        img[at..at + bytes.len()].copy_from_slice(&bytes);
+    }
+    write_segment(&name, &img, 0o600);
+    let mut g = Group::open(&name, 1, 0, 2_000)
+        .unwrap_or_else(|(s, m)| panic!("a reused pid is not reclaimed: {s:?} {m}"));
+    good_steps(&mut g, 1, 0, 3);
+    assert_eq!(g.close(), dp_status::DP_OK);
+    assert!(!std::path::Path::new(&shm_file(&name)).exists());
+    // Rank 0 waits for rank 1; rank 1's entry appears naming this process, with another start
+    // time: a rank that joined and exited, its pid since reused.
+    let name = unique("reused2");
+    let rank0 = spawn(&format!(
+        "expect {name} 2 0 20000 exited rank 1 (pid {pid}) exited (pid {pid} now names another \
+         process"
+    ));
+    wait_joined(&name, 0);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(shm_file(&name))
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    let [pid_at, state_at, ns_at, start_at] = member_bytes(1, reused, 1);
+    for (at, bytes) in [pid_at, ns_at, start_at, state_at] {
+        f.write_all_at(&bytes, at as u64).unwrap();
+    }
+    assert_ok(&wait_all(vec![rank0]));
+    assert!(!std::path::Path::new(&shm_file(&name)).exists());
 }
 
 /// A forked child closes the handle it inherited: the parent's rank is untouched (no closed
@@ -1619,6 +1695,10 @@ fn main() {
             Case::Always(close_in_a_forked_child),
         ),
         (
+            "reused_pid_is_a_dead_member",
+            Case::Always(reused_pid_is_a_dead_member),
+        ),
+        (
             "log_after_fork_names_the_child",
             Case::Always(log_after_fork_names_the_child),
         ),
@@ -1638,6 +1718,10 @@ fn main() {
         (
             "pid_namespaces_never_mix",
             Case::AsRoot(pid_namespaces_never_mix),
+        ),
+        (
+            "pid_namespace_of_its_own_works",
+            Case::AsRoot(pid_namespace_of_its_own_works),
         ),
     ];
     let args: Vec<String> = std::env::args().collect();

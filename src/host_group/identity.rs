@@ -5,12 +5,26 @@
 //! and the pid reused. So a member entry records, besides the pid, the inode of the rank's
 //! `/proc/self/ns/pid` (its pid namespace) and field 22 of its `/proc/self/stat` (its start
 //! time, in clock ticks since boot). 0 in either means unknown (no `/proc`).
+//!
+//! A member is alive when a process with its pid exists in this pid namespace (the callers
+//! compare namespaces first) and, where `/proc` can tell, has its start time: a reused pid
+//! names another process, which is not the member. Through a pidfd the check is free of
+//! races: the start time read while the pidfd's process runs (checked before and after the
+//! read) is that process's, and the pidfd keeps naming it whatever later happens to the pid.
+//!
+//! `/proc/<pid>` names the process that `pid` names here only when `/proc` was mounted for
+//! this pid namespace (a container mounts its own; `unshare --pid --fork` without
+//! `--mount-proc` keeps the parent's). Where it was not, start times are not compared, and a
+//! member is alive when its pid exists (and its pidfd, taken at open, has not exited).
 
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering;
 
+use rustix::io::Errno;
+
 use super::segment::Member;
-use super::sys::getpid;
+use super::sys::{getpid, pidfd_exited, pidfd_open, process_exists};
 use crate::error::{invalid, Error};
 
 /// A process as a member entry names it.
@@ -50,6 +64,45 @@ impl Identity {
         m.start_time.store(self.start_time, Ordering::Relaxed);
     }
 
+    /// Whether the process this identity names still runs (see the module docs); `proc_own`
+    /// says whether `/proc` shows this pid namespace ([`proc_is_own`]).
+    pub(super) fn presence(&self, proc_own: bool) -> Presence {
+        match pidfd_open(self.pid) {
+            Ok(pidfd) => self.presence_through(&pidfd, proc_own),
+            Err(Errno::SRCH) => Presence::Exited,
+            Err(_) if !process_exists(self.pid) => Presence::Exited,
+            Err(_) => match self.start_time_now(proc_own) {
+                Some(now) if now != self.start_time => Presence::Reused { start_time: now },
+                _ => Presence::Alive,
+            },
+        }
+    }
+
+    /// `presence` through a pidfd opened on this identity's pid.
+    pub(super) fn presence_through(&self, pidfd: &OwnedFd, proc_own: bool) -> Presence {
+        if pidfd_exited(pidfd) {
+            return Presence::Exited;
+        }
+        let now = self.start_time_now(proc_own);
+        // Still running after the read: the start time read is that of the pidfd's process.
+        if pidfd_exited(pidfd) {
+            return Presence::Exited;
+        }
+        match now {
+            Some(now) if now != self.start_time => Presence::Reused { start_time: now },
+            _ => Presence::Alive,
+        }
+    }
+
+    /// The start time of the process that has this pid now, where `/proc` can tell and this
+    /// identity has one to compare with.
+    fn start_time_now(&self, proc_own: bool) -> Option<u64> {
+        if !proc_own || self.start_time == 0 {
+            return None;
+        }
+        start_time_at(&format!("/proc/{}/stat", self.pid))
+    }
+
     /// The first field in which `self` (what a member entry says now) differs from `was` (what
     /// it said when the rank joined), for a message: `member[r].<field> = <value>, but ...`.
     pub(super) fn differs_from(&self, was: &Identity) -> Option<(&'static str, String, String)> {
@@ -63,6 +116,46 @@ impl Identity {
         } else {
             None
         }
+    }
+}
+
+/// Whether a member is still the process it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Presence {
+    Alive,
+    Exited,
+    /// Its pid names another process now, which started at this time.
+    Reused {
+        start_time: u64,
+    },
+}
+
+impl Presence {
+    /// How member `id`, not alive, is gone: `exited`, with what became of its pid when reused.
+    pub(super) fn gone(&self, id: &Identity) -> String {
+        match *self {
+            Presence::Reused { start_time } => format!(
+                "exited (pid {} now names another process, started at tick {start_time} since \
+                 boot; the rank's started at tick {})",
+                id.pid, id.start_time
+            ),
+            Presence::Alive | Presence::Exited => "exited".to_owned(),
+        }
+    }
+}
+
+/// Whether `/proc` shows this process's own pid namespace, so that `/proc/<pid>` names the
+/// process `pid` names here: the `NSpid` line of `/proc/self/status` lists this process's pid
+/// in every namespace from `/proc`'s down to its own, so one entry means they are the same.
+pub(super) fn proc_is_own() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let own = getpid().to_string();
+    match status.lines().find_map(|l| l.strip_prefix("NSpid:")) {
+        Some(pids) => pids.split_whitespace().eq([own.as_str()]),
+        // Before Linux 4.1 (no NSpid): whether /proc/self is this pid.
+        None => std::fs::read_link("/proc/self").is_ok_and(|link| link.as_os_str() == own.as_str()),
     }
 }
 

@@ -9,14 +9,13 @@ use std::time::{Duration, Instant};
 use rustix::fs::{FileType, OFlags};
 use rustix::io::Errno;
 
-use super::identity::{mixed_namespaces, Identity};
+use super::identity::{mixed_namespaces, Identity, Presence};
 use super::segment::{
     segment_size, Mapping, HEADER_SIZE, LAYOUT_VERSION, MAGIC, SLOT_SIZE, STATE_CLOSED,
     STATE_EMPTY, STATE_JOINED,
 };
 use super::sys::{
-    fstat, ftruncate, futex_wake_all, pid_plausible, pidfd_open, process_alive, shm_open,
-    shm_unlink, Locked,
+    fstat, ftruncate, futex_wake_all, pid_plausible, pidfd_open, shm_open, shm_unlink, Locked,
 };
 use super::wait::Deadline;
 use super::{corrupt, peer_exited, timeout_error, HostGroup, Peer, MAX_DP_SIZE};
@@ -87,17 +86,18 @@ impl HostGroup {
             Deadline::At(deadline),
             |g| joined(g, &mut next),
             |g| {
-                // Only the ranks that joined so far have a pid to check.
+                // Only the ranks that joined so far have a process to check (one of another
+                // namespace is refused by `joined`).
                 for r in 0..g.dp_size {
                     let member = g.map.member(r);
                     if r != me && member.state.load(Ordering::Acquire) == STATE_JOINED {
-                        let pid = member.pid.load(Ordering::Relaxed);
-                        if pid_plausible(pid) && !process_alive(pid) {
-                            return Err(peer_exited(format!(
-                                "host group '{}': rank {r} (pid {pid}) exited before every \
-                                 rank joined",
-                                g.name
-                            )));
+                        let id = Identity::load(member);
+                        if !pid_plausible(id.pid) || id.pid_ns != g.own.pid_ns {
+                            continue;
+                        }
+                        let presence = id.presence(g.proc_own);
+                        if presence != Presence::Alive {
+                            return Err(g.exited_before_all_joined(r, &id, presence));
                         }
                     }
                 }
@@ -116,19 +116,31 @@ impl HostGroup {
         );
         // A failed open leaves through `Drop` (state CLOSED), which the other ranks see.
         r?;
+        // Each peer's pidfd is taken on the process that has its pid now, and kept only if that
+        // process is the peer (start time): from here on the pidfd names it, reuse or not.
         for r in 0..self.dp_size {
-            let (id, pidfd) = if r == me {
-                (self.own, None)
-            } else {
-                let id = Identity::load(self.map.member(r));
-                (id, pidfd_open(id.pid))
+            if r == me {
+                self.peers.push(Peer {
+                    id: self.own,
+                    pidfd: None,
+                });
+                continue;
+            }
+            let id = Identity::load(self.map.member(r));
+            let pidfd = pidfd_open(id.pid).ok();
+            let presence = match &pidfd {
+                Some(fd) => id.presence_through(fd, self.proc_own),
+                None => id.presence(self.proc_own),
             };
+            if presence != Presence::Alive {
+                return Err(self.exited_before_all_joined(r, &id, presence));
+            }
             self.peers.push(Peer { id, pidfd });
         }
         diag::log!(
             Level::Info,
             self.ctx(0),
-            "host group joined: segment {} ({} bytes), peers watched by {}, dpcoord {}",
+            "host group joined: segment {} ({} bytes), peers watched by {}, {}, dpcoord {}",
             self.path.to_string_lossy(),
             self.map.len,
             if self
@@ -140,9 +152,24 @@ impl HostGroup {
             } else {
                 "kill(pid, 0)"
             },
+            if self.proc_own {
+                "start times from /proc"
+            } else {
+                "start times not compared (/proc is not this pid namespace's)"
+            },
             env!("CARGO_PKG_VERSION")
         );
         Ok(())
+    }
+
+    /// The error of an open whose peer `r`, named by `id`, is gone (`presence`).
+    fn exited_before_all_joined(&self, r: usize, id: &Identity, presence: Presence) -> Error {
+        peer_exited(format!(
+            "host group '{}': rank {r} (pid {}) {} before every rank joined",
+            self.name,
+            id.pid,
+            presence.gone(id)
+        ))
     }
 
     /// Whether another rank still holds the group: joined, not closed, and its process alive.
@@ -156,7 +183,7 @@ impl HostGroup {
                 && joined
                 && pid_plausible(id.pid)
                 && id.pid != self.own.pid
-                && (id.pid_ns != self.own.pid_ns || process_alive(id.pid))
+                && (id.pid_ns != self.own.pid_ns || id.presence(self.proc_own) == Presence::Alive)
         })
     }
 }
@@ -179,6 +206,8 @@ pub(super) struct Opening<'a> {
     pub(super) dp_rank: usize,
     /// This process, as its member entry will name it.
     pub(super) own: Identity,
+    /// Whether `/proc` shows this pid namespace (`identity::proc_is_own`).
+    pub(super) proc_own: bool,
     /// The effective uid, which must own the segment.
     pub(super) uid: u32,
 }
@@ -376,7 +405,7 @@ impl Opening<'_> {
                     self.name, r, &id, &self.own,
                 )));
             }
-            if state == STATE_JOINED && process_alive(pid) {
+            if state == STATE_JOINED && id.presence(self.proc_own) == Presence::Alive {
                 live.get_or_insert((r, pid));
             } else {
                 previous.get_or_insert((r, pid));

@@ -1,52 +1,30 @@
 //! The host shared-memory group (docs/ARCHITECTURE.md, "Host group"): the ranks
 //! of one host agree each step through one POSIX shared-memory segment, with no GPU and no MPI.
 //!
-//! Segment `/dpcoord.<name>` (mode 0600, owned by the caller's effective uid):
+//! Segment `/dpcoord.<name>`, the file `/dev/shm/dpcoord.<name>` (mode 0600, owned by the
+//! caller's effective uid), layout version 2:
 //!
 //! | bytes | what |
 //! |---|---|
 //! | header line 0 | magic, layout version, dp_size, owner uid, slot size, segment size, failure word (written once, then read-only except the failure word) |
 //! | header line 1 | futex word (`epoch`) and sleeper count |
-//! | member table (24 bytes per rank, whole 128-byte pairs) | each rank's pid, state (empty, joined, closed), pid namespace and start time (`identity.rs`), written when it joins and leaves |
+//! | member table (24 bytes per rank, whole 128-byte pairs) | each rank's pid, state (empty, joined, closed), pid namespace and start time, written when it joins and leaves |
 //! | slot r (two 64-byte lines) | two buffers, by step parity, each: tag (the step number it holds), step id, kind (record or invalid-request marker), pad policy, num_ubatches, the five record words |
+//!
+//! The code, one concern a file: `segment.rs` (the layout and its mapping), `sys.rs` (the
+//! system calls, through `rustix`), `identity.rs` (who a member is, and whether it lives),
+//! `join.rs` (create, join, check and reclaim a segment), `wait.rs` (spin, yield, futex
+//! sleep), `step.rs` (publish, wait, gather, decide, the failure word).
+//!
+//! # Steps
 //!
 //! Step `k` (this group's own count, from 1): a rank fills its buffer of parity `k & 1` and
 //! publishes it by storing the tag `k` with release, then waits (acquire loads) until every
 //! rank's buffer of that parity holds `k`, and decides on copies of the buffers. Ranks are
 //! never more than one step apart, so a buffer cannot be overwritten before every rank has
-//! read it, and a step moves one cache line per rank.
-//! Waits spin for [`SPIN_NS`], then sleep on the futex in slices of at most [`SLICE_MS`],
-//! checking between slices whether a peer exited (pidfd, else `kill(pid, 0)`) or closed.
-//!
-//! Opening (`join.rs`) takes the segment file's `flock` for each attempt. The file is opened
-//! as glibc's `shm_open` does (`O_NOFOLLOW`), plus `O_NONBLOCK | O_NOCTTY` so that opening
-//! something else is harmless; anything at the path that is not a regular file (a FIFO, a
-//! directory, a symbolic link, a socket, a device) is an invalid-argument error naming the
-//! path and what is there, and is left alone.
-//!
-//! Identity (`identity.rs`): a member entry records the rank's pid, its pid namespace (the
-//! inode of `/proc/self/ns/pid`) and its start time. A rank whose pid namespace is not that of
-//! a joined member is refused (invalid argument, saying so and naming the member): its pids
-//! mean nothing to the others (containers that share `/dev/shm` but not their pids), so a
-//! live group would look stale and be unlinked, a live peer dead, a dead one alive. Open
-//! checks every joined member under the lock, so the joined members share one namespace.
-//!
-//! `close` in a process other than the one that opened the handle (a child that inherited
-//! it across `fork`) only unmaps the segment and closes its descriptors: it writes no member
-//! state and unlinks nothing, so the parent's rank is untouched.
-//!
-//! A segment is created under that lock: the creator sizes the file, writes the header and
-//! stores the magic last, then joins, and only then unlocks. The lock dies with its holder, so
-//! an opener that holds it and finds a segment whose magic was never written knows that its
-//! creator is gone (killed or failed between two stores, before anyone could join) and
-//! unlinks it; it does so only while the name still refers to the file it locked (checked
-//! under the lock by device and inode), so it can never remove a newer segment.
-//!
-//! Everything read from the segment is checked (a corrupt or hostile peer gives an error,
-//! never a crash, a hang past the timeout or a wrong decision). Two limits are inherent to a
-//! segment shared with same-user processes and documented: a peer that shrinks the segment
-//! while it is mapped makes the next access fault (SIGBUS), and a peer that rewrites the data
-//! of another rank consistently is indistinguishable from that rank.
+//! read it, and a step moves one cache line per rank. Waits spin (then yield) for 50 us, or
+//! 1 ms while the cores are oversubscribed, then sleep on the futex in slices of at most 10 ms,
+//! checking between slices whether a peer exited or closed (see "Who is alive").
 //!
 //! An invalid request (or one the C boundary could not read) is published as a marker, so
 //! every rank of that step fails with an invalid-argument error and no rank decides; the
@@ -54,12 +32,62 @@
 //! ranks errors. A wait that failed (timeout, a peer that exited or closed, a corrupt segment)
 //! leaves the group unusable: it writes a failure word that makes every rank fail fast, and
 //! every later call fails with the first failure until `close`.
-
 //!
-//! The code, one concern a file: `segment.rs` (the layout and its mapping), `sys.rs` (the
-//! system calls), `identity.rs` (who a member is), `join.rs` (create, join, check and reclaim
-//! a segment), `wait.rs` (spin, yield, futex sleep), `step.rs` (publish, wait, gather,
-//! decide, the failure word).
+//! # Who is alive
+//!
+//! A member entry names its process by pid, pid namespace (the inode of `/proc/self/ns/pid`)
+//! and start time (field 22 of `/proc/self/stat`); 0 for either of the last two where `/proc`
+//! cannot tell. A member is alive when a process with its pid exists in this pid namespace
+//! and, where `/proc` was mounted for this namespace (one `NSpid` entry in
+//! `/proc/self/status`; `unshare --pid` without `--mount-proc` keeps the parent's /proc, whose
+//! `/proc/<pid>` is another process), has its start time. So:
+//!
+//! - A rank whose pid namespace is not that of a joined member is refused at open
+//!   (`DP_ERR_INVALID_ARGUMENT`, saying so and naming the member): its pids mean nothing to
+//!   the others (containers that share `/dev/shm` but not their pids), so a live group would
+//!   look stale and be unlinked, a live peer dead, a dead one alive. Open checks every joined
+//!   member under the segment lock, so the joined members always share one namespace.
+//! - A reused pid (a live process with another start time) is a dead member: at open, a
+//!   segment whose joined members are all dead is stale and reclaimed; while waiting for the
+//!   others to join, and at the end of open, such a peer is `DP_ERR_PEER_EXITED` naming the
+//!   rank and what became of its pid.
+//! - While stepping, a peer is watched through a pidfd taken at the end of open and checked
+//!   then against the start time (the start time read while the pidfd's process runs, before
+//!   and after the read, is that process's); the pidfd names that process whatever later
+//!   happens to the pid, so an exit is seen even after the pid is reused. Where the kernel
+//!   has no pidfd, each check is `kill(pid, 0)` plus the start time.
+//! - Where `/proc` is not this namespace's, start times are not compared: a member is alive
+//!   when its pid exists (and its pidfd has not exited).
+//!
+//! # Opening, creating, reclaiming, closing
+//!
+//! Each attempt to open takes the segment file's `flock` (non-blocking, retried). The file is
+//! opened as glibc's `shm_open` does (`O_NOFOLLOW`), plus `O_NONBLOCK | O_NOCTTY` so that
+//! opening something else is harmless; anything at the path that is not a regular file (a
+//! FIFO, a directory, a symbolic link, a socket, a device) is `DP_ERR_INVALID_ARGUMENT` naming
+//! the path and what is there, and is left alone.
+//!
+//! A segment is created under that lock: the creator sizes the file, writes the header and
+//! stores the magic last, then joins, and only then unlocks. The lock dies with its holder, so
+//! an opener that holds it and finds a segment whose magic was never written knows that its
+//! creator is gone (killed or failed between two stores, before anyone could join) and
+//! unlinks it. Every unlink (an unfinished segment, a stale one, the last rank's) happens
+//! under the lock and only while the name still refers to the file locked (compared by device
+//! and inode), so it never removes a newer segment.
+//!
+//! `close` marks the rank closed, wakes the others and, when no other member is alive,
+//! unlinks the segment. In a process other than the one that opened the handle (a child that
+//! inherited it across `fork`) it only unmaps the segment and closes its descriptors: it
+//! writes no member state and unlinks nothing, so the parent's rank is untouched.
+//!
+//! # What a hostile segment can do
+//!
+//! Everything read from the segment is checked (a corrupt or hostile peer gives an error,
+//! never a crash, a hang past the timeout or a wrong decision); each step re-reads every
+//! member's identity and compares it with what open saw. Two limits are inherent to a
+//! segment shared with same-user processes: a peer that shrinks the segment while it is
+//! mapped makes the next access fault (SIGBUS), and a peer that rewrites the data of another
+//! rank consistently is indistinguishable from that rank.
 
 mod identity;
 mod join;
@@ -111,6 +139,8 @@ pub(crate) struct HostGroup {
     dp_rank: usize,
     /// This process, as its member entry names it.
     own: Identity,
+    /// Whether `/proc` shows this pid namespace, so that start times can be compared.
+    proc_own: bool,
     open_timeout_ms: i32,
     /// Every rank as it joined (this one included), and a pidfd for each peer where the
     /// kernel has them.
@@ -213,6 +243,7 @@ impl HostGroup {
             CString::new(segment_path(name)).map_err(|_| internal("NUL in a checked name"))?;
         let (dp_size, dp_rank) = (dp_size as usize, dp_rank as usize);
         let own = Identity::own();
+        let proc_own = identity::proc_is_own();
         let uid = euid();
         let opening = Opening {
             name,
@@ -220,6 +251,7 @@ impl HostGroup {
             dp_size,
             dp_rank,
             own,
+            proc_own,
             uid,
         };
         let (fd, map) = loop {
@@ -245,6 +277,7 @@ impl HostGroup {
             dp_size,
             dp_rank,
             own,
+            proc_own,
             open_timeout_ms: timeout_ms,
             peers: Vec::with_capacity(dp_size),
             seq: 0,

@@ -3,9 +3,9 @@
 
 use std::sync::atomic::Ordering;
 
-use super::identity::Identity;
+use super::identity::{Identity, Presence};
 use super::segment::{KIND_INVALID, KIND_RECORD, LAYOUT_VERSION, MAGIC, SLOT_SIZE, STATE_JOINED};
-use super::sys::{pidfd_exited, process_alive};
+use super::sys::pidfd_exited;
 use super::wait::Deadline;
 use super::{corrupt, inconsistent, internal, peer_exited, timeout_error, HostGroup, Step};
 use crate::diag::{self, Level};
@@ -149,14 +149,22 @@ impl HostGroup {
                         ));
                     }
                     let pid = id.pid;
-                    let dead = match &peer.pidfd {
-                        Some(fd) => pidfd_exited(fd),
-                        None => !process_alive(pid),
+                    // The pidfd, checked at open against the start time, names the peer
+                    // itself; without one, its pid is checked again (a reused pid is a dead
+                    // peer).
+                    let presence = match &peer.pidfd {
+                        Some(fd) if pidfd_exited(fd) => Presence::Exited,
+                        Some(_) => Presence::Alive,
+                        None => peer.id.presence(g.proc_own),
                     };
                     let closed = member.state.load(Ordering::Acquire) != STATE_JOINED;
-                    if dead || closed {
+                    if presence != Presence::Alive || closed {
                         bad.set(Some((FAIL_PEER_EXITED, r)));
-                        let what = if dead { "exited" } else { "closed the group" };
+                        let what = if presence != Presence::Alive {
+                            presence.gone(&peer.id)
+                        } else {
+                            "closed the group".to_owned()
+                        };
                         return Err(peer_exited(format!(
                             "host group '{name}': rank {r} (pid {pid}) {what} (rank {me} waits \
                              at step {k})"

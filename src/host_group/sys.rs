@@ -39,9 +39,11 @@ fn pid_of(pid: i32) -> Option<Pid> {
     (pid > 0).then(|| Pid::from_raw(pid)).flatten()
 }
 
-/// A pidfd for `pid`, or `None` where the kernel has none (then `kill(pid, 0)` is used).
-pub(super) fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    rustix::process::pidfd_open(pid_of(pid)?, PidfdFlags::empty()).ok()
+/// A pidfd for `pid`: `ESRCH` when no such process exists; another error where the kernel
+/// has no pidfds (before 5.3, or a seccomp filter), when `kill(pid, 0)` must do.
+pub(super) fn pidfd_open(pid: i32) -> std::result::Result<OwnedFd, Errno> {
+    let pid = pid_of(pid).ok_or(Errno::SRCH)?;
+    rustix::process::pidfd_open(pid, PidfdFlags::empty())
 }
 
 /// Whether the process behind `pidfd` has exited (exited but not yet reaped counts).
@@ -55,22 +57,15 @@ pub(super) fn pidfd_exited(pidfd: &OwnedFd) -> bool {
         && !fds[0].revents().is_empty()
 }
 
-/// Whether `pid` (> 0) is a running process: via a pidfd where possible (an unreaped zombie
-/// is dead), else `kill(pid, 0)`.
-pub(super) fn process_alive(pid: i32) -> bool {
-    let Some(pid) = pid_of(pid) else {
-        return false;
-    };
-    match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
-        Ok(fd) => !pidfd_exited(&fd),
-        Err(Errno::SRCH) => false,
-        // No pidfd (a kernel before 5.3, or a seccomp filter): signal 0 checks existence;
-        // EPERM means it exists under another user.
-        Err(_) => matches!(
+/// Whether a process `pid` exists (`kill(pid, 0)`; EPERM: under another user), for where
+/// there is no pidfd. An unreaped zombie counts as existing.
+pub(super) fn process_exists(pid: i32) -> bool {
+    pid_of(pid).is_some_and(|pid| {
+        matches!(
             rustix::process::test_kill_process(pid),
             Ok(()) | Err(Errno::PERM)
-        ),
-    }
+        )
+    })
 }
 
 /// Whether a pid read from the segment can name a process of this host.
