@@ -5,9 +5,13 @@
 //! `rules::decide` on the same records (invalid and unreadable requests, differing pad flags
 //! and step ids mixed in); a peer killed with SIGKILL, a peer that closes, a peer that stops
 //! calling; fail-fast after a failure; the last rank out unlinks; a stale segment is
-//! reclaimed; two groups run side by side; bad names, sizes and ranks; segments owned by
-//! another user, with another mode, dp_size or layout version, truncated or with a bad
-//! header; and a hostile process hammering garbage into each header and slot field in turn.
+//! reclaimed, and so is one whose creator died between two header stores; two groups run side
+//! by side; bad names, sizes and ranks; segments owned by another user, with another mode,
+//! dp_size or layout version, truncated or with a bad header; a FIFO, a directory or a
+//! symbolic link at the segment path; a member whose pid names a live process with another
+//! start time (a reused pid); ranks in another pid namespace (`unshare`, root only) refused,
+//! and a group inside one working; close in a forked child; a forked child's log lines; and a
+//! hostile process hammering garbage into each header, member and slot field in turn.
 //!
 //! `harness = false`: `cargo test --test host_group [filter]`.
 
