@@ -1041,8 +1041,8 @@ fn reused_pid_is_a_dead_member() {
     // time: a rank that joined and exited, its pid since reused.
     let name = unique("reused2");
     let rank0 = spawn(&format!(
-        "expect {name} 2 0 20000 exited rank 1 (pid {pid}) exited (pid {pid} now names another \
-         process"
+        "expect {name} 2 0 20000 exited rank 1 (pid {pid}) exited before every rank joined; pid \
+         {pid} now names another process"
     ));
     wait_joined(&name, 0);
     let f = std::fs::OpenOptions::new()

@@ -131,15 +131,16 @@ pub(super) enum Presence {
 }
 
 impl Presence {
-    /// How member `id`, not alive, is gone: `exited`, with what became of its pid when reused.
-    pub(super) fn gone(&self, id: &Identity) -> String {
+    /// What a message about member `id`, which exited, adds: what became of its pid when it
+    /// was reused, else nothing.
+    pub(super) fn reuse_note(&self, id: &Identity) -> String {
         match *self {
             Presence::Reused { start_time } => format!(
-                "exited (pid {} now names another process, started at tick {start_time} since \
-                 boot; the rank's started at tick {})",
+                "; pid {} now names another process (started at tick {start_time} since boot, \
+                 the rank at tick {})",
                 id.pid, id.start_time
             ),
-            Presence::Alive | Presence::Exited => "exited".to_owned(),
+            Presence::Alive | Presence::Exited => String::new(),
         }
     }
 }
@@ -184,7 +185,7 @@ pub(super) fn mixed_namespaces(name: &str, r: usize, theirs: &Identity, own: &Id
 
 /// Field 22 (`starttime`) of a `/proc/<pid>/stat` file: the fields after the command, which is
 /// in parentheses and may hold spaces and parentheses itself, start with field 3.
-fn start_time_at(stat: &str) -> Option<u64> {
+pub(super) fn start_time_at(stat: &str) -> Option<u64> {
     let text = std::fs::read_to_string(stat).ok()?;
     let after_command = &text[text.rfind(')')? + 1..];
     after_command.split_whitespace().nth(22 - 3)?.parse().ok()

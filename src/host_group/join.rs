@@ -165,10 +165,10 @@ impl HostGroup {
     /// The error of an open whose peer `r`, named by `id`, is gone (`presence`).
     fn exited_before_all_joined(&self, r: usize, id: &Identity, presence: Presence) -> Error {
         peer_exited(format!(
-            "host group '{}': rank {r} (pid {}) {} before every rank joined",
+            "host group '{}': rank {r} (pid {}) exited before every rank joined{}",
             self.name,
             id.pid,
-            presence.gone(id)
+            presence.reuse_note(id)
         ))
     }
 

@@ -161,13 +161,14 @@ impl HostGroup {
                     if presence != Presence::Alive || closed {
                         bad.set(Some((FAIL_PEER_EXITED, r)));
                         let what = if presence != Presence::Alive {
-                            presence.gone(&peer.id)
+                            "exited"
                         } else {
-                            "closed the group".to_owned()
+                            "closed the group"
                         };
                         return Err(peer_exited(format!(
                             "host group '{name}': rank {r} (pid {pid}) {what} (rank {me} waits \
-                             at step {k})"
+                             at step {k}){}",
+                            presence.reuse_note(&peer.id)
                         )));
                     }
                 }

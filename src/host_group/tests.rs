@@ -1,7 +1,9 @@
-//! The host group's unit tests: the layout the process tests corrupt, and name checks.
+//! The host group's unit tests: the layout the process tests corrupt, name checks, and who
+//! is alive.
 
 use std::mem::offset_of;
 
+use super::identity::{proc_is_own, start_time_at, Identity, Presence};
 use super::segment::{
     members_size, segment_size, Buf, Header, Member, Slot, WakeLine, HEADER_SIZE, LAYOUT_VERSION,
     SLOT_SIZE,
@@ -69,4 +71,51 @@ fn names_are_checked() {
         assert_eq!(e.kind, ErrorKind::InvalidArgument);
         assert!(e.message.contains("name = "), "{e}");
     }
+}
+
+#[test]
+fn this_process_is_alive_and_a_reused_pid_is_not() {
+    let own = Identity::own();
+    assert_eq!(own.pid, std::process::id() as i32);
+    assert_ne!(own.pid_ns, 0, "/proc/self/ns/pid is readable here");
+    assert_ne!(own.start_time, 0, "/proc/self/stat is readable here");
+    assert!(
+        proc_is_own(),
+        "the tests run with a /proc of their own pid namespace"
+    );
+    assert_eq!(own.presence(true), Presence::Alive);
+    let reused = Identity {
+        start_time: own.start_time + 1,
+        ..own
+    };
+    assert_eq!(
+        reused.presence(true),
+        Presence::Reused {
+            start_time: own.start_time
+        }
+    );
+    // Without a /proc of this namespace, start times are not compared.
+    assert_eq!(reused.presence(false), Presence::Alive);
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let gone = Identity {
+        pid: child.id() as i32,
+        ..own
+    };
+    child.wait().unwrap();
+    assert_eq!(gone.presence(true), Presence::Exited);
+}
+
+#[test]
+fn the_start_time_is_field_22_whatever_the_command_holds() {
+    let dir = std::env::temp_dir().join(format!("dpcoord-stat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("stat");
+    // The command may hold spaces and parentheses; fields 3..=21 are 1..=19, field 22 is 777.
+    let fields: Vec<String> = (1..=19).map(|i| i.to_string()).collect();
+    let text = format!("42 (a) b (c)) {} 777 23 24\n", fields.join(" "));
+    std::fs::write(&file, text).unwrap();
+    assert_eq!(start_time_at(file.to_str().unwrap()), Some(777));
+    std::fs::write(&file, "42 (no fields after it)").unwrap();
+    assert_eq!(start_time_at(file.to_str().unwrap()), None);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
