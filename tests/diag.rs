@@ -278,8 +278,14 @@ fn without_a_profiler_nvtx_is_never_entered() {
     // The tool is built but not named: nothing may load it, so it records nothing.
     build_nvtx_tool(&dir);
     let events = dir.join("events.txt");
-    run("decide", &[("DPCOORD_TEST_NVTX_OUT", events.to_str().unwrap())]);
-    assert!(!events.exists(), "NVTX was entered with no profiler attached");
+    run(
+        "decide",
+        &[("DPCOORD_TEST_NVTX_OUT", events.to_str().unwrap())],
+    );
+    assert!(
+        !events.exists(),
+        "NVTX was entered with no profiler attached"
+    );
 }
 
 #[test]

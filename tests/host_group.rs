@@ -5,9 +5,13 @@
 //! `rules::decide` on the same records (invalid and unreadable requests, differing pad flags
 //! and step ids mixed in); a peer killed with SIGKILL, a peer that closes, a peer that stops
 //! calling; fail-fast after a failure; the last rank out unlinks; a stale segment is
-//! reclaimed; two groups run side by side; bad names, sizes and ranks; segments owned by
-//! another user, with another mode, dp_size or layout version, truncated or with a bad
-//! header; and a hostile process hammering garbage into each header and slot field in turn.
+//! reclaimed, and so is one whose creator died between two header stores; two groups run side
+//! by side; bad names, sizes and ranks; segments owned by another user, with another mode,
+//! dp_size or layout version, truncated or with a bad header; a FIFO, a directory or a
+//! symbolic link at the segment path; a member whose pid names a live process with another
+//! start time (a reused pid); ranks in another pid namespace (`unshare`, root only) refused,
+//! and a group inside one working; close in a forked child; a forked child's log lines; and a
+//! hostile process hammering garbage into each header, member and slot field in turn.
 //!
 //! `harness = false`: `cargo test --test host_group [filter]`.
 
@@ -22,6 +26,9 @@ use dpcoord::ffi::*;
 use dpcoord::rules::{self, Request, UbatchConfig};
 
 const ROLE_ENV: &str = "DPCOORD_HG_ROLE";
+/// The test binary's pid, passed to every process it starts: group names stay unique where a
+/// process's own pid is not (in a new pid namespace every first process is pid 1).
+const RUN_ENV: &str = "DPCOORD_HG_RUN";
 /// How long any multi-process case may take before its ranks are killed and it fails.
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
@@ -130,9 +137,17 @@ fn shm_file(name: &str) -> String {
     format!("/dev/shm/dpcoord.{name}")
 }
 
+/// This run of the test binary: the pid of the process that runs the cases.
+fn run_id() -> u32 {
+    std::env::var(RUN_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(std::process::id)
+}
+
 /// A name no other run of this binary uses.
 fn unique(tag: &str) -> String {
-    format!("t{}-{tag}", std::process::id())
+    format!("t{}-{tag}", run_id())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -319,8 +334,15 @@ fn check_step(
 
 /// Starts this binary as one rank running `role` (space-separated words).
 fn spawn(role: &str) -> Child {
+    spawn_with(role, &[])
+}
+
+/// `spawn` with more environment variables.
+fn spawn_with(role: &str, env: &[(&str, &str)]) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .env(ROLE_ENV, role)
+        .env(RUN_ENV, run_id().to_string())
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -393,6 +415,10 @@ fn child_main(role: &str) {
         "survive" => rank_survive(name, dp_size, me, w[4], arg(1), w[6], &w[7..].join(" ")),
         "hammer" => hammer(name, dp_size, arg(0) as usize, arg(1) as usize),
         "hostile" => rank_hostile(name, dp_size, me, arg(0)),
+        "forkclose" => rank_fork_close(name, dp_size, me),
+        "forklog" => rank_fork_log(name),
+        "nscases" => in_pid_namespace(w[4] == "1"),
+        "expect" => rank_expect(name, dp_size, me, arg(0) as i32, w[5], &w[6..].join(" ")),
         "tamper" => rank_tamper(name, dp_size, me, arg(0) as usize, arg(1) as usize),
         other => panic!("unknown role {other}"),
     }
@@ -464,7 +490,12 @@ fn rank_leave(name: &str, dp_size: usize, me: usize, how: &str, hold_ms: u64) {
 
 /// `n` steps with the same valid request on every rank; all must succeed.
 fn good_steps(g: &mut Group, dp_size: usize, me: usize, n: u64) {
-    for step in 0..n {
+    good_steps_from(g, dp_size, me, 0, n);
+}
+
+/// Good steps `from..from + n` (each step's requests are the same on every rank).
+fn good_steps_from(g: &mut Group, dp_size: usize, me: usize, from: u64, n: u64) {
+    for step in from..from + n {
         let reqs = step_requests(7, step, dp_size, false, 60_000);
         let own = c_request(reqs[me].as_ref().unwrap());
         let got = g.step(Some(&own));
@@ -510,6 +541,91 @@ fn rank_survive(
     }
     assert_eq!(g.close(), dp_status::DP_OK);
     println!("rank {me}: {msg}");
+}
+
+/// Five good steps; then rank 0 forks a child that closes the inherited handle and exits, and
+/// both ranks step five more and close: the child's close left the parent's rank alone.
+fn rank_fork_close(name: &str, dp_size: usize, me: usize) {
+    let mut g = open_or_die(name, dp_size, me, 60_000);
+    good_steps(&mut g, dp_size, me, 5);
+    if me == 0 {
+        // SAFETY: fork of this single-threaded process; the child only closes and _exits.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+        if child == 0 {
+            let s = dp_host_group_close(g.0);
+            // SAFETY: ends the child at once, running none of the parent's destructors.
+            unsafe { libc::_exit(i32::from(s != dp_status::DP_OK)) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked; `status` outlives the call.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child's dp_host_group_close failed (wait status {status:#x})"
+        );
+        assert!(
+            std::path::Path::new(&shm_file(name)).exists(),
+            "the child's close unlinked the segment"
+        );
+    }
+    good_steps_from(&mut g, dp_size, me, 5, 5);
+    assert_eq!(g.close(), dp_status::DP_OK);
+    println!("rank {me}: 10 steps around a fork");
+}
+
+/// An open that must fail with `want` (`invalid`, `timeout`, `exited`) and a message holding
+/// `needle`; prints this process's pid namespace first (`pidns=<inode>`).
+fn rank_expect(name: &str, dp_size: usize, me: usize, timeout_ms: i32, want: &str, needle: &str) {
+    println!("pidns={}", own_identity().1);
+    let want = match want {
+        "invalid" => dp_status::DP_ERR_INVALID_ARGUMENT,
+        "timeout" => dp_status::DP_ERR_TIMEOUT,
+        "exited" => dp_status::DP_ERR_PEER_EXITED,
+        other => panic!("unknown status {other}"),
+    };
+    match Group::open(name, dp_size as i32, me as i32, timeout_ms) {
+        Ok(mut g) => {
+            let mut req = c_request(&Request::default());
+            req.timeout_ms = 1_000;
+            let (s, _, _, msg) = g.step(Some(&req));
+            panic!(
+                "rank {me}: open succeeded (then a step gave {s:?}: {msg}); want {want:?} \
+                 naming {needle:?}"
+            );
+        }
+        Err((s, m)) => {
+            assert_eq!(s, want, "rank {me}: {m}");
+            assert!(
+                m.contains(needle),
+                "rank {me}: {m:?} does not contain {needle:?}"
+            );
+            println!("rank {me}: {s:?} {m}");
+        }
+    }
+}
+
+/// Opens one-rank group `<name>a` (a log line in this process's file), forks a child that
+/// opens and closes `<name>b` (a log line that must go to the child's file, with the child's
+/// pid and thread id), and prints the child's pid. Runs with DPCOORD_DEBUG=INFO and a
+/// DPCOORD_DEBUG_FILE with `%p`.
+fn rank_fork_log(name: &str) {
+    let first = open_or_die(&format!("{name}a"), 1, 0, 10_000);
+    // SAFETY: fork of this single-threaded process; the child opens and closes a group and
+    // _exits.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        let ok = Group::open(&format!("{name}b"), 1, 0, 10_000).map(Group::close);
+        // SAFETY: ends the child at once, running none of the parent's destructors.
+        unsafe { libc::_exit(i32::from(ok != Ok(dp_status::DP_OK))) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked; `status` outlives the call.
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    assert_eq!(first.close(), dp_status::DP_OK);
+    println!("child={child}");
 }
 
 /// Writes garbage into `[offset, offset + len)` of the group's segment, over and over, until
@@ -759,6 +875,259 @@ fn peer_stops_is_timeout() {
     two_rank_fault("stop", "timeout 300 1", "stop 1500");
 }
 
+/// Starts this binary as `role` in a new pid namespace: `unshare --pid --fork`, with
+/// `--mount-proc` (a /proc of its own, as a container has) or without (the parent's /proc).
+fn spawn_in_new_pid_ns(role: &str, mount_proc: bool) -> Child {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork"]);
+    if mount_proc {
+        cmd.arg("--mount-proc");
+    }
+    cmd.arg(std::env::current_exe().unwrap())
+        .env(ROLE_ENV, role)
+        .env(RUN_ENV, run_id().to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run unshare (util-linux) for a pid namespace: {e}"))
+}
+
+/// Whether this run can make pid namespaces. As root it must: CI runs as root, where a
+/// missing or refused `unshare` fails the case, loudly, and never skips it. Not root, the case
+/// reports itself not run, with the reason.
+fn pid_namespaces_or_skip(case: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("    ({case} needs root for unshare --pid: NOT RUN)");
+        return false;
+    }
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output()
+        .unwrap_or_else(|e| panic!("{case}: cannot run unshare (util-linux) as root: {e}"));
+    assert!(
+        out.status.success(),
+        "{case}: `unshare --pid --fork --mount-proc true` fails as root ({:?}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
+/// Waits until member `r` of group `name` has joined (its state in the segment file).
+fn wait_joined(name: &str, r: usize) {
+    let at = 128 + MEMBER_BYTES * r + 4;
+    let start = Instant::now();
+    loop {
+        if let Ok(bytes) = std::fs::read(shm_file(name)) {
+            if bytes.get(at..at + 4) == Some(&1u32.to_le_bytes()[..]) {
+                return;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "rank {r} of {name} never joined"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The pid namespace an `expect` rank printed.
+fn printed_pid_ns(o: &Outcome) -> u64 {
+    o.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pidns="))
+        .unwrap_or_else(|| panic!("no pidns line: {}\n{}", o.stdout, o.stderr))
+        .parse()
+        .unwrap()
+}
+
+/// Ranks in two pid namespaces that share /dev/shm (containers with a shared memory volume)
+/// never form one group: the rank that comes second is refused with DP_ERR_INVALID_ARGUMENT
+/// saying so, and the group of the first is left alone (not unlinked as stale); both ways
+/// round.
+fn pid_namespaces_never_mix() -> bool {
+    if !pid_namespaces_or_skip("pid_namespaces_never_mix") {
+        return false;
+    }
+    let own_ns = own_identity().1;
+    // A group of this namespace; a rank of a new one is refused; the group still forms.
+    let name = unique("nsmix");
+    let first = spawn(&format!("steps {name} 2 0 9 50 0"));
+    wait_joined(&name, 0);
+    let foreign = spawn_in_new_pid_ns(
+        &format!("expect {name} 2 1 5000 invalid pid namespace"),
+        true,
+    );
+    let o = wait_all(vec![foreign]);
+    assert_ok(&o);
+    assert_ne!(
+        printed_pid_ns(&o[0]),
+        own_ns,
+        "unshare made no new pid namespace"
+    );
+    let second = spawn(&format!("steps {name} 2 1 9 50 0"));
+    assert_ok(&wait_all(vec![first, second]));
+    assert!(!std::path::Path::new(&shm_file(&name)).exists());
+    // A group of a new namespace; a rank of this one is refused; the first times out alone.
+    let name = unique("nsmix2");
+    let first = spawn_in_new_pid_ns(
+        &format!("expect {name} 2 0 3000 timeout did not join"),
+        true,
+    );
+    wait_joined(&name, 0);
+    let refused = spawn(&format!("expect {name} 2 1 5000 invalid pid namespace"));
+    let o = wait_all(vec![first, refused]);
+    assert_ok(&o);
+    assert_ne!(printed_pid_ns(&o[0]), printed_pid_ns(&o[1]));
+    assert!(!std::path::Path::new(&shm_file(&name)).exists());
+    true
+}
+
+/// Runs inside a new pid namespace (as its first process, pid 1): a group of ranks of this
+/// namespace steps, and a killed rank is reported while the others wait forever (timeout_ms
+/// = 0), with /proc mounted for this namespace (`mount_proc`) or the parent's /proc.
+fn in_pid_namespace(mount_proc: bool) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    // With its own /proc this process shows one pid (1); with the parent's, two.
+    let shown = nspid.split_whitespace().count() - 1;
+    assert_eq!(shown, if mount_proc { 1 } else { 2 }, "{nspid}");
+    assert_eq!(
+        std::process::id(),
+        1,
+        "not the first process of a new pid namespace"
+    );
+    random_steps(2, 300);
+    peer_killed_is_peer_exited(0);
+    println!("in a new pid namespace ({nspid}): steps and a killed peer ok");
+}
+
+/// A group whose ranks all run in one new pid namespace works as on the host: random steps,
+/// and a killed rank is DP_ERR_PEER_EXITED while the others wait with timeout_ms = 0 (no
+/// hang); with the namespace's own /proc (as in a container) and with the parent's (where
+/// /proc/<pid> does not name this namespace's processes, so start times are not compared).
+fn pid_namespace_of_its_own_works() -> bool {
+    if !pid_namespaces_or_skip("pid_namespace_of_its_own_works") {
+        return false;
+    }
+    for mount_proc in [true, false] {
+        let role = format!("nscases - 0 0 {}", u8::from(mount_proc));
+        let o = wait_all(vec![spawn_in_new_pid_ns(&role, mount_proc)]);
+        assert_ok(&o);
+        assert!(o[0].stdout.contains("killed peer ok"), "{}", o[0].stdout);
+    }
+    true
+}
+
+/// A member entry that names a live process with another start time (its pid reused): at open
+/// it is a stale segment, reclaimed; while a rank waits for the others to join it is a dead
+/// peer, DP_ERR_PEER_EXITED naming the rank (never a peer that seems alive forever).
+fn reused_pid_is_a_dead_member() {
+    let (pid, ns, start) = own_identity();
+    let reused = (pid, ns, start + 1);
+    // This (live) process, with another start time, holds rank 0 of a one-rank group.
+    let name = unique("reused");
+    let mut img = segment_image(1);
+    for (at, bytes) in member_bytes(0, reused, 1) {
+        img[at..at + bytes.len()].copy_from_slice(&bytes);
+    }
+    write_segment(&name, &img, 0o600);
+    let mut g = Group::open(&name, 1, 0, 2_000)
+        .unwrap_or_else(|(s, m)| panic!("a reused pid is not reclaimed: {s:?} {m}"));
+    good_steps(&mut g, 1, 0, 3);
+    assert_eq!(g.close(), dp_status::DP_OK);
+    assert!(!std::path::Path::new(&shm_file(&name)).exists());
+    // Rank 0 waits for rank 1; rank 1's entry appears naming this process, with another start
+    // time: a rank that joined and exited, its pid since reused.
+    let name = unique("reused2");
+    let rank0 = spawn(&format!(
+        "expect {name} 2 0 20000 exited rank 1 (pid {pid}) exited before every rank joined; pid \
+         {pid} now names another process"
+    ));
+    wait_joined(&name, 0);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(shm_file(&name))
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    let [pid_at, state_at, ns_at, start_at] = member_bytes(1, reused, 1);
+    for (at, bytes) in [pid_at, ns_at, start_at, state_at] {
+        f.write_all_at(&bytes, at as u64).unwrap();
+    }
+    assert_ok(&wait_all(vec![rank0]));
+    assert!(!std::path::Path::new(&shm_file(&name)).exists());
+}
+
+/// A forked child closes the handle it inherited: the parent's rank is untouched (no closed
+/// state, no unlink) and keeps stepping with its peer.
+fn close_in_a_forked_child() {
+    let name = unique("forkclose");
+    let children = (0..2)
+        .map(|r| spawn(&format!("forkclose {name} 2 {r}")))
+        .collect();
+    assert_ok(&wait_all(children));
+    assert!(!std::path::Path::new(&shm_file(&name)).exists());
+}
+
+/// After fork, the child's log lines carry its own pid and thread id and go to its own
+/// DPCOORD_DEBUG_FILE (`%p`), not the parent's.
+fn log_after_fork_names_the_child() {
+    let name = unique("forklog");
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pattern = dir.join("log.%p");
+    let proc = spawn_with(
+        &format!("forklog {name} 1 0"),
+        &[
+            ("DPCOORD_DEBUG", "INFO"),
+            ("DPCOORD_DEBUG_FILE", pattern.to_str().unwrap()),
+        ],
+    );
+    let parent = proc.id();
+    let o = wait_all(vec![proc]);
+    assert_ok(&o);
+    let child: u32 = o[0]
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("child="))
+        .expect("the child's pid")
+        .parse()
+        .unwrap();
+    // Every line of `pid`'s file: written by `pid` on its main thread (tid = pid), and naming
+    // group `<name><group>` (and not the other).
+    let check = |pid: u32, group: &str, other: &str| {
+        let path = dir.join(format!("log.{pid}"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (files: {:?})", path.display(), ls(&dir)));
+        assert!(text.contains(&format!("group {name}{group}]")), "{text}");
+        assert!(!text.contains(&format!("group {name}{other}]")), "{text}");
+        for line in text.lines() {
+            let mut fields = line.splitn(3, ':');
+            let (_host, p, rest) = (fields.next(), fields.next(), fields.next().unwrap_or(""));
+            let t = rest.split(' ').next();
+            assert_eq!(
+                (p, t),
+                (Some(&*pid.to_string()), Some(&*pid.to_string())),
+                "{line}"
+            );
+        }
+    };
+    check(parent, "a", "b");
+    check(child, "b", "a");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn ls(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Every process of a group killed: the segment stays, and the next open reclaims it.
 fn stale_segment_is_reclaimed() {
     let name = unique("stale");
@@ -886,7 +1255,34 @@ fn bad_arguments_are_refused() {
 
 /// Bytes of a segment of `dp_size` ranks: header, member table (whole 128-byte pairs), slots.
 fn segment_size(dp_size: usize) -> usize {
-    128 + (8 * dp_size).div_ceil(128) * 128 + 128 * dp_size
+    128 + (MEMBER_BYTES * dp_size).div_ceil(128) * 128 + 128 * dp_size
+}
+
+/// The layout version the library writes.
+const LAYOUT_VERSION: u32 = 2;
+/// Bytes of a member entry: pid, state, pid namespace, start time (layout 2).
+const MEMBER_BYTES: usize = 24;
+
+/// This process as a member entry names it: (pid, pid namespace, start time), the namespace
+/// being the inode of /proc/self/ns/pid and the start time field 22 of /proc/self/stat.
+fn own_identity() -> (i32, u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/pid").unwrap().ino();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after_command = &stat[stat.rfind(')').unwrap() + 1..];
+    let start = after_command.split_whitespace().nth(22 - 3).unwrap();
+    (std::process::id() as i32, ns, start.parse().unwrap())
+}
+
+/// The bytes of member entry `r`: (offset, bytes) of pid, state, pid_ns and start_time.
+fn member_bytes(r: usize, id: (i32, u64, u64), state: u32) -> [(usize, Vec<u8>); 4] {
+    let at = 128 + MEMBER_BYTES * r;
+    [
+        (at, id.0.to_le_bytes().to_vec()),
+        (at + 4, state.to_le_bytes().to_vec()),
+        (at + 8, id.1.to_le_bytes().to_vec()),
+        (at + 16, id.2.to_le_bytes().to_vec()),
+    ]
 }
 
 /// A segment image: a valid header for `dp_size` and rank 0 held by this (live) process.
@@ -896,14 +1292,15 @@ fn segment_image(dp_size: usize) -> Vec<u8> {
         img[at..at + bytes.len()].copy_from_slice(bytes)
     };
     put(&mut img, 0, b"dpcoordH");
-    put(&mut img, 8, &1u32.to_le_bytes());
+    put(&mut img, 8, &LAYOUT_VERSION.to_le_bytes());
     put(&mut img, 12, &(dp_size as u32).to_le_bytes());
     // SAFETY: geteuid has no preconditions.
     put(&mut img, 16, &unsafe { libc::geteuid() }.to_le_bytes());
     put(&mut img, 20, &128u32.to_le_bytes());
     put(&mut img, 24, &(segment_size(dp_size) as u64).to_le_bytes());
-    put(&mut img, 128, &(std::process::id() as i32).to_le_bytes());
-    put(&mut img, 132, &1u32.to_le_bytes());
+    for (at, bytes) in member_bytes(0, own_identity(), 1) {
+        put(&mut img, at, &bytes);
+    }
     img
 }
 
@@ -1012,6 +1409,67 @@ fn foreign_segments_are_refused() {
     std::fs::remove_file(shm_file(&name)).unwrap();
 }
 
+/// A creator killed between two header stores (the magic, its last store, never written): the
+/// next open reclaims the segment, whichever stores were done, and the group works.
+fn unfinished_header_is_reclaimed() {
+    let full = segment_image(2);
+    // The stores of creation in order: layout_version, dp_size, owner_uid, slot_size,
+    // segment_size (offsets 8..32); the magic (0..8) comes last.
+    for done in [8, 12, 16, 20, 24, 32] {
+        let name = unique(&format!("unfinished{done}"));
+        let mut img = vec![0u8; full.len()];
+        img[8..done].copy_from_slice(&full[8..done]);
+        write_segment(&name, &img, 0o600);
+        let mut g = Group::open(&name, 1, 0, 2_000)
+            .unwrap_or_else(|(s, m)| panic!("header written up to byte {done}: {s:?} {m}"));
+        good_steps(&mut g, 1, 0, 3);
+        assert_eq!(g.close(), dp_status::DP_OK);
+        assert!(!std::path::Path::new(&shm_file(&name)).exists());
+    }
+}
+
+/// Something other than a regular file at the segment path (a FIFO, a directory, a symbolic
+/// link): open is refused with DP_ERR_INVALID_ARGUMENT naming the path and what is there, and
+/// leaves it alone.
+fn non_regular_files_are_refused() {
+    let name = unique("notafile");
+    let path = shm_file(&name);
+    let target = format!("{path}.target");
+    write_segment(&format!("{name}.target"), &segment_image(2), 0o600);
+    let makers: [(&str, &dyn Fn()); 3] = [
+        ("a FIFO (named pipe)", &|| {
+            let c = CString::new(path.clone()).unwrap();
+            // SAFETY: mkfifo of a NUL-terminated path this test owns.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        }),
+        ("a directory", &|| std::fs::create_dir(&path).unwrap()),
+        ("a symbolic link", &|| {
+            std::os::unix::fs::symlink(&target, &path).unwrap()
+        }),
+    ];
+    for (what, make) in makers {
+        make();
+        let (s, m) = Group::open(&name, 2, 0, 300)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: open succeeded"));
+        assert_eq!(s, dp_status::DP_ERR_INVALID_ARGUMENT, "{what}: {m}");
+        assert!(
+            m.contains(&format!(
+                "segment {path} is {what}, not a shared-memory file"
+            )),
+            "{what}: {m:?} does not say what is at {path}"
+        );
+        let still = std::fs::symlink_metadata(&path).expect("left alone");
+        assert!(!still.file_type().is_file(), "{what}: replaced by a file");
+        if still.is_dir() {
+            std::fs::remove_dir(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    std::fs::remove_file(&target).unwrap();
+}
+
 /// A segment owned by another user (made here as root, then handed over with fchown).
 fn segment_of_another_user_is_refused() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -1036,7 +1494,7 @@ fn segment_of_another_user_is_refused() -> bool {
     true
 }
 
-/// Offsets of every field of a 2-rank segment (the layout of src/host_group.rs, pinned by
+/// Offsets of every field of a 2-rank segment (the layout of src/host_group/segment.rs, pinned by
 /// its unit test): `(name, offset, length, read on every call)`; slot fields of rank `r` and
 /// buffer `p`.
 fn segment_fields() -> Vec<(String, usize, usize, bool)> {
@@ -1052,8 +1510,11 @@ fn segment_fields() -> Vec<(String, usize, usize, bool)> {
         ("header.sleepers".into(), 68, 4, false),
     ];
     for r in 0..2 {
-        fields.push((format!("member[{r}].pid"), 128 + 8 * r, 4, true));
-        fields.push((format!("member[{r}].state"), 132 + 8 * r, 4, false));
+        let m = 128 + MEMBER_BYTES * r;
+        fields.push((format!("member[{r}].pid"), m, 4, true));
+        fields.push((format!("member[{r}].state"), m + 4, 4, false));
+        fields.push((format!("member[{r}].pid_ns"), m + 8, 8, true));
+        fields.push((format!("member[{r}].start_time"), m + 16, 8, true));
     }
     for r in 0..2 {
         let s = 256 + 128 * r;
@@ -1152,38 +1613,120 @@ fn garbage_hammered_into_every_field() {
     }
 }
 
+/// A case: one that always runs, or one that may report itself not run (false).
+#[derive(Clone, Copy)]
+enum Case {
+    Always(fn()),
+    AsRoot(fn() -> bool),
+}
+
+impl Case {
+    fn run(self) -> bool {
+        match self {
+            Case::Always(case) => {
+                case();
+                true
+            }
+            Case::AsRoot(case) => case(),
+        }
+    }
+}
+
 fn main() {
     if let Ok(role) = std::env::var(ROLE_ENV) {
         child_main(&role);
         return;
     }
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let cases: &[(&str, fn())] = &[
-        ("bad_arguments_are_refused", bad_arguments_are_refused),
-        ("foreign_segments_are_refused", foreign_segments_are_refused),
-        ("one_rank_group_decides_alone", one_rank_group_decides_alone),
-        ("open_times_out_and_unlinks", open_times_out_and_unlinks),
-        ("open_waits_for_late_ranks", open_waits_for_late_ranks),
-        ("random_steps_2_ranks", random_steps_2_ranks),
-        ("random_steps_4_ranks", random_steps_4_ranks),
-        ("random_steps_8_ranks", random_steps_8_ranks),
-        ("two_groups_never_interfere", two_groups_never_interfere),
-        ("peer_killed_wait_forever", peer_killed_wait_forever),
-        ("peer_killed_with_timeout", peer_killed_with_timeout),
+    let cases: &[(&str, Case)] = &[
+        (
+            "bad_arguments_are_refused",
+            Case::Always(bad_arguments_are_refused),
+        ),
+        (
+            "foreign_segments_are_refused",
+            Case::Always(foreign_segments_are_refused),
+        ),
+        (
+            "non_regular_files_are_refused",
+            Case::Always(non_regular_files_are_refused),
+        ),
+        (
+            "unfinished_header_is_reclaimed",
+            Case::Always(unfinished_header_is_reclaimed),
+        ),
+        (
+            "one_rank_group_decides_alone",
+            Case::Always(one_rank_group_decides_alone),
+        ),
+        (
+            "open_times_out_and_unlinks",
+            Case::Always(open_times_out_and_unlinks),
+        ),
+        (
+            "open_waits_for_late_ranks",
+            Case::Always(open_waits_for_late_ranks),
+        ),
+        ("random_steps_2_ranks", Case::Always(random_steps_2_ranks)),
+        ("random_steps_4_ranks", Case::Always(random_steps_4_ranks)),
+        ("random_steps_8_ranks", Case::Always(random_steps_8_ranks)),
+        (
+            "two_groups_never_interfere",
+            Case::Always(two_groups_never_interfere),
+        ),
+        (
+            "peer_killed_wait_forever",
+            Case::Always(peer_killed_wait_forever),
+        ),
+        (
+            "peer_killed_with_timeout",
+            Case::Always(peer_killed_with_timeout),
+        ),
         (
             "peer_killed_behind_a_slow_rank",
-            peer_killed_behind_a_slow_rank,
+            Case::Always(peer_killed_behind_a_slow_rank),
         ),
-        ("peer_closes_is_peer_exited", peer_closes_is_peer_exited),
-        ("peer_stops_is_timeout", peer_stops_is_timeout),
-        ("stale_segment_is_reclaimed", stale_segment_is_reclaimed),
+        (
+            "peer_closes_is_peer_exited",
+            Case::Always(peer_closes_is_peer_exited),
+        ),
+        ("peer_stops_is_timeout", Case::Always(peer_stops_is_timeout)),
+        (
+            "stale_segment_is_reclaimed",
+            Case::Always(stale_segment_is_reclaimed),
+        ),
+        (
+            "close_in_a_forked_child",
+            Case::Always(close_in_a_forked_child),
+        ),
+        (
+            "reused_pid_is_a_dead_member",
+            Case::Always(reused_pid_is_a_dead_member),
+        ),
+        (
+            "log_after_fork_names_the_child",
+            Case::Always(log_after_fork_names_the_child),
+        ),
         (
             "garbage_in_each_field_fails_the_step",
-            garbage_in_each_field_fails_the_step,
+            Case::Always(garbage_in_each_field_fails_the_step),
         ),
         (
             "garbage_hammered_into_every_field",
-            garbage_hammered_into_every_field,
+            Case::Always(garbage_hammered_into_every_field),
+        ),
+        // Report themselves not run (with the reason) when not root.
+        (
+            "segment_of_another_user_is_refused",
+            Case::AsRoot(segment_of_another_user_is_refused),
+        ),
+        (
+            "pid_namespaces_never_mix",
+            Case::AsRoot(pid_namespaces_never_mix),
+        ),
+        (
+            "pid_namespace_of_its_own_works",
+            Case::AsRoot(pid_namespace_of_its_own_works),
         ),
     ];
     let args: Vec<String> = std::env::args().collect();
@@ -1191,7 +1734,6 @@ fn main() {
         for (name, _) in cases {
             println!("{name}: test");
         }
-        println!("segment_of_another_user_is_refused: test");
         return;
     }
     if args.iter().any(|a| a == "--ignored") {
@@ -1202,30 +1744,21 @@ fn main() {
     let mut passed = 0;
     let mut not_run = 0;
     let selected = |n: &str| filter.as_deref().map_or(true, |f| n.contains(f));
-    for (name, case) in cases.iter().filter(|(n, _)| selected(n)) {
+    for &(name, case) in cases.iter().filter(|(n, _)| selected(n)) {
         let start = Instant::now();
-        match std::panic::catch_unwind(case) {
-            Ok(()) => {
+        match std::panic::catch_unwind(|| case.run()) {
+            Ok(true) => {
                 passed += 1;
                 println!(
                     "test {name} ... ok ({:.1} s)",
                     start.elapsed().as_secs_f64()
                 );
             }
+            Ok(false) => not_run += 1,
             Err(_) => {
-                failed.push(*name);
+                failed.push(name);
                 println!("test {name} ... FAILED");
             }
-        }
-    }
-    if selected("segment_of_another_user_is_refused") {
-        match std::panic::catch_unwind(segment_of_another_user_is_refused) {
-            Ok(true) => {
-                passed += 1;
-                println!("test segment_of_another_user_is_refused ... ok");
-            }
-            Ok(false) => not_run += 1,
-            Err(_) => failed.push("segment_of_another_user_is_refused"),
         }
     }
     println!(

@@ -1,6 +1,7 @@
 // The host shared-memory group through the C API, one process per rank (fork): every rank's
 // result checked against dp_decide_batch on the same records, an invalid request failing on
-// every rank, a peer killed with SIGKILL, a peer that stops calling, bad arguments.
+// every rank, a peer killed with SIGKILL, a peer that stops calling, a forked child closing
+// its inherited handle, bad arguments.
 //
 // Each rank of a case is a forked child that reports through its exit code (0: every check
 // held; else the number of the first failed check) and prints what went wrong to stderr.
@@ -201,6 +202,38 @@ TEST(HostGroup, PeerThatStopsCallingIsTimeout) {
     return 0;
   });
   EXPECT_EQ(codes, (std::vector<int>{0, 0}));
+}
+
+// A rank that forks (a worker process, a subprocess launcher) and whose child closes the
+// handle it inherited: the child's close is local, and the parent's rank steps on.
+TEST(HostGroup, CloseInAForkedChildLeavesTheParentsRank) {
+  const std::string name = GroupName("forkclose");
+  const std::vector<int> codes = RunRanks(2, [&](int rank) {
+    dp_host_group* g = nullptr;
+    RANK_CHECK(dp_host_group_open(name.c_str(), 2, rank, 20000, &g) == DP_OK, 1, "open");
+    dp_batch_request req;
+    dp_batch_request_init(&req);
+    req.timeout_ms = 20000;
+    dp_batch_result res;
+    dp_batch_result_init(&res);
+    RANK_CHECK(dp_host_group_coordinate(g, &req, &res) == DP_OK, 2, "step before the fork");
+    if (rank == 0) {
+      const pid_t child = fork();
+      if (child == 0) _exit(dp_host_group_close(g) == DP_OK ? 0 : 1);
+      int status = 0;
+      RANK_CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) &&
+                     WEXITSTATUS(status) == 0,
+                 3, "the child's close (wait status %#x)", status);
+    }
+    for (int step = 0; step < 3; ++step) {
+      const dp_status s = dp_host_group_coordinate(g, &req, &res);
+      RANK_CHECK(s == DP_OK, 4, "step %d after the fork: %s", step, dp_status_string(s));
+    }
+    RANK_CHECK(dp_host_group_close(g) == DP_OK, 5, "close");
+    return 0;
+  });
+  EXPECT_EQ(codes, (std::vector<int>{0, 0}));
+  EXPECT_NE(access(("/dev/shm/dpcoord." + name).c_str(), F_OK), 0) << "the last rank out unlinks";
 }
 
 TEST(HostGroup, BadArgumentsAreInvalid) {

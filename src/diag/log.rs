@@ -5,7 +5,7 @@ use std::fmt::{self, Write as _};
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use std::fmt::Display;
 
@@ -152,19 +152,16 @@ pub(crate) fn enabled(level: Level) -> bool {
     level != Level::Off && may_log(level) && level <= config().level
 }
 
-/// Where lines go and the prefix's fixed parts, set up at the first line.
+/// Where one process's lines go and the prefix's fixed parts, set up at its first line.
 struct Sink {
     host: String,
     pid: u32,
     file: Option<File>,
 }
 
-static SINK: OnceLock<Sink> = OnceLock::new();
-
-fn sink(config: &Config) -> &'static Sink {
-    SINK.get_or_init(|| {
+impl Sink {
+    fn open(config: &Config, pid: u32) -> Sink {
         let host = host_name();
-        let pid = std::process::id();
         let file = config.file.as_deref().and_then(|pattern| {
             let path = expand_file_name(pattern, &host, pid);
             match OpenOptions::new().create(true).append(true).open(&path) {
@@ -181,7 +178,32 @@ fn sink(config: &Config) -> &'static Sink {
             }
         });
         Sink { host, pid, file }
-    })
+    }
+}
+
+/// The sink of the process that wrote the first line.
+static SINK: OnceLock<Sink> = OnceLock::new();
+/// The sink of a child forked after that (its pid differs), made at the child's first line.
+/// Its lock is only ever taken in such a child, never in the process that owns `SINK`.
+static FORKED_SINK: Mutex<Option<&'static Sink>> = Mutex::new(None);
+
+/// This process's sink: after `fork`, the child gets its own (its pid in the prefix, its own
+/// `%p` file), leaked once per process that logs.
+fn sink(config: &Config) -> &'static Sink {
+    let pid = std::process::id();
+    let first = SINK.get_or_init(|| Sink::open(config, pid));
+    if first.pid == pid {
+        return first;
+    }
+    let mut forked = FORKED_SINK.lock().unwrap_or_else(|p| p.into_inner());
+    match *forked {
+        Some(sink) if sink.pid == pid => sink,
+        _ => {
+            let sink: &'static Sink = Box::leak(Box::new(Sink::open(config, pid)));
+            *forked = Some(sink);
+            sink
+        }
+    }
 }
 
 /// `DPCOORD_DEBUG_FILE` with `%h` (host name), `%p` (pid) and `%%` substituted; any other
@@ -220,16 +242,28 @@ pub(crate) fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// The kernel's id of the calling thread (what NCCL prints), read once per thread from
-/// `/proc/thread-self` (a link to `<pid>/task/<tid>`); 0 where that is unavailable.
+/// The kernel's id of the calling thread (what NCCL prints), read once per thread and process
+/// from `/proc/thread-self` (a link to `<pid>/task/<tid>`; a thread that forked is another
+/// thread in the child); 0 where that is unavailable.
 fn thread_id() -> u32 {
     thread_local! {
-        static TID: u32 = std::fs::read_link("/proc/thread-self")
+        /// `(pid, tid)` as last read by this thread.
+        static TID: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) };
+    }
+    let pid = std::process::id();
+    TID.try_with(|cached| {
+        let (read_in, tid) = cached.get();
+        if read_in == pid {
+            return tid;
+        }
+        let tid = std::fs::read_link("/proc/thread-self")
             .ok()
             .and_then(|link| link.file_name()?.to_str()?.parse().ok())
             .unwrap_or(0);
-    }
-    TID.try_with(|tid| *tid).unwrap_or(0)
+        cached.set((pid, tid));
+        tid
+    })
+    .unwrap_or(0)
 }
 
 /// Formats and writes one line; the slow half of [`log!`](super::log), out of line so that
