@@ -17,6 +17,8 @@
 #     Rust tests run on the CPU). DPCOORD_NVRTC, DPCOORD_CUDA_ROOT and NCCL_ROOT, when all three
 #     are set, are used instead and nothing is downloaded.
 # Rust itself is never installed (the message says how): the scripts need only what rustup gives.
+# A cargo or rustc older than Cargo.toml's rust-version stops the set-up, before anything is
+# built, with the version needed and how to get it (`rustup update`).
 #
 # Exports: PATH (with ~/.cargo/bin when cargo was only there), DPCOORD_NVRTC, DPCOORD_CUDA_ROOT,
 # NCCL_ROOT (test). Knobs: DPCOORD_DEPS (where the wheels go), DPCOORD_SETUP_DRY_RUN=1 (say
@@ -102,6 +104,42 @@ dp_ensure_apt() {
   fi
 }
 
+# "X.Y.Z" of a `cargo --version` / `rustc --version` line ("cargo 1.95.0 (...)").
+dp_tool_version() { "$@" --version 2>/dev/null | sed -n 's/^[a-z]* \([0-9][0-9.]*\).*/\1/p' | head -n 1; }
+
+# 0 when version $1 >= version $2 (dotted numbers; missing parts count as 0).
+dp_version_at_least() {
+  local -a have want
+  IFS=. read -r -a have <<<"$1"
+  IFS=. read -r -a want <<<"$2"
+  local i
+  for i in 0 1 2; do
+    if ((${have[i]:-0} != ${want[i]:-0})); then ((${have[i]:-0} > ${want[i]:-0})); return; fi
+  done
+}
+
+# Stops when cargo or rustc is older than Cargo.toml's rust-version (the build would fail later,
+# inside cargo or CMake, without saying which Rust is needed).
+dp_check_rust_version() {
+  local need have tool
+  need="$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$DP_REPO_ROOT/Cargo.toml")"
+  if [[ -z "$need" ]]; then
+    dp_say "no rust-version in $DP_REPO_ROOT/Cargo.toml"
+    exit 1
+  fi
+  for tool in "${CARGO:-cargo}" rustc; do
+    have="$(dp_tool_version "$tool" || true)"
+    if [[ -z "$have" ]] || ! dp_version_at_least "$have" "$need"; then
+      dp_say "dpcoord needs Rust $need or newer (rust-version in Cargo.toml); $tool is ${have:-missing or unreadable}."
+      dp_say "Update it, then run this again:"
+      printf '\n    rustup update\n\n'
+      dp_say "(a default toolchain pinned to an older release: also \`rustup default stable\`;"
+      dp_say "without rustup: install Rust $need or newer from https://rustup.rs)"
+      exit 1
+    fi
+  done
+}
+
 dp_ensure_rust() {
   local lints="$1"
   if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
@@ -112,6 +150,7 @@ dp_ensure_rust() {
     printf '\n    curl --proto =https -sSf https://sh.rustup.rs | sh -s -- -y --component rustfmt,clippy\n\n'
     exit 1
   fi
+  dp_check_rust_version
   if [[ "$lints" == "lints" ]] && \
      { ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; }; then
     if [[ "${DPCOORD_SETUP_DRY_RUN:-}" == "1" ]]; then
