@@ -10,8 +10,10 @@
 //                &opts /* active_ranks */, ...)                 counted; the others go on
 //
 // The four ranks run one after another in this process; the "allgather" is a shared array.
-// Build it against an installed dpcoord (examples/CMakeLists.txt):
-//   cmake -S examples -B build/examples -DCMAKE_PREFIX_PATH=<prefix> && cmake --build build/examples
+// Build it against an installed dpcoord (examples/CMakeLists.txt; scripts/demo.sh does this):
+//   cmake -S examples -B build/demo -DCMAKE_PREFIX_PATH=<prefix>
+//         -DDPCOORD_EXAMPLE_MPI=OFF -DDPCOORD_EXAMPLE_GPU=OFF
+//   cmake --build build/demo --target dpcoord_demo
 #include <dpcoord.h>
 
 #include <cstdio>

@@ -2,18 +2,23 @@
 # Runs every test: sets the machine up (scripts/setup.sh installs what is missing: Debian
 # packages as root, else it prints the command; rustfmt + clippy; the pinned NVIDIA wheels into
 # .deps/), then Rust formatting and lints, the header freshness check, the Rust tests (with the
-# real-NCCL ones), installs the package into a temporary prefix and runs the C/C++ suite through
-# ctest: header checks, CPU GoogleTest suite, package checks (CMake, pkg-config, exports,
-# relocation), the demo, the MPI suite under mpirun (2 and 4 processes), and the GPU suite, which
-# builds everywhere and reports itself skipped without a GPU. Exits non-zero on any failure and
-# on any skipped test outside the GPU suite.
+# real-NCCL ones and the README's code blocks against examples/), installs the package into a
+# temporary prefix and, against it, runs the C/C++ suite through ctest (header checks, CPU
+# GoogleTest suite, package checks: CMake, pkg-config, exports, relocation; the MPI suite under
+# mpirun with 2 and 4 processes; the GPU suite, which builds everywhere and reports itself
+# skipped without a GPU), then builds the examples project (examples/: every example, the GPU
+# ones against the wheels' CUDA headers and NCCL) and runs it (the demo, the host group with 4
+# processes, the MPI example under mpirun with 2; the GPU examples skip without a GPU). Exits
+# non-zero on any failure and on any skipped test outside the GPU tests. .ci/run runs exactly
+# this.
 #
 #   scripts/test.sh
 #
 # Needs only Rust and, on a fresh Debian machine, root for apt-get (or run the command it
 # prints). DPCOORD_ALLOW_STALE_HEADER=1 turns a failed header check into a warning (not under
-# CI). Under CI=true cargo runs with --locked. Build trees: target/ (cargo), build/test-package
-# and build/test-cpp (CMake), reused across runs. JOBS (default: nproc) sets the parallelism.
+# CI). Under CI=true cargo runs with --locked. Build trees: target/ (cargo), build/test-package,
+# build/test-cpp and build/examples (CMake), reused across runs. JOBS (default: nproc) sets the
+# parallelism.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +27,7 @@ cd "$ROOT"
 source "$ROOT/scripts/setup.sh"
 CARGO="${CARGO:-cargo}"
 JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
+export CMAKE_BUILD_PARALLEL_LEVEL="$JOBS"
 LOCKED=()
 if [[ "${CI:-}" == "true" ]]; then LOCKED=(--locked); fi
 
@@ -50,6 +56,20 @@ step() {
   STEP="$1"
   STEP_START=$SECONDS
   dp_banner "$STEP"
+}
+
+# Fails when the ctest run logged in $2 (of the build tree $1) skipped a test outside the GPU
+# tests (label gpu: they skip without a GPU, and say so).
+only_gpu_skipped() {
+  local gpu_tests unexpected=() name
+  mapfile -t gpu_tests < <(ctest --test-dir "$1" -N -L '^gpu$' | sed -n 's/^ *Test *#[0-9]*: //p')
+  while read -r name; do
+    if [[ " ${gpu_tests[*]} " != *" $name "* ]]; then unexpected+=("$name"); fi
+  done < <(sed -n 's/^[[:space:]]*[0-9]* - \([^ ]*\) (\(Skipped\|Not Run\|Disabled\)).*/\1/p' "$2")
+  if [[ ${#unexpected[@]} -gt 0 ]]; then
+    echo "skipped outside the GPU tests (not allowed): ${unexpected[*]}" >&2
+    exit 1
+  fi
 }
 
 dp_setup test
@@ -107,7 +127,7 @@ cargo_args=""
 if [[ ${#LOCKED[@]} -gt 0 ]]; then cargo_args="--locked"; fi
 cmake -S "$ROOT" -B "$ROOT/build/test-package" -DCMAKE_INSTALL_PREFIX="$PREFIX" \
   -DDPCOORD_CARGO="$(command -v "$CARGO")" -DDPCOORD_CARGO_ARGS="$cargo_args"
-cmake --build "$ROOT/build/test-package" -j "$JOBS"
+cmake --build "$ROOT/build/test-package"
 cmake --install "$ROOT/build/test-package"
 
 step "build cpp_tests against the installed package"
@@ -116,26 +136,29 @@ cpp_args=(-DCMAKE_PREFIX_PATH="$PREFIX" -DDPCOORD_CPU_TESTS=ON -DDPCOORD_MPI_TES
 # A fresh configure each run: the prefix is new, and no cached path may point at an old one.
 rm -rf "$ROOT/build/test-cpp"
 cmake -S "$ROOT/cpp_tests" -B "$ROOT/build/test-cpp" "${cpp_args[@]}"
-cmake --build "$ROOT/build/test-cpp" -j "$JOBS"
+cmake --build "$ROOT/build/test-cpp"
 
-step "ctest"
+step "ctest (cpp_tests)"
 printf 'total so far: %ds\n' $((SECONDS - START))
-cd "$ROOT/build/test-cpp"
-ctest --output-on-failure -j "$JOBS" 2>&1 | tee ctest.log
-# Only the GPU suite may skip (it does without a GPU, and says so); any other skip fails.
-mapfile -t gpu_tests < <(ctest -N -L '^gpu$' | sed -n 's/^ *Test *#[0-9]*: //p')
-unexpected=()
-while read -r name; do
-  if [[ " ${gpu_tests[*]} " != *" $name "* ]]; then unexpected+=("$name"); fi
-done < <(sed -n 's/^[[:space:]]*[0-9]* - \([^ ]*\) (\(Skipped\|Not Run\|Disabled\)).*/\1/p' ctest.log)
-if [[ ${#unexpected[@]} -gt 0 ]]; then
-  echo "skipped outside the GPU suite (not allowed): ${unexpected[*]}" >&2
-  exit 1
-fi
+ctest --test-dir build/test-cpp --output-on-failure -j "$JOBS" 2>&1 | tee build/test-cpp/ctest.log
+only_gpu_skipped build/test-cpp build/test-cpp/ctest.log
+
+# The README's commands for the examples (tests/readme.rs holds the README to this region).
+step "examples: build against the installed package, run"
+rm -rf build/examples
+{
+  # [readme:examples]
+  cmake -S examples -B build/examples -DCMAKE_PREFIX_PATH="$PREFIX"
+  cmake --build build/examples
+  ctest --test-dir build/examples --output-on-failure
+  # [/readme:examples]
+} 2>&1 | tee build/examples.log
+only_gpu_skipped build/examples build/examples.log
 step_done
 STEP="(summary)"
 
 printf '\n==================== summary ====================\n'
 printf '%s\n' "${TIMES[@]}"
-grep -E '^[0-9]+% tests passed' ctest.log || true
+printf 'cpp_tests: %s\n' "$(grep -E '^[0-9]+% tests passed' build/test-cpp/ctest.log)"
+printf 'examples:  %s\n' "$(grep -E '^[0-9]+% tests passed' build/examples.log)"
 printf 'test.sh: every step passed in %ds\n' $((SECONDS - START))
