@@ -25,7 +25,7 @@
 # GPUs; "" runs none), SANITIZERS (default "memcheck racecheck initcheck synccheck"; "" runs
 # none), SANITIZER_FILTER (gtest filter of the sanitized subset), SANITIZER_TIMEOUT (seconds per
 # tool, default 150), DPCOORD_GPU_SANITIZER_STEPS (random steps under a sanitizer, default 24),
-# and the tests' own DPCOORD_GPU_* (seed, steps, repeat count...: see cpp_tests/gpu/gpu_tests.cpp).
+# and the tests' own DPCOORD_GPU_* (seed, steps, repeat count...: see cpp_tests/gpu/gpu_world.h).
 #
 # Seen on one H200 (ranks sharing it over loopback sockets; 2000 repeated calls): about 2 min in
 # all, build included: gpu_ranks_2 10 s, gpu_ranks_4 25 s, each sanitizer 10-25 s.
