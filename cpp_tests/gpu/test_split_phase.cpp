@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gpu_world.h"
@@ -210,6 +211,105 @@ TEST_F(Gpu, CoordinatorReuseAcrossManySteps) {
               done, MsSince(t0) / 1000.0);
   EXPECT_TRUE(AllTrue(ok));
   EXPECT_EQ(repeat, done);
+  EXPECT_STATUS(DP_OK, dp_coordinator_destroy(c));
+}
+
+
+// The first exchange of a fresh coordinator on a FRESH communicator (no warm-up: dpcoord runs
+// NCCL's first collective, with its lazy connect, on a helper thread) begun on
+// cudaStreamPerThread, and ended on another thread than begin: cudaStreamPerThread means the
+// per-thread stream of the thread that calls begin, so the exchange is ordered after the work
+// queued there (a held stream keeps it unfinished: poll says "not done") and the device array
+// is written there (read back on it). Every rank gets DP_OK with the oracle's decision; then
+// more steps the same way, held again at step 3.
+TEST_F(Gpu, CoordinatorFirstExchangeOnPerThreadStreamEndsOnAnotherThread) {
+  constexpr int kSteps = 6;
+  const int n = g.nranks;
+  ncclComm_t fresh = FreshComm();
+  dp_coordinator* c = CreateCoordinator(fresh);
+  StreamHold held;
+  bool holding = false;  // `held` spins (or was let go and not yet waited for)
+  bool ok = true;
+  int ran = 0;
+  for (int step = 0; step < kSteps && ok; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step) + " (step 0: the first exchange)");
+    std::vector<dp_batch_request> reqs(n, BaseRequest());
+    for (int r = 0; r < n; ++r) {
+      Tokens(reqs[r], 20 + 7 * step + r, step % 2 == 0 ? 64 + r : -1);
+      reqs[r].allow_dp_padding = step % 2 == 0;
+      reqs[r].cudagraph_mode = (step + r) % 3;
+      reqs[r].step_id = step + 1;
+    }
+    const Expected exp = Oracle(reqs, g.rank);
+    holding = n >= 2 && (step == 0 || step == 3);  // dp_size 1 does no GPU work
+    if (holding) held.Hold(cudaStreamPerThread);
+    const auto t0 = std::chrono::steady_clock::now();
+    const dp_status began = dp_coordinator_begin(c, cudaStreamPerThread, &reqs[g.rank]);
+    const double begin_ms = MsSince(t0);
+    const std::string begin_error = began == DP_OK ? "" : dp_last_error();
+    if (holding && began == DP_OK) {
+      bool done = true;
+      EXPECT_STATUS(DP_OK, dp_coordinator_poll(c, &done));
+      EXPECT_FALSE(done) << "poll said done while this thread's stream is held: the exchange "
+                            "was not ordered after the work queued on cudaStreamPerThread";
+      EXPECT_EQ(cudaErrorNotReady, cudaStreamQuery(cudaStreamPerThread))
+          << "begin waited for this thread's stream";
+    }
+    dp_batch_result res = Poisoned<dp_batch_result>();
+    dp_status ended = DP_ERR_INTERNAL;
+    std::string end_error;
+    std::thread ender;
+    if (began == DP_OK) {
+      ender = std::thread([&] {
+        ended = dp_coordinator_end(c, &res);  // bounded by timeout_ms (the guard)
+        if (ended != DP_OK) end_error = dp_last_error();
+      });
+    }
+    if (holding) held.Let();
+    if (ender.joinable()) ender.join();
+    const dp_status st = began == DP_OK ? ended : began;
+    std::printf("per-thread stream, step %d%s: begin %s after %.2f ms%s%s; end on another "
+                "thread: %s%s%s\n",
+                step, holding ? " (held)" : "", dp_status_string(began), begin_ms,
+                begin_error.empty() ? "" : ": ", begin_error.c_str(),
+                began == DP_OK ? dp_status_string(ended) : "not called",
+                end_error.empty() ? "" : ": ", end_error.c_str());
+    EXPECT_EQ("DP_OK", Name(st))
+        << (began != DP_OK ? "begin: " + begin_error : "end: " + end_error);
+    // Every rank agrees on the statuses before anyone waits for the stream (behind a failed
+    // exchange it may stay busy until the abort below).
+    ok = AllTrue(st == DP_OK);
+    if (!ok) {
+      ADD_FAILURE() << "stopping at step " << step << ": a rank's exchange failed";
+      break;
+    }
+    if (holding) held.Finish(cudaStreamPerThread);
+    holding = false;
+    const uint64_t digest = CheckResult(exp, st, res, cudaStreamPerThread, n, g.rank);
+    EXPECT_EQ(step + 1, res.step_id);
+    for (const StepReport& other : AllGather(StepReport{static_cast<int32_t>(st), 0, digest})) {
+      EXPECT_EQ(digest, other.digest) << "the ranks reached different decisions";
+    }
+    ++ran;
+    ok = AllTrue(!HasFailure());
+  }
+  std::printf("per-thread stream: %d of %d steps checked\n", ran, kSteps);
+  if (ok) {
+    EXPECT_STATUS(DP_OK, dp_coordinator_destroy(c));
+    Barrier();
+    NCCL_CHECK(ncclCommDestroy(fresh));
+    return;
+  }
+  // Agreed on every rank: free whatever waits inside NCCL, then let the stream drain.
+  const dp_status cancelled = dp_coordinator_cancel(c);
+  std::printf("cancel: %s%s%s\n", dp_status_string(cancelled), cancelled == DP_OK ? "" : ": ",
+              cancelled == DP_OK ? "" : dp_last_error());
+  NCCL_CHECK(ncclCommAbort(fresh));
+  if (holding) {
+    held.Finish(cudaStreamPerThread);
+  } else {
+    WaitStream(cudaStreamPerThread, nullptr, "this thread's stream after the abort", g.wait_s);
+  }
   EXPECT_STATUS(DP_OK, dp_coordinator_destroy(c));
 }
 
