@@ -21,14 +21,19 @@
 # $OUT). Exit status: 0 when every run passed, 1 otherwise.
 #
 # Environment knobs: BUILD_DIR (default build/gpu-suite), CUDA_HOME, EXTRA_CMAKE_ARGS (for
-# cpp_tests, e.g. -DNCCL_ROOT=...), RANKS (rank counts to run; default "2 4", plus 8 with >= 8
-# GPUs; "" runs none), SANITIZERS (default "memcheck racecheck initcheck synccheck"; "" runs
-# none), SANITIZER_FILTER (gtest filter of the sanitized subset), SANITIZER_TIMEOUT (seconds per
-# tool, default 150), DPCOORD_GPU_SANITIZER_STEPS (random steps under a sanitizer, default 24),
-# and the tests' own DPCOORD_GPU_* (seed, steps, repeat count...: see cpp_tests/gpu/gpu_tests.cpp).
+# cpp_tests, e.g. -DNCCL_ROOT=... or -DDPCOORD_GPU_TEST_DEADLINE=<s per gpu_ranks_N run>),
+# SKIP_BUILD=1 (reuse what an earlier run built in BUILD_DIR: steps 1-2 are skipped), RANKS
+# (rank counts to run; default "2 4", plus 8 with >= 8 GPUs; "" runs none), EXAMPLES (ctest
+# names of the examples to run; default all three; "" runs none), SANITIZERS (default
+# "memcheck racecheck initcheck synccheck"; "" runs none), SANITIZER_FILTER (gtest filter of the
+# sanitized subset), SANITIZER_TIMEOUT (seconds per tool, default 150),
+# DPCOORD_GPU_SANITIZER_STEPS (random steps under a sanitizer, default 24), and the tests' own
+# DPCOORD_GPU_* (seed, steps, repeat counts...: see cpp_tests/gpu/gpu_world.h).
+# scripts/gpu_run.sh runs this script step by step, each under its own time limit.
 #
-# Seen on one H200 (ranks sharing it over loopback sockets; 2000 repeated calls): about 2 min in
-# all, build included: gpu_ranks_2 10 s, gpu_ranks_4 25 s, each sanitizer 10-25 s.
+# Seen on one H200 (ranks sharing it over loopback sockets; 2000 repeated calls, 10 000 reuse
+# steps): 272-356 s in all, build included; gpu_ranks_4's reuse steps took 142 s of it (cap them
+# with DPCOORD_GPU_REUSE_STEPS, as scripts/gpu_run.sh does), each sanitizer 10-25 s.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,7 +42,7 @@ OUT="${OUT:-./gpu-logs}"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build/gpu-suite}"
 CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 SANITIZERS="${SANITIZERS-memcheck racecheck initcheck synccheck}"
-SANITIZER_FILTER="${SANITIZER_FILTER:-Gpu.RandomStepsMatchHostDecision:Gpu.EdgeCasesAtFullRankCount:Gpu.DeviceArrayIsStreamOrderedForAKernelAfterTheCall:Gpu.StreamKinds:Gpu.InconsistentPadFlagsFailEveryRank:Gpu.InvalidRequestOnEveryRankFailsEveryRank:Gpu.ReleaseThenCallAgain:Gpu.Coordinator*:Gpu.TimeoutWhenARankNeverCalls}"
+SANITIZER_FILTER="${SANITIZER_FILTER:-Gpu.RandomStepsMatchHostDecision:Gpu.EdgeCasesAtFullRankCount:Gpu.DeviceArrayIsStreamOrderedForAKernelAfterTheCall:Gpu.StreamKinds:Gpu.InconsistentPadFlagsFailEveryRank:Gpu.InvalidRequestOnEveryRankFailsEveryRank:Gpu.ReleaseThenCallAgain:Gpu.Coordinator*:Gpu.TimeoutWhenARankNeverCalls:Gpu.WatchdogCancelsFirstCachedCallOnFreshCommunicator}"
 
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -63,32 +68,51 @@ fi
 GEN=()
 command -v ninja >/dev/null 2>&1 && GEN=(-G Ninja)
 
-# 1. Install the prebuilt library as the dpcoord CMake package.
-say "installing $LIB into $PREFIX"
-{
-  cmake -S "$ROOT" -B "$BUILD_DIR/lib" "${GEN[@]}" -DDPCOORD_PREBUILT_LIBRARY="$LIB" \
-    -DCMAKE_INSTALL_PREFIX="$PREFIX" &&
-    cmake --build "$BUILD_DIR/lib" &&
-    cmake --install "$BUILD_DIR/lib"
-} >"$OUT/install.log" 2>&1 || fail_setup "installing the package" "$OUT/install.log"
+# Steps 1-2 set TESTS_BUILD (the cpp_tests build tree) and TESTS_BIN.
+build_suite() {
+  # 1. Install the prebuilt library as the dpcoord CMake package.
+  say "installing $LIB into $PREFIX"
+  {
+    cmake -S "$ROOT" -B "$BUILD_DIR/lib" "${GEN[@]}" -DDPCOORD_PREBUILT_LIBRARY="$LIB" \
+      -DCMAKE_INSTALL_PREFIX="$PREFIX" &&
+      cmake --build "$BUILD_DIR/lib" &&
+      cmake --install "$BUILD_DIR/lib"
+  } >"$OUT/install.log" 2>&1 || fail_setup "installing the package" "$OUT/install.log"
 
-# 2. Build the GPU targets (the whole cpp_tests project when it configures, else the GPU suite
-#    alone, which is a project of its own too).
-TESTS_BUILD="$BUILD_DIR/tests"
-# shellcheck disable=SC2206 # EXTRA_CMAKE_ARGS is split on purpose
-CONFIG=("${GEN[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$PREFIX"
-  -DCUDAToolkit_ROOT="$CUDA_HOME" ${EXTRA_CMAKE_ARGS:-})
-say "building cpp_tests' GPU targets in $TESTS_BUILD ($(elapsed))"
-if ! cmake -S "$ROOT/cpp_tests" -B "$TESTS_BUILD" "${CONFIG[@]}" >"$OUT/build.log" 2>&1; then
-  say "cpp_tests did not configure (see $OUT/build.log); building cpp_tests/gpu alone"
-  TESTS_BUILD="$BUILD_DIR/tests-gpu-only"
-  cmake -S "$ROOT/cpp_tests/gpu" -B "$TESTS_BUILD" "${CONFIG[@]}" >>"$OUT/build.log" 2>&1 ||
-    fail_setup "configuring cpp_tests/gpu" "$OUT/build.log"
+  # 2. Build the GPU targets (the whole cpp_tests project when it configures, else the GPU
+  #    suite alone, which is a project of its own too).
+  TESTS_BUILD="$BUILD_DIR/tests"
+  # shellcheck disable=SC2206 # EXTRA_CMAKE_ARGS is split on purpose
+  local config=("${GEN[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$PREFIX"
+    -DCUDAToolkit_ROOT="$CUDA_HOME" ${EXTRA_CMAKE_ARGS:-})
+  say "building cpp_tests' GPU targets in $TESTS_BUILD ($(elapsed))"
+  if ! cmake -S "$ROOT/cpp_tests" -B "$TESTS_BUILD" "${config[@]}" >"$OUT/build.log" 2>&1; then
+    say "cpp_tests did not configure (see $OUT/build.log); building cpp_tests/gpu alone"
+    TESTS_BUILD="$BUILD_DIR/tests-gpu-only"
+    cmake -S "$ROOT/cpp_tests/gpu" -B "$TESTS_BUILD" "${config[@]}" >>"$OUT/build.log" 2>&1 ||
+      fail_setup "configuring cpp_tests/gpu" "$OUT/build.log"
+  fi
+  cmake --build "$TESTS_BUILD" --target dpcoord_gpu_tests dpcoord_gpu_launcher \
+    dpcoord_example_step_loop dpcoord_example_gpu_split_phase \
+    dpcoord_example_gpu_dedicated_stream >>"$OUT/build.log" 2>&1 ||
+    fail_setup "building" "$OUT/build.log"
+  TESTS_BIN="$(find "$TESTS_BUILD" -type f -name dpcoord_gpu_tests -perm -u+x | head -n 1)"
+}
+
+if [ "${SKIP_BUILD:-0}" = 1 ]; then
+  # Steps 1-2 were done by an earlier run into the same BUILD_DIR.
+  TESTS_BIN="$(find "$BUILD_DIR" -type f -name dpcoord_gpu_tests -perm -u+x | head -n 1)"
+  if [ -z "$TESTS_BIN" ]; then
+    say "SKIP_BUILD=1, but no dpcoord_gpu_tests under $BUILD_DIR (run without SKIP_BUILD first)"
+    echo "gpu_suite: 0 passed, 1 failed"
+    exit 1
+  fi
+  TESTS_BUILD="$BUILD_DIR/tests"
+  case "$TESTS_BIN" in "$BUILD_DIR/tests-gpu-only/"*) TESTS_BUILD="$BUILD_DIR/tests-gpu-only" ;; esac
+  say "reusing the build in $TESTS_BUILD (SKIP_BUILD=1)"
+else
+  build_suite
 fi
-cmake --build "$TESTS_BUILD" --target dpcoord_gpu_tests dpcoord_gpu_launcher \
-  dpcoord_example_step_loop dpcoord_example_gpu_split_phase dpcoord_example_gpu_dedicated_stream \
-  >>"$OUT/build.log" 2>&1 || fail_setup "building" "$OUT/build.log"
-TESTS_BIN="$(find "$TESTS_BUILD" -type f -name dpcoord_gpu_tests -perm -u+x | head -n 1)"
 BIN_DIR="$(dirname "$TESTS_BIN")"
 LAUNCHER="$BIN_DIR/dpcoord_gpu_launcher"
 
@@ -121,7 +145,8 @@ for n in "${RANK_COUNTS[@]}"; do
   fi
   SUMMARY+=("$line")
 done
-for ex in gpu_example_step_loop gpu_example_gpu_split_phase gpu_example_gpu_dedicated_stream; do
+read -r -a EXAMPLE_NAMES <<<"${EXAMPLES-gpu_example_step_loop gpu_example_gpu_split_phase gpu_example_gpu_dedicated_stream}"
+for ex in "${EXAMPLE_NAMES[@]}"; do
   say "ctest $ex ($(elapsed))"
   if (cd "$TESTS_BUILD" && ctest -R "^${ex}\$" --output-on-failure) >"$OUT/$ex.log" 2>&1; then
     if grep -q 'Skipped' "$OUT/$ex.log"; then
