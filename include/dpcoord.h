@@ -694,6 +694,31 @@ enum dp_status dp_make_ubatch_slices(const int32_t *num_scheduled_tokens,
                                      struct dp_ubatch_slice *slices,
                                      struct dp_ubatch_slice *padded_slices);
 
+/**
+ * `dp_make_ubatch_slices` with explicit split points (vLLM 0.33+'s list form of
+ * `maybe_create_ubatch_slices`'s `split_point`): `split_points` holds the `num_ubatches - 1`
+ * token boundaries between microbatches, strictly increasing, each > 0, < `num_tokens_padded`
+ * and < the sum of the counts; the last microbatch runs to that sum (its padded twin to
+ * `num_tokens_padded`). Everything else, `num_requests_padded = -1` and the nullable
+ * `padded_slices` included, is as in `dp_make_ubatch_slices`. No output may overlap an input
+ * or the other output.
+ *
+ * Local, thread-safe, allocation-free; outputs are written only on success. Returns `DP_OK`
+ * or `DP_ERR_INVALID_ARGUMENT` (a NULL or misaligned pointer, no request, fewer than 2
+ * microbatches, a negative count, counts summing past `num_tokens_padded`, `num_requests_padded`
+ * below `num_requests`, a split point <= 0, not above the one before it, or at or past
+ * `num_tokens_padded` or the sum of the counts, so that a microbatch would be empty: the
+ * message names the index and the value).
+ */
+enum dp_status dp_make_ubatch_slices_at(const int32_t *num_scheduled_tokens,
+                                        int32_t num_requests,
+                                        int32_t num_tokens_padded,
+                                        int32_t num_requests_padded,
+                                        int32_t num_ubatches,
+                                        const int32_t *split_points,
+                                        struct dp_ubatch_slice *slices,
+                                        struct dp_ubatch_slice *padded_slices);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -1,9 +1,9 @@
-//! `dp_make_ubatch_slices` through the C ABI: a vLLM case, the nullable padded slices, the
-//! pointer checks, outputs untouched on error.
+//! The slicers through the C ABI (`dp_make_ubatch_slices`, `_at`): a vLLM case each, the
+//! nullable padded slices, the pointer and overlap checks, outputs untouched on error.
 
 mod ffi_common;
 
-use dpcoord::ffi::{dp_make_ubatch_slices, dp_status};
+use dpcoord::ffi::{dp_make_ubatch_slices, dp_make_ubatch_slices_at, dp_status};
 use dpcoord::slices::UbatchSlice;
 use ffi_common::{assert_fails, last_error, SENTINEL};
 
@@ -131,4 +131,110 @@ fn bad_arguments_are_named_and_write_nothing() {
     }
     assert_eq!(slices, [UNTOUCHED; 2]);
     assert_eq!(padded, [UNTOUCHED; 2]);
+}
+
+/// vLLM's `test_prefill_split_across_ubatches[[32, 40]-[8, 8]-12-2-1]` with the split given as
+/// the list `[12]`, padded (P 20, Rp 4); then three microbatches at uneven points, no padded
+/// slices.
+#[test]
+fn at_slices_and_padded_slices() {
+    let counts = [8, 8];
+    let mut slices = [UNTOUCHED; 2];
+    let mut padded = [UNTOUCHED; 2];
+    let status = dp_make_ubatch_slices_at(
+        counts.as_ptr(),
+        2,
+        20,
+        4,
+        2,
+        [12].as_ptr(),
+        slices.as_mut_ptr(),
+        padded.as_mut_ptr(),
+    );
+    assert_eq!(status, dp_status::DP_OK, "{}", last_error());
+    assert_eq!(slices, [s(0, 2, 0, 12), s(1, 2, 12, 16)]);
+    assert_eq!(padded, [s(0, 2, 0, 12), s(1, 4, 12, 20)]);
+    let mut three = [UNTOUCHED; 3];
+    let status = dp_make_ubatch_slices_at(
+        [2, 3, 6].as_ptr(),
+        3,
+        11,
+        -1,
+        3,
+        [3, 10].as_ptr(),
+        three.as_mut_ptr(),
+        std::ptr::null_mut(),
+    );
+    assert_eq!(status, dp_status::DP_OK, "{}", last_error());
+    assert_eq!(three, [s(0, 2, 0, 3), s(1, 3, 3, 10), s(2, 3, 10, 11)]);
+}
+
+#[test]
+fn at_bad_arguments_are_named_and_write_nothing() {
+    // One buffer: counts at [0, 3), split points at [3, 5), slices after them.
+    let mut buf = [20i32, 20, 20, 16, 40, 0, 0];
+    let base = buf.as_mut_ptr();
+    let c = base.cast_const();
+    let points = base.wrapping_add(3).cast_const();
+    let mut slices = [UNTOUCHED; 3];
+    let mut padded = [UNTOUCHED; 3];
+    let (out, pad) = (slices.as_mut_ptr(), padded.as_mut_ptr());
+    let odd: *const i32 = points.cast::<u8>().wrapping_add(1).cast();
+    // Slices laid over the split points (and over the counts).
+    let over_points: *mut UbatchSlice = base.wrapping_add(3).cast();
+    let over_counts: *mut UbatchSlice = base.cast();
+    let bad = [20, 16].as_ptr();
+    #[allow(clippy::type_complexity)]
+    let cases: [(
+        (
+            *const i32,
+            i32,
+            i32,
+            *const i32,
+            *mut UbatchSlice,
+            *mut UbatchSlice,
+        ),
+        &[&str],
+    ); 9] = [
+        (
+            (c, 0, 64, points, out, pad),
+            &["num_requests = 0 must be >= 1"],
+        ),
+        (
+            (c, 3, 64, std::ptr::null(), out, pad),
+            &["split_points is NULL"],
+        ),
+        ((c, 3, 64, odd, out, pad), &["split_points", "aligned"]),
+        (
+            (c, 3, 64, points, std::ptr::null_mut(), pad),
+            &["slices is NULL"],
+        ),
+        (
+            (c, 3, 64, points, over_counts, pad),
+            &["slices overlaps num_scheduled_tokens"],
+        ),
+        (
+            (c, 3, 64, points, out, over_points),
+            &["padded_slices overlaps split_points"],
+        ),
+        (
+            (c, 3, 64, points, out, out),
+            &["padded_slices overlaps slices"],
+        ),
+        (
+            (c, 3, 64, bad, out, pad),
+            &["split_points[1] = 16 must be > split_points[0] = 20"],
+        ),
+        (
+            (c, 3, 50, points, out, pad),
+            &["sum(num_scheduled_tokens) = 60 must be <= num_tokens_padded = 50"],
+        ),
+    ];
+    for ((counts, r, p, sp, o, po), needles) in cases {
+        let status = dp_make_ubatch_slices_at(counts, r, p, -1, 3, sp, o, po);
+        assert_fails(status, dp_status::DP_ERR_INVALID_ARGUMENT, needles);
+    }
+    assert_eq!(slices, [UNTOUCHED; 3]);
+    assert_eq!(padded, [UNTOUCHED; 3]);
+    assert_eq!(buf, [20, 20, 20, 16, 40, 0, 0]);
 }
