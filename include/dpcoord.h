@@ -719,6 +719,36 @@ enum dp_status dp_make_ubatch_slices_at(const int32_t *num_scheduled_tokens,
                                         struct dp_ubatch_slice *slices,
                                         struct dp_ubatch_slice *padded_slices);
 
+/**
+ * This rank's microbatch slices under vLLM 0.34.0's model runner V2 (`create_ubatch_slices`,
+ * `UBatchRunner.prepare`), for a V2 step that microbatches.
+ *
+ * Inputs: the `num_requests` (>= 1) real token counts (each >= 0, summing to at most
+ * `num_tokens_padded`, V2's `num_tokens_after_padding`), `num_requests_padded` (V2's
+ * `num_reqs_after_padding`: the descriptor's request count or `num_requests`; -1:
+ * `num_requests`; else >= it), `num_ubatches` (>= 2, and <= `num_tokens_padded`) and
+ * `uniform_token_count` (the descriptor's on FULL, else the agreed one; 0: none). The split is
+ * `(num_tokens_padded / (u * n)) * u` when `u > 1` and that is > 0 (a request boundary of a
+ * spec-decode batch), else `num_tokens_padded / n`; microbatch k covers tokens `[s*k,
+ * s*(k+1))`, the last up to `num_tokens_padded`, and requests `[min(start, R-1), min(stop,
+ * Rp))` of V1's padded list (the last runs to `num_requests_padded`). A trailing microbatch may
+ * lie entirely in padding: it holds request `num_requests - 1` with zero of its tokens. `slices`
+ * receives `num_ubatches` slices and may not overlap `num_scheduled_tokens`.
+ *
+ * Local, thread-safe, allocation-free; outputs are written only on success. Returns `DP_OK`
+ * or `DP_ERR_INVALID_ARGUMENT` (a NULL or misaligned pointer, no request, fewer than 2
+ * microbatches or more than `num_tokens_padded`, a negative count or `uniform_token_count`,
+ * counts summing past `num_tokens_padded`, `num_requests_padded` below `num_requests`: the
+ * message names it).
+ */
+enum dp_status dp_make_ubatch_slices_v2(const int32_t *num_scheduled_tokens,
+                                        int32_t num_requests,
+                                        int32_t num_tokens_padded,
+                                        int32_t num_requests_padded,
+                                        int32_t num_ubatches,
+                                        int32_t uniform_token_count,
+                                        struct dp_ubatch_slice *slices);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -1,9 +1,11 @@
-//! The slicers through the C ABI (`dp_make_ubatch_slices`, `_at`): a vLLM case each, the
+//! The slicers through the C ABI (`dp_make_ubatch_slices`, `_at`, `_v2`): a vLLM case each, the
 //! nullable padded slices, the pointer and overlap checks, outputs untouched on error.
 
 mod ffi_common;
 
-use dpcoord::ffi::{dp_make_ubatch_slices, dp_make_ubatch_slices_at, dp_status};
+use dpcoord::ffi::{
+    dp_make_ubatch_slices, dp_make_ubatch_slices_at, dp_make_ubatch_slices_v2, dp_status,
+};
 use dpcoord::slices::UbatchSlice;
 use ffi_common::{assert_fails, last_error, SENTINEL};
 
@@ -169,6 +171,20 @@ fn at_slices_and_padded_slices() {
     assert_eq!(three, [s(0, 2, 0, 3), s(1, 3, 3, 10), s(2, 3, 10, 11)]);
 }
 
+/// VLLM_V2.md `ub-eager-fallback` (r0: 32 one-token requests, P 100, Rp 32, n 2, u 1) and
+/// `spec4-ub` (r0: 9 requests of 4 tokens, P 48, Rp 12, n 2, u 4); tests/slices_v2.rs derives
+/// the inputs.
+#[test]
+fn v2_slices() {
+    let mut slices = [UNTOUCHED; 2];
+    let status = dp_make_ubatch_slices_v2([1; 32].as_ptr(), 32, 100, 32, 2, 1, slices.as_mut_ptr());
+    assert_eq!(status, dp_status::DP_OK, "{}", last_error());
+    assert_eq!(slices, [s(0, 32, 0, 50), s(31, 32, 50, 100)]);
+    let status = dp_make_ubatch_slices_v2([4; 9].as_ptr(), 9, 48, 12, 2, 4, slices.as_mut_ptr());
+    assert_eq!(status, dp_status::DP_OK, "{}", last_error());
+    assert_eq!(slices, [s(0, 6, 0, 24), s(6, 12, 24, 48)]);
+}
+
 #[test]
 fn at_bad_arguments_are_named_and_write_nothing() {
     // One buffer: counts at [0, 3), split points at [3, 5), slices after them.
@@ -237,4 +253,50 @@ fn at_bad_arguments_are_named_and_write_nothing() {
     assert_eq!(slices, [UNTOUCHED; 3]);
     assert_eq!(padded, [UNTOUCHED; 3]);
     assert_eq!(buf, [20, 20, 20, 16, 40, 0, 0]);
+}
+
+#[test]
+fn v2_bad_arguments_are_named_and_write_nothing() {
+    let mut buf = [4i32, 4, 0, 0, 0, 0, 0, 0, 0, 0];
+    let c = buf.as_ptr();
+    let over_counts: *mut UbatchSlice = buf.as_mut_ptr().cast();
+    let mut slices = [UNTOUCHED; 2];
+    let out = slices.as_mut_ptr();
+    let odd: *mut UbatchSlice = out.cast::<u8>().wrapping_add(2).cast();
+    #[allow(clippy::type_complexity)]
+    let cases: [(
+        (*const i32, i32, i32, i32, i32, i32, *mut UbatchSlice),
+        &[&str],
+    ); 9] = [
+        ((c, 0, 8, -1, 2, 0, out), &["num_requests = 0 must be >= 1"]),
+        ((c, 2, 8, -1, 1, 0, out), &["num_ubatches = 1 must be >= 2"]),
+        (
+            (std::ptr::null(), 2, 8, -1, 2, 0, out),
+            &["num_scheduled_tokens is NULL"],
+        ),
+        (
+            (c, 2, 8, -1, 2, 0, std::ptr::null_mut()),
+            &["slices is NULL"],
+        ),
+        ((c, 2, 8, -1, 2, 0, odd), &["slices", "aligned"]),
+        (
+            (c, 2, 8, -1, 2, 0, over_counts),
+            &["slices overlaps num_scheduled_tokens"],
+        ),
+        (
+            (c, 2, 7, -1, 2, 0, out),
+            &["sum(num_scheduled_tokens) = 8 must be <= num_tokens_padded = 7"],
+        ),
+        ((c, 2, 8, 1, 2, 0, out), &["num_requests_padded = 1"]),
+        (
+            (c, 2, 8, -1, 2, -4, out),
+            &["uniform_token_count = -4 must be >= 0"],
+        ),
+    ];
+    for ((counts, r, p, rp, n, u, o), needles) in cases {
+        let status = dp_make_ubatch_slices_v2(counts, r, p, rp, n, u, o);
+        assert_fails(status, dp_status::DP_ERR_INVALID_ARGUMENT, needles);
+    }
+    assert_eq!(slices, [UNTOUCHED; 2]);
+    assert_eq!(buf, [4, 4, 0, 0, 0, 0, 0, 0, 0, 0]);
 }

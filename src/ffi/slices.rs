@@ -1,6 +1,7 @@
 //! The slicers' C entry points: `dp_make_ubatch_slices` (vLLM V1's `maybe_create_ubatch_slices`
-//! with a split point) and `dp_make_ubatch_slices_at` (with a list of split points), computed by
-//! the pure [`crate::slices`], with an AVX2 build where the CPU has it.
+//! with a split point), `dp_make_ubatch_slices_at` (with a list of split points) and
+//! `dp_make_ubatch_slices_v2` (vLLM 0.34.0's `create_ubatch_slices`), computed by the pure
+//! [`crate::slices`], with an AVX2 build where the CPU has it.
 
 use std::mem::size_of;
 
@@ -118,6 +119,64 @@ pub extern "C" fn dp_make_ubatch_slices_at(
             split_points: arrays.split_points,
             slices: arrays.slices,
             padded_slices: arrays.padded_slices,
+        })
+    })
+}
+
+/// This rank's microbatch slices under vLLM 0.34.0's model runner V2 (`create_ubatch_slices`,
+/// `UBatchRunner.prepare`), for a V2 step that microbatches.
+///
+/// Inputs: the `num_requests` (>= 1) real token counts (each >= 0, summing to at most
+/// `num_tokens_padded`, V2's `num_tokens_after_padding`), `num_requests_padded` (V2's
+/// `num_reqs_after_padding`: the descriptor's request count or `num_requests`; -1:
+/// `num_requests`; else >= it), `num_ubatches` (>= 2, and <= `num_tokens_padded`) and
+/// `uniform_token_count` (the descriptor's on FULL, else the agreed one; 0: none). The split is
+/// `(num_tokens_padded / (u * n)) * u` when `u > 1` and that is > 0 (a request boundary of a
+/// spec-decode batch), else `num_tokens_padded / n`; microbatch k covers tokens `[s*k,
+/// s*(k+1))`, the last up to `num_tokens_padded`, and requests `[min(start, R-1), min(stop,
+/// Rp))` of V1's padded list (the last runs to `num_requests_padded`). A trailing microbatch may
+/// lie entirely in padding: it holds request `num_requests - 1` with zero of its tokens. `slices`
+/// receives `num_ubatches` slices and may not overlap `num_scheduled_tokens`.
+///
+/// Local, thread-safe, allocation-free; outputs are written only on success. Returns `DP_OK`
+/// or `DP_ERR_INVALID_ARGUMENT` (a NULL or misaligned pointer, no request, fewer than 2
+/// microbatches or more than `num_tokens_padded`, a negative count or `uniform_token_count`,
+/// counts summing past `num_tokens_padded`, `num_requests_padded` below `num_requests`: the
+/// message names it).
+#[no_mangle]
+pub extern "C" fn dp_make_ubatch_slices_v2(
+    num_scheduled_tokens: *const i32,
+    num_requests: i32,
+    num_tokens_padded: i32,
+    num_requests_padded: i32,
+    num_ubatches: i32,
+    uniform_token_count: i32,
+    slices: *mut UbatchSlice,
+) -> dp_status {
+    boundary(|| {
+        slices::check_sizes(i64::from(num_requests), num_ubatches)?;
+        // SAFETY: the caller's promise, as documented above: `num_requests` counts and
+        // `num_ubatches` slices for the call.
+        let arrays = unsafe {
+            Arrays::new(
+                num_scheduled_tokens,
+                num_requests,
+                None,
+                slices,
+                std::ptr::null_mut(),
+                num_ubatches,
+            )
+        }?;
+        let batch = SliceBatch {
+            num_scheduled_tokens: arrays.counts,
+            num_tokens_padded,
+            num_requests_padded,
+            num_ubatches,
+        };
+        run(V2 {
+            batch,
+            uniform_token_count,
+            slices: arrays.slices,
         })
     })
 }
@@ -248,6 +307,20 @@ impl Slicer for At<'_> {
             self.slices,
             self.padded_slices,
         )
+    }
+}
+
+/// A `dp_make_ubatch_slices_v2` call.
+struct V2<'a> {
+    batch: SliceBatch<'a>,
+    uniform_token_count: i32,
+    slices: &'a mut [UbatchSlice],
+}
+
+impl Slicer for V2<'_> {
+    #[inline(always)]
+    fn slice(self) -> Result<()> {
+        slices::make_ubatch_slices_v2(&self.batch, self.uniform_token_count, self.slices)
     }
 }
 

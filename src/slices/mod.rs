@@ -1,16 +1,20 @@
 //! Microbatch slices (docs/ARCHITECTURE.md ("Semantics")): which requests and tokens of this
 //! rank's step go into each microbatch, exactly as vLLM computes them for a step that
-//! microbatches. Pure, local, allocation-free. Two front ends over one slicer ([`walk`]):
+//! microbatches. Pure, local, allocation-free. Three front ends over one slicer ([`walk`]):
 //!
 //! - [`make_ubatch_slices`]: V1's `maybe_create_ubatch_slices` with an int split point `s`
 //!   (default `P / n`): boundaries `s, 2s, ..., (n-1)s`.
 //! - [`make_ubatch_slices_at`]: the same with a list of `n - 1` explicit boundaries (vLLM 0.33+).
+//! - [`make_ubatch_slices_v2`]: vLLM 0.34.0's `create_ubatch_slices` (`gpu/ubatch_utils.py`): the
+//!   split `(P / (u n)) u` for a uniform count `u > 1` when that is > 0, else `P / n`; V1's
+//!   padded list, each request range clamped to `[min(start, R-1), min(stop, Rp))`.
 //!
 //! With `cu` the cumulative token counts (`cu[0] = 0`, `cu[j + 1] = cu[j] + counts[j]`, exact),
 //! the token boundaries are the split points and then `cu[R]`; slice k covers tokens `[start,
 //! end)` and requests `[bisect_right(cu, start) - 1, bisect_left(cu, end))`. The padded slices
 //! equal these except the last, which runs to `[its request_begin, Rp)` and `[its token_begin,
-//! P)`. Both forms refuse any input that leaves a slice empty.
+//! P)`. V1's two forms refuse any input that leaves a slice empty; V2 lets trailing microbatches
+//! lie entirely in padding, as vLLM 0.34.0 does.
 
 mod walk;
 
@@ -47,8 +51,8 @@ pub struct SliceInputs<'a> {
     pub split_point: i32,
 }
 
-/// The batch [`make_ubatch_slices_at`] slices: the fields of [`SliceInputs`] but the split,
-/// named as in the C function.
+/// The batch [`make_ubatch_slices_at`] and [`make_ubatch_slices_v2`] slice: the fields of
+/// [`SliceInputs`] but the split, named as in the C functions.
 #[derive(Debug, Clone, Copy)]
 pub struct SliceBatch<'a> {
     /// This rank's tokens per request (`R = len` requests, `R >= 1`, each >= 0).
@@ -209,6 +213,74 @@ pub fn make_ubatch_slices_at(
         slices,
         padded_slices,
     )
+}
+
+/// vLLM 0.34.0's `create_ubatch_slices` (model runner V2): writes the `n` slices to `slices`
+/// (exactly `num_ubatches` long), only on success.
+///
+/// The split `s` is `(P / (u n)) u` when `u = uniform_token_count > 1` and that is > 0 (a
+/// request boundary of a uniform batch), else `P / n`; the slices are V1's padded list for the
+/// boundaries `s, 2s, ..., (n-1)s`, each request range clamped to `[min(start, R-1), min(stop,
+/// Rp))`. They tile `[0, P)`; a trailing microbatch may lie entirely in padding (it holds
+/// request `R - 1`, with zero of its tokens, and the padded requests).
+///
+/// Errors (invalid argument, naming the input): no request, fewer than 2 microbatches, a
+/// negative `P` or count, `sum(counts) > P`, `Rp < R`, `uniform_token_count < 0` (0 = none),
+/// `P < n` (the split `P / n` is 0 and microbatch 0 empty, which vLLM asserts against), an
+/// output of the wrong length.
+#[inline(always)]
+pub fn make_ubatch_slices_v2(
+    batch: &SliceBatch<'_>,
+    uniform_token_count: i32,
+    slices: &mut [UbatchSlice],
+) -> Result<()> {
+    let (p, n) = (batch.num_tokens_padded, batch.num_ubatches);
+    let rp = check_batch(batch)?;
+    let u = uniform_token_count;
+    if u < 0 {
+        return Err(invalid!("uniform_token_count = {u} must be >= 0 (0: none)"));
+    }
+    let total = check_total(batch.num_scheduled_tokens, p)?;
+    let (p64, n64, u64_) = (i64::from(p), i64::from(n), i64::from(u));
+    // vLLM: reqs_per_ubatch = P // (u * n); the split is reqs_per_ubatch * u when u > 1 and
+    // that is > 0, else P // n.
+    let reqs_per_ubatch = if u > 1 { p64 / (u64_ * n64) } else { 0 };
+    let s = if reqs_per_ubatch > 0 {
+        reqs_per_ubatch * u64_
+    } else {
+        p64 / n64
+    };
+    if s == 0 {
+        return Err(invalid!(
+            "num_tokens_padded = {p} must be >= num_ubatches = {n}: the split \
+             num_tokens_padded / num_ubatches = 0 leaves microbatch 0 empty"
+        ));
+    }
+    check_len("slices", slices, n)?;
+    // Nothing can fail from here on. Every token boundary is <= P and every clamped request
+    // index <= Rp, both i32, so the narrowing casts are exact.
+    let (last, last_request) = (n as usize - 1, batch.num_scheduled_tokens.len() - 1);
+    slice(
+        batch.num_scheduled_tokens,
+        total,
+        n as usize,
+        |k| s * (k as i64 + 1),
+        |k, raw| {
+            // The padded list: the last runs to Rp and P.
+            let (request_end, token_end) = if k == last {
+                (rp, p64)
+            } else {
+                (raw.request_end as i64, raw.token_end)
+            };
+            slices[k] = UbatchSlice {
+                request_begin: raw.request_begin.min(last_request) as i32,
+                request_end: request_end.min(rp) as i32,
+                token_begin: raw.token_begin as i32,
+                token_end: token_end as i32,
+            };
+        },
+    );
+    Ok(())
 }
 
 /// The checks every front end makes first, in order: the sizes, `P >= 0`, `Rp`. Returns `Rp`

@@ -1,5 +1,5 @@
-//! The one slicer every front end shares (V1 with a split point, V1 with a list of split
-//! points): vLLM V1's `maybe_create_ubatch_slices` loop over validated counts, without storing `cu`.
+//! The one slicer every front end shares (V1 with a split point, V1 with a list of split points,
+//! V2): vLLM V1's `maybe_create_ubatch_slices` loop over validated counts, without storing `cu`.
 //!
 //! One pass validates the counts and sums them ([`checked_sum`]); [`slice`] then walks the running
 //! sum only as far as the last split point below the real total (block sums skip whole blocks
@@ -12,9 +12,10 @@ use crate::error::{invalid, Result};
 /// Counts per block of the split walk: block sums are added without a branch per request.
 const BLOCK: usize = 32;
 
-/// One microbatch as vLLM's loop computes it, before any narrowing: requests
-/// `[bisect_right(cu, token_begin) - 1, bisect_left(cu, token_end))`, tokens `[token_begin,
-/// token_end)` (the last runs to the real total).
+/// One microbatch as vLLM's loop computes it, before any narrowing or clamping: requests
+/// `[bisect_right(cu, token_begin) - 1, bisect_left(cu, token_end))` (either may be past `R`
+/// when its token lies past the real total), tokens `[token_begin, token_end)` (the last runs to
+/// the real total, which lies below its `token_begin` when it is all padding).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RawSlice {
     pub(crate) request_begin: usize,
@@ -53,8 +54,8 @@ pub(crate) fn checked_sum(counts: &[i32]) -> Result<i64> {
 /// vLLM's loop: hands `emit` microbatch `k`'s [`RawSlice`] for `k` in `0..n`, in order.
 ///
 /// `counts` are valid (each >= 0) and sum to `total` <= `i32::MAX`; `split(k)` is the end of
-/// microbatch `k` for `k < n - 1`: `0 < split(0) < split(1) < ... < total`. The last microbatch
-/// ends at `total`.
+/// microbatch `k` for `k < n - 1`: `0 < split(0) < split(1) < ...`, any of them possibly at or
+/// past `total` (V2's microbatches that lie in padding). The last microbatch ends at `total`.
 #[inline(always)]
 pub(crate) fn slice(
     counts: &[i32],
@@ -72,8 +73,11 @@ pub(crate) fn slice(
         let token_end = if is_last { total } else { split(k) };
         let (request_end, next_begin) = if is_last {
             (num_requests - trailing_zeros(counts), 0)
+        } else if token_end > total {
+            // Past every real token: bisect_left gives len(cu) = R + 1, bisect_right - 1 gives R.
+            (num_requests + 1, num_requests)
         } else {
-            // 0 < token_end < total <= i32::MAX, after the previous split.
+            // 0 < token_end <= total <= i32::MAX, at or after the previous split.
             walk.locate(token_end as i32)
         };
         emit(
@@ -123,7 +127,7 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// For a split point `0 < t < cu[R]`, after the previous one: returns
+    /// For a split point `0 < t <= cu[R]`, after the previous one: returns
     /// `(bisect_left(cu, t), bisect_right(cu, t) - 1)`, the end of the microbatch before `t`
     /// and the beginning of the one after it.
     #[inline(always)]
@@ -137,7 +141,7 @@ impl<'a> Walk<'a> {
             self.cu += sum;
             self.j += BLOCK;
         }
-        // Now cu[j] < t < cu[R] (cu[j] < t holds: the previous split was below t, or j = 0),
+        // Now cu[j] < t <= cu[R] (cu[j] < t holds: the previous split was below t, or j = 0),
         // so the scan stops at some j < R.
         while self.cu + self.counts[self.j] < t {
             self.cu += self.counts[self.j];

@@ -5,13 +5,15 @@
 //!   the cumulative sums stored in a vector, the split points listed, `bisect_left` /
 //!   `bisect_right` done with `partition_point`, every slice checked for emptiness after the
 //!   fact.
-//! - [`vllm_v1_lists`] and [`model_at`], written from /work/shared/VLLM_V2.md section 4 with
-//!   plain loops: the cumulative sums stored, each bisect a count over them, the padded list
-//!   applied after, and emptiness checked at the end.
+//! - [`vllm_v1_lists`], [`model_at`] and [`model_v2`], written from /work/shared/VLLM_V2.md
+//!   section 4 with plain loops: the cumulative sums stored, each bisect a count over them,
+//!   the V2 split, the padded list and the clamp applied one after another, and emptiness
+//!   checked at the end (vLLM's `_slice_input_batch` asserts every slice non-empty).
 #![allow(dead_code)]
 
 use dpcoord::slices::{
-    make_ubatch_slices, make_ubatch_slices_at, SliceBatch, SliceInputs, UbatchSlice,
+    make_ubatch_slices, make_ubatch_slices_at, make_ubatch_slices_v2, SliceBatch, SliceInputs,
+    UbatchSlice,
 };
 use dpcoord::{Error, ErrorKind};
 use proptest::prelude::*;
@@ -110,6 +112,20 @@ pub fn run_at(counts: &[i32], p: i32, rp: i32, n: i32, points: &[i32]) -> Result
     };
     make_ubatch_slices_at(&batch, points, &mut slices, Some(&mut padded))?;
     Ok((slices, padded))
+}
+
+/// `make_ubatch_slices_v2` over counts, `P`, `Rp`, `n` and the uniform count, the output sized
+/// `n` (at most 64, as in [`run`]).
+pub fn run_v2(counts: &[i32], p: i32, rp: i32, n: i32, u: i32) -> Result<Vec<UbatchSlice>, Error> {
+    let mut slices = vec![UbatchSlice::default(); n.clamp(0, 64) as usize];
+    let batch = SliceBatch {
+        num_scheduled_tokens: counts,
+        num_tokens_padded: p,
+        num_requests_padded: rp,
+        num_ubatches: n,
+    };
+    make_ubatch_slices_v2(&batch, u, &mut slices)?;
+    Ok(slices)
 }
 
 /// `[request_begin, request_end, token_begin, token_end]`, wide, as VLLM_V2.md writes slices.
@@ -212,6 +228,31 @@ pub fn model_at(counts: &[i32], p: i32, rp: i32, n: i32, points: &[i32]) -> Opti
     Some((to_slices(&list), to_slices(&padded)))
 }
 
+/// VLLM_V2.md section 4: the split (`(P / (u n)) u` when u > 1 and that is > 0, else `P / n`),
+/// V1's padded list, each request range clamped to `[min(start, R-1), min(stop, Rp))`;
+/// refused (`None`) on a bad input or an empty slice.
+pub fn model_v2(counts: &[i32], p: i32, rp: i32, n: i32, u: i32) -> Option<Vec<UbatchSlice>> {
+    let (r, rp, _) = batch_rules(counts, p, rp, n)?;
+    if u < 0 {
+        return None;
+    }
+    let (p, n, u) = (i64::from(p), i64::from(n), i64::from(u));
+    let mut split = p / n;
+    if u > 1 && p / (u * n) > 0 {
+        split = p / (u * n) * u;
+    }
+    let points: Vec<i64> = (1..n).map(|i| split * i).collect();
+    let (_, padded) = vllm_v1_lists(counts, p, rp, &points);
+    let clamped: Vec<Wide> = padded
+        .iter()
+        .map(|s| [s[0].min(r - 1), s[1].min(rp), s[2], s[3]])
+        .collect();
+    if any_empty(&clamped) {
+        return None;
+    }
+    Some(to_slices(&clamped))
+}
+
 /// Counts with many zeros and short requests (where bisect's edge cases live), sometimes a
 /// long prefill, rarely a negative one; long enough lists to cross the walk's blocks.
 pub fn counts() -> impl Strategy<Value = Vec<i32>> {
@@ -241,7 +282,8 @@ pub fn counts() -> impl Strategy<Value = Vec<i32>> {
         })
 }
 
-/// `(counts, P, Rp, n)`: P from no padding to heavy padding, some inputs out of range.
+/// `(counts, P, Rp, n)`: P from no padding to heavy padding (where V2's trailing microbatches
+/// lie entirely in padding), some inputs out of range.
 pub fn batch() -> impl Strategy<Value = (Vec<i32>, i32, i32, i32)> {
     counts().prop_flat_map(|counts| {
         let sum: i64 = counts.iter().map(|&c| i64::from(c)).sum();
