@@ -263,8 +263,8 @@ pub fn make_ubatch_slices_v2(
     slice(
         batch.num_scheduled_tokens,
         total,
-        n as usize,
         |k| s * (k as i64 + 1),
+        slices,
         |k, raw| {
             // The padded list: the last runs to Rp and P.
             let (request_end, token_end) = if k == last {
@@ -272,12 +272,12 @@ pub fn make_ubatch_slices_v2(
             } else {
                 (raw.request_end as i64, raw.token_end)
             };
-            slices[k] = UbatchSlice {
+            UbatchSlice {
                 request_begin: raw.request_begin.min(last_request) as i32,
                 request_end: request_end.min(rp) as i32,
                 token_begin: raw.token_begin as i32,
                 token_end: token_end as i32,
-            };
+            }
         },
     );
     Ok(())
@@ -348,15 +348,13 @@ fn write_v1(
     slice(
         batch.num_scheduled_tokens,
         total,
-        n as usize,
         split,
-        |k, raw: RawSlice| {
-            slices[k] = UbatchSlice {
-                request_begin: raw.request_begin as i32,
-                request_end: raw.request_end as i32,
-                token_begin: raw.token_begin as i32,
-                token_end: raw.token_end as i32,
-            };
+        slices,
+        |_, raw: RawSlice| UbatchSlice {
+            request_begin: raw.request_begin as i32,
+            request_end: raw.request_end as i32,
+            token_begin: raw.token_begin as i32,
+            token_end: raw.token_end as i32,
         },
     );
     if let Some(padded) = padded_slices {

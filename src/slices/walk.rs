@@ -7,6 +7,7 @@
 //! ends. The sums are exact: 64-bit where they could exceed `i32::MAX`, 32-bit where they
 //! provably cannot (every partial sum of valid counts is <= P).
 
+use super::UbatchSlice;
 use crate::error::{invalid, Result};
 
 /// Counts per block of the split walk: block sums are added without a branch per request.
@@ -51,7 +52,8 @@ pub(crate) fn checked_sum(counts: &[i32]) -> Result<i64> {
     }
 }
 
-/// vLLM's loop: hands `emit` microbatch `k`'s [`RawSlice`] for `k` in `0..n`, in order.
+/// vLLM's loop: writes `out[k] = make(k, raw)` for microbatch `k`'s [`RawSlice`], for every `k`
+/// in `0..n` (`n = out.len()`), in order.
 ///
 /// `counts` are valid (each >= 0) and sum to `total` <= `i32::MAX`; `split(k)` is the end of
 /// microbatch `k` for `k < n - 1`: `0 < split(0) < split(1) < ...`, any of them possibly at or
@@ -60,15 +62,15 @@ pub(crate) fn checked_sum(counts: &[i32]) -> Result<i64> {
 pub(crate) fn slice(
     counts: &[i32],
     total: i64,
-    n: usize,
     split: impl Fn(usize) -> i64,
-    mut emit: impl FnMut(usize, RawSlice),
+    out: &mut [UbatchSlice],
+    make: impl Fn(usize, RawSlice) -> UbatchSlice,
 ) {
-    let num_requests = counts.len();
+    let (num_requests, n) = (counts.len(), out.len());
     let mut walk = Walk::new(counts);
     let mut token_begin = 0i64;
     let mut request_begin = leading_zeros(counts);
-    for k in 0..n {
+    for (k, slot) in out.iter_mut().enumerate() {
         let is_last = k + 1 == n;
         let token_end = if is_last { total } else { split(k) };
         let (request_end, next_begin) = if is_last {
@@ -80,7 +82,7 @@ pub(crate) fn slice(
             // 0 < token_end <= total <= i32::MAX, at or after the previous split.
             walk.locate(token_end as i32)
         };
-        emit(
+        *slot = make(
             k,
             RawSlice {
                 request_begin,
