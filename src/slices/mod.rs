@@ -1,6 +1,6 @@
 //! Microbatch slices (docs/ARCHITECTURE.md ("Semantics")): which requests and tokens of this
 //! rank's step go into each microbatch, exactly as vLLM computes them for a step that
-//! microbatches. Pure, local, allocation-free. Three front ends over one slicer ([`walk`]):
+//! microbatches. Pure, local, allocation-free. Three front ends over one slicer (`walk.rs`):
 //!
 //! - [`make_ubatch_slices`]: V1's `maybe_create_ubatch_slices` with an int split point `s`
 //!   (default `P / n`): boundaries `s, 2s, ..., (n-1)s`.
