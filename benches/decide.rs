@@ -6,8 +6,11 @@
 //!   `dp_decide_batch_with_options` with a mask of 4 dead ranks (plus step ids). Targets
 //!   (docs/ARCHITECTURE.md ("Figures"), issue 10): dp_decide_batch <= 1.5x the floor, the mask path <= 1.2x
 //!   the plain one.
-//! - `slices_1024`: one pass over 1024 requests' counts (a plain sum: the floor) and
-//!   `dp_make_ubatch_slices` over the same counts, 2 and 4 microbatches. Target: <= 2x.
+//! - `slices_1024`: one pass over 1024 requests' counts (a plain sum: the floor) and, over the
+//!   same counts, `dp_make_ubatch_slices` (2 and 4 microbatches), `dp_make_ubatch_slices_at`
+//!   (2, the split point given as a list) and `dp_make_ubatch_slices_v2` (2 and 4, no uniform
+//!   count; and 2 over a uniform spec-decode batch of 1024 x 4 tokens, split on a request
+//!   boundary). Target: <= 2x the floor.
 //! - `dp_decide_batch`: dp_size 1, 8, 64, 1024, with and without the array.
 //!
 //! Run: `cargo bench --bench decide -- --warm-up-time 1 --measurement-time 3`.
@@ -19,8 +22,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dpcoord::ffi::{
     dp_batch_result, dp_batch_result_init, dp_decide_batch, dp_decide_batch_with_options,
-    dp_decide_options, dp_decide_options_init, dp_make_ubatch_slices, dp_status,
-    DP_PAD_POLICY_EXPLICIT,
+    dp_decide_options, dp_decide_options_init, dp_make_ubatch_slices, dp_make_ubatch_slices_at,
+    dp_make_ubatch_slices_v2, dp_status, DP_PAD_POLICY_EXPLICIT,
 };
 use dpcoord::rules::{make_record, RankRecord, Request, UbatchConfig};
 use dpcoord::slices::UbatchSlice;
@@ -209,8 +212,50 @@ fn slices_1024(c: &mut Criterion) {
             black_box(padded.as_mut_ptr()),
         )
     };
+    let split_at = [padded_tokens / 2];
+    let call_at = |slices: &mut [UbatchSlice; 4], padded: &mut [UbatchSlice; 4]| {
+        dp_make_ubatch_slices_at(
+            black_box(counts.as_ptr()),
+            black_box(R),
+            black_box(padded_tokens),
+            black_box(R + 8),
+            black_box(2),
+            black_box(split_at.as_ptr()),
+            black_box(slices.as_mut_ptr()),
+            black_box(padded.as_mut_ptr()),
+        )
+    };
+    // V2: the mixed batch (no uniform count: split at P / n), and a spec-decode verification
+    // batch (1024 requests of 4 tokens, uniform count 4: split on a request boundary).
+    let uniform = vec![4i32; R as usize];
+    let call_v2 = |counts: &[i32], p: i32, n: i32, u: i32, slices: &mut [UbatchSlice; 4]| {
+        dp_make_ubatch_slices_v2(
+            black_box(counts.as_ptr()),
+            black_box(R),
+            black_box(p),
+            black_box(R + 8),
+            black_box(n),
+            black_box(u),
+            black_box(slices.as_mut_ptr()),
+        )
+    };
     assert_eq!(call(2, &mut slices, &mut padded), dp_status::DP_OK);
     assert_eq!(call(4, &mut slices, &mut padded), dp_status::DP_OK);
+    assert_eq!(call_at(&mut slices, &mut padded), dp_status::DP_OK);
+    let v2_cases = [
+        ("dp_make_ubatch_slices_v2/2", &counts, padded_tokens, 2, 0),
+        ("dp_make_ubatch_slices_v2/4", &counts, padded_tokens, 4, 0),
+        (
+            "dp_make_ubatch_slices_v2/2_uniform_4",
+            &uniform,
+            4 * R + 16,
+            2,
+            4,
+        ),
+    ];
+    for &(_, counts, p, n, u) in &v2_cases {
+        assert_eq!(call_v2(counts, p, n, u, &mut slices), dp_status::DP_OK);
+    }
 
     let mut group = c.benchmark_group("slices_1024");
     group.bench_function("floor_one_pass_over_counts", |b| {
@@ -224,6 +269,12 @@ fn slices_1024(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("dp_make_ubatch_slices", n), |b| {
             b.iter(|| call(n, &mut slices, &mut padded))
         });
+    }
+    group.bench_function("dp_make_ubatch_slices_at/2", |b| {
+        b.iter(|| call_at(&mut slices, &mut padded))
+    });
+    for &(name, counts, p, n, u) in &v2_cases {
+        group.bench_function(name, |b| b.iter(|| call_v2(counts, p, n, u, &mut slices)));
     }
     group.finish();
     black_box((&slices, &padded));

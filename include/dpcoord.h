@@ -840,6 +840,61 @@ enum dp_status dp_make_ubatch_slices(const int32_t *num_scheduled_tokens,
                                      struct dp_ubatch_slice *padded_slices);
 
 /**
+ * `dp_make_ubatch_slices` with explicit split points (vLLM 0.33+'s list form of
+ * `maybe_create_ubatch_slices`'s `split_point`): `split_points` holds the `num_ubatches - 1`
+ * token boundaries between microbatches, strictly increasing, each > 0, < `num_tokens_padded`
+ * and < the sum of the counts; the last microbatch runs to that sum (its padded twin to
+ * `num_tokens_padded`). Everything else, `num_requests_padded = -1` and the nullable
+ * `padded_slices` included, is as in `dp_make_ubatch_slices`. No output may overlap an input
+ * or the other output.
+ *
+ * Local, thread-safe, allocation-free; outputs are written only on success. Returns `DP_OK`
+ * or `DP_ERR_INVALID_ARGUMENT` (a NULL or misaligned pointer, no request, fewer than 2
+ * microbatches, a negative count, counts summing past `num_tokens_padded`, `num_requests_padded`
+ * below `num_requests`, a split point <= 0, not above the one before it, or at or past
+ * `num_tokens_padded` or the sum of the counts, so that a microbatch would be empty: the
+ * message names the index and the value).
+ */
+enum dp_status dp_make_ubatch_slices_at(const int32_t *num_scheduled_tokens,
+                                        int32_t num_requests,
+                                        int32_t num_tokens_padded,
+                                        int32_t num_requests_padded,
+                                        int32_t num_ubatches,
+                                        const int32_t *split_points,
+                                        struct dp_ubatch_slice *slices,
+                                        struct dp_ubatch_slice *padded_slices);
+
+/**
+ * This rank's microbatch slices under vLLM 0.34.0's model runner V2 (`create_ubatch_slices`,
+ * `UBatchRunner.prepare`), for a V2 step that microbatches.
+ *
+ * Inputs: the `num_requests` (>= 1) real token counts (each >= 0, summing to at most
+ * `num_tokens_padded`, V2's `num_tokens_after_padding`), `num_requests_padded` (V2's
+ * `num_reqs_after_padding`: the descriptor's request count or `num_requests`; -1:
+ * `num_requests`; else >= it), `num_ubatches` (>= 2, and <= `num_tokens_padded`) and
+ * `uniform_token_count` (the descriptor's on FULL, else the agreed one; 0: none). The split is
+ * `(num_tokens_padded / (u * n)) * u` when `u > 1` and that is > 0 (a request boundary of a
+ * spec-decode batch), else `num_tokens_padded / n`; microbatch k covers tokens `[s*k,
+ * s*(k+1))`, the last up to `num_tokens_padded`, and requests `[min(start, R-1), min(stop,
+ * Rp))` of V1's padded list (the last runs to `num_requests_padded`). A trailing microbatch may
+ * lie entirely in padding: it holds request `num_requests - 1` with zero of its tokens. `slices`
+ * receives `num_ubatches` slices and may not overlap `num_scheduled_tokens`.
+ *
+ * Local, thread-safe, allocation-free; outputs are written only on success. Returns `DP_OK`
+ * or `DP_ERR_INVALID_ARGUMENT` (a NULL or misaligned pointer, no request, fewer than 2
+ * microbatches or more than `num_tokens_padded`, a negative count or `uniform_token_count`,
+ * counts summing past `num_tokens_padded`, `num_requests_padded` below `num_requests`: the
+ * message names it).
+ */
+enum dp_status dp_make_ubatch_slices_v2(const int32_t *num_scheduled_tokens,
+                                        int32_t num_requests,
+                                        int32_t num_tokens_padded,
+                                        int32_t num_requests_padded,
+                                        int32_t num_ubatches,
+                                        int32_t uniform_token_count,
+                                        struct dp_ubatch_slice *slices);
+
+/**
  * Writes this rank's slot for this step to `*out`: the request's record and settings, its
  * step ids, and this rank's arrival time (`CLOCK_MONOTONIC`), sealed with a checksum. Then
  * exchange `sizeof(dp_slot)` bytes per rank (every rank's slot, indexed by rank) and call

@@ -389,8 +389,8 @@ fn output_length_must_be_num_ubatches() {
 
 #[test]
 fn long_batches_with_and_without_kept_block_sums() {
-    // Up to 2048 requests the summing pass keeps its block sums for the walk; beyond, the walk
-    // sums blocks itself: the same slices either way.
+    // Long batches, around 2048 requests and past it: the walk skips whole 32-count blocks
+    // and gives the naive model's slices.
     for r in [2047usize, 2048, 2049, 5000] {
         let counts = vec![1; r];
         let total = r as i32;

@@ -1,14 +1,15 @@
 //! No allocation on the hot path: `dp_decide_batch`, `dp_decide_batch_with_options` (mask and
-//! step ids) and `dp_make_ubatch_slices` allocate nothing after their first call, counted by a
-//! global allocator (per thread, so other tests' threads do not count).
+//! step ids) and the slicers (`dp_make_ubatch_slices`, `_at`, `_v2`) allocate nothing after
+//! their first call, counted by a global allocator (per thread, so other tests' threads do not
+//! count).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use dpcoord::ffi::{
     dp_batch_result, dp_batch_result_init, dp_decide_batch, dp_decide_batch_with_options,
-    dp_decide_options, dp_decide_options_init, dp_make_ubatch_slices, dp_status,
-    DP_PAD_POLICY_EXPLICIT,
+    dp_decide_options, dp_decide_options_init, dp_make_ubatch_slices, dp_make_ubatch_slices_at,
+    dp_make_ubatch_slices_v2, dp_status, DP_PAD_POLICY_EXPLICIT,
 };
 use dpcoord::rules::RankRecord;
 use dpcoord::slices::UbatchSlice;
@@ -146,4 +147,44 @@ fn slices_allocate_nothing() {
         assert_eq!(s, dp_status::DP_OK);
     });
     assert_eq!(n, 0, "dp_make_ubatch_slices allocated");
+}
+
+#[test]
+fn slices_at_allocate_nothing() {
+    let counts: Vec<i32> = (0..1024).map(|i| 1 + (i % 5) * 40).collect();
+    let total: i32 = counts.iter().sum();
+    let points = [total / 5, total / 2, total - 3];
+    let mut slices = [UbatchSlice::default(); 4];
+    let mut padded = [UbatchSlice::default(); 4];
+    let n = allocations_after_first(|| {
+        let s = dp_make_ubatch_slices_at(
+            counts.as_ptr(),
+            1024,
+            total + 8,
+            1030,
+            4,
+            points.as_ptr(),
+            slices.as_mut_ptr(),
+            padded.as_mut_ptr(),
+        );
+        assert_eq!(s, dp_status::DP_OK);
+    });
+    assert_eq!(n, 0, "dp_make_ubatch_slices_at allocated");
+}
+
+#[test]
+fn slices_v2_allocate_nothing() {
+    let counts: Vec<i32> = (0..1024).map(|i| 1 + (i % 5) * 40).collect();
+    let total: i32 = counts.iter().sum();
+    let uniform = vec![4i32; 1024];
+    let mut slices = [UbatchSlice::default(); 4];
+    // A mixed batch with its last microbatch in padding, and a uniform spec-decode batch.
+    let n = allocations_after_first(|| {
+        for (counts, p, u) in [(&counts, 2 * total, 0), (&uniform, 4096 + 64, 4)] {
+            let s =
+                dp_make_ubatch_slices_v2(counts.as_ptr(), 1024, p, 1030, 4, u, slices.as_mut_ptr());
+            assert_eq!(s, dp_status::DP_OK);
+        }
+    });
+    assert_eq!(n, 0, "dp_make_ubatch_slices_v2 allocated");
 }

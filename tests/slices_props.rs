@@ -7,7 +7,7 @@ mod slices_common;
 
 use dpcoord::slices::UbatchSlice;
 use proptest::prelude::*;
-use slices_common::{model, run};
+use slices_common::{counts, model, run};
 
 fn library(
     counts: &[i32],
@@ -23,35 +23,6 @@ fn library(
             None
         }
     }
-}
-
-/// Counts with many zeros and short requests (where bisect's edge cases live), sometimes a
-/// long prefill, rarely a negative one; long enough lists to cross the walk's blocks.
-fn counts() -> impl Strategy<Value = Vec<i32>> {
-    let valid = prop_oneof![
-        4 => Just(0),
-        6 => 1..4i32,
-        3 => 4..40i32,
-        1 => 40..5000i32,
-    ];
-    let short = prop_oneof![
-        9 => prop::collection::vec(valid.clone(), 0..8),
-        6 => prop::collection::vec(valid.clone(), 8..80),
-        // Around 2048 requests: the block sums kept by the summing pass, and not.
-        1 => prop::collection::vec(valid, 2000..2100),
-    ];
-    // Rarely, one count made negative.
-    (
-        short,
-        prop::option::weighted(0.07, (any::<prop::sample::Index>(), -3..0i32)),
-    )
-        .prop_map(|(mut v, negative)| {
-            if let (Some((at, c)), false) = (negative, v.is_empty()) {
-                let j = at.index(v.len());
-                v[j] = c;
-            }
-            v
-        })
 }
 
 /// `(counts, P, Rp, n, s)`: mostly valid inputs around the edges, some invalid ones.

@@ -1,6 +1,9 @@
 // dp_make_ubatch_slices: vLLM V1's maybe_create_ubatch_slices through the C API. The cases
 // marked "vLLM" replay vllm-project/vllm's own tests (file and test named on each); the rest
 // pin the rules of docs/ARCHITECTURE.md ("Semantics", microbatch slices) and every error it names.
+// dp_make_ubatch_slices_at (V1 with a list of split points) and dp_make_ubatch_slices_v2 (vLLM
+// 0.34.0's create_ubatch_slices): VLLM_V2.md's worked examples, each test named after one, and an
+// error of each.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -229,6 +232,173 @@ TEST(Slices, PointersAndSizesAreChecked) {
   EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT,
                 dp_make_ubatch_slices(counts, 2, 8, -1, 2, -1, slices, slices));
   EXPECT_TRUE(LastErrorMentions({"padded_slices overlaps slices"}));
+}
+
+// --- dp_make_ubatch_slices_v2: VLLM_V2.md sections 4-5 -------------------------------------------
+//
+// Inputs per example (VLLM_V2.md 2.9 and 4, UBatchRunner.prepare): counts = the rank's real
+// per-request tokens (T t / R r with uniform count u: R requests of u tokens); P = max(own T,
+// descriptor tokens); Rp = the descriptor's requests, or own R (NONE); n = num_ubatches; u = the
+// descriptor's uniform count on FULL, else the agreed one (0: none). tests/slices_v2.rs says more.
+
+std::vector<dp_ubatch_slice> V2(const std::vector<int32_t>& counts, int32_t p, int32_t rp,
+                                int32_t n, int32_t u, dp_status* status) {
+  std::vector<dp_ubatch_slice> slices(static_cast<size_t>(n), dpt::Poisoned<dp_ubatch_slice>());
+  *status = dp_make_ubatch_slices_v2(counts.data(), static_cast<int32_t>(counts.size()), p, rp, n,
+                                     u, slices.data());
+  return slices;
+}
+
+// ub-on (example 9): r0 32t/32r u1, r1 40t/40r u1 -> FULL 40t/40r u1 x2: P 40, Rp 40, u 1.
+TEST(V2SlicesExamples, UbOn) {
+  dp_status s;
+  EXPECT_TRUE(SlicesAre(V2(std::vector<int32_t>(32, 1), 40, 40, 2, 1, &s),
+                        {{0, 20, 0, 20}, {20, 40, 20, 40}}));
+  ASSERT_STATUS(DP_OK, s);
+  EXPECT_TRUE(SlicesAre(V2(std::vector<int32_t>(40, 1), 40, 40, 2, 1, &s),
+                        {{0, 20, 0, 20}, {20, 40, 20, 40}}));
+  ASSERT_STATUS(DP_OK, s);
+}
+
+// ub-prefill-on (example 10): r0 512t/11r (mixed), r1 700t/1r -> NONE 700t x2 (eager): P 700,
+// Rp = own R (11, 1), u 0. r0's counts are not given; its slices need only cu[10] < 350: ten
+// decodes and a 502-token chunk.
+TEST(V2SlicesExamples, UbPrefillOn) {
+  std::vector<int32_t> r0(10, 1);
+  r0.push_back(502);
+  dp_status s;
+  EXPECT_TRUE(SlicesAre(V2(r0, 700, 11, 2, 0, &s), {{0, 11, 0, 350}, {10, 11, 350, 700}}));
+  ASSERT_STATUS(DP_OK, s);
+  EXPECT_TRUE(SlicesAre(V2({700}, 700, 1, 2, 0, &s), {{0, 1, 0, 350}, {0, 1, 350, 700}}));
+  ASSERT_STATUS(DP_OK, s);
+}
+
+// ub-eager-fallback (example 13): r0 32t/32r u1 with r1 100t/100r -> NONE 100t x2: r0's P 100,
+// Rp 32 (own), u 1 (agreed). Its second microbatch is all padding: request 31, 0 tokens.
+TEST(V2SlicesExamples, UbEagerFallback) {
+  dp_status s;
+  EXPECT_TRUE(SlicesAre(V2(std::vector<int32_t>(32, 1), 100, 32, 2, 1, &s),
+                        {{0, 32, 0, 50}, {31, 32, 50, 100}}));
+  ASSERT_STATUS(DP_OK, s);
+}
+
+// ub-equal-2min (example 13): r0 32t/32r u1 with r1 64t/64r -> FULL 64t/64r u1 x2: P 64, Rp 64.
+TEST(V2SlicesExamples, UbEqual2Min) {
+  dp_status s;
+  EXPECT_TRUE(SlicesAre(V2(std::vector<int32_t>(32, 1), 64, 64, 2, 1, &s),
+                        {{0, 32, 0, 32}, {31, 64, 32, 64}}));
+  ASSERT_STATUS(DP_OK, s);
+}
+
+// ub3-narrow (example 15, n 3): r0 24t/24r u1 with r1 48t/48r -> FULL 48t/48r u1 x3: P 48, Rp 48.
+TEST(V2SlicesExamples, Ub3Narrow) {
+  dp_status s;
+  EXPECT_TRUE(SlicesAre(V2(std::vector<int32_t>(24, 1), 48, 48, 3, 1, &s),
+                        {{0, 16, 0, 16}, {16, 25, 16, 32}, {23, 48, 32, 48}}));
+  ASSERT_STATUS(DP_OK, s);
+}
+
+// spec4-ub (example 16): r0 36t/9r u4, r1 48t/12r u4 -> FULL 48t/12r u4 x2: P 48, Rp 12, u 4;
+// split (48 / 8) * 4 = 24, on a request boundary.
+TEST(V2SlicesExamples, Spec4Ub) {
+  dp_status s;
+  EXPECT_TRUE(SlicesAre(V2(std::vector<int32_t>(9, 4), 48, 12, 2, 4, &s),
+                        {{0, 6, 0, 24}, {6, 12, 24, 48}}));
+  ASSERT_STATUS(DP_OK, s);
+  EXPECT_TRUE(SlicesAre(V2(std::vector<int32_t>(12, 4), 48, 12, 2, 4, &s),
+                        {{0, 6, 0, 24}, {6, 12, 24, 48}}));
+  ASSERT_STATUS(DP_OK, s);
+}
+
+// Section 4's direct case: [3,3,4], P 32, Rp 3 -> V2 [(0,3,0,16),(2,3,16,32)]; V1's padded list
+// would be [(0,4,0,16),(3,3,16,32)], with an empty last slice, which dp_make_ubatch_slices refuses.
+TEST(V2SlicesExamples, DirectCase334) {
+  dp_status s;
+  EXPECT_TRUE(SlicesAre(V2({3, 3, 4}, 32, 3, 2, 0, &s), {{0, 3, 0, 16}, {2, 3, 16, 32}}));
+  ASSERT_STATUS(DP_OK, s);
+  Outcome v1 = Make({3, 3, 4}, 32, 3, 2, -1);
+  EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT, v1.status);
+  EXPECT_TRUE(LastErrorMentions({"would be empty"}));
+}
+
+TEST(V2Slices, BadInputsAreNamed) {
+  struct Case {
+    std::vector<int32_t> counts;
+    int32_t p, rp, n, u;
+    std::string mention;
+  };
+  const std::vector<Case> cases = {
+      {{4, 4}, 8, -1, 2, -1, "uniform_token_count = -1 must be >= 0"},
+      {{5, 6}, 10, -1, 2, 0, "sum(num_scheduled_tokens) = 11 must be <= num_tokens_padded = 10"},
+      {{2, 2, 2}, 6, 2, 2, 0, "num_requests_padded = 2"},
+      {{3, -2}, 8, -1, 2, 0, "num_scheduled_tokens[1] = -2 must be >= 0"},
+      {{4, 4}, 8, -1, 1, 0, "num_ubatches = 1 must be >= 2"},
+      {{1}, 1, -1, 2, 0, "num_tokens_padded = 1 must be >= num_ubatches = 2"},
+  };
+  for (const Case& c : cases) {
+    dp_status s;
+    std::vector<dp_ubatch_slice> out = V2(c.counts, c.p, c.rp, c.n, c.u, &s);
+    EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT, s) << c.mention;
+    EXPECT_TRUE(LastErrorMentions({c.mention}));
+    for (const auto& slice : out) EXPECT_TRUE(dpt::IsPoisoned(slice)) << c.mention;
+  }
+  const int32_t counts[] = {4, 4};
+  EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT, dp_make_ubatch_slices_v2(counts, 0, 8, -1, 2, 0, nullptr));
+  EXPECT_TRUE(LastErrorMentions({"num_requests = 0 must be >= 1"}));
+  EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT, dp_make_ubatch_slices_v2(counts, 2, 8, -1, 2, 0, nullptr));
+  EXPECT_TRUE(LastErrorMentions({"slices is NULL"}));
+}
+
+// --- dp_make_ubatch_slices_at: V1 with a list of split points (vLLM 0.33+) -----------------------
+
+Outcome MakeAt(const std::vector<int32_t>& counts, int32_t p, int32_t rp,
+               const std::vector<int32_t>& points) {
+  const auto n = static_cast<int32_t>(points.size() + 1);
+  Outcome o;
+  o.slices.assign(static_cast<size_t>(n), dpt::Poisoned<dp_ubatch_slice>());
+  o.padded.assign(static_cast<size_t>(n), dpt::Poisoned<dp_ubatch_slice>());
+  o.status = dp_make_ubatch_slices_at(counts.data(), static_cast<int32_t>(counts.size()), p, rp, n,
+                                      points.data(), o.slices.data(), o.padded.data());
+  return o;
+}
+
+// test_prefill_split_across_ubatches[[32, 40]-[8, 8]-12-2-1] with the split as the list [12].
+TEST(AtSlices, VllmPrefillSplitInTheMiddleOfRequest1AsAList) {
+  Outcome o = MakeAt({8, 8}, 16, 2, {12});
+  ASSERT_STATUS(DP_OK, o.status);
+  EXPECT_TRUE(SlicesAre(o.slices, {{0, 2, 0, 12}, {1, 2, 12, 16}}));
+  EXPECT_TRUE(SlicesAre(o.padded, {{0, 2, 0, 12}, {1, 2, 12, 16}}));
+}
+
+TEST(AtSlices, UnevenPoints) {
+  Outcome o = MakeAt({2, 3, 6}, 16, 4, {3, 10});
+  ASSERT_STATUS(DP_OK, o.status);
+  EXPECT_TRUE(SlicesAre(o.slices, {{0, 2, 0, 3}, {1, 3, 3, 10}, {2, 3, 10, 11}}));
+  EXPECT_TRUE(SlicesAre(o.padded, {{0, 2, 0, 3}, {1, 3, 3, 10}, {2, 4, 10, 16}}));
+}
+
+TEST(AtSlices, BadPointsAreNamed) {
+  struct Case {
+    std::vector<int32_t> points;
+    std::string mention;
+  };
+  const std::vector<Case> cases = {
+      {{0, 40}, "split_points[0] = 0 must be > 0"},
+      {{48, 40}, "split_points[1] = 40 must be > split_points[0] = 48"},
+      {{10, 64}, "split_points[1] = 64 must be < num_tokens_padded = 64"},
+      {{10, 60}, "split_points[1] = 60 must be < sum(num_scheduled_tokens) = 60"},
+  };
+  for (const Case& c : cases) {
+    Outcome o = MakeAt({20, 20, 20}, 64, -1, c.points);
+    EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT, o.status) << c.mention;
+    EXPECT_TRUE(LastErrorMentions({c.mention}));
+    EXPECT_TRUE(Untouched(o)) << c.mention;
+  }
+  const int32_t counts[] = {4, 4};
+  dp_ubatch_slice slices[2];
+  EXPECT_STATUS(DP_ERR_INVALID_ARGUMENT,
+                dp_make_ubatch_slices_at(counts, 2, 8, -1, 2, nullptr, slices, nullptr));
+  EXPECT_TRUE(LastErrorMentions({"split_points is NULL"}));
 }
 
 // The same calls made from C (c_calls.c, compiled as C): the vLLM case and a refused input.
