@@ -7,6 +7,10 @@
 use crate::error::{invalid, Error, ErrorKind, Result};
 pub use crate::slot::{RankRecord, V2Record};
 
+pub mod graphs;
+
+pub use graphs::{Descriptor, Graph, GraphTable, DP_MAX_GRAPHS};
+
 // The policy and mode constants are the header's own (`ffi` re-exports them, cbindgen writes
 // them from here): one source for the C API, the rules and the kernel's layout.h.
 

@@ -1,0 +1,605 @@
+//! The caller's captured CUDA graphs as data, and vLLM 0.34.0's dispatch over them
+//! (`CudaGraphManager._init_candidates`, `dispatch`, `_is_compatible`,
+//! `_resolve_effective_loras` in `vllm/v1/worker/gpu/cudagraph_utils.py`; `VLLM_V2.md` 2.8).
+//!
+//! vLLM builds its tables from a configuration; dpcoord takes the resulting graphs as a flat
+//! list ([`Graph`], the C `dp_graph`) and classifies them as vLLM does:
+//! - a **uniform-decode graph**: a uniform count `q` and `num_ubatches` 1. It goes to the
+//!   decode table keyed `(q, loras, 1)`; a batch of `T` tokens with uniform count `q` looks up
+//!   `k = ceil(T / q)` requests there (the smallest graph with `>= k` requests), when `k` is at
+//!   most the table's largest request count;
+//! - a **token-keyed graph**: no uniform count (PIECEWISE graphs, mixed FULL graphs, varlen
+//!   decode graphs). The candidates for `T` tokens are every token-keyed FULL graph of the
+//!   smallest FULL size `>= T`, then every PIECEWISE graph of the smallest PIECEWISE size
+//!   `>= T`, for the batch's LoRA count; ties keep the table's order;
+//! - a **microbatched twin** (`_maybe_ubatch_twin`: `num_ubatches > 1`, FULL, a uniform count)
+//!   belongs with its original, the graph with the same mode, tokens, requests, LoRA count and
+//!   query bound, `num_ubatches` 1 and the twin's uniform count (a decode original: the twin
+//!   goes to the decode table keyed `(q, loras, n)`) or none (a token-keyed original: the twin
+//!   sits beside it in the token-keyed list).
+//!
+//! [`GraphTable::new`] refuses, naming the graph index, field and value, every table vLLM's
+//! `_init_candidates` could not have built, because dispatch over it would be a guess:
+//! - a mode other than PIECEWISE (1) or FULL (2): a NONE graph is no graph;
+//! - `num_tokens < 1`, `num_ubatches < 1`, `num_active_loras < 0`, `num_reqs` other than -1 or
+//!   `>= 1`, `uniform_token_count < 0`, `max_query_len` other than -1 or `>= 1` (the encodings);
+//! - a PIECEWISE graph with a request count, a uniform count, a query bound or microbatches
+//!   (vLLM's PIECEWISE graphs pad no requests, and DBO captures FULL graphs only);
+//! - a FULL graph without a request count (every FULL graph vLLM captures pads requests);
+//! - more requests than tokens (vLLM's graphs hold `min(T, max_num_seqs)` or `n` of `n q`);
+//! - a uniform count with `num_tokens != num_reqs x uniform_token_count` (decode graphs are
+//!   `n q` tokens; a twin's count is its tokens over its requests);
+//! - a uniform-decode graph with a query bound (vLLM's decode graphs have none);
+//! - a twin without a uniform count, with fewer tokens than microbatches, without its original,
+//!   with two possible originals (a decode and a token-keyed one), or with another
+//!   `num_ubatches` than the table's other twins (one runner has one `n`);
+//! - two identical graphs (vLLM's descriptors are dictionary keys);
+//! - `decode_query_len < 1`, and more than [`DP_MAX_GRAPHS`] graphs.
+//!
+//! An empty table is legal (vLLM's manager with `cudagraph_mode` NONE captures nothing): every
+//! dispatch over it is NONE. It knows no LoRA cases, so its NONE descriptors carry the
+//! caller's LoRA count unresolved.
+
+use crate::error::{invalid, Result};
+
+use super::{DP_CUDAGRAPH_FULL, DP_CUDAGRAPH_NONE, DP_CUDAGRAPH_PIECEWISE};
+
+/// The most graphs a table holds (a vLLM runner captures a few hundred; the bound keeps the
+/// indices in 32 bits and a corrupt count from allocating gigabytes).
+pub const DP_MAX_GRAPHS: usize = 65536;
+
+/// One captured CUDA graph (vLLM's `BatchExecutionDescriptor` as captured): the C `dp_graph`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Graph {
+    /// 1 PIECEWISE or 2 FULL.
+    pub mode: i32,
+    /// Tokens the graph runs (>= 1).
+    pub num_tokens: i32,
+    /// Requests the graph pads to (>= 1); -1 = none (PIECEWISE: no request padding).
+    pub num_reqs: i32,
+    /// The per-request query length of a uniform-decode graph or a twin; 0 = none.
+    pub uniform_token_count: i32,
+    /// The query-length bound of a varlen decode graph (>= 1); -1 = none.
+    pub max_query_len: i32,
+    /// Microbatches the graph was captured for (1 = none; > 1: a microbatched twin).
+    pub num_ubatches: i32,
+    /// The LoRA case the graph was captured for (>= 0).
+    pub num_active_loras: i32,
+}
+
+/// What a rank runs: vLLM's `BatchExecutionDescriptor` (a graph, or NONE with the batch's own
+/// shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Descriptor {
+    /// 0 NONE (eager), 1 PIECEWISE, 2 FULL.
+    pub mode: i32,
+    /// Tokens the rank runs.
+    pub num_tokens: i32,
+    /// Requests the rank pads to; -1 = none (a PIECEWISE graph pads no requests).
+    pub num_reqs: i32,
+    /// The graph's uniform query length; 0 = none.
+    pub uniform_token_count: i32,
+    /// The graph's query-length bound; -1 = none.
+    pub max_query_len: i32,
+    /// Microbatches (1 = none).
+    pub num_ubatches: i32,
+    /// The LoRA case (the rank's own: never agreed).
+    pub num_active_loras: i32,
+}
+
+impl Descriptor {
+    /// An eager descriptor with the batch's own shape (vLLM's `BatchExecutionDescriptor(NONE,
+    /// num_tokens, num_reqs, num_active_loras=..., num_ubatches=...)`).
+    pub const fn none(num_tokens: i32, num_reqs: i32, loras: i32, num_ubatches: i32) -> Self {
+        Descriptor {
+            mode: DP_CUDAGRAPH_NONE,
+            num_tokens,
+            num_reqs,
+            uniform_token_count: 0,
+            max_query_len: -1,
+            num_ubatches,
+            num_active_loras: loras,
+        }
+    }
+
+    /// The descriptor of a captured graph (the graph itself).
+    pub const fn of(g: &Graph) -> Self {
+        Descriptor {
+            mode: g.mode,
+            num_tokens: g.num_tokens,
+            num_reqs: g.num_reqs,
+            uniform_token_count: g.uniform_token_count,
+            max_query_len: g.max_query_len,
+            num_ubatches: g.num_ubatches,
+            num_active_loras: g.num_active_loras,
+        }
+    }
+}
+
+/// The graphs of one mode and LoRA case by size: `sizes` ascending and distinct, the graphs
+/// of `sizes[i]` are `members[starts[i]..starts[i + 1]]`, in table order.
+#[derive(Debug, Default)]
+struct SizeIndex {
+    sizes: Vec<i32>,
+    starts: Vec<u32>,
+    members: Vec<u32>,
+}
+
+impl SizeIndex {
+    /// `(size, graph index)` pairs sorted by size, ties in table order.
+    fn build(mut entries: Vec<(i32, u32)>) -> SizeIndex {
+        entries.sort_by_key(|&(size, index)| (size, index));
+        let mut ix = SizeIndex::default();
+        for (size, index) in entries {
+            if ix.sizes.last() != Some(&size) {
+                ix.sizes.push(size);
+                ix.starts.push(ix.members.len() as u32);
+            }
+            ix.members.push(index);
+        }
+        ix.starts.push(ix.members.len() as u32);
+        ix
+    }
+
+    /// The graphs of the smallest size `>= num_tokens` (empty when above every size).
+    #[inline(always)]
+    fn at_least(&self, num_tokens: i32) -> &[u32] {
+        let i = self.sizes.partition_point(|&s| s < num_tokens);
+        if i == self.sizes.len() {
+            return &[];
+        }
+        &self.members[self.starts[i] as usize..self.starts[i + 1] as usize]
+    }
+}
+
+/// The token-keyed candidates of one LoRA case.
+#[derive(Debug)]
+struct Family {
+    loras: i32,
+    full: SizeIndex,
+    piecewise: SizeIndex,
+}
+
+/// One decode table `(q, loras, num_ubatches)`: `reqs` ascending and distinct, `members[i]`
+/// the graph of `reqs[i]` requests (vLLM's list indexed by request count, stored sparse).
+#[derive(Debug)]
+struct DecodeTable {
+    q: i32,
+    loras: i32,
+    num_ubatches: i32,
+    reqs: Vec<i32>,
+    members: Vec<u32>,
+}
+
+/// A validated, indexed and hashed copy of the caller's graphs (see the module docs).
+#[derive(Debug)]
+pub struct GraphTable {
+    graphs: Vec<Graph>,
+    decode_query_len: i32,
+    hash: u32,
+    /// The LoRA cases with LoRA (> 0), ascending: `_build_lora_dispatch_map`'s domain.
+    lora_cases: Vec<i32>,
+    families: Vec<Family>,
+    decode: Vec<DecodeTable>,
+}
+
+/// Where a graph belongs (module docs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    TokenKeyed,
+    Decode,
+}
+
+impl GraphTable {
+    /// Validates `graphs` (module docs), then indexes and hashes a copy. `decode_query_len`
+    /// is the runner's uniform decode query length (1 + speculative tokens), from which every
+    /// rank derives `uniform_decode`. Allocates; everything after it does not.
+    pub fn new(graphs: &[Graph], decode_query_len: i32) -> Result<GraphTable> {
+        if graphs.len() > DP_MAX_GRAPHS {
+            return Err(invalid!(
+                "num_graphs = {} must be <= {DP_MAX_GRAPHS} (DP_MAX_GRAPHS)",
+                graphs.len()
+            ));
+        }
+        if decode_query_len < 1 {
+            return Err(invalid!(
+                "decode_query_len = {decode_query_len} must be >= 1 (1 + speculative tokens)"
+            ));
+        }
+        for (i, g) in graphs.iter().enumerate() {
+            check_graph(i, g)?;
+        }
+        let classes = classify(graphs)?;
+        let mut loras: Vec<i32> = graphs.iter().map(|g| g.num_active_loras).collect();
+        loras.sort_unstable();
+        loras.dedup();
+        let families = loras
+            .iter()
+            .map(|&l| {
+                let entries = |mode: i32| -> Vec<(i32, u32)> {
+                    graphs
+                        .iter()
+                        .zip(&classes)
+                        .enumerate()
+                        .filter(|(_, (g, &c))| {
+                            c == Class::TokenKeyed && g.mode == mode && g.num_active_loras == l
+                        })
+                        .map(|(i, (g, _))| (g.num_tokens, i as u32))
+                        .collect()
+                };
+                Family {
+                    loras: l,
+                    full: SizeIndex::build(entries(DP_CUDAGRAPH_FULL)),
+                    piecewise: SizeIndex::build(entries(DP_CUDAGRAPH_PIECEWISE)),
+                }
+            })
+            .collect();
+        let mut decode: Vec<DecodeTable> = Vec::new();
+        for (i, (g, &c)) in graphs.iter().zip(&classes).enumerate() {
+            if c != Class::Decode {
+                continue;
+            }
+            let key = (g.uniform_token_count, g.num_active_loras, g.num_ubatches);
+            let t = match decode
+                .iter_mut()
+                .position(|t| (t.q, t.loras, t.num_ubatches) == key)
+            {
+                Some(at) => &mut decode[at],
+                None => {
+                    decode.push(DecodeTable {
+                        q: key.0,
+                        loras: key.1,
+                        num_ubatches: key.2,
+                        reqs: Vec::new(),
+                        members: Vec::new(),
+                    });
+                    decode.last_mut().expect("just pushed")
+                }
+            };
+            t.reqs.push(g.num_reqs);
+            t.members.push(i as u32);
+        }
+        for t in &mut decode {
+            let mut pairs: Vec<(i32, u32)> = t
+                .reqs
+                .iter()
+                .copied()
+                .zip(t.members.iter().copied())
+                .collect();
+            // Within one key, tokens = reqs x q: vLLM's order by tokens is the order by
+            // requests, and two graphs with one request count would be duplicates (refused).
+            pairs.sort_unstable();
+            t.reqs = pairs.iter().map(|&(r, _)| r).collect();
+            t.members = pairs.iter().map(|&(_, m)| m).collect();
+        }
+        let lora_cases = loras.iter().copied().filter(|&l| l > 0).collect();
+        Ok(GraphTable {
+            graphs: graphs.to_vec(),
+            decode_query_len,
+            hash: table_hash(graphs, decode_query_len),
+            lora_cases,
+            families,
+            decode,
+        })
+    }
+
+    /// FNV-1a (32-bit) over the graph count, `decode_query_len` and every graph's seven words
+    /// in order (little-endian), 0 mapped to 1: never 0, so 0 can mean "no table".
+    pub fn hash(&self) -> u32 {
+        self.hash
+    }
+
+    /// The runner's uniform decode query length (1 + speculative tokens).
+    pub fn decode_query_len(&self) -> i32 {
+        self.decode_query_len
+    }
+
+    /// The graphs as given (the GPU path uploads them).
+    pub fn graphs(&self) -> &[Graph] {
+        &self.graphs
+    }
+
+    /// vLLM's `_resolve_effective_loras`: a LoRA count maps to the smallest captured case with
+    /// LoRA that holds it, counts above the largest case clamp to it, and counts <= 0 (or a
+    /// table without LoRA cases) pass unchanged.
+    #[inline(always)]
+    pub fn effective_loras(&self, num_active_loras: i32) -> i32 {
+        let cases = &self.lora_cases;
+        if num_active_loras <= 0 || cases.is_empty() {
+            return num_active_loras;
+        }
+        let i = cases.partition_point(|&c| c < num_active_loras);
+        cases[i.min(cases.len() - 1)]
+    }
+
+    /// vLLM's `CudaGraphManager.dispatch(num_reqs, num_tokens, uniform_token_count,
+    /// num_active_loras, max_query_len, num_ubatches)`: the first compatible graph among the
+    /// decode table's entry (with a uniform count) and the token-keyed candidates, else NONE
+    /// with the batch's own shape (also for `num_tokens <= 0` and an empty table). A uniform
+    /// count <= 0 is none, a `max_query_len` < 0 is none. No allocation.
+    #[inline(always)]
+    pub fn dispatch(
+        &self,
+        num_reqs: i32,
+        num_tokens: i32,
+        uniform_token_count: i32,
+        num_active_loras: i32,
+        max_query_len: i32,
+        num_ubatches: i32,
+    ) -> Descriptor {
+        let loras = self.effective_loras(num_active_loras);
+        let q = Query {
+            num_reqs,
+            num_tokens,
+            uniform: uniform_token_count.max(0),
+            loras,
+            max_query_len: if max_query_len < 0 { -1 } else { max_query_len },
+            num_ubatches,
+        };
+        if num_tokens > 0 && !self.graphs.is_empty() {
+            if let Some(g) = self.find(&q) {
+                return Descriptor::of(g);
+            }
+        }
+        Descriptor::none(num_tokens, num_reqs, loras, num_ubatches)
+    }
+
+    #[inline(always)]
+    fn find(&self, q: &Query) -> Option<&Graph> {
+        let graphs = &self.graphs;
+        if q.uniform > 0 {
+            let key = (q.uniform, q.loras, q.num_ubatches);
+            if let Some(t) = self
+                .decode
+                .iter()
+                .find(|t| (t.q, t.loras, t.num_ubatches) == key)
+            {
+                // k = ceil(T / q), looked up when k < the table's length (largest count + 1).
+                let k = (i64::from(q.num_tokens) + i64::from(q.uniform) - 1) / i64::from(q.uniform);
+                let i = t.reqs.partition_point(|&r| i64::from(r) < k);
+                if i < t.reqs.len() {
+                    let g = &graphs[t.members[i] as usize];
+                    if q.fits(g) {
+                        return Some(g);
+                    }
+                }
+            }
+        }
+        let f = self.families.iter().find(|f| f.loras == q.loras)?;
+        for list in [&f.full, &f.piecewise] {
+            for &m in list.at_least(q.num_tokens) {
+                let g = &graphs[m as usize];
+                if q.fits(g) {
+                    return Some(g);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A dispatch's inputs, LoRA count resolved, encodings normalised.
+struct Query {
+    num_reqs: i32,
+    num_tokens: i32,
+    uniform: i32,
+    loras: i32,
+    max_query_len: i32,
+    num_ubatches: i32,
+}
+
+impl Query {
+    /// vLLM's `_is_compatible`.
+    #[inline(always)]
+    fn fits(&self, g: &Graph) -> bool {
+        (g.uniform_token_count == 0 || g.uniform_token_count == self.uniform)
+            && (g.max_query_len == -1
+                || (self.max_query_len != -1 && g.max_query_len >= self.max_query_len))
+            && (g.num_reqs == -1 || g.num_reqs >= self.num_reqs)
+            && g.num_tokens >= self.num_tokens
+            && g.num_active_loras == self.loras
+            && g.num_ubatches == self.num_ubatches
+    }
+}
+
+/// The single-graph checks (module docs).
+fn check_graph(i: usize, g: &Graph) -> Result<()> {
+    let bad =
+        |field: &str, value: i32, rule: &str| Err(invalid!("graphs[{i}].{field} = {value} {rule}"));
+    if g.mode != DP_CUDAGRAPH_PIECEWISE && g.mode != DP_CUDAGRAPH_FULL {
+        return bad(
+            "mode",
+            g.mode,
+            "must be 1 (PIECEWISE) or 2 (FULL): a captured graph has a graph mode",
+        );
+    }
+    if g.num_tokens < 1 {
+        return bad("num_tokens", g.num_tokens, "must be >= 1");
+    }
+    if g.num_ubatches < 1 {
+        return bad(
+            "num_ubatches",
+            g.num_ubatches,
+            "must be >= 1 (1 = not microbatched)",
+        );
+    }
+    if g.num_active_loras < 0 {
+        return bad("num_active_loras", g.num_active_loras, "must be >= 0");
+    }
+    if g.num_reqs != -1 && g.num_reqs < 1 {
+        return bad("num_reqs", g.num_reqs, "must be -1 (none) or >= 1");
+    }
+    if g.uniform_token_count < 0 {
+        return bad(
+            "uniform_token_count",
+            g.uniform_token_count,
+            "must be >= 0 (0 = none)",
+        );
+    }
+    if g.max_query_len != -1 && g.max_query_len < 1 {
+        return bad(
+            "max_query_len",
+            g.max_query_len,
+            "must be -1 (none) or >= 1",
+        );
+    }
+    if g.mode == DP_CUDAGRAPH_PIECEWISE {
+        let pw = "must be {} for a PIECEWISE graph (vLLM's PIECEWISE graphs pad no requests, \
+                  constrain no query, and DBO captures FULL graphs only)";
+        for (field, value, none) in [
+            ("num_reqs", g.num_reqs, -1),
+            ("uniform_token_count", g.uniform_token_count, 0),
+            ("max_query_len", g.max_query_len, -1),
+            ("num_ubatches", g.num_ubatches, 1),
+        ] {
+            if value != none {
+                return bad(field, value, &pw.replace("{}", &none.to_string()));
+            }
+        }
+        return Ok(());
+    }
+    if g.num_reqs == -1 {
+        return bad(
+            "num_reqs",
+            -1,
+            "must be >= 1 for a FULL graph (vLLM's FULL graphs pad requests)",
+        );
+    }
+    if g.num_reqs > g.num_tokens {
+        return Err(invalid!(
+            "graphs[{i}].num_reqs = {} must be <= num_tokens = {} (a request has >= 1 token)",
+            g.num_reqs,
+            g.num_tokens
+        ));
+    }
+    let u = g.uniform_token_count;
+    if u != 0 && i64::from(g.num_tokens) != i64::from(g.num_reqs) * i64::from(u) {
+        return Err(invalid!(
+            "graphs[{i}].num_tokens = {} must be num_reqs x uniform_token_count = {} x {u} \
+             (a uniform graph holds whole requests)",
+            g.num_tokens,
+            g.num_reqs
+        ));
+    }
+    if g.num_ubatches == 1 {
+        if u != 0 && g.max_query_len != -1 {
+            return bad(
+                "max_query_len",
+                g.max_query_len,
+                "must be -1 for a uniform-decode graph (uniform_token_count set, num_ubatches \
+                 1): vLLM's decode graphs carry no query bound",
+            );
+        }
+        return Ok(());
+    }
+    if u == 0 {
+        return bad(
+            "uniform_token_count",
+            0,
+            "must be set for a microbatched twin (num_ubatches > 1): vLLM's twins carry \
+             tokens / requests",
+        );
+    }
+    if g.num_tokens < g.num_ubatches {
+        return Err(invalid!(
+            "graphs[{i}].num_tokens = {} must be >= num_ubatches = {} for a microbatched twin",
+            g.num_tokens,
+            g.num_ubatches
+        ));
+    }
+    Ok(())
+}
+
+/// Duplicates, twins' originals and the one twin `num_ubatches`: each graph's class.
+fn classify(graphs: &[Graph]) -> Result<Vec<Class>> {
+    use std::collections::HashMap;
+    let mut seen: HashMap<&Graph, usize> = HashMap::with_capacity(graphs.len());
+    for (i, g) in graphs.iter().enumerate() {
+        if let Some(first) = seen.insert(g, i) {
+            return Err(invalid!(
+                "graphs[{i}] duplicates graphs[{first}] ({g:?}): every captured graph is \
+                 distinct"
+            ));
+        }
+    }
+    let mut twin_n: Option<(usize, i32)> = None;
+    let mut classes = Vec::with_capacity(graphs.len());
+    for (i, g) in graphs.iter().enumerate() {
+        if g.num_ubatches == 1 {
+            classes.push(if g.uniform_token_count == 0 {
+                Class::TokenKeyed
+            } else {
+                Class::Decode
+            });
+            continue;
+        }
+        match twin_n {
+            Some((first, n)) if n != g.num_ubatches => {
+                return Err(invalid!(
+                    "graphs[{i}].num_ubatches = {} differs from graphs[{first}].num_ubatches = \
+                     {n}: one runner's twins share one num_ubatches",
+                    g.num_ubatches
+                ));
+            }
+            Some(_) => {}
+            None => twin_n = Some((i, g.num_ubatches)),
+        }
+        let original = |uniform: i32| Graph {
+            uniform_token_count: uniform,
+            num_ubatches: 1,
+            ..*g
+        };
+        let decode = seen.get(&original(g.uniform_token_count));
+        let token_keyed = seen.get(&original(0));
+        classes.push(match (decode, token_keyed) {
+            (Some(_), None) => Class::Decode,
+            (None, Some(_)) => Class::TokenKeyed,
+            (Some(d), Some(t)) => {
+                return Err(invalid!(
+                    "graphs[{i}] (a microbatched twin) has two originals, graphs[{d}] (uniform \
+                     decode) and graphs[{t}] (token-keyed): vLLM never captures both"
+                ));
+            }
+            (None, None) => {
+                return Err(invalid!(
+                    "graphs[{i}] (a microbatched twin, num_ubatches = {}) has no original: a \
+                     FULL graph with the same num_tokens {}, num_reqs {}, max_query_len {}, \
+                     num_active_loras {}, num_ubatches 1 and uniform_token_count {} or 0",
+                    g.num_ubatches,
+                    g.num_tokens,
+                    g.num_reqs,
+                    g.max_query_len,
+                    g.num_active_loras,
+                    g.uniform_token_count
+                ));
+            }
+        });
+    }
+    Ok(classes)
+}
+
+/// FNV-1a, 32-bit, over the table (see [`GraphTable::hash`]).
+fn table_hash(graphs: &[Graph], decode_query_len: i32) -> u32 {
+    const OFFSET: u32 = 0x811c_9dc5;
+    const PRIME: u32 = 0x0100_0193;
+    let mut h = OFFSET;
+    let mut eat = |w: u32| {
+        for b in w.to_le_bytes() {
+            h = (h ^ u32::from(b)).wrapping_mul(PRIME);
+        }
+    };
+    eat(graphs.len() as u32);
+    eat(decode_query_len as u32);
+    for w in bytemuck::cast_slice::<Graph, i32>(graphs) {
+        eat(*w as u32);
+    }
+    if h == 0 {
+        1
+    } else {
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests;
