@@ -8,9 +8,13 @@ use crate::error::{invalid, Error, ErrorKind, Result};
 pub use crate::slot::{RankRecord, V2Record};
 
 pub mod graphs;
+pub mod local;
 pub mod v2;
 
 pub use graphs::{Descriptor, Graph, GraphTable, DP_MAX_GRAPHS};
+pub use local::{
+    decide_local_v1, decide_local_v2, reuse_agreement, uniform_draft_agreement, Prior,
+};
 pub use v2::{check_v2_request, decide_v2, make_v2_record, Agreement, V2Config};
 
 // The policy and mode constants are the header's own (`ffi` re-exports them, cbindgen writes

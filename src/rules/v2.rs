@@ -383,6 +383,13 @@ impl Summary {
         Ok(Summary::from_acc(&acc))
     }
 
+    /// The aggregates of every slot holding `record` (one [`make_v2_record`] made).
+    pub(crate) fn of_one(record: &V2Record) -> Summary {
+        let mut acc = Acc::EMPTY;
+        acc.add(bytemuck::cast_ref(record));
+        Summary::from_acc(&acc)
+    }
+
     #[inline(always)]
     fn from_acc(acc: &Acc) -> Summary {
         let (lo, hi) = (&acc.lo, &acc.hi);
