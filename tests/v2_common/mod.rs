@@ -568,7 +568,7 @@ pub const SENTINEL: i32 = -777;
 
 /// A dead rank's record: garbage that must not be read.
 pub const DEAD: V2Record = V2Record {
-    num_tokens: -5,
+    num_tokens: 4321,
     cg_mode: 9,
     uniform_token_count: -3,
     max_query_len: 0,
