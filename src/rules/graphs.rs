@@ -117,36 +117,52 @@ impl Descriptor {
     }
 }
 
-/// The graphs of one mode and LoRA case by size: `sizes` ascending and distinct, the graphs
-/// of `sizes[i]` are `members[starts[i]..starts[i + 1]]`, in table order.
+/// Keys below this are looked up in one load (a dense index of at most this many entries a
+/// list); larger ones by binary search. vLLM's largest default sizes are 8192 tokens.
+const DENSE_KEYS: usize = 16384;
+
+/// Graphs by an ascending key (tokens, or a decode table's request count): `keys` ascending
+/// and distinct, the graphs of `keys[i]` are `members[starts[i]..starts[i + 1]]`, in table
+/// order; `dense[x]` is the index of the first key `>= x`, for the small `x`.
 #[derive(Debug, Default)]
 struct SizeIndex {
-    sizes: Vec<i32>,
+    keys: Vec<i32>,
     starts: Vec<u32>,
     members: Vec<u32>,
+    dense: Vec<u32>,
 }
 
 impl SizeIndex {
-    /// `(size, graph index)` pairs sorted by size, ties in table order.
+    /// `(key, graph index)` pairs, grouped by key, ties in table order.
     fn build(mut entries: Vec<(i32, u32)>) -> SizeIndex {
-        entries.sort_by_key(|&(size, index)| (size, index));
+        entries.sort_by_key(|&(key, index)| (key, index));
         let mut ix = SizeIndex::default();
-        for (size, index) in entries {
-            if ix.sizes.last() != Some(&size) {
-                ix.sizes.push(size);
+        for (key, index) in entries {
+            if ix.keys.last() != Some(&key) {
+                ix.keys.push(key);
                 ix.starts.push(ix.members.len() as u32);
             }
             ix.members.push(index);
         }
         ix.starts.push(ix.members.len() as u32);
+        let top = ix
+            .keys
+            .last()
+            .map_or(0, |&k| (k as usize + 1).min(DENSE_KEYS));
+        ix.dense = (0..top)
+            .map(|x| ix.keys.partition_point(|&k| (k as usize) < x) as u32)
+            .collect();
         ix
     }
 
-    /// The graphs of the smallest size `>= num_tokens` (empty when above every size).
+    /// The graphs of the smallest key `>= x` (empty when above every key).
     #[inline(always)]
-    fn at_least(&self, num_tokens: i32) -> &[u32] {
-        let i = self.sizes.partition_point(|&s| s < num_tokens);
-        if i == self.sizes.len() {
+    fn at_least(&self, x: i64) -> &[u32] {
+        let i = match usize::try_from(x).ok().and_then(|x| self.dense.get(x)) {
+            Some(&i) => i as usize,
+            None => self.keys.partition_point(|&k| i64::from(k) < x),
+        };
+        if i == self.keys.len() {
             return &[];
         }
         &self.members[self.starts[i] as usize..self.starts[i + 1] as usize]
@@ -161,15 +177,16 @@ struct Family {
     piecewise: SizeIndex,
 }
 
-/// One decode table `(q, loras, num_ubatches)`: `reqs` ascending and distinct, `members[i]`
-/// the graph of `reqs[i]` requests (vLLM's list indexed by request count, stored sparse).
+/// One decode table `(q, loras, num_ubatches)`, keyed by request count: the first graph with
+/// `>= k` requests is vLLM's list entry `k` (the list stored sparse). Within one key, tokens =
+/// requests x q, so vLLM's order by tokens is the order by requests, and two graphs with one
+/// request count would be duplicates (refused).
 #[derive(Debug)]
 struct DecodeTable {
     q: i32,
     loras: i32,
     num_ubatches: i32,
-    reqs: Vec<i32>,
-    members: Vec<u32>,
+    by_reqs: SizeIndex,
 }
 
 /// A validated, indexed and hashed copy of the caller's graphs (see the module docs).
@@ -235,44 +252,35 @@ impl GraphTable {
                 }
             })
             .collect();
-        let mut decode: Vec<DecodeTable> = Vec::new();
-        for (i, (g, &c)) in graphs.iter().zip(&classes).enumerate() {
-            if c != Class::Decode {
-                continue;
-            }
-            let key = (g.uniform_token_count, g.num_active_loras, g.num_ubatches);
-            let t = match decode
-                .iter_mut()
-                .position(|t| (t.q, t.loras, t.num_ubatches) == key)
-            {
-                Some(at) => &mut decode[at],
-                None => {
-                    decode.push(DecodeTable {
-                        q: key.0,
-                        loras: key.1,
-                        num_ubatches: key.2,
-                        reqs: Vec::new(),
-                        members: Vec::new(),
-                    });
-                    decode.last_mut().expect("just pushed")
-                }
-            };
-            t.reqs.push(g.num_reqs);
-            t.members.push(i as u32);
-        }
-        for t in &mut decode {
-            let mut pairs: Vec<(i32, u32)> = t
-                .reqs
-                .iter()
-                .copied()
-                .zip(t.members.iter().copied())
-                .collect();
-            // Within one key, tokens = reqs x q: vLLM's order by tokens is the order by
-            // requests, and two graphs with one request count would be duplicates (refused).
-            pairs.sort_unstable();
-            t.reqs = pairs.iter().map(|&(r, _)| r).collect();
-            t.members = pairs.iter().map(|&(_, m)| m).collect();
-        }
+        let mut keys: Vec<(i32, i32, i32)> = graphs
+            .iter()
+            .zip(&classes)
+            .filter(|&(_, &c)| c == Class::Decode)
+            .map(|(g, _)| (g.uniform_token_count, g.num_active_loras, g.num_ubatches))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let decode = keys
+            .into_iter()
+            .map(|key| DecodeTable {
+                q: key.0,
+                loras: key.1,
+                num_ubatches: key.2,
+                by_reqs: SizeIndex::build(
+                    graphs
+                        .iter()
+                        .zip(&classes)
+                        .enumerate()
+                        .filter(|(_, (g, &c))| {
+                            c == Class::Decode
+                                && (g.uniform_token_count, g.num_active_loras, g.num_ubatches)
+                                    == key
+                        })
+                        .map(|(i, (g, _))| (g.num_reqs, i as u32))
+                        .collect(),
+                ),
+            })
+            .collect();
         let lora_cases = loras.iter().copied().filter(|&l| l > 0).collect();
         Ok(GraphTable {
             graphs: graphs.to_vec(),
@@ -357,9 +365,8 @@ impl GraphTable {
             {
                 // k = ceil(T / q), looked up when k < the table's length (largest count + 1).
                 let k = (i64::from(q.num_tokens) + i64::from(q.uniform) - 1) / i64::from(q.uniform);
-                let i = t.reqs.partition_point(|&r| i64::from(r) < k);
-                if i < t.reqs.len() {
-                    let g = &graphs[t.members[i] as usize];
+                if let Some(&m) = t.by_reqs.at_least(k).first() {
+                    let g = &graphs[m as usize];
                     if q.fits(g) {
                         return Some(g);
                     }
@@ -367,8 +374,10 @@ impl GraphTable {
             }
         }
         let f = self.families.iter().find(|f| f.loras == q.loras)?;
-        for list in [&f.full, &f.piecewise] {
-            for &m in list.at_least(q.num_tokens) {
+        // PIECEWISE graphs are never microbatched: a microbatched lookup skips them.
+        let lists = if q.num_ubatches == 1 { 2 } else { 1 };
+        for list in [&f.full, &f.piecewise].into_iter().take(lists) {
+            for &m in list.at_least(i64::from(q.num_tokens)) {
                 let g = &graphs[m as usize];
                 if q.fits(g) {
                     return Some(g);

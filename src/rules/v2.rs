@@ -84,6 +84,7 @@ impl V2Config {
     }
 
     /// `decode_query_len >= 1`, and `num_ubatches >= 2` when microbatching is enabled.
+    #[inline(always)]
     fn check(&self) -> Result<()> {
         if self.decode_query_len < 1 {
             return Err(invalid!(
@@ -331,10 +332,10 @@ impl Acc {
         self.ulo = std::array::from_fn(|j| self.ulo[j].min(o.ulo[j]));
     }
 
-    /// Folds a run of records, four accumulators deep (independent chains).
+    /// The aggregates of a run of records, four accumulators deep (independent chains).
     #[inline(always)]
-    fn add_run(&mut self, run: &[[i32; W]]) {
-        let mut acc = [*self, Acc::EMPTY, Acc::EMPTY, Acc::EMPTY];
+    fn of_run(run: &[[i32; W]]) -> Acc {
+        let mut acc = [Acc::EMPTY; 4];
         let mut quads = run.chunks_exact(4);
         for q in &mut quads {
             for (a, w) in acc.iter_mut().zip(q) {
@@ -348,11 +349,22 @@ impl Acc {
         a.merge(&b);
         a.merge(&c);
         a.merge(&d);
-        *self = a;
+        a
     }
 
+    #[inline(always)]
     fn valid(&self) -> bool {
-        (0..W).all(|j| self.lo[j] >= LO[j] && self.hi[j] <= HI[j]) && self.ulo[MQL] != 0
+        let lo_ok = self
+            .lo
+            .iter()
+            .zip(LO)
+            .fold(true, |ok, (&v, b)| ok & (v >= b));
+        let hi_ok = self
+            .hi
+            .iter()
+            .zip(HI)
+            .fold(true, |ok, (&v, b)| ok & (v <= b));
+        lo_ok & hi_ok & (self.ulo[MQL] != 0)
     }
 }
 
@@ -362,15 +374,16 @@ impl Summary {
     #[inline(always)]
     pub(crate) fn of(records: &[V2Record], live: Option<&[u8]>) -> Result<Summary> {
         let words: &[[i32; W]] = bytemuck::cast_slice(records);
-        let mut acc = Acc::EMPTY;
-        match live {
-            None => acc.add_run(words),
+        let acc = match live {
+            None => Acc::of_run(words),
             Some(live) => {
+                let mut acc = Acc::EMPTY;
                 for (begin, end) in (LiveRuns { live, r: 0 }) {
-                    acc.add_run(&words[begin..end]);
+                    acc.merge(&Acc::of_run(&words[begin..end]));
                 }
+                acc
             }
-        }
+        };
         if !acc.valid() {
             let is_live = |r: usize| live.map_or(true, |l| l[r] == 1);
             for (rank, r) in records.iter().enumerate().filter(|&(r, _)| is_live(r)) {
@@ -607,6 +620,7 @@ pub(crate) fn decide_one(own: &V2Record, table: Option<&GraphTable>) -> Agreemen
 }
 
 /// `dp_size >= 1`, `dp_rank` in range, `out` (when given) of `dp_size` entries.
+#[inline(always)]
 pub(crate) fn check_shape(dp_size: i64, dp_rank: i32, out: Option<&[i32]>) -> Result<()> {
     if dp_size < 1 {
         return Err(invalid!("dp_size = {dp_size} must be >= 1"));

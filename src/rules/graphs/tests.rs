@@ -399,3 +399,47 @@ fn hash_covers_every_graph_in_order_and_the_decode_query_len() {
     }
     assert_ne!(GraphTable::new(&[], 1).unwrap().hash(), 0);
 }
+
+#[test]
+fn lookups_agree_across_the_dense_index_bound() {
+    let big = DENSE_KEYS as i32;
+    let graphs = [
+        pw(big - 384),
+        pw(big),
+        pw(big + 3616),
+        decode(big - 1, 1),
+        decode(big + 1, 1),
+    ];
+    let t = GraphTable::new(&graphs, 1).unwrap();
+    for (tokens, want) in [
+        (big - 385, big - 384),
+        (big - 384, big - 384),
+        (big - 1, big),
+        (big, big),
+        (big + 1, big + 3616),
+        (big + 3616, big + 3616),
+    ] {
+        assert_eq!(
+            t.dispatch(1, tokens, 0, 0, -1, 1),
+            Descriptor::of(&pw(want)),
+            "{tokens}"
+        );
+    }
+    assert_eq!(t.dispatch(1, big + 3617, 0, 0, -1, 1).mode, 0);
+    for (k, want) in [
+        (big - 2, big - 1),
+        (big - 1, big - 1),
+        (big, big + 1),
+        (big + 1, big + 1),
+    ] {
+        assert_eq!(
+            t.dispatch(1, k, 1, 0, -1, 1),
+            Descriptor::of(&decode(want, 1)),
+            "{k}"
+        );
+    }
+    assert_eq!(
+        t.dispatch(1, big + 2, 1, 0, -1, 1),
+        Descriptor::of(&pw(big + 3616))
+    );
+}
