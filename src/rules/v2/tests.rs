@@ -1,6 +1,7 @@
 //! Unit tests of `rules::v2`: the request's cross-field rules, the configuration, the record,
 //! and `decide_v2`'s arguments, record validation, dp_size 1 and the no-table branches.
 
+use super::pass::MARKER;
 use super::*;
 use crate::error::ErrorKind;
 use crate::rules::graphs::Graph;
