@@ -119,6 +119,36 @@ impl Descriptor {
     }
 }
 
+impl std::fmt::Display for Descriptor {
+    /// `FULL 40t/40r u1 q- x2` (`r-` no request count, `u-` / `q-` none, `l3` a LoRA case).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.mode {
+            DP_CUDAGRAPH_NONE => "NONE",
+            DP_CUDAGRAPH_PIECEWISE => "PIECEWISE",
+            DP_CUDAGRAPH_FULL => "FULL",
+            _ => "?",
+        };
+        write!(f, "{mode} {}t/", self.num_tokens)?;
+        match self.num_reqs {
+            -1 => write!(f, "r-")?,
+            r => write!(f, "{r}r")?,
+        }
+        match self.uniform_token_count {
+            0 => write!(f, " u-")?,
+            u => write!(f, " u{u}")?,
+        }
+        match self.max_query_len {
+            -1 => write!(f, " q-")?,
+            q => write!(f, " q{q}")?,
+        }
+        write!(f, " x{}", self.num_ubatches)?;
+        if self.num_active_loras != 0 {
+            write!(f, " l{}", self.num_active_loras)?;
+        }
+        Ok(())
+    }
+}
+
 /// Keys below this are looked up in one load (a dense index of at most this many entries a
 /// list); larger ones by binary search. vLLM's largest default sizes are 8192 tokens.
 const DENSE_KEYS: usize = 16384;

@@ -264,6 +264,30 @@ pub struct Agreement {
     pub min_num_tokens: i32,
 }
 
+impl std::fmt::Display for Agreement {
+    /// The agreement as the TRACE log writes it: `idle 0 graph FULL 40t/40r u1 q- x2 eager 0
+    /// uniform 1 mql 1 reqs 40 skip 0 tokens self 40 max 40 min 32 array 1 padded 1`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "idle {} graph {} eager {} uniform {} mql {} reqs {} skip {} tokens self {} max {} \
+             min {} array {} padded {}",
+            u8::from(self.idle),
+            self.graph,
+            u8::from(self.eager),
+            self.uniform_token_count,
+            self.max_query_len,
+            self.max_num_reqs,
+            u8::from(self.skip_drafts),
+            self.num_tokens_self,
+            self.max_num_tokens,
+            self.min_num_tokens,
+            u8::from(self.has_array),
+            u8::from(self.padded)
+        )
+    }
+}
+
 /// What the array holds after a decision.
 #[derive(Clone, Copy)]
 pub(crate) enum Fill {

@@ -449,3 +449,48 @@ fn without_a_table_everything_but_the_graph_is_agreed() {
     assert!(a.eager && a.padded);
     assert_eq!(out, [6, 6]);
 }
+
+#[test]
+fn agreements_format_themselves_for_the_log() {
+    let a = Agreement {
+        idle: false,
+        graph: Descriptor {
+            mode: DP_CUDAGRAPH_FULL,
+            num_tokens: 40,
+            num_reqs: 40,
+            uniform_token_count: 1,
+            max_query_len: -1,
+            num_ubatches: 2,
+            num_active_loras: 0,
+        },
+        eager: false,
+        uniform_token_count: 1,
+        max_query_len: 1,
+        max_num_reqs: 40,
+        skip_drafts: false,
+        has_array: true,
+        padded: true,
+        num_tokens_self: 40,
+        max_num_tokens: 40,
+        min_num_tokens: 32,
+    };
+    assert_eq!(
+        a.to_string(),
+        "idle 0 graph FULL 40t/40r u1 q- x2 eager 0 uniform 1 mql 1 reqs 40 skip 0 tokens self \
+         40 max 40 min 32 array 1 padded 1"
+    );
+    let pw = Descriptor {
+        mode: DP_CUDAGRAPH_PIECEWISE,
+        num_reqs: -1,
+        uniform_token_count: 0,
+        max_query_len: 4,
+        num_ubatches: 1,
+        num_active_loras: 3,
+        ..a.graph
+    };
+    assert_eq!(pw.to_string(), "PIECEWISE 40t/r- u- q4 x1 l3");
+    assert_eq!(
+        Descriptor::none(7, 2, 0, 1).to_string(),
+        "NONE 7t/2r u- q- x1"
+    );
+}
