@@ -25,9 +25,12 @@
 //!
 //! **Record validation.** [`decide_v2`] range-checks every word of every live record (one
 //! vector min/max pass): tokens, requests, uniform count and LoRA count >= 0, mode 0..2, the
-//! query bound -1 or >= 1, the two flags 0 or 1. The cross-field rules of
-//! [`check_v2_request`] hold for every record [`make_v2_record`] makes and are not checked
-//! again: no decision depends on them.
+//! query bound -1 or >= 1, the two flags 0 or 1. One out-of-range word passes: a query bound
+//! of 0 while other live ranks send -1 and a positive bound; the -1 leaves the agreed bound
+//! none whatever the 0 was (as vLLM, which reads 0 as none), and closing that would cost a
+//! third of the pass. The
+//! cross-field rules of [`check_v2_request`] hold for every record [`make_v2_record`] makes
+//! and are not checked again: no decision depends on them.
 
 use crate::error::{invalid, Result};
 

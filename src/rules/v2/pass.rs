@@ -33,34 +33,35 @@ const LO: [i32; W] = [0, 0, 0, -1, 0, 0, 0, 0];
 /// The highest legal value of each word.
 const HI: [i32; W] = [i32::MAX, 2, i32::MAX, i32::MAX, 1, i32::MAX, 1, i32::MAX];
 
-/// Lane-wise running aggregates of records as `[i32; 8]`: signed min and max, and the
-/// unsigned min (which finds a 0 query bound between -1 and the positive ones).
+/// Lane-wise running aggregates of records as `[i32; 8]`: min and max, two vector operations
+/// a record. They see every out-of-range word but one: a query bound of 0 on a rank while
+/// other live ranks send -1 and a positive bound (the min is -1, the max positive). Such a
+/// step's agreed
+/// bound is none whatever that word holds (vLLM reads 0 as none too), so the decision is the
+/// one of a legal record; a third operation a record (an unsigned min) would cost a third of
+/// the pass.
 #[derive(Clone, Copy)]
 struct Acc {
     lo: [i32; W],
     hi: [i32; W],
-    ulo: [u32; W],
 }
 
 impl Acc {
     const EMPTY: Acc = Acc {
         lo: [i32::MAX; W],
         hi: [i32::MIN; W],
-        ulo: [u32::MAX; W],
     };
 
     #[inline(always)]
     fn add(&mut self, w: &[i32; W]) {
         self.lo = std::array::from_fn(|j| self.lo[j].min(w[j]));
         self.hi = std::array::from_fn(|j| self.hi[j].max(w[j]));
-        self.ulo = std::array::from_fn(|j| self.ulo[j].min(w[j] as u32));
     }
 
     #[inline(always)]
     fn merge(&mut self, o: &Acc) {
         self.lo = std::array::from_fn(|j| self.lo[j].min(o.lo[j]));
         self.hi = std::array::from_fn(|j| self.hi[j].max(o.hi[j]));
-        self.ulo = std::array::from_fn(|j| self.ulo[j].min(o.ulo[j]));
     }
 
     /// The aggregates of a run of records, four accumulators deep (independent chains).
@@ -95,7 +96,8 @@ impl Acc {
             .iter()
             .zip(HI)
             .fold(true, |ok, (&v, b)| ok & (v <= b));
-        lo_ok & hi_ok & (self.ulo[MQL] != 0)
+        // A bound of 0 shows as a min or a max of 0 unless a -1 hides it (see above).
+        lo_ok & hi_ok & (self.lo[MQL] != 0) & (self.hi[MQL] != 0)
     }
 }
 

@@ -494,3 +494,29 @@ fn agreements_format_themselves_for_the_log() {
         "NONE 7t/2r u- q- x1"
     );
 }
+
+/// The one out-of-range word the pass lets through (module docs): a query bound of 0 next to
+/// a live -1 and a live positive bound. The agreed bound is none, as for any legal value
+/// there; without both neighbours, 0 is refused.
+#[test]
+fn a_zero_bound_hidden_by_a_none_bound_decides_as_none() {
+    let c = cfg();
+    let none = rec(4, 4, 0, 2);
+    let one = rec(4, 4, 1, 2);
+    let zero = V2Record {
+        max_query_len: 0,
+        ..none
+    };
+    let legal = V2Record {
+        max_query_len: 7,
+        ..none
+    };
+    let a = decide_v2(&[none, zero, one], 0, None, &c, None, None).unwrap();
+    let b = decide_v2(&[none, legal, one], 0, None, &c, None, None).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.max_query_len, -1);
+    for refused in [[one, zero, one], [none, zero, none], [zero, zero, zero]] {
+        let m = message(decide_v2(&refused, 0, None, &c, None, None));
+        assert!(m.contains("].max_query_len = 0"), "{m}");
+    }
+}
