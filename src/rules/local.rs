@@ -14,6 +14,11 @@
 //! **dp_size 1** has no array: vLLM's drafters then get no state either and dispatch on their
 //! own inputs with no exchange, which is what both functions do (the draft's own uniform count
 //! and query bound; for a uniform draft decode `R' x q` tokens with no query bound).
+//!
+//! In a reused agreement, `max_num_tokens` and `min_num_tokens` are over the draft's per-rank
+//! tokens, which the precondition makes the prior's array entries: the common count when the
+//! prior padded every rank, else the prior's own; `num_tokens_self` is this rank's entry of
+//! the new array.
 
 use crate::error::{invalid, Error, ErrorKind, Result};
 
