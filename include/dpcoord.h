@@ -75,6 +75,12 @@ struct CUstream_st;
 #define DP_RULES_VLLM_V2 1
 
 /**
+ * The most graphs a table holds (a vLLM runner captures a few hundred; the bound keeps the
+ * indices in 32 bits and a corrupt count from allocating gigabytes).
+ */
+#define DP_MAX_GRAPHS 65536
+
+/**
  * Status of every dpcoord call. Numbered explicitly; a number never changes meaning.
  */
 typedef enum dp_status {

@@ -7,7 +7,16 @@
 use crate::error::{invalid, Error, ErrorKind, Result};
 pub use crate::slot::{RankRecord, V2Record};
 
+pub mod graphs;
+pub mod local;
 pub(crate) mod slots;
+pub mod v2;
+
+pub use graphs::{Descriptor, Graph, GraphTable, DP_MAX_GRAPHS};
+pub use local::{
+    decide_local_v1, decide_local_v2, reuse_agreement, uniform_draft_agreement, Prior,
+};
+pub use v2::{check_v2_request, decide_v2, make_v2_record, Agreement, V2Config};
 
 // The policy and mode constants are the header's own (`ffi` re-exports them, cbindgen writes
 // them from here): one source for the C API, the rules and the kernel's layout.h.
@@ -224,6 +233,9 @@ impl Request {
                 "max_query_len = {} must be -1 (none) or >= 1",
                 self.max_query_len
             ));
+        }
+        if self.rules == DP_RULES_VLLM_V2 {
+            check_v2_request(self)?;
         }
         Ok(())
     }
