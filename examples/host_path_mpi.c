@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
     /* A refused request still gets a slot, the invalid-request marker: exchange it anyway, so
      * that every rank's dp_decide_slots fails this step and none waits for this rank. */
     dp_slot mine;
-    const dp_status made = dp_make_slot(&req, &mine);
+    const dp_status made = dp_make_slot(&req, NULL, &mine);
     if (made != DP_OK) failed("dp_make_slot", made);
     const int bytes = (int)sizeof mine;
     MPI_CHECK(MPI_Allgather(&mine, bytes, MPI_BYTE, slots, bytes, MPI_BYTE, MPI_COMM_WORLD));

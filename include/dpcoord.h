@@ -148,6 +148,13 @@ typedef enum dp_status {
 typedef struct dp_coordinator dp_coordinator;
 
 /**
+ * A validated, indexed copy of a graph table (opaque), made by `dp_graphs_create` and shared
+ * by every V2 call given it. Owned by the caller until `dp_graphs_destroy`; a coordinator or
+ * host group given it keeps its own reference, so destroying it afterwards is safe.
+ */
+typedef struct dp_graphs dp_graphs;
+
+/**
  * Opaque handle of one rank's membership in a host group (`dp_host_group_open`).
  */
 typedef struct dp_host_group dp_host_group;
@@ -183,6 +190,12 @@ typedef struct dp_decide_options {
    * ranks and their ids; the agreed id lands in `res->step_id`. Borrowed for the call only.
    */
   const int64_t *step_ids;
+  /**
+   * NULL (default): no graph table. Else the V2 rules' graph table (`dp_graphs_create`),
+   * read by `dp_make_slot`, `dp_decide_slots` and `dp_decide_local` under the V2 rules
+   * (0.3); borrowed for the call only.
+   */
+  const struct dp_graphs *graphs;
 } dp_decide_options;
 
 /**
@@ -337,6 +350,11 @@ typedef struct dp_batch_result {
    * V2 (0.3): the largest request count of the live ranks (before graph padding).
    */
   int32_t max_num_reqs;
+  /**
+   * The rule set this result was decided under (0.3): `DP_RULES_VLLM_V1` or
+   * `DP_RULES_VLLM_V2` (the reuse functions take only a V2 result).
+   */
+  int32_t rules;
 } dp_batch_result;
 
 /**
@@ -450,6 +468,67 @@ typedef struct dp_batch_request {
    */
   bool need_eager;
 } dp_batch_request;
+
+/**
+ * One captured CUDA graph (vLLM's `BatchExecutionDescriptor` as captured): the C `dp_graph`.
+ */
+typedef struct dp_graph {
+  /**
+   * 1 PIECEWISE or 2 FULL.
+   */
+  int32_t mode;
+  /**
+   * Tokens the graph runs (>= 1).
+   */
+  int32_t num_tokens;
+  /**
+   * Requests the graph pads to (>= 1); -1 = none (PIECEWISE: no request padding).
+   */
+  int32_t num_reqs;
+  /**
+   * The per-request query length of a uniform-decode graph or a twin; 0 = none.
+   */
+  int32_t uniform_token_count;
+  /**
+   * The query-length bound of a varlen decode graph (>= 1); -1 = none.
+   */
+  int32_t max_query_len;
+  /**
+   * Microbatches the graph was captured for (1 = none; > 1: a microbatched twin).
+   */
+  int32_t num_ubatches;
+  /**
+   * The LoRA case the graph was captured for (>= 0).
+   */
+  int32_t num_active_loras;
+} dp_graph;
+
+/**
+ * The caller's captured CUDA graphs as data (V2 rules, 0.3): `num_graphs` entries at `graphs`,
+ * each one `dp_graph` as vLLM's `CudaGraphManager` holds them (uniform-decode graphs with
+ * `uniform_token_count` set and `num_ubatches` 1; token-keyed graphs with no uniform count;
+ * microbatched twins with `num_ubatches` > 1 beside their originals), and the runner's
+ * `decode_query_len` (1 + the speculative tokens). Initialise with `dp_graph_table_init`; read
+ * only by `dp_graphs_create`, which copies it.
+ */
+typedef struct dp_graph_table {
+  /**
+   * `sizeof(dp_graph_table)` as the caller compiled it (set by `dp_graph_table_init`).
+   */
+  uint32_t struct_size;
+  /**
+   * `num_graphs` graphs (NULL only when `num_graphs` is 0); borrowed for the call only.
+   */
+  const struct dp_graph *graphs;
+  /**
+   * Entries at `graphs`, 0..=`DP_MAX_GRAPHS` (0: no graph, vLLM's cudagraph mode NONE).
+   */
+  int32_t num_graphs;
+  /**
+   * The uniform decode query length of the runner, >= 1 (default 1).
+   */
+  int32_t decode_query_len;
+} dp_graph_table;
 
 /**
  * One microbatch: requests `[request_begin, request_end)` and tokens `[token_begin, token_end)`
@@ -716,6 +795,33 @@ enum dp_status dp_cancel(struct ncclComm *comm);
 enum dp_status dp_release(struct ncclComm *comm);
 
 /**
+ * Fills the caller's `*t` with the defaults (no graph, `decode_query_len` 1) and
+ * `struct_size = size`, writing only inside its first `min(size, sizeof)` bytes. Call it
+ * through the header's `dp_graph_table_init(t)`, which passes `sizeof(*t)`. `t` must be
+ * aligned to 8 bytes. Local, thread-safe; a NULL or misaligned `t`, or a `size` below the 0.3
+ * struct, writes nothing and leaves a message for `dp_last_error`.
+ */
+void dp_graph_table_init_sized(struct dp_graph_table *t, size_t size);
+
+/**
+ * Validates `*t` (every graph named by index, field and value when vLLM could not have built
+ * it: see docs/ARCHITECTURE.md, "The graph table"), copies and indexes it for dispatch, hashes
+ * it (ranks with different tables fail together), and writes the new handle to `*out`.
+ *
+ * Local, thread-safe; allocates (call it once, at start-up, not per step). `*out` is written
+ * only on success. Returns `DP_OK` or `DP_ERR_INVALID_ARGUMENT` (NULL or misaligned pointers,
+ * `struct_size`, `num_graphs` out of range, or a graph vLLM could not have built).
+ */
+enum dp_status dp_graphs_create(const struct dp_graph_table *t, struct dp_graphs **out);
+
+/**
+ * Frees a handle from `dp_graphs_create` (NULL: nothing to do). Local. Coordinators and host
+ * groups given the handle keep their own reference; a call still using it on another thread
+ * must have returned. Returns `DP_OK` or `DP_ERR_INVALID_ARGUMENT` (a misaligned pointer).
+ */
+enum dp_status dp_graphs_destroy(struct dp_graphs *g);
+
+/**
  * Fills the caller's `*req` with the defaults (padded -1, no microbatching or DP padding,
  * uniform_decode -1, CUDA-graph NONE, pad policy EXPLICIT, ubatch {false, 2, 32, 512},
  * timeout 0 = forever, step_id 0 = unchecked) and `struct_size = size`, writing only the
@@ -816,6 +922,70 @@ enum dp_status dp_host_group_coordinate(struct dp_host_group *g,
 enum dp_status dp_host_group_close(struct dp_host_group *g);
 
 /**
+ * A decision with no exchange, as if every rank had sent this rank's request (vLLM's
+ * `skip_dp_coordination()`): for process-local warm-up and CUDA-graph capture ONLY. It is not
+ * the decision the other ranks reach (`res->local` is true); never run a collective of the
+ * model on it.
+ *
+ * V1 (`req->rules` 0): `should_ubatch` = this rank would attempt it and its own last
+ * microbatch is not empty, every rank's tokens are this rank's padded count; the rest as if
+ * every record were this rank's. V2 (`req->rules` 1): the V2 decision over dp_size copies of
+ * this rank's inputs, with `opts->graphs` (nullable `opts`: no table). `num_tokens_after_padding`
+ * (nullable, `dp_size` entries) receives `[own count] x dp_size` when the result has an array
+ * (not for dp_size 1 or an idle step). `res->step_id` is the request's. Local, thread-safe,
+ * allocation-free; outputs are written only on success. Returns `DP_OK` or
+ * `DP_ERR_INVALID_ARGUMENT` (a pointer, a size, the rank, or a request field: named).
+ */
+enum dp_status dp_decide_local(const struct dp_batch_request *req,
+                               int32_t dp_size,
+                               int32_t dp_rank,
+                               const struct dp_decide_options *opts,
+                               int32_t *num_tokens_after_padding,
+                               struct dp_batch_result *res);
+
+/**
+ * Reuses a prior V2 agreement for a draft step over the same batch, with no exchange (vLLM's
+ * `dispatch_cg_and_sync_dp(dp_sync_state=...)`: the EAGLE-style draft prefill over the
+ * target's padded batch). `*prior` is the result of this rank's V2 step (its host array, when
+ * it has one, must still be valid: until the next call on its coordinator or group, or as
+ * long as the caller keeps its own array); `*draft` is the draft's request (V2 rules: its
+ * `num_tokens` is the target's padded count, its `num_reqs` and LoRA count its own; its
+ * uniform count and query bound are replaced by the prior's agreed ones). `graphs` is the
+ * draft's graph table (nullable: no table; it may differ from the target's, and may pad
+ * further).
+ *
+ * Checks, as errors where vLLM asserts: the prior's array entry for this rank equals the
+ * draft's `num_tokens`; the prior's uniform count is none or the draft's. Stricter than
+ * vLLM: a draft `parent_step_id` and a prior `step_id` that are both set must be equal, else
+ * `DP_ERR_INCONSISTENT_RANKS`. An idle prior agreed nothing: refused. The result is the same
+ * on every rank when every rank reuses its own result of the same step; `res->step_id` is
+ * the prior's. `num_tokens_after_padding` (nullable, `dp_size` entries, must not overlap the
+ * prior's array) receives the reused array. Local, thread-safe, allocation-free; outputs
+ * are written only on success. Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` or
+ * `DP_ERR_INCONSISTENT_RANKS`.
+ */
+enum dp_status dp_reuse_agreement(const struct dp_batch_result *prior,
+                                  const struct dp_batch_request *draft,
+                                  const struct dp_graphs *graphs,
+                                  int32_t *num_tokens_after_padding,
+                                  struct dp_batch_result *res);
+
+/**
+ * The agreement of a uniform draft decode after a prior V2 agreement, with no exchange
+ * (vLLM's `_build_uniform_batch_dp_sync`): every rank runs `prior max_num_reqs x query_len`
+ * tokens with uniform count and query bound `query_len`, not eager (FULL graphs stay usable
+ * after an eager target step), dispatched over `graphs` (nullable: no table) with this rank's
+ * `num_reqs` (`num_reqs x query_len` must fit: vLLM's assert, an error here). Otherwise as
+ * `dp_reuse_agreement` (the prior, the array, the statuses; no parent step id to check).
+ */
+enum dp_status dp_uniform_draft_agreement(const struct dp_batch_result *prior,
+                                          int32_t num_reqs,
+                                          int32_t query_len,
+                                          const struct dp_graphs *graphs,
+                                          int32_t *num_tokens_after_padding,
+                                          struct dp_batch_result *res);
+
+/**
  * Which requests and tokens of this rank's step go into each microbatch, for a step whose
  * decision has `should_ubatch` (exactly vLLM V1's `maybe_create_ubatch_slices`).
  *
@@ -904,17 +1074,21 @@ enum dp_status dp_make_ubatch_slices_v2(const int32_t *num_scheduled_tokens,
  * Writes this rank's slot for this step to `*out`: the request's record and settings, its
  * step ids, and this rank's arrival time (`CLOCK_MONOTONIC`), sealed with a checksum. Then
  * exchange `sizeof(dp_slot)` bytes per rank (every rank's slot, indexed by rank) and call
- * `dp_decide_slots`.
+ * `dp_decide_slots` with the same `opts`.
  *
- * Local, thread-safe, allocation-free. Unlike the other functions, `*out` is written even
- * when the request is refused: a request that cannot be read or is invalid (NULL, a
+ * `opts` (nullable) gives the graph table of the V2 rules (`opts->graphs`: the rank's own
+ * dispatch, and the table's hash, which every rank must share); nothing else of it is read
+ * here. Local, thread-safe, allocation-free. Unlike the other functions, `*out` is written
+ * even when the request is refused: a request that cannot be read or is invalid (NULL, a
  * `struct_size` too small, a field out of range, a bool byte other than 0/1) writes the
  * invalid-request marker and returns `DP_ERR_INVALID_ARGUMENT` naming the field. Exchange
  * that slot anyway: every rank's `dp_decide_slots` then fails this step, naming this rank,
  * and no rank waits for it. Only a NULL or misaligned `out` (4 bytes) writes nothing.
  * Returns `DP_OK` or `DP_ERR_INVALID_ARGUMENT`.
  */
-enum dp_status dp_make_slot(const struct dp_batch_request *req, struct dp_slot *out);
+enum dp_status dp_make_slot(const struct dp_batch_request *req,
+                            const struct dp_decide_options *opts,
+                            struct dp_slot *out);
 
 /**
  * The decision from every rank's slot (`slots[r]` is rank r's, `dp_size` of them, as
@@ -973,5 +1147,10 @@ static inline void dp_batch_result_init(dp_batch_result *res) {
 /** Fills `*opts` with the defaults and `struct_size = sizeof(*opts)` as this header knows it. */
 static inline void dp_decide_options_init(dp_decide_options *opts) {
   dp_decide_options_init_sized(opts, sizeof(*opts));
+}
+
+/** Fills `*t` with the defaults (no graph, decode_query_len 1) and `struct_size = sizeof(*t)`. */
+static inline void dp_graph_table_init(dp_graph_table *t) {
+  dp_graph_table_init_sized(t, sizeof(*t));
 }
 #endif  /* DPCOORD_H_INIT */

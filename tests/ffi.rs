@@ -911,7 +911,7 @@ fn dp_rank_record_layout() {
 
 #[test]
 fn dp_batch_result_layout() {
-    assert_eq!(size_of::<dp_batch_result>(), 120);
+    assert_eq!(size_of::<dp_batch_result>(), 128);
     assert_eq!(align_of::<dp_batch_result>(), 8);
     // 0.2: a leading struct_size (the one breaking change), then 0.1's fields, then step_id.
     assert_eq!(offset_of!(dp_batch_result, struct_size), 0);
@@ -950,6 +950,7 @@ fn dp_batch_result_layout() {
     assert_eq!(offset_of!(dp_batch_result, agreed_uniform_token_count), 108);
     assert_eq!(offset_of!(dp_batch_result, agreed_max_query_len), 112);
     assert_eq!(offset_of!(dp_batch_result, max_num_reqs), 116);
+    assert_eq!(offset_of!(dp_batch_result, rules), 120);
 }
 
 #[test]

@@ -466,7 +466,7 @@ type Call = Box<dyn Fn() -> dp_status>;
 fn every_misaligned_pointer_of_the_host_path_is_an_error_naming_it() {
     let mut scratch = Scratch::new();
     // Layout inside the scratch buffer (all 16-aligned): request at 0 (96 bytes), result at
-    // 128 (120 bytes), records at 256 (2 x 20 bytes), array at 320, record out at 384; a
+    // 128 (128 bytes), records at 256 (2 x 20 bytes), array at 320, record out at 384; a
     // pointer is moved by +k.
     let (req_at, res_at, records_at, array_at, out_at) = (0, 128, 256, 320, 384);
     let setup = |s: &mut Scratch| {

@@ -8,8 +8,8 @@ use std::mem::size_of;
 
 use dpcoord::ffi::{
     dp_batch_result, dp_decide_batch, dp_decide_batch_with_options, dp_decide_options,
-    dp_decide_options_init, dp_decide_options_init_sized, dp_status, DP_PAD_POLICY_EXPLICIT,
-    DP_PAD_POLICY_WHEN_CUDAGRAPH,
+    dp_decide_options_init, dp_decide_options_init_sized, dp_graphs, dp_status,
+    DP_PAD_POLICY_EXPLICIT, DP_PAD_POLICY_WHEN_CUDAGRAPH,
 };
 use dpcoord::rules::RankRecord;
 use ffi_common::{assert_fails, last_error, sentinel_result, SENTINEL};
@@ -25,6 +25,7 @@ fn options() -> dp_decide_options {
         num_ubatches: SENTINEL,
         active_ranks: 8 as *const u8,
         step_ids: 8 as *const i64,
+        graphs: 8 as *const dp_graphs,
     };
     dp_decide_options_init(&mut o);
     o
@@ -51,16 +52,22 @@ fn with_options(
 fn options_init_writes_the_defaults() {
     let o = options();
     assert_eq!(o.struct_size as usize, size_of::<dp_decide_options>());
-    assert_eq!(size_of::<dp_decide_options>(), 32);
+    assert_eq!(size_of::<dp_decide_options>(), 40);
     assert_eq!(o.pad_policy, DP_PAD_POLICY_EXPLICIT);
     assert_eq!(o.num_ubatches, 2);
     assert!(o.active_ranks.is_null());
     assert!(o.step_ids.is_null());
+    assert!(o.graphs.is_null());
     // A larger caller struct: only sizeof is written, struct_size records the caller's size.
-    let mut big = [0xAAAA_AAAA_AAAA_AAAAu64; 6];
-    dp_decide_options_init_sized(big.as_mut_ptr().cast(), 48);
-    assert_eq!(big[0] as u32, 48);
-    assert_eq!(&big[4..], &[0xAAAA_AAAA_AAAA_AAAA; 2]);
+    let mut big = [0xAAAA_AAAA_AAAA_AAAAu64; 7];
+    dp_decide_options_init_sized(big.as_mut_ptr().cast(), 56);
+    assert_eq!(big[0] as u32, 56);
+    assert_eq!(&big[5..], &[0xAAAA_AAAA_AAAA_AAAA; 2]);
+    // A 0.2 caller's struct (32 bytes): the 0.3 `graphs` is not written.
+    let mut old = [0xAAAA_AAAA_AAAA_AAAAu64; 5];
+    dp_decide_options_init_sized(old.as_mut_ptr().cast(), 32);
+    assert_eq!(old[0] as u32, 32);
+    assert_eq!(old[4], 0xAAAA_AAAA_AAAA_AAAA);
     // Too small or NULL: nothing written, the message names it.
     let mut small = [0xAAAA_AAAA_AAAA_AAAAu64; 4];
     dp_decide_options_init_sized(small.as_mut_ptr().cast(), 31);

@@ -610,11 +610,31 @@ fn check_decide(
     let manager = Manager::new(&built);
     let table = with_table.then_some(&table);
     let model_cfg = model_cfg(cfg, &built, with_table.then_some(&manager));
-    for rank in (0..steps.len()).filter(|&r| steps[r].is_some()) {
+    let dp = steps.len();
+    let mut run = v2_common::Run {
+        records: Vec::new(),
+        agreements: vec![None; dp],
+        arrays: vec![None; dp],
+    };
+    for rank in (0..dp).filter(|&r| steps[r].is_some()) {
         let got = library(&built, table, cfg.dbo, &steps, rank, mode);
         let want = model(&model_cfg, &steps, rank, mode);
-        prop_assert_eq!(got, want, "rank {} of {:?}", rank, steps);
+        prop_assert_eq!(&got, &want, "rank {} of {:?}", rank, steps);
+        run.agreements[rank] = Some(got.agreement);
+        run.arrays[rank] = Some(got.array.unwrap_or_else(|| vec![SENTINEL; dp]));
     }
+    // The same step through the C host path (dp_make_slot, dp_decide_slots) on every rank.
+    let reqs: Vec<Option<dpcoord::rules::Request>> = steps
+        .iter()
+        .map(|s| {
+            s.map(|s| dpcoord::rules::Request {
+                cudagraph_mode: mode,
+                ..s.request(cfg.dbo)
+            })
+        })
+        .collect();
+    let graphs = with_table.then_some((&built.graphs[..], built.decode_query_len));
+    v2_common::assert_host_path_agrees(graphs, &reqs, &run);
     Ok(())
 }
 

@@ -30,7 +30,7 @@ fn request(tokens: i32, padded: i32, step_id: i64) -> dp_batch_request {
 fn slot_of(req: &dp_batch_request) -> Slot {
     let mut s = Slot { opaque: [7; 24] };
     assert_eq!(
-        dp_make_slot(req, &mut s),
+        dp_make_slot(req, null(), &mut s),
         dp_status::DP_OK,
         "{}",
         last_error()
@@ -119,7 +119,7 @@ fn a_refused_request_writes_the_marker_and_every_rank_names_it() {
     bad.cudagraph_mode = 7;
     let mut marker = Slot { opaque: [7; 24] };
     assert_fails(
-        dp_make_slot(&bad, &mut marker),
+        dp_make_slot(&bad, null(), &mut marker),
         dp_status::DP_ERR_INVALID_ARGUMENT,
         &["req->cudagraph_mode = 7"],
     );
@@ -142,7 +142,7 @@ fn a_refused_request_writes_the_marker_and_every_rank_names_it() {
     // An unreadable request writes the marker too; a NULL `out` writes nothing.
     let mut s = Slot { opaque: [7; 24] };
     assert_fails(
-        dp_make_slot(null(), &mut s),
+        dp_make_slot(null(), null(), &mut s),
         dp_status::DP_ERR_INVALID_ARGUMENT,
         &["req is NULL"],
     );
@@ -153,7 +153,7 @@ fn a_refused_request_writes_the_marker_and_every_rank_names_it() {
         &["records[1] is the invalid-request marker"],
     );
     assert_fails(
-        dp_make_slot(&request(8, 8, 5), null_mut()),
+        dp_make_slot(&request(8, 8, 5), null(), null_mut()),
         dp_status::DP_ERR_INVALID_ARGUMENT,
         &["out is NULL"],
     );

@@ -313,7 +313,7 @@ TEST(BoolBytes, OnlyZeroAndOneAreAcceptedInEveryBoolField) {
 // --- alignment -------------------------------------------------------------------------------
 
 TEST(Alignment, EveryPointerOfTheHostPathAtOffsetsOneToThree) {
-  // Inside one scratch buffer (16-aligned parts): request at 0 (96 bytes), result at 128 (120
+  // Inside one scratch buffer (16-aligned parts): request at 0 (96 bytes), result at 128 (128
   // bytes), records at 256, array at 320, record out at 384. Each call moves one pointer by +k.
   for (size_t k = 1; k <= 3; ++k) {
     Scratch s;

@@ -51,7 +51,7 @@ DPT_STATIC_ASSERT(request_18, offsetof(dp_batch_request, need_eager) == 89);
 
 /* The result (LP64: 8-byte pointers): 0.2's leading struct_size, 0.1's fields, step_id, then
    0.3's fields. */
-DPT_STATIC_ASSERT(result_size, sizeof(void*) != 8 || sizeof(dp_batch_result) == 120);
+DPT_STATIC_ASSERT(result_size, sizeof(void*) != 8 || sizeof(dp_batch_result) == 128);
 DPT_STATIC_ASSERT(result_0, offsetof(dp_batch_result, struct_size) == 0);
 DPT_STATIC_ASSERT(result_1, offsetof(dp_batch_result, should_ubatch) == 4);
 DPT_STATIC_ASSERT(result_2, offsetof(dp_batch_result, should_dp_pad) == 5);
@@ -72,6 +72,7 @@ DPT_STATIC_ASSERT(result_14, sizeof(void*) != 8 || offsetof(dp_batch_result, arr
 DPT_STATIC_ASSERT(result_15, sizeof(void*) != 8 || offsetof(dp_batch_result, idle) == 80);
 DPT_STATIC_ASSERT(result_16, sizeof(void*) != 8 || offsetof(dp_batch_result, graph_mode) == 84);
 DPT_STATIC_ASSERT(result_17, sizeof(void*) != 8 || offsetof(dp_batch_result, max_num_reqs) == 116);
+DPT_STATIC_ASSERT(result_18, sizeof(void*) != 8 || offsetof(dp_batch_result, rules) == 120);
 
 /* Status codes are numbered explicitly and never renumbered. */
 DPT_STATIC_ASSERT(status_0, DP_OK == 0 && DP_ERR_INVALID_ARGUMENT == 1);

@@ -25,7 +25,7 @@ static_assert(offsetof(dp_batch_request, timeout_ms) == 44, "the 0.1 fields are 
 static_assert(offsetof(dp_batch_request, step_id) == 48, "0.2 appends step_id");
 static_assert(offsetof(dp_batch_request, rules) == 56, "0.3 appends its fields after step_id");
 static_assert(alignof(dp_batch_request) == 8, "int64_t step_id");
-static_assert(sizeof(void*) != 8 || sizeof(dp_batch_result) == 120, "the 0.3 result layout");
+static_assert(sizeof(void*) != 8 || sizeof(dp_batch_result) == 128, "the 0.3 result layout");
 static_assert(sizeof(void*) != 8 || offsetof(dp_batch_result, last_rank) == 56,
               "0.3 appends its fields after step_id");
 static_assert(offsetof(dp_batch_result, struct_size) == 0, "0.2: the result starts with its size");

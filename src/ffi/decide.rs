@@ -5,7 +5,7 @@ use std::ffi::CStr;
 use std::mem::{align_of, offset_of, size_of};
 
 use super::{
-    boundary, check_ptr, check_ptr_align, check_result, dp_batch_result, dp_status,
+    boundary, check_ptr, check_ptr_align, check_result, dp_batch_result, dp_graphs, dp_status,
     init_struct_size, read_field, read_struct_size, write_field, write_result,
 };
 use crate::diag::{self, Ctx};
@@ -33,16 +33,20 @@ pub struct dp_decide_options {
     /// ranks: when any is non-zero all must be equal, else `DP_ERR_INCONSISTENT_RANKS` naming two
     /// ranks and their ids; the agreed id lands in `res->step_id`. Borrowed for the call only.
     pub step_ids: *const i64,
+    /// NULL (default): no graph table. Else the V2 rules' graph table (`dp_graphs_create`),
+    /// read by `dp_make_slot`, `dp_decide_slots` and `dp_decide_local` under the V2 rules
+    /// (0.3); borrowed for the call only.
+    pub graphs: *const dp_graphs,
 }
 
-/// The smallest `struct_size` accepted: the whole 0.2 struct (its first version).
-const OPTIONS_MIN_SIZE: usize = size_of::<dp_decide_options>();
+/// The smallest `struct_size` accepted: the 0.2 struct (its first version, 32 bytes).
+const OPTIONS_MIN_SIZE: usize = offset_of!(dp_decide_options, graphs);
 
 /// Invokes `$visit!` with every field of `dp_decide_options` after `struct_size`: the one list
 /// the initialiser and the reader walk.
 macro_rules! options_fields {
     ($visit:ident) => {
-        $visit!(pad_policy, num_ubatches, active_ranks, step_ids)
+        $visit!(pad_policy, num_ubatches, active_ranks, step_ids, graphs)
     };
 }
 
@@ -173,6 +177,7 @@ pub(crate) struct RawOptions {
     pub(crate) num_ubatches: i32,
     pub(crate) active_ranks: *const u8,
     pub(crate) step_ids: *const i64,
+    pub(crate) graphs: *const dp_graphs,
 }
 
 impl Default for RawOptions {
@@ -184,6 +189,7 @@ impl Default for RawOptions {
             num_ubatches: DEFAULT_NUM_UBATCHES,
             active_ranks: std::ptr::null(),
             step_ids: std::ptr::null(),
+            graphs: std::ptr::null(),
         }
     }
 }

@@ -6,36 +6,47 @@
 use std::ffi::CStr;
 
 use super::decide::{out_array, read_options, RawOptions, Span};
+use super::graphs::table_of;
 use super::{
     boundary, check_ptr, check_result, dp_batch_request, dp_batch_result, dp_decide_options,
     dp_status, read_request_fields, write_out, write_result,
 };
 use crate::diag::{self, Ctx};
-use crate::error::{invalid, Error, Result};
-use crate::rules::{slots, DP_RULES_VLLM_V1};
+use crate::error::{invalid, Result};
+use crate::rules::{slots, GraphTable, DP_RULES_VLLM_V2};
 use crate::slot::now_ns;
 pub use crate::slot::Slot;
 
 /// Writes this rank's slot for this step to `*out`: the request's record and settings, its
 /// step ids, and this rank's arrival time (`CLOCK_MONOTONIC`), sealed with a checksum. Then
 /// exchange `sizeof(dp_slot)` bytes per rank (every rank's slot, indexed by rank) and call
-/// `dp_decide_slots`.
+/// `dp_decide_slots` with the same `opts`.
 ///
-/// Local, thread-safe, allocation-free. Unlike the other functions, `*out` is written even
-/// when the request is refused: a request that cannot be read or is invalid (NULL, a
+/// `opts` (nullable) gives the graph table of the V2 rules (`opts->graphs`: the rank's own
+/// dispatch, and the table's hash, which every rank must share); nothing else of it is read
+/// here. Local, thread-safe, allocation-free. Unlike the other functions, `*out` is written
+/// even when the request is refused: a request that cannot be read or is invalid (NULL, a
 /// `struct_size` too small, a field out of range, a bool byte other than 0/1) writes the
 /// invalid-request marker and returns `DP_ERR_INVALID_ARGUMENT` naming the field. Exchange
 /// that slot anyway: every rank's `dp_decide_slots` then fails this step, naming this rank,
 /// and no rank waits for it. Only a NULL or misaligned `out` (4 bytes) writes nothing.
 /// Returns `DP_OK` or `DP_ERR_INVALID_ARGUMENT`.
 #[no_mangle]
-pub extern "C" fn dp_make_slot(req: *const dp_batch_request, out: *mut Slot) -> dp_status {
+pub extern "C" fn dp_make_slot(
+    req: *const dp_batch_request,
+    opts: *const dp_decide_options,
+    out: *mut Slot,
+) -> dp_status {
     let arrival = now_ns();
     boundary(|| {
         check_ptr(out.cast_const(), "out")?;
-        let made = read_request_fields(req).and_then(|read| match read.invalid {
-            Some(e) => Err(e),
-            None => slots::make(&read.request, 0, arrival),
+        let made = read_request_fields(req).and_then(|read| {
+            if let Some(e) = read.invalid {
+                return Err(e);
+            }
+            let options = read_nullable_options(opts)?;
+            let table = table_of(options.graphs, "opts->graphs")?;
+            slots::make(&read.request, 0, arrival, table)
         });
         match made {
             Ok(slot) => {
@@ -48,6 +59,15 @@ pub extern "C" fn dp_make_slot(req: *const dp_batch_request, out: *mut Slot) -> 
             }
         }
     })
+}
+
+/// `*opts`, or the defaults of `dp_decide_options_init` when `opts` is NULL.
+pub(crate) fn read_nullable_options(opts: *const dp_decide_options) -> Result<RawOptions> {
+    if opts.is_null() {
+        Ok(RawOptions::default())
+    } else {
+        read_options(opts)
+    }
 }
 
 /// The decision from every rank's slot (`slots[r]` is rank r's, `dp_size` of them, as
@@ -80,11 +100,8 @@ pub extern "C" fn dp_decide_slots(
     let _range = diag::range(CALL, dp_rank, 0);
     boundary(|| {
         let res_size = check_result(res)?;
-        let options = if opts.is_null() {
-            RawOptions::default()
-        } else {
-            read_options(opts)?
-        };
+        let options = read_nullable_options(opts)?;
+        let table = table_of(options.graphs, "opts->graphs")?;
         if !options.step_ids.is_null() {
             return Err(invalid!(
                 "opts->step_ids must be NULL for dp_decide_slots: the step ids travel in the slots"
@@ -113,9 +130,9 @@ pub extern "C" fn dp_decide_slots(
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked at run time just above.
-            return unsafe { decide_avx2(slots, dp_rank, live, out, &to) };
+            return unsafe { decide_avx2(slots, dp_rank, live, table, out, &to) };
         }
-        decide_and_write(slots, dp_rank, live, out, &to)
+        decide_and_write(slots, dp_rank, live, table, out, &to)
     })
 }
 
@@ -133,24 +150,30 @@ fn decide_and_write(
     slots: &[Slot],
     dp_rank: i32,
     live: Option<&[u8]>,
+    table: Option<&GraphTable>,
     out: Option<&mut [i32]>,
     to: &Destination,
 ) -> Result<()> {
     let dp_size = slots.len() as i32;
     let has_array = out.is_some();
     let checked = slots::check(slots, live)?;
-    if checked.settings.rules != DP_RULES_VLLM_V1 {
-        return Err(Error::internal("a V2 slot reached the V1 decision"));
-    }
-    let decision = slots::decide_v1(slots, dp_rank, live, &checked, out)?;
-    diag::decision(
-        &Ctx::new().rank(dp_rank, dp_size).step(checked.step_id),
-        "dp_decide_slots",
-        &decision,
-    );
-    let mut filled = dp_batch_result::from_decision(&decision, dp_rank, dp_size, checked.step_id);
-    if has_array && decision.has_num_tokens_after_padding {
-        filled.has_num_tokens_after_padding = true;
+    let ctx = Ctx::new().rank(dp_rank, dp_size).step(checked.step_id);
+    let mut filled = if checked.settings.rules == DP_RULES_VLLM_V2 {
+        let agreement = slots::decide_v2(slots, dp_rank, live, &checked, table, out)?;
+        diag::decision(&ctx, "dp_decide_slots", &agreement);
+        let mut filled =
+            dp_batch_result::from_agreement(&agreement, dp_rank, dp_size, checked.step_id);
+        filled.has_num_tokens_after_padding = has_array && agreement.has_array;
+        filled
+    } else {
+        let decision = slots::decide_v1(slots, dp_rank, live, &checked, out)?;
+        diag::decision(&ctx, "dp_decide_slots", &decision);
+        let mut filled =
+            dp_batch_result::from_decision(&decision, dp_rank, dp_size, checked.step_id);
+        filled.has_num_tokens_after_padding = has_array && decision.has_num_tokens_after_padding;
+        filled
+    };
+    if filled.has_num_tokens_after_padding {
         filled.num_tokens_after_padding = to.array;
     }
     filled.last_rank = checked.last_rank;
@@ -169,8 +192,9 @@ unsafe fn decide_avx2(
     slots: &[Slot],
     dp_rank: i32,
     live: Option<&[u8]>,
+    table: Option<&GraphTable>,
     out: Option<&mut [i32]>,
     to: &Destination,
 ) -> Result<()> {
-    decide_and_write(slots, dp_rank, live, out, to)
+    decide_and_write(slots, dp_rank, live, table, out, to)
 }

@@ -4,7 +4,9 @@
 use std::mem::{align_of, offset_of, size_of};
 
 use crate::error::{invalid, Error, ErrorKind, Result};
-use crate::rules::{Decision, Request, DP_CUDAGRAPH_NONE};
+use crate::rules::{
+    Agreement, Decision, Descriptor, Request, DP_CUDAGRAPH_NONE, DP_RULES_VLLM_V1, DP_RULES_VLLM_V2,
+};
 
 /// Opaque NCCL communicator: `ncclComm_t` is `struct ncclComm*`.
 pub struct ncclComm {
@@ -210,6 +212,9 @@ pub struct dp_batch_result {
     pub agreed_max_query_len: i32,
     /// V2 (0.3): the largest request count of the live ranks (before graph padding).
     pub max_num_reqs: i32,
+    /// The rule set this result was decided under (0.3): `DP_RULES_VLLM_V1` or
+    /// `DP_RULES_VLLM_V2` (the reuse functions take only a V2 result).
+    pub rules: i32,
 }
 
 /// The smallest `struct_size` accepted: the whole 0.2 struct (the first version with a size).
@@ -251,6 +256,74 @@ impl dp_batch_result {
             agreed_uniform_token_count: 0,
             agreed_max_query_len: -1,
             max_num_reqs: 0,
+            rules: DP_RULES_VLLM_V1,
+        }
+    }
+
+    /// The C result of a V2 agreement (arrays NULL; the caller sets them when it has them, and
+    /// the straggler report when there was an exchange). The 0.1 fields hold the V2 view:
+    /// microbatching when the graph runs several microbatches, padding when every rank runs
+    /// the graph's tokens, the graph's mode, this rank's tokens, the largest and smallest live
+    /// token counts.
+    pub(crate) fn from_agreement(a: &Agreement, dp_rank: i32, dp_size: i32, step_id: i64) -> Self {
+        Self {
+            struct_size: size_of::<dp_batch_result>() as u32,
+            should_ubatch: a.graph.num_ubatches > 1,
+            should_dp_pad: a.padded,
+            has_num_tokens_after_padding: false,
+            synced_cudagraph_mode: a.graph.mode,
+            dp_rank,
+            dp_size,
+            num_tokens_after_padding_self: a.num_tokens_self,
+            max_num_tokens_padded: a.max_num_tokens,
+            min_num_tokens_unpadded: a.min_num_tokens,
+            num_tokens_after_padding: std::ptr::null(),
+            num_tokens_after_padding_device: std::ptr::null(),
+            step_id,
+            last_rank: -1,
+            arrival_skew_ns: 0,
+            wait_ns: 0,
+            idle: a.idle,
+            local: false,
+            eager: a.eager,
+            skip_drafts: a.skip_drafts,
+            graph_mode: a.graph.mode,
+            graph_num_tokens: a.graph.num_tokens,
+            graph_num_reqs: a.graph.num_reqs,
+            graph_uniform_token_count: a.graph.uniform_token_count,
+            graph_max_query_len: a.graph.max_query_len,
+            num_ubatches: a.graph.num_ubatches,
+            agreed_uniform_token_count: a.uniform_token_count,
+            agreed_max_query_len: a.max_query_len,
+            max_num_reqs: a.max_num_reqs,
+            rules: DP_RULES_VLLM_V2,
+        }
+    }
+
+    /// The agreement a V2 result holds (the inverse of [`dp_batch_result::from_agreement`];
+    /// the descriptor's LoRA count, which the result does not carry, is 0).
+    pub(crate) fn agreement(&self) -> Agreement {
+        Agreement {
+            idle: self.idle,
+            graph: Descriptor {
+                mode: self.graph_mode,
+                num_tokens: self.graph_num_tokens,
+                num_reqs: self.graph_num_reqs,
+                uniform_token_count: self.graph_uniform_token_count,
+                max_query_len: self.graph_max_query_len,
+                num_ubatches: self.num_ubatches,
+                num_active_loras: 0,
+            },
+            eager: self.eager,
+            uniform_token_count: self.agreed_uniform_token_count,
+            max_query_len: self.agreed_max_query_len,
+            max_num_reqs: self.max_num_reqs,
+            skip_drafts: self.skip_drafts,
+            has_array: self.has_num_tokens_after_padding,
+            padded: self.should_dp_pad,
+            num_tokens_self: self.num_tokens_after_padding_self,
+            max_num_tokens: self.max_num_tokens_padded,
+            min_num_tokens: self.min_num_tokens_unpadded,
         }
     }
 
@@ -286,6 +359,7 @@ impl dp_batch_result {
             agreed_uniform_token_count: 0,
             agreed_max_query_len: 0,
             max_num_reqs: 0,
+            rules: 0,
         }
     }
 }
@@ -530,12 +604,51 @@ pub(crate) fn check_result(res: *mut dp_batch_result) -> Result<usize> {
     )
 }
 
+/// Invokes `$visit!` with every field of `dp_batch_result` after `struct_size`, each tagged
+/// `flag` (a C `bool`) or `val`: the one list the writer ([`write_result`]) and the reader
+/// ([`read_result`]) walk.
+macro_rules! result_fields {
+    ($visit:ident) => {
+        $visit! {
+            should_ubatch: flag,
+            should_dp_pad: flag,
+            has_num_tokens_after_padding: flag,
+            synced_cudagraph_mode: val,
+            dp_rank: val,
+            dp_size: val,
+            num_tokens_after_padding_self: val,
+            max_num_tokens_padded: val,
+            min_num_tokens_unpadded: val,
+            num_tokens_after_padding: val,
+            num_tokens_after_padding_device: val,
+            step_id: val,
+            last_rank: val,
+            arrival_skew_ns: val,
+            wait_ns: val,
+            idle: flag,
+            local: flag,
+            eager: flag,
+            skip_drafts: flag,
+            graph_mode: val,
+            graph_num_tokens: val,
+            graph_num_reqs: val,
+            graph_uniform_token_count: val,
+            graph_max_query_len: val,
+            num_ubatches: val,
+            agreed_uniform_token_count: val,
+            agreed_max_query_len: val,
+            max_num_reqs: val,
+            rules: val,
+        }
+    };
+}
+
 /// Writes `value` into the caller's result, field by field and only the fields inside its
 /// first `size` bytes (from [`check_result`]); `struct_size` is left as the caller set it.
 pub(crate) fn write_result(res: *mut dp_batch_result, size: usize, value: &dp_batch_result) {
     let base = res.cast::<u8>();
     macro_rules! put {
-        ($($field:ident),+) => {$(
+        ($($field:ident: $kind:ident,)+) => {$(
             // SAFETY: `res` was checked by `check_result` (non-NULL, aligned, struct_size
             // readable): the caller promises `size` writable bytes there.
             unsafe {
@@ -549,34 +662,42 @@ pub(crate) fn write_result(res: *mut dp_batch_result, size: usize, value: &dp_ba
             };
         )+};
     }
-    put!(
-        should_ubatch,
-        should_dp_pad,
-        has_num_tokens_after_padding,
-        synced_cudagraph_mode,
-        dp_rank,
-        dp_size,
-        num_tokens_after_padding_self,
-        max_num_tokens_padded,
-        min_num_tokens_unpadded,
-        num_tokens_after_padding,
-        num_tokens_after_padding_device,
-        step_id,
-        last_rank,
-        arrival_skew_ns,
-        wait_ns,
-        idle,
-        local,
-        eager,
-        skip_drafts,
-        graph_mode,
-        graph_num_tokens,
-        graph_num_reqs,
-        graph_uniform_token_count,
-        graph_max_query_len,
-        num_ubatches,
-        agreed_uniform_token_count,
-        agreed_max_query_len,
-        max_num_reqs
-    );
+    result_fields!(put);
+}
+
+/// Reads a caller's result (a prior step's, for the reuse functions): `struct_size` first,
+/// then only the fields inside it (the rest as `dp_batch_result_init` leaves them), bools as
+/// bytes (`name` is the parameter's name in errors).
+pub(crate) fn read_result(res: *const dp_batch_result, name: &str) -> Result<dp_batch_result> {
+    let base = res.cast::<u8>();
+    let size = read_struct_size(base, name, "dp_batch_result", RESULT_MIN_SIZE)?;
+    check_ptr(res, name)?;
+    let mut out = dp_batch_result::empty();
+    macro_rules! get {
+        ($($field:ident: $kind:ident,)+) => {$(
+            get!(@$kind $field);
+        )+};
+        (@val $field:ident) => {
+            let offset = offset_of!(dp_batch_result, $field);
+            if let Some(v) = read_field(|r: &dp_batch_result| r.$field, base, size, offset) {
+                out.$field = v;
+            }
+        };
+        (@flag $field:ident) => {
+            let offset = offset_of!(dp_batch_result, $field);
+            match read_field(|r: &dp_batch_result| u8::from(r.$field), base, size, offset) {
+                None => {}
+                Some(0) => out.$field = false,
+                Some(1) => out.$field = true,
+                Some(byte) => {
+                    return Err(invalid!(
+                        "{name}->{} holds the byte {byte}; a C bool must be 0 (false) or 1 (true)",
+                        stringify!($field)
+                    ))
+                }
+            }
+        };
+    }
+    result_fields!(get);
+    Ok(out)
 }

@@ -5,35 +5,44 @@
 //! step ids a rank that skipped a call; sequence numbers (aborted, partial or recreated
 //! exchanges) are the transports' own check, before this one.
 
+use super::graphs::GraphTable;
+use super::v2::{decide_v2_with, make_v2_record, Agreement, V2Config};
 use super::{
     check_active_ranks, decide_summary, fill_after_padding, make_record, marker_error, Acc,
-    Decision, Request, Summary, DEFAULT_NUM_UBATCHES, DP_RULES_VLLM_V1,
+    Decision, Request, Summary, DEFAULT_DECODE_TOKEN_THRESHOLD, DEFAULT_NUM_UBATCHES,
+    DEFAULT_PREFILL_TOKEN_THRESHOLD, DP_RULES_VLLM_V2,
 };
 use crate::error::{invalid, Error, ErrorKind, Result};
 use crate::slot::{RankRecord, Settings, Slot, LAYOUT_TAG};
 
 /// This rank's slot for a request (validated here): the settings, step ids and record a
-/// transport exchanges, with its sequence number `seq` and arrival time; sealed.
-pub(crate) fn make(req: &Request, seq: u32, arrival_ns: i64) -> Result<Slot> {
-    if req.rules != DP_RULES_VLLM_V1 {
-        return Err(invalid!(
-            "req->rules = {}: the slot takes the V1 rules (0) in this build",
-            req.rules
-        ));
-    }
-    let [a, b, c, d, e] = make_record(req)?.to_words();
-    let settings = Settings {
-        rules: req.rules,
-        pad_policy: req.pad_policy,
-        num_ubatches: if req.ubatch.enabled {
-            req.ubatch.num_ubatches
-        } else {
-            0
-        },
-        decode_threshold: 0,
-        prefill_threshold: 0,
-        graphs: 0,
-        decode_query_len: 0,
+/// transport exchanges, with its sequence number `seq` and arrival time; sealed. `table` is
+/// the graph table of the V2 rules (`None`: no table; V1 reads none).
+pub(crate) fn make(
+    req: &Request,
+    seq: u32,
+    arrival_ns: i64,
+    table: Option<&GraphTable>,
+) -> Result<Slot> {
+    let (settings, record) = if req.rules == DP_RULES_VLLM_V2 {
+        let record: [i32; 8] = bytemuck::cast(make_v2_record(req, table)?);
+        (v2_settings(&V2Config::of(req, table), table), record)
+    } else {
+        let [a, b, c, d, e] = make_record(req)?.to_words();
+        let settings = Settings {
+            rules: req.rules,
+            pad_policy: req.pad_policy,
+            num_ubatches: if req.ubatch.enabled {
+                req.ubatch.num_ubatches
+            } else {
+                0
+            },
+            decode_threshold: 0,
+            prefill_threshold: 0,
+            graphs: 0,
+            decode_query_len: 0,
+        };
+        (settings, [a, b, c, d, e, 0, 0, 0])
     };
     Ok(Slot::new(
         seq,
@@ -41,8 +50,43 @@ pub(crate) fn make(req: &Request, seq: u32, arrival_ns: i64) -> Result<Slot> {
         req.step_id,
         req.parent_step_id,
         arrival_ns,
-        [a, b, c, d, e, 0, 0, 0],
+        record,
     ))
+}
+
+/// The configuration words of a V2 step: `cfg` as every rank derives it, and the table's hash.
+fn v2_settings(cfg: &V2Config, table: Option<&GraphTable>) -> Settings {
+    let on = cfg.ubatch_enabled;
+    Settings {
+        rules: DP_RULES_VLLM_V2,
+        pad_policy: 0,
+        num_ubatches: if on { cfg.num_ubatches } else { 0 },
+        decode_threshold: if on { cfg.decode_token_threshold } else { 0 },
+        prefill_threshold: if on { cfg.prefill_token_threshold } else { 0 },
+        graphs: table.map_or(0, GraphTable::hash),
+        decode_query_len: cfg.decode_query_len,
+    }
+}
+
+/// The [`V2Config`] that [`v2_settings`] wrote into a slot's configuration words.
+fn v2_config(s: &Settings) -> V2Config {
+    if s.num_ubatches == 0 {
+        V2Config {
+            ubatch_enabled: false,
+            num_ubatches: 1,
+            decode_token_threshold: DEFAULT_DECODE_TOKEN_THRESHOLD,
+            prefill_token_threshold: DEFAULT_PREFILL_TOKEN_THRESHOLD,
+            decode_query_len: s.decode_query_len,
+        }
+    } else {
+        V2Config {
+            ubatch_enabled: true,
+            num_ubatches: s.num_ubatches,
+            decode_token_threshold: s.decode_threshold,
+            prefill_token_threshold: s.prefill_threshold,
+            decode_query_len: s.decode_query_len,
+        }
+    }
 }
 
 /// What the checks established about a step's slots.
@@ -191,6 +235,30 @@ pub(crate) fn decide_v1(
         });
     }
     Ok(decision)
+}
+
+/// The V2 decision over checked slots (`checked` from [`check`] over the same slots and
+/// `live`) with this rank's graph table, which must be the one every slot names (its hash);
+/// `out` as in [`super::decide_v2`].
+pub(crate) fn decide_v2(
+    slots: &[Slot],
+    dp_rank: i32,
+    live: Option<&[u8]>,
+    checked: &Checked,
+    table: Option<&GraphTable>,
+    out: Option<&mut [i32]>,
+) -> Result<Agreement> {
+    let mine = table.map_or(0, GraphTable::hash);
+    if mine != checked.settings.graphs {
+        return Err(invalid!(
+            "the graph table given here (hash {mine:#010x}) is not the one the slots were made              with (hash {:#010x}; 0 = no table): decide with the table the rank made its slot              with",
+            checked.settings.graphs
+        ));
+    }
+    let cfg = v2_config(&checked.settings);
+    decide_v2_with(slots.len(), dp_rank, live, &cfg, table, out, |r| {
+        slots[r].record()
+    })
 }
 
 /// The [`Summary`] of the live slots' V1 records: the records are copied, a chunk at a time,

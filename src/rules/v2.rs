@@ -486,34 +486,44 @@ pub fn decide_v2(
     table: Option<&GraphTable>,
     out: Option<&mut [i32]>,
 ) -> Result<Agreement> {
-    let dp_size = records.len();
-    check_shape(dp_size as i64, dp_rank, out.as_deref())?;
+    decide_v2_with(records.len(), dp_rank, live, cfg, table, out, |r| {
+        bytemuck::cast(records[r])
+    })
+}
+
+/// [`decide_v2`] over `n` records wherever they are (`word(r)` is record r's eight words):
+/// the one implementation behind the record slice and the gathered slots.
+#[inline(always)]
+pub(crate) fn decide_v2_with(
+    n: usize,
+    dp_rank: i32,
+    live: Option<&[u8]>,
+    cfg: &V2Config,
+    table: Option<&GraphTable>,
+    out: Option<&mut [i32]>,
+    word: impl Fn(usize) -> [i32; pass::W],
+) -> Result<Agreement> {
+    check_shape(n as i64, dp_rank, out.as_deref())?;
     if let Some(live) = live {
-        check_active_ranks(live, dp_size, dp_rank)?;
+        check_active_ranks(live, n, dp_rank)?;
     }
     cfg.check()?;
-    let summary = Summary::of(records, live)?;
-    let own = &records[dp_rank as usize];
-    if dp_size == 1 {
-        return Ok(decide_one(own, table));
+    let summary = Summary::of_with(n, live, &word)?;
+    let own: V2Record = bytemuck::cast(word(dp_rank as usize));
+    if n == 1 {
+        return Ok(decide_one(&own, table));
     }
-    let (agreement, fill) = decide_many(&summary, own, cfg, table);
+    let (agreement, fill) = decide_many(&summary, &own, cfg, table);
     if let Some(out) = out {
         match fill {
             Fill::Nothing => {}
             Fill::All(v) => out.fill(v),
-            Fill::Row0 => match live {
-                None => {
-                    for (slot, r) in out.iter_mut().zip(records) {
-                        *slot = r.num_tokens;
-                    }
+            Fill::Row0 => {
+                for (r, slot) in out.iter_mut().enumerate() {
+                    let is_live = live.map_or(true, |l| l[r] == 1);
+                    *slot = if is_live { word(r)[0] } else { 0 };
                 }
-                Some(live) => {
-                    for ((slot, r), &l) in out.iter_mut().zip(records).zip(live) {
-                        *slot = if l == 1 { r.num_tokens } else { 0 };
-                    }
-                }
-            },
+            }
         }
     }
     Ok(agreement)

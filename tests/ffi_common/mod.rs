@@ -53,6 +53,7 @@ pub fn sentinel_result() -> dp_batch_result {
         agreed_uniform_token_count: SENTINEL,
         agreed_max_query_len: SENTINEL,
         max_num_reqs: SENTINEL,
+        rules: SENTINEL,
     }
 }
 

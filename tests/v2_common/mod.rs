@@ -13,6 +13,11 @@
 //! (which the naive model of tests/rules_v2_props.rs indexes, instead of re-deriving it).
 #![allow(dead_code)]
 
+use dpcoord::ffi::{
+    dp_batch_result, dp_batch_result_init, dp_decide_options, dp_decide_options_init,
+    dp_decide_slots, dp_graph_table, dp_graph_table_init, dp_graphs, dp_graphs_create,
+    dp_graphs_destroy, dp_last_error, dp_make_slot, dp_status, Slot,
+};
 use dpcoord::rules::{
     decide_v2, make_v2_record, Agreement, Graph, GraphTable, Request, UbatchConfig, V2Config,
     V2Record, DP_RULES_VLLM_V2,
@@ -579,8 +584,177 @@ pub const DEAD: V2Record = V2Record {
 };
 
 /// Runs `steps` (one per rank; `None` = a dead rank) through `make_v2_record` and
-/// `decide_v2` on every live rank, with `built`'s table (or none) and microbatching config.
+/// `decide_v2` on every live rank, with `built`'s table (or none) and microbatching config;
+/// and through the C host path (`dp_make_slot`, `dp_decide_slots`), which must give every
+/// live rank the same result ([`assert_host_path_agrees`]).
 pub fn run(built: &Built, with_table: bool, steps: &[Option<Step>]) -> Result<Run, Error> {
+    let run = run_rules(built, with_table, steps)?;
+    let reqs: Vec<Option<Request>> = steps
+        .iter()
+        .map(|s| s.map(|s| s.request(built.dbo)))
+        .collect();
+    let graphs = with_table.then_some((&built.graphs[..], built.decode_query_len));
+    assert_host_path_agrees(graphs, &reqs, &run);
+    Ok(run)
+}
+
+/// A graph table handle for `graphs` (`None`: no table), destroyed on drop.
+pub struct Handle(pub *mut dp_graphs);
+
+impl Handle {
+    pub fn new(graphs: Option<(&[Graph], i32)>) -> Handle {
+        let Some((graphs, dql)) = graphs else {
+            return Handle(std::ptr::null_mut());
+        };
+        let mut t = std::mem::MaybeUninit::<dp_graph_table>::zeroed();
+        dp_graph_table_init(t.as_mut_ptr());
+        // SAFETY: initialised by dp_graph_table_init.
+        let mut t = unsafe { t.assume_init() };
+        t.graphs = graphs.as_ptr();
+        t.num_graphs = graphs.len() as i32;
+        t.decode_query_len = dql;
+        let mut h = std::ptr::null_mut();
+        assert_eq!(
+            dp_graphs_create(&t, &mut h),
+            dp_status::DP_OK,
+            "{}",
+            last_error()
+        );
+        Handle(h)
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        assert_eq!(dp_graphs_destroy(self.0), dp_status::DP_OK);
+    }
+}
+
+/// This thread's `dp_last_error()`.
+pub fn last_error() -> String {
+    // SAFETY: a NUL-terminated string valid until the next failing call on this thread.
+    unsafe { std::ffi::CStr::from_ptr(dp_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Options with `graphs` and the live mask (`None`: every rank live).
+pub fn options(graphs: &Handle, live: Option<&[u8]>) -> dp_decide_options {
+    let mut o = std::mem::MaybeUninit::<dp_decide_options>::zeroed();
+    dp_decide_options_init(o.as_mut_ptr());
+    // SAFETY: initialised by dp_decide_options_init.
+    let mut o = unsafe { o.assume_init() };
+    o.graphs = graphs.0;
+    o.active_ranks = live.map_or(std::ptr::null(), <[u8]>::as_ptr);
+    o
+}
+
+/// The same step through the C host path: every live rank's `dp_make_slot` with the table,
+/// the slots gathered (dead ranks' slots garbage), every live rank's `dp_decide_slots`; each
+/// result and array must be the rules' for that rank.
+pub fn assert_host_path_agrees(
+    graphs: Option<(&[Graph], i32)>,
+    reqs: &[Option<Request>],
+    run: &Run,
+) {
+    let handle = Handle::new(graphs);
+    let dp = reqs.len();
+    let live: Vec<u8> = reqs.iter().map(|r| u8::from(r.is_some())).collect();
+    let live = live.contains(&0).then_some(&live[..]);
+    let opts = options(&handle, live);
+    let mut slots = vec![
+        Slot {
+            opaque: [0xA5A5_A5A5; 24]
+        };
+        dp
+    ];
+    for (r, req) in reqs.iter().enumerate() {
+        if let Some(req) = req {
+            let c = dpcoord::ffi::dp_batch_request::from(req);
+            let status = dp_make_slot(&c, &opts, &mut slots[r]);
+            assert_eq!(status, dp_status::DP_OK, "rank {r}: {}", last_error());
+        }
+    }
+    for (r, a) in run.agreements.iter().enumerate() {
+        let Some(a) = a else { continue };
+        let mut res = std::mem::MaybeUninit::<dp_batch_result>::zeroed();
+        dp_batch_result_init(res.as_mut_ptr());
+        // SAFETY: initialised by dp_batch_result_init.
+        let mut res = unsafe { res.assume_init() };
+        let mut out = vec![SENTINEL; dp];
+        let status = dp_decide_slots(
+            slots.as_ptr(),
+            dp as i32,
+            r as i32,
+            &opts,
+            out.as_mut_ptr(),
+            &mut res,
+        );
+        assert_eq!(status, dp_status::DP_OK, "rank {r}: {}", last_error());
+        let c = (
+            res.idle,
+            res.eager,
+            res.skip_drafts,
+            [
+                res.graph_mode,
+                res.graph_num_tokens,
+                res.graph_num_reqs,
+                res.graph_uniform_token_count,
+                res.graph_max_query_len,
+                res.num_ubatches,
+            ],
+            [
+                res.agreed_uniform_token_count,
+                res.agreed_max_query_len,
+                res.max_num_reqs,
+                res.num_tokens_after_padding_self,
+                res.max_num_tokens_padded,
+                res.min_num_tokens_unpadded,
+            ],
+            (
+                res.should_dp_pad,
+                res.should_ubatch,
+                res.has_num_tokens_after_padding,
+            ),
+            res.rules,
+        );
+        let want = (
+            a.idle,
+            a.eager,
+            a.skip_drafts,
+            [
+                a.graph.mode,
+                a.graph.num_tokens,
+                a.graph.num_reqs,
+                a.graph.uniform_token_count,
+                a.graph.max_query_len,
+                a.graph.num_ubatches,
+            ],
+            [
+                a.uniform_token_count,
+                a.max_query_len,
+                a.max_num_reqs,
+                a.num_tokens_self,
+                a.max_num_tokens,
+                a.min_num_tokens,
+            ],
+            (a.padded, a.graph.num_ubatches > 1, a.has_array),
+            DP_RULES_VLLM_V2,
+        );
+        assert_eq!(
+            c, want,
+            "rank {r}: the host path's result differs from the rules'"
+        );
+        let array = run.arrays[r].as_deref().expect("a live rank");
+        assert_eq!(
+            out, array,
+            "rank {r}: the host path's array differs from the rules'"
+        );
+    }
+}
+
+/// [`run`] through the rules alone.
+pub fn run_rules(built: &Built, with_table: bool, steps: &[Option<Step>]) -> Result<Run, Error> {
     let table = with_table.then(|| built.table());
     let table = table.as_ref();
     let dp = steps.len();

@@ -19,7 +19,7 @@ pub(crate) struct Summary {
 }
 
 /// Words of one record.
-const W: usize = 8;
+pub(crate) const W: usize = 8;
 /// Record words.
 const T: usize = 0;
 const MODE: usize = 1;
@@ -64,18 +64,21 @@ impl Acc {
         self.hi = std::array::from_fn(|j| self.hi[j].max(o.hi[j]));
     }
 
-    /// The aggregates of a run of records, four accumulators deep (independent chains).
+    /// The aggregates of records `begin..end` (`word(r)` is record r's words), four
+    /// accumulators deep (independent chains).
     #[inline(always)]
-    fn of_run(run: &[[i32; W]]) -> Acc {
+    fn of_run(begin: usize, end: usize, word: &impl Fn(usize) -> [i32; W]) -> Acc {
         let mut acc = [Acc::EMPTY; 4];
-        let mut quads = run.chunks_exact(4);
-        for q in &mut quads {
-            for (a, w) in acc.iter_mut().zip(q) {
-                a.add(w);
+        let mut r = begin;
+        while r + 4 <= end {
+            for (k, a) in acc.iter_mut().enumerate() {
+                a.add(&word(r + k));
             }
+            r += 4;
         }
-        for w in quads.remainder() {
-            acc[0].add(w);
+        while r < end {
+            acc[0].add(&word(r));
+            r += 1;
         }
         let [mut a, b, c, d] = acc;
         a.merge(&b);
@@ -102,25 +105,29 @@ impl Acc {
 }
 
 impl Summary {
-    /// One pass over the live records (every record, or each run of live ones), validating
-    /// their ranges; only a failure walks them again, to name the first bad word.
+    /// One pass over the `n` live records (every record, or each run of live ones; `word(r)`
+    /// is record r's words, wherever they are), validating their ranges; only a failure walks
+    /// them again, to name the first bad word.
     #[inline(always)]
-    pub(crate) fn of(records: &[V2Record], live: Option<&[u8]>) -> Result<Summary> {
-        let words: &[[i32; W]] = bytemuck::cast_slice(records);
+    pub(crate) fn of_with(
+        n: usize,
+        live: Option<&[u8]>,
+        word: impl Fn(usize) -> [i32; W],
+    ) -> Result<Summary> {
         let acc = match live {
-            None => Acc::of_run(words),
+            None => Acc::of_run(0, n, &word),
             Some(live) => {
                 let mut acc = Acc::EMPTY;
                 for (begin, end) in (LiveRuns { live, r: 0 }) {
-                    acc.merge(&Acc::of_run(&words[begin..end]));
+                    acc.merge(&Acc::of_run(begin, end, &word));
                 }
                 acc
             }
         };
         if !acc.valid() {
             let is_live = |r: usize| live.map_or(true, |l| l[r] == 1);
-            for (rank, r) in records.iter().enumerate().filter(|&(r, _)| is_live(r)) {
-                check_record(rank, r)?;
+            for rank in (0..n).filter(|&r| is_live(r)) {
+                check_record(rank, &bytemuck::cast(word(rank)))?;
             }
             return Err(crate::error::Error::internal(
                 "a V2 record failed the fast check only",
