@@ -502,3 +502,158 @@ fn example_20_reuse_eager() {
         assert!(!d.eager);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The same examples for the C++ suites
+// ---------------------------------------------------------------------------------------
+
+/// Every exchanged step of the examples above (inputs, table, and each rank's result as the
+/// rules decide it, which the tests above hold to VLLM_V2.md) as C++ data:
+/// `cpp_tests/common/v2_examples.inc`, which the GoogleTest suites replay through every
+/// transport (host path, host group, GPU path). `DPCOORD_BLESS=1` rewrites the committed file.
+#[test]
+fn the_cpp_examples_file_is_generated_from_these_examples() {
+    let examples: [(&str, fn()); 20] = [
+        ("example_1_all_zero", example_1_all_zero),
+        ("example_2_one_zero", example_2_one_zero),
+        ("example_3_one_idle", example_3_one_idle),
+        (
+            "example_4_decode_agreed_vs_disagreed",
+            example_4_decode_agreed_vs_disagreed,
+        ),
+        ("example_5_above_max", example_5_above_max),
+        ("example_6_none_not_eager", example_6_none_not_eager),
+        ("example_7_need_eager", example_7_need_eager),
+        (
+            "example_8_varlen_agreed_vs_one_none",
+            example_8_varlen_agreed_vs_one_none,
+        ),
+        (
+            "example_9_ub_on_vs_ub_off_threshold",
+            example_9_ub_on_vs_ub_off_threshold,
+        ),
+        (
+            "example_10_ub_prefill_on_vs_off",
+            example_10_ub_prefill_on_vs_off,
+        ),
+        (
+            "example_11_ub_decode_vs_prefill",
+            example_11_ub_decode_vs_prefill,
+        ),
+        ("example_12_ub_idle_rank", example_12_ub_idle_rank),
+        (
+            "example_13_ub_eager_fallback_and_ub_equal_2min",
+            example_13_ub_eager_fallback_and_ub_equal_2min,
+        ),
+        ("example_14_ub_need_eager", example_14_ub_need_eager),
+        ("example_15_ub3_narrow", example_15_ub3_narrow),
+        (
+            "example_16_spec4_ub_and_spec4_partial",
+            example_16_spec4_ub_and_spec4_partial,
+        ),
+        ("example_17_dead_rank", example_17_dead_rank),
+        ("example_19_skip_drafts_one", example_19_skip_drafts_one),
+        ("example_20_reuse", example_20_reuse),
+        ("example_20_reuse_eager", example_20_reuse_eager),
+    ];
+    let mut text = String::from(
+        "// GENERATED FILE: do not edit. VLLM_V2.md's worked examples (every exchanged step of\n\
+         // tests/rules_v2_examples.rs: inputs, graph table, each rank's result), for the C++\n\
+         // suites; regenerate with `DPCOORD_BLESS=1 cargo test --test rules_v2_examples`.\n",
+    );
+    let mut tables: Vec<(Vec<dpcoord::rules::Graph>, String)> = Vec::new();
+    let mut cases = String::new();
+    for (name, example) in examples {
+        for (k, case) in v2_common::record_cases(example).into_iter().enumerate() {
+            let graphs = &case.built.graphs;
+            let table = match tables.iter().find(|(g, _)| g == graphs) {
+                Some((_, id)) => id.clone(),
+                None => {
+                    let id = format!("kV2Table{}", tables.len());
+                    text.push_str(&format!("static const dp_graph {id}[] = {{\n"));
+                    for g in graphs {
+                        text.push_str(&format!(
+                            "    {{{}, {}, {}, {}, {}, {}, {}}},\n",
+                            g.mode,
+                            g.num_tokens,
+                            g.num_reqs,
+                            g.uniform_token_count,
+                            g.max_query_len,
+                            g.num_ubatches,
+                            g.num_active_loras
+                        ));
+                    }
+                    text.push_str("};\n");
+                    tables.push((graphs.clone(), id.clone()));
+                    id
+                }
+            };
+            let dbo = case.built.dbo;
+            cases.push_str(&format!(
+                "    {{\"{name}/{k}\", {table}, {}, {}, {}, {{{}, {}, {}, {}}}, {}, {{\n",
+                graphs.len(),
+                case.built.decode_query_len,
+                u8::from(case.with_table),
+                u8::from(dbo.is_some()),
+                dbo.map_or(2, |d| d.num_ubatches),
+                dbo.map_or(32, |d| d.decode_threshold),
+                dbo.map_or(512, |d| d.prefill_threshold),
+                case.steps.len()
+            ));
+            for (r, step) in case.steps.iter().enumerate() {
+                let Some(st) = step else {
+                    cases.push_str("        {0},\n");
+                    continue;
+                };
+                let a = case.agreements[r].expect("a live rank");
+                let array = case.arrays[r].as_deref().expect("a live rank");
+                let g = a.graph;
+                let array: Vec<String> = array.iter().map(|v| v.to_string()).collect();
+                cases.push_str(&format!(
+                    "        {{1, {}, {}, {}, {}, {}, {}, {}, {}, {{{}, {}, {}, {}, {}, {}}}, {}, {}, {}, {}, \
+                     {}, {}, {}, {}, {}, {}, {{{}}}}},\n",
+                    st.t,
+                    st.r,
+                    st.u,
+                    st.q,
+                    u8::from(st.b),
+                    u8::from(st.s),
+                    u8::from(st.e),
+                    st.loras,
+                    g.mode,
+                    g.num_tokens,
+                    g.num_reqs,
+                    g.uniform_token_count,
+                    g.max_query_len,
+                    g.num_ubatches,
+                    u8::from(a.idle),
+                    u8::from(a.eager),
+                    u8::from(a.skip_drafts),
+                    u8::from(a.padded),
+                    u8::from(a.has_array),
+                    a.uniform_token_count,
+                    a.max_query_len,
+                    a.max_num_reqs,
+                    a.num_tokens_self,
+                    a.max_num_tokens,
+                    array.join(", ")
+                ));
+            }
+            cases.push_str("    }},\n");
+        }
+    }
+    text.push_str("static const V2Example kV2Examples[] = {\n");
+    text.push_str(&cases);
+    text.push_str("};\n");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cpp_tests/common/v2_examples.inc");
+    if std::env::var_os("DPCOORD_BLESS").is_some() {
+        std::fs::write(&path, &text).expect("write v2_examples.inc");
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == text,
+        "cpp_tests/common/v2_examples.inc differs from the examples: run \
+         `DPCOORD_BLESS=1 cargo test --test rules_v2_examples`"
+    );
+}

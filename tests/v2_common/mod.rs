@@ -589,6 +589,17 @@ pub const DEAD: V2Record = V2Record {
 /// live rank the same result ([`assert_host_path_agrees`]).
 pub fn run(built: &Built, with_table: bool, steps: &[Option<Step>]) -> Result<Run, Error> {
     let run = run_rules(built, with_table, steps)?;
+    RECORDER.with(|r| {
+        if let Some(cases) = r.borrow_mut().as_mut() {
+            cases.push(Case {
+                built: built.clone(),
+                with_table,
+                steps: steps.to_vec(),
+                agreements: run.agreements.clone(),
+                arrays: run.arrays.clone(),
+            });
+        }
+    });
     let reqs: Vec<Option<Request>> = steps
         .iter()
         .map(|s| s.map(|s| s.request(built.dbo)))
@@ -596,6 +607,26 @@ pub fn run(built: &Built, with_table: bool, steps: &[Option<Step>]) -> Result<Ru
     let graphs = with_table.then_some((&built.graphs[..], built.decode_query_len));
     assert_host_path_agrees(graphs, &reqs, &run);
     Ok(run)
+}
+
+/// One step [`run`] decided, as [`record_cases`] collects it.
+pub struct Case {
+    pub built: Built,
+    pub with_table: bool,
+    pub steps: Vec<Option<Step>>,
+    pub agreements: Vec<Option<Agreement>>,
+    pub arrays: Vec<Option<Vec<i32>>>,
+}
+
+thread_local! {
+    static RECORDER: std::cell::RefCell<Option<Vec<Case>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Every step [`run`] decides on this thread while `f` runs.
+pub fn record_cases(f: impl FnOnce()) -> Vec<Case> {
+    RECORDER.with(|r| *r.borrow_mut() = Some(Vec::new()));
+    f();
+    RECORDER.with(|r| r.borrow_mut().take().unwrap_or_default())
 }
 
 /// A graph table handle for `graphs` (`None`: no table), destroyed on drop.
