@@ -23,12 +23,12 @@
 use crate::error::{invalid, Error, ErrorKind, Result};
 
 use super::graphs::{Descriptor, GraphTable};
+use super::v1::{decide_summary, make_record, Decision, Summary as Summary1};
 use super::v2::{
     check_shape, decide_many, decide_one, make_v2_record, own_descriptor, untabled, Agreement,
     Fill, Summary, V2Config,
 };
-use super::{check_decide_args, decide_summary, make_record, Decision, Request};
-use super::{Summary as Summary1, DP_CUDAGRAPH_NONE, DP_RULES_VLLM_V1, DP_RULES_VLLM_V2};
+use super::{check_decide_args, Request, DP_CUDAGRAPH_NONE, DP_RULES_VLLM_V1, DP_RULES_VLLM_V2};
 
 /// V1's local decision (vLLM's `coordinate_batch_across_dp` under `skip_dp_coordination()`):
 /// `should_ubatch = should_attempt_ubatch && !last_ubatch_empty(own unpadded, own padded, n)`,

@@ -6,11 +6,11 @@
 //! exchanges) are the transports' own check, before this one.
 
 use super::graphs::GraphTable;
+use super::v1::{decide_summary, fill_after_padding, make_record, Acc, Decision, Summary};
 use super::v2::{decide_v2_with, make_v2_record, Agreement, V2Config};
 use super::{
-    check_active_ranks, decide_summary, fill_after_padding, make_record, marker_error, Acc,
-    Decision, Request, Summary, DEFAULT_DECODE_TOKEN_THRESHOLD, DEFAULT_NUM_UBATCHES,
-    DEFAULT_PREFILL_TOKEN_THRESHOLD, DP_RULES_VLLM_V2,
+    check_active_ranks, marker_error, Request, DEFAULT_DECODE_TOKEN_THRESHOLD,
+    DEFAULT_NUM_UBATCHES, DEFAULT_PREFILL_TOKEN_THRESHOLD, DP_RULES_VLLM_V2,
 };
 use crate::error::{invalid, Error, ErrorKind, Result};
 use crate::slot::{RankRecord, Settings, Slot, LAYOUT_TAG};
