@@ -3,6 +3,10 @@
 //! them: the driver is resolved once per process, so each scenario runs the `child` test of
 //! the including binary in a fresh process, with the fake `libcuda.so.1` first on the
 //! loader's path and `DPCOORD_NCCL_LIBRARY` naming the fake `libnccl.so.2`.
+//!
+//! The fake driver's `dp_postprocess` is the kernel's own logic: the part of
+//! `src/kernels/postprocess.cu` between its `HOST-RUNNABLE` marker lines, extracted here into
+//! `postprocess_logic.h` and compiled as C.
 
 use std::ffi::{c_char, c_int, c_long, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
@@ -20,6 +24,7 @@ pub fn libraries() -> &'static Path {
         let dir = std::env::temp_dir().join(format!("dpcoord-fake-gpu-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("postprocess_logic.h"), kernel_logic()).unwrap();
         let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
         for (source, soname) in [
             ("fake_cuda.c", "libcuda.so.1"),
@@ -30,6 +35,8 @@ pub fn libraries() -> &'static Path {
                     "-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror", "-pthread",
                 ])
                 .arg(format!("-Wl,-soname,{soname}"))
+                .arg("-I")
+                .arg(&dir)
                 .arg("-o")
                 .arg(dir.join(soname))
                 .arg(root.join(source))
@@ -39,6 +46,26 @@ pub fn libraries() -> &'static Path {
         }
         dir
     })
+}
+
+/// The host-runnable part of the post-processing kernel: the lines of `postprocess.cu`
+/// between its `// ==== BEGIN HOST-RUNNABLE` and `// ==== END HOST-RUNNABLE` lines.
+pub fn kernel_logic() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/kernels/postprocess.cu");
+    let cu = std::fs::read_to_string(&path).unwrap();
+    let begin = cu
+        .find("// ==== BEGIN HOST-RUNNABLE")
+        .expect("postprocess.cu marks where its host-runnable part begins");
+    let end = cu[begin..]
+        .find("// ==== END HOST-RUNNABLE")
+        .expect("postprocess.cu marks where its host-runnable part ends");
+    // Diagnostics name the .cu's own lines.
+    format!(
+        "#line {} \"{}\"\n{}",
+        cu[..begin].lines().count() + 1,
+        path.display(),
+        &cu[begin..begin + end]
+    )
 }
 
 /// What a child printed: its stdout, and `KEY=value` lookups in it.
