@@ -18,6 +18,8 @@
  *   fake_cuda_allocations()       allocations made so far
  *   fake_cuda_calls(name)         calls of `name` so far
  *   fake_cuda_log()               every call on a stream, "name stream tid;" in order
+ *   fake_cuda_postprocess(slots, n, rank, seq, out, host)
+ *                                 what dp_postprocess writes for those slots, at once
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -283,6 +285,13 @@ static void publish(const post* p) {
   }
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
   __atomic_store_n(&p->host[HOST_SEQ], (int)p->seq, __ATOMIC_SEQ_CST);
+}
+
+/* The same, called by the test directly: dp_postprocess's outputs for the given slots. */
+void fake_cuda_postprocess(const unsigned* slots, int n, int rank, unsigned seq, int* out,
+                           int* host) {
+  post p = {slots, n, rank, seq, out, host};
+  publish(&p);
 }
 
 static void* publish_later(void* arg) {

@@ -68,6 +68,39 @@ pub fn kernel_logic() -> String {
     )
 }
 
+/// What `src/kernels/layout.h` `#define`s `name` to.
+fn define(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/kernels/layout.h");
+    let header = std::fs::read_to_string(path).unwrap();
+    let prefix = format!("#define {name} ");
+    header
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+        .unwrap_or_else(|| panic!("layout.h does not define {name}"))
+}
+
+/// The value `src/kernels/layout.h` gives `name` (a word index, a count or a status).
+pub fn layout(name: &str) -> usize {
+    define(name).trim_end_matches('u').parse().unwrap()
+}
+
+/// Sets a slot's checksum word so that the slot is intact, by layout.h's weights and target
+/// (the kernel's constants; `src/kernels` tests that they are `src/slot.rs`'s).
+pub fn seal(w: &mut [u32]) {
+    let weights: Vec<u32> = define("CHECK_WEIGHTS")
+        .split(", ")
+        .map(|k| u32::from_str_radix(k.trim_start_matches("0x").trim_end_matches('u'), 16).unwrap())
+        .collect();
+    let target = layout("CHECK_TARGET") as u32;
+    let check = layout("SLOT_CHECK");
+    w[check] = 0;
+    let sum = w
+        .iter()
+        .zip(&weights)
+        .fold(0u32, |acc, (&x, &k)| acc.wrapping_add(x.wrapping_mul(k)));
+    w[check] = target.wrapping_sub(sum);
+}
+
 /// What a child printed: its stdout, and `KEY=value` lookups in it.
 pub struct Run {
     pub stdout: String,
@@ -176,6 +209,65 @@ impl Fakes {
             unsafe { std::mem::transmute(Self::sym(self.nccl, "fake_nccl_comm")) };
         // SAFETY: plain values in, a new communicator out.
         unsafe { f(nranks, rank) }
+    }
+
+    /// From now on every gather changes the other ranks' slots: words `[first, first +
+    /// count)` set to `value` (`mode` 0) or increased by it (2), then resealed; `mode` 1 sets
+    /// them and leaves the checksum (a damaged slot). `first` -1: no change.
+    pub fn peer(&self, first: i32, count: i32, value: u32, mode: i32) {
+        // SAFETY: fake_nccl_peer(int, int, unsigned, int).
+        let f: unsafe extern "C" fn(c_int, c_int, u32, c_int) =
+            unsafe { std::mem::transmute(Self::sym(self.nccl, "fake_nccl_peer")) };
+        // SAFETY: plain values.
+        unsafe { f(first, count, value, mode) }
+    }
+
+    /// The words of every rank's slot as the last gather delivered them (`nranks` slots).
+    pub fn last_recv(&self, nranks: usize) -> Vec<u32> {
+        self.words("fake_nccl_last_recv", nranks * layout("SLOT_WORDS"))
+    }
+
+    /// The words of the slot the last gather sent.
+    pub fn last_send(&self) -> Vec<u32> {
+        self.words("fake_nccl_last_send", layout("SLOT_WORDS"))
+    }
+
+    fn words(&self, name: &str, n: usize) -> Vec<u32> {
+        // SAFETY: fake_nccl_last_*(void) -> const unsigned*.
+        let f: unsafe extern "C" fn() -> *const u32 =
+            unsafe { std::mem::transmute(Self::sym(self.nccl, name)) };
+        // SAFETY: the fake's static buffer holds at least `n` words.
+        unsafe { std::slice::from_raw_parts(f(), n) }.to_vec()
+    }
+
+    /// What the fake's `dp_postprocess` (the kernel's own logic) writes for `slots` (`n`
+    /// slots, as words) as rank `rank` of exchange `seq`: the device array and the host block.
+    pub fn postprocess(
+        &self,
+        slots: &[u32],
+        n: usize,
+        rank: i32,
+        seq: u32,
+    ) -> (Vec<i32>, Vec<i32>) {
+        let header = layout("HOST_HEADER_WORDS");
+        let mut out = vec![-7; n];
+        let mut host = vec![-7; header + n * (1 + layout("SLOT_WORDS"))];
+        // SAFETY: fake_cuda_postprocess(const unsigned*, int, int, unsigned, int*, int*).
+        let f: unsafe extern "C" fn(*const u32, c_int, c_int, u32, *mut i32, *mut i32) =
+            unsafe { std::mem::transmute(Self::sym(self.cuda, "fake_cuda_postprocess")) };
+        assert_eq!(slots.len(), n * layout("SLOT_WORDS"));
+        // SAFETY: `slots` holds n slots; `out` n ints; `host` the whole host block.
+        unsafe {
+            f(
+                slots.as_ptr(),
+                n as c_int,
+                rank,
+                seq,
+                out.as_mut_ptr(),
+                host.as_mut_ptr(),
+            )
+        };
+        (out, host)
     }
 
     /// Marks `comm` aborted (what `ncclCommAbort` does to a real one).
