@@ -6,7 +6,7 @@
 //! exchange; a timed-out first exchange frees its state once NCCL let go of it; the GPU
 //! path's log lines and NVTX ranges; the slot `begin` sends; the kernel's checks and
 //! decision (the fake driver runs the kernel's own logic) against `dp_decide_slots` on the
-//! same slots, alone and through the coordinator; the straggler report.
+//! same slots, alone and through the coordinator; the straggler report and its INFO line.
 
 mod diag_support;
 mod fake_gpu;
@@ -569,6 +569,32 @@ fn child() {
                 assert_eq!(res.wait_ns, 0, "{name}");
             }
         }
+        // INFO logs the rank that was last in most of the last 64 exchanges, once per change:
+        // 40 exchanges with equal arrivals (rank 0, the lowest, is last), then 80 in which the
+        // peer arrives 2^32 ns later.
+        "straggler" => {
+            let comm = fakes.comm(2, 0);
+            let mut c: *mut dp_coordinator = std::ptr::null_mut();
+            assert_eq!(dp_coordinator_create(comm.cast(), &mut c), dp_status::DP_OK);
+            let mut res = result();
+            for step in 1..=120 {
+                if step == 41 {
+                    fakes.peer(layout("SLOT_ARRIVAL") as i32 + 1, 1, 1, 2);
+                }
+                let mut req = request(8, 5000);
+                req.step_id = step;
+                assert_eq!(dp_coordinator_begin(c, stream(0), &req), dp_status::DP_OK);
+                assert_eq!(
+                    dp_coordinator_end(c, &mut res),
+                    dp_status::DP_OK,
+                    "{}",
+                    last_error()
+                );
+                assert_eq!(res.last_rank, i32::from(step > 40));
+            }
+            assert_eq!(dp_coordinator_destroy(c), dp_status::DP_OK);
+            println!("COMM={comm:p}");
+        }
         // wait_ns: how long end waited (the fake publishes FAKE_CUDA_PUBLISH_DELAY_MS after
         // the launch); 0 when poll had seen the exchange finish.
         "wait" => {
@@ -1066,6 +1092,33 @@ fn every_verdict_is_what_dp_decide_slots_says_on_the_same_slots() {
 fn the_kernels_logic_is_dp_decide_slots_on_random_slots() {
     let r = run("logic", &[]);
     assert!(r.printed("SEEN").starts_with('{'), "{}", r.stdout);
+}
+
+/// The INFO line names the rank that was last in most of the last 64 exchanges, once per
+/// change of that rank.
+#[test]
+fn info_logs_the_straggler_once_per_change() {
+    let r = run("straggler", &[("DPCOORD_DEBUG", "INFO".to_owned())]);
+    let comm = r.printed("COMM");
+    let lines: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter_map(|l| l.split_once(" dpcoord ").map(|(_, rest)| rest))
+        .filter(|l| l.contains("straggler"))
+        .collect();
+    let line = |step: i64, rank: i32, skew: i64| {
+        format!(
+            "INFO [rank 0/2 comm {comm} step {step}] straggler: rank {rank} arrived last in 33 \
+             of the last 64 exchanges (this one's arrival skew: {skew} ns, between \
+             CLOCK_MONOTONIC clocks: exact on one host)"
+        )
+    };
+    assert_eq!(
+        lines,
+        [line(33, 0, 0), line(73, 1, 1 << 32)],
+        "{}",
+        r.stderr
+    );
 }
 
 /// wait_ns is how long end waited for the exchange: within end's own time, and 0 once poll

@@ -6,7 +6,8 @@
 //! sends and what is in flight until `end`; `enqueue`: the device work of a `begin`;
 //! `verdict`: `end`'s wait and what it accepts; `shared`: what `cancel` reaches without the
 //! lock; `device`: the device state and its graveyard; `cache`: the per-communicator cache
-//! of `dp_coordinate_batch`, `dp_cancel` and `dp_release`.
+//! of `dp_coordinate_batch`, `dp_cancel` and `dp_release`; `straggler`: which rank arrives
+//! last, for the INFO log.
 //!
 //! One exchange: the host writes its slot (the checked [`Slot`](crate::slot::Slot) of every
 //! transport: sequence number, configuration, step ids, arrival time, record, checksum)
@@ -61,6 +62,7 @@ mod device;
 mod enqueue;
 mod flight;
 mod shared;
+mod straggler;
 #[cfg(test)]
 mod tests;
 mod verdict;
@@ -74,6 +76,7 @@ pub(crate) use enqueue::block_threads;
 use device::{retire, sweep_graveyard, GpuState};
 use flight::{decide_alone, own_slot, Flight, InFlight, Step};
 use shared::{cancelled_error, Shared};
+use straggler::Stragglers;
 
 /// Environment variable choosing the send buffer: `host` (default: mapped pinned memory that
 /// NCCL reads) or `device` (a device buffer filled by one async copy on the stream).
@@ -152,6 +155,8 @@ struct Inner {
     in_flight: Option<InFlight>,
     /// The first failure mid-exchange; every later call fails with it.
     broken: Option<Error>,
+    /// Which rank arrived last in the recent exchanges (read only for the INFO log).
+    stragglers: Stragglers,
 }
 
 /// One coordinator: caller-owned, for one communicator.
@@ -268,6 +273,7 @@ impl Coordinator {
                 connected: false,
                 in_flight: None,
                 broken: None,
+                stragglers: Stragglers::new(),
             }),
         })
     }
@@ -471,6 +477,17 @@ impl Coordinator {
                     device_array: gpu.device_out.ptr(),
                 };
                 self.trace(&outcome);
+                if self.dp_size > 1 && diag::enabled(Level::Info) {
+                    if let Some((rank, last)) = inner.stragglers.push(outcome.last_rank) {
+                        diag::log::straggler(
+                            &self.ctx(outcome.step_id),
+                            rank,
+                            last,
+                            straggler::WINDOW,
+                            outcome.arrival_skew_ns,
+                        );
+                    }
+                }
                 Ok(outcome)
             }
             (Ok(_), Some(_)) => {
