@@ -666,20 +666,20 @@ enum dp_status dp_coordinator_create(struct ncclComm *comm, struct dp_coordinato
  * Begins this step's exchange (collective: every rank of the communicator calls it, in the
  * same order relative to every other collective on that communicator) and returns at once.
  *
- * Writes this rank's slot (the coordinator's sequence number, `req->step_id`, the record) into
- * mapped pinned memory and enqueues on `stream`: `ncclAllGather` of every rank's slot, then
- * the post-processing kernel, which checks every slot and writes the decision to the device
+ * Writes this rank's slot (`dp_slot`, as `dp_make_slot` makes it, with the coordinator's
+ * sequence number and this call's time as the arrival time) into mapped pinned memory and
+ * enqueues on `stream`: `ncclAllGather` of every rank's slot, then the post-processing kernel,
+ * which checks every slot as `dp_decide_slots` does and writes the decision to the device
  * array and to mapped host memory. The host does not wait for the GPU; the caller may enqueue
  * more work on `stream` and do host work before `dp_coordinator_end`. The first begin of a
  * coordinator runs NCCL's first collective on a helper thread and waits for it to be enqueued,
  * bounded by `req->timeout_ms` (NCCL connects lazily inside it); that collective runs on a
  * stream the coordinator owns, ordered after the work queued on `stream` and before the
  * kernel. `stream` may be NULL, `cudaStreamLegacy` or `cudaStreamPerThread`, meaning the
- * stream they mean on the thread that calls `begin` (`end`, `poll`, `cancel` and `destroy`
- * may run on other threads: they use an event recorded here, never the stream); it must stay
- * alive until `end`. With dp_size 1 no GPU work is done. The device array of the previous
- * step stays valid until this call. `begin` and `end` may run on different threads, never at
- * once.
+ * stream they mean on the thread that calls `begin` (`end`, `poll`, `cancel` and `destroy` may
+ * run on other threads: they use an event recorded here, never the stream); it must stay alive
+ * until `end`. With dp_size 1 no GPU work is done. The device array of the previous step stays
+ * valid until this call. `begin` and `end` may run on different threads, never at once.
  *
  * An invalid request (a field out of range or a bool byte other than 0/1) still joins the
  * exchange, as the invalid-request marker, so that no rank waits for it: `begin` returns
@@ -713,16 +713,22 @@ enum dp_status dp_coordinator_poll(struct dp_coordinator *c, bool *done);
  * The wait spins on a word the kernel writes last, bounded by the request's `timeout_ms`
  * counted from `dp_coordinator_begin` (plus at most 100 ms), ended early by
  * `dp_coordinator_cancel`, and watching `ncclCommGetAsyncError` and the stream. A result is
- * accepted only when the kernel verified every rank's slot (this exchange's sequence number,
- * equal step ids) and NCCL reports no error. `res->num_tokens_after_padding` (host) and
- * `num_tokens_after_padding_device` are owned by the coordinator and stay valid until the
- * next `begin` on it or its destruction; the device array is written in `stream` order.
+ * accepted only when the kernel verified every rank's slot (this exchange's sequence number;
+ * then, as `dp_decide_slots`: its checksum, the invalid-request marker, the configuration
+ * (rule set, pad policy, microbatching), the step ids and parent step ids) and NCCL reports
+ * no error; the decision uses the pad policy and `num_ubatches` the slots carry.
+ * `res->last_rank` and `arrival_skew_ns` report the rank that entered `begin` last and by
+ * how much; `wait_ns` is how long this call waited for the exchange to finish (0 when it had).
+ * `res->num_tokens_after_padding` (host) and `num_tokens_after_padding_device` are owned by
+ * the coordinator and stay valid until the next `begin` on it or its destruction; the
+ * device array is written in `stream` order.
  * Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL, a bad `res->struct_size`, no exchange
  * in flight, or a rank's invalid request: every rank gets it), `DP_ERR_INCONSISTENT_RANKS`
- * (pad flags or step ids differ, or ranks out of step), `DP_ERR_TIMEOUT`, `DP_ERR_NCCL`,
- * `DP_ERR_CUDA`, `DP_ERR_CANCELLED`, `DP_ERR_BUSY`, `DP_ERR_INTERNAL`. After `TIMEOUT`,
- * `NCCL`, `CUDA` or `CANCELLED`: abort the communicator on every rank, then destroy the
- * coordinator.
+ * (a setting, the step ids or the EXPLICIT pad flags differ across ranks, or ranks out of
+ * step), `DP_ERR_CORRUPT` (a rank's slot arrived damaged: the coordinator is then unusable),
+ * `DP_ERR_TIMEOUT`, `DP_ERR_NCCL`, `DP_ERR_CUDA`, `DP_ERR_CANCELLED`, `DP_ERR_BUSY`,
+ * `DP_ERR_INTERNAL`. After `TIMEOUT`, `NCCL`, `CUDA`, `CORRUPT` or `CANCELLED`: abort the
+ * communicator on every rank, then destroy the coordinator.
  */
 enum dp_status dp_coordinator_end(struct dp_coordinator *c, struct dp_batch_result *res);
 

@@ -4,7 +4,9 @@
 //! `DP_OK`, then abort) at every point of the first `dp_coordinate_batch`; special streams
 //! never used from another thread; a stream the coordinator cannot use still joins the
 //! exchange; a timed-out first exchange frees its state once NCCL let go of it; the GPU
-//! path's log lines and NVTX ranges.
+//! path's log lines and NVTX ranges; the slot `begin` sends; the kernel's checks and
+//! decision (the fake driver runs the kernel's own logic) against `dp_decide_slots` on the
+//! same slots, alone and through the coordinator; the straggler report and its INFO line.
 
 mod diag_support;
 mod fake_gpu;
@@ -14,7 +16,7 @@ use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
 use dpcoord::ffi::*;
-use fake_gpu::{run, tid, Fakes, CASE};
+use fake_gpu::{layout, run, seal, tid, Fakes, CASE};
 
 fn request(tokens: i32, timeout_ms: i32) -> dp_batch_request {
     let mut req = MaybeUninit::<dp_batch_request>::uninit();
@@ -58,6 +60,81 @@ impl Raw {
 
 fn stream(raw: usize) -> *mut CUstream_st {
     raw as *mut CUstream_st
+}
+
+/// `CLOCK_MONOTONIC` now, in ns (what a slot's arrival time is).
+fn now_ns() -> i64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    assert_eq!(rc, 0);
+    t.tv_sec * 1_000_000_000 + t.tv_nsec
+}
+
+/// `dp_make_slot`'s status and slot (written also when it refuses the request).
+fn make_slot(req: &dp_batch_request) -> (dp_status, Vec<u32>) {
+    let mut slot = MaybeUninit::<Slot>::zeroed();
+    let st = dp_make_slot(req, std::ptr::null(), slot.as_mut_ptr());
+    // SAFETY: zeroed, then written by dp_make_slot.
+    (st, unsafe { slot.assume_init() }.opaque.to_vec())
+}
+
+/// `dp_decide_slots` over `n` slots given as words, as rank `rank`: status, message, result,
+/// array.
+fn decide_slots(
+    words: &[u32],
+    n: usize,
+    rank: i32,
+) -> (dp_status, String, dp_batch_result, Vec<i32>) {
+    let slots: Vec<Slot> = words
+        .chunks(layout("SLOT_WORDS"))
+        .map(|w| Slot {
+            opaque: w.try_into().unwrap(),
+        })
+        .collect();
+    assert_eq!(slots.len(), n);
+    let mut res = result();
+    let mut out = vec![-7; n];
+    let st = dp_decide_slots(
+        slots.as_ptr(),
+        n as i32,
+        rank,
+        std::ptr::null(),
+        out.as_mut_ptr(),
+        &mut res,
+    );
+    let message = if st == dp_status::DP_OK {
+        String::new()
+    } else {
+        last_error()
+    };
+    (st, message, res, out)
+}
+
+/// The 64-bit value of two words (low, high).
+fn join(lo: u32, hi: u32) -> i64 {
+    ((u64::from(hi) << 32) | u64::from(lo)) as i64
+}
+
+/// A small deterministic generator (SplitMix64).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn one_in(&mut self, n: usize) -> bool {
+        self.below(n) == 0
+    }
 }
 
 /// Polls `done` every millisecond for at most 10 s.
@@ -270,8 +347,485 @@ fn child() {
             assert_eq!(dp_coordinator_destroy(c), dp_status::DP_OK);
             println!("COMM={comm:p}");
         }
+        // The slot begin writes to the send buffer: dp_make_slot's for the same request, with
+        // the exchange's sequence number and begin's time as its arrival; the marker for an
+        // invalid request.
+        "slot" => {
+            let comm = fakes.comm(2, 0).cast::<ncclComm>();
+            let mut c: *mut dp_coordinator = std::ptr::null_mut();
+            assert_eq!(dp_coordinator_create(comm, &mut c), dp_status::DP_OK);
+            let mut req = request(40, 5000);
+            req.num_tokens_padded = 48;
+            req.cudagraph_mode = 2;
+            req.step_id = 12;
+            req.parent_step_id = 11;
+            req.allow_dp_padding = true;
+            req.pad_policy = DP_PAD_POLICY_WHEN_CUDAGRAPH;
+            req.ubatch.enabled = true;
+            req.ubatch.num_ubatches = 3;
+            let (seq, arrival, check) = (
+                layout("SLOT_SEQ"),
+                layout("SLOT_ARRIVAL"),
+                layout("SLOT_CHECK"),
+            );
+            let mut res = result();
+            for (exchange, mut q) in [req, req].into_iter().enumerate() {
+                if exchange == 1 {
+                    q.num_tokens_unpadded = -3; // refused: the marker joins
+                }
+                let t0 = now_ns();
+                assert_eq!(dp_coordinator_begin(c, stream(0), &q), dp_status::DP_OK);
+                let t1 = now_ns();
+                let st = dp_coordinator_end(c, &mut res);
+                let sent = fakes.last_send();
+                let (made_st, made) = make_slot(&q);
+                assert_eq!(st, made_st, "{}", last_error());
+                assert_eq!(sent[seq], exchange as u32 + 1);
+                let at = join(sent[arrival], sent[arrival + 1]);
+                assert!(
+                    (t0..=t1).contains(&at),
+                    "arrival {at} outside begin's [{t0}, {t1}]"
+                );
+                for i in
+                    (0..sent.len()).filter(|&i| ![seq, arrival, arrival + 1, check].contains(&i))
+                {
+                    assert_eq!(
+                        sent[i], made[i],
+                        "exchange {exchange}: word {i} differs from dp_make_slot's"
+                    );
+                }
+                let mut resealed = sent.clone();
+                seal(&mut resealed);
+                assert_eq!(
+                    resealed, sent,
+                    "exchange {exchange}: the slot sent is not intact"
+                );
+            }
+            let marker = fakes.last_send();
+            let record = layout("SLOT_RECORD");
+            assert!(marker[record..record + layout("SLOT_RECORD_WORDS")]
+                .iter()
+                .all(|&w| w == u32::MAX));
+            assert_eq!(dp_coordinator_destroy(c), dp_status::DP_OK);
+        }
+        // Through the coordinator, a peer's slot changed on the way (FAKE_NCCL peer control):
+        // end gives exactly what dp_decide_slots gives on the slots the gather delivered.
+        "verdicts" => {
+            let rec = layout("SLOT_RECORD");
+            use dp_status::{
+                DP_ERR_CORRUPT as CORRUPT, DP_ERR_INCONSISTENT_RANKS as INCONSISTENT,
+                DP_ERR_INVALID_ARGUMENT as INVALID, DP_OK as OK,
+            };
+            // (name, peer word, words, value, fake_nccl_peer mode, status, message part)
+            let cases: Vec<(&str, usize, i32, u32, i32, dp_status, &str)> =
+                vec![
+                ("damaged", rec, 1, 12345, 1, CORRUPT, "slots[1] fails its checksum"),
+                ("marker", rec, 8, u32::MAX, 0, INVALID, "records[1] is the invalid-request"),
+                (
+                    "layout",
+                    layout("SLOT_LAYOUT"),
+                    1,
+                    0x6470_0002,
+                    0,
+                    INCONSISTENT,
+                    "the slot layout differs: rank 0 carries 0x64700003, rank 1 carries \
+                     0x64700002",
+                ),
+                (
+                    "rules",
+                    layout("SLOT_RULES"),
+                    1,
+                    1,
+                    0,
+                    INCONSISTENT,
+                    "rules differs: rank 0 has 0, rank 1 has 1",
+                ),
+                (
+                    "pad_policy",
+                    layout("SLOT_PAD_POLICY"),
+                    1,
+                    1,
+                    0,
+                    INCONSISTENT,
+                    "pad_policy differs: rank 0 has 0, rank 1 has 1",
+                ),
+                (
+                    "num_ubatches",
+                    layout("SLOT_NUM_UBATCHES"),
+                    1,
+                    3,
+                    0,
+                    INCONSISTENT,
+                    "num_ubatches (0: microbatching disabled) differs: rank 0 has 0, rank 1 has 3",
+                ),
+                (
+                    "step_id",
+                    layout("SLOT_STEP"),
+                    1,
+                    99,
+                    0,
+                    INCONSISTENT,
+                    "rank 0 passed step_id 5, rank 1 passed step_id 99",
+                ),
+                (
+                    "parent_step_id",
+                    layout("SLOT_PARENT"),
+                    1,
+                    4,
+                    0,
+                    INCONSISTENT,
+                    "rank 0 passed parent_step_id 0, rank 1 passed parent_step_id 4",
+                ),
+                (
+                    "record",
+                    rec + layout("REC_PADDED"),
+                    1,
+                    0,
+                    0,
+                    INVALID,
+                    "records[1].num_tokens_padded = 0 must be >= num_tokens_unpadded = 40",
+                ),
+                (
+                    "pad flags",
+                    rec + layout("REC_ATTEMPT_DP_PAD"),
+                    1,
+                    1,
+                    0,
+                    INCONSISTENT,
+                    "should_attempt_dp_pad (allow_dp_padding) differs",
+                ),
+                (
+                    "stale",
+                    layout("SLOT_SEQ"),
+                    1,
+                    77,
+                    0,
+                    INCONSISTENT,
+                    "stale exchange: slots must carry this exchange's sequence number 1, but \
+                     rank 1 carries 77",
+                ),
+                ("peer later", layout("SLOT_ARRIVAL") + 1, 1, 1, 2, OK, ""),
+                ("unchanged", 0, 0, 0, -1, OK, ""),
+            ];
+            for (i, (name, first, count, value, mode, want, needle)) in
+                cases.into_iter().enumerate()
+            {
+                let comm = fakes.comm(2, 0).cast::<ncclComm>();
+                let mut req = request(40, 5000);
+                req.step_id = 5;
+                fakes.peer(if mode < 0 { -1 } else { first as i32 }, count, value, mode);
+                let mut res = result();
+                // Every other case through dp_coordinate_batch (the cached coordinator).
+                let st = if i % 2 == 0 {
+                    let mut c: *mut dp_coordinator = std::ptr::null_mut();
+                    assert_eq!(dp_coordinator_create(comm, &mut c), dp_status::DP_OK);
+                    assert_eq!(dp_coordinator_begin(c, stream(0), &req), dp_status::DP_OK);
+                    let st = dp_coordinator_end(c, &mut res);
+                    let message = last_error();
+                    assert_eq!(dp_coordinator_destroy(c), dp_status::DP_OK);
+                    (st, message)
+                } else {
+                    let st = dp_coordinate_batch(comm, stream(0), &req, &mut res);
+                    let message = last_error();
+                    assert_eq!(dp_release(comm), dp_status::DP_OK);
+                    (st, message)
+                };
+                fakes.peer(-1, 0, 0, 0);
+                let (st, message) = st;
+                assert_eq!(st, want, "{name}: {message}");
+                let gathered = fakes.last_recv(2);
+                let (host_st, host_message, host_res, _) = decide_slots(&gathered, 2, 0);
+                if st != dp_status::DP_OK {
+                    assert!(message.contains(needle), "{name}: {message}");
+                    if name != "stale" {
+                        // One source of every message: rules::slots on the same slots.
+                        assert_eq!((st, &message), (host_st, &host_message), "{name}");
+                    }
+                    continue;
+                }
+                assert_eq!(host_st, dp_status::DP_OK, "{name}: {host_message}");
+                let fields = |r: &dp_batch_result| {
+                    (
+                        r.should_ubatch,
+                        r.should_dp_pad,
+                        r.synced_cudagraph_mode,
+                        r.num_tokens_after_padding_self,
+                        r.max_num_tokens_padded,
+                        r.min_num_tokens_unpadded,
+                        r.num_ubatches,
+                        r.step_id,
+                        r.last_rank,
+                        r.arrival_skew_ns,
+                    )
+                };
+                assert_eq!(fields(&res), fields(&host_res), "{name}");
+                let (last, skew) = if name == "peer later" {
+                    (1, 1i64 << 32)
+                } else {
+                    (0, 0)
+                };
+                assert_eq!((res.last_rank, res.arrival_skew_ns), (last, skew), "{name}");
+                // The fake published at the launch, inside begin: end did not wait.
+                assert_eq!(res.wait_ns, 0, "{name}");
+            }
+        }
+        // INFO logs the rank that was last in most of the last 64 exchanges, once per change:
+        // 40 exchanges with equal arrivals (rank 0, the lowest, is last), then 80 in which the
+        // peer arrives 2^32 ns later.
+        "straggler" => {
+            let comm = fakes.comm(2, 0);
+            let mut c: *mut dp_coordinator = std::ptr::null_mut();
+            assert_eq!(dp_coordinator_create(comm.cast(), &mut c), dp_status::DP_OK);
+            let mut res = result();
+            for step in 1..=120 {
+                if step == 41 {
+                    fakes.peer(layout("SLOT_ARRIVAL") as i32 + 1, 1, 1, 2);
+                }
+                let mut req = request(8, 5000);
+                req.step_id = step;
+                assert_eq!(dp_coordinator_begin(c, stream(0), &req), dp_status::DP_OK);
+                assert_eq!(
+                    dp_coordinator_end(c, &mut res),
+                    dp_status::DP_OK,
+                    "{}",
+                    last_error()
+                );
+                assert_eq!(res.last_rank, i32::from(step > 40));
+            }
+            assert_eq!(dp_coordinator_destroy(c), dp_status::DP_OK);
+            println!("COMM={comm:p}");
+        }
+        // wait_ns: how long end waited (the fake publishes FAKE_CUDA_PUBLISH_DELAY_MS after
+        // the launch); 0 when poll had seen the exchange finish.
+        "wait" => {
+            let comm = fakes.comm(2, 0).cast::<ncclComm>();
+            let mut c: *mut dp_coordinator = std::ptr::null_mut();
+            assert_eq!(dp_coordinator_create(comm, &mut c), dp_status::DP_OK);
+            let mut res = result();
+            assert_eq!(
+                dp_coordinator_begin(c, stream(0), &request(3, 5000)),
+                dp_status::DP_OK
+            );
+            let t = Instant::now();
+            assert_eq!(
+                dp_coordinator_end(c, &mut res),
+                dp_status::DP_OK,
+                "{}",
+                last_error()
+            );
+            println!("ELAPSED_NS={}", t.elapsed().as_nanos());
+            println!("WAIT_NS={}", res.wait_ns);
+            assert_eq!(
+                dp_coordinator_begin(c, stream(0), &request(3, 5000)),
+                dp_status::DP_OK
+            );
+            wait_for("poll to say done", || {
+                let mut done = false;
+                assert_eq!(dp_coordinator_poll(c, &mut done), dp_status::DP_OK);
+                done
+            });
+            assert_eq!(
+                dp_coordinator_end(c, &mut res),
+                dp_status::DP_OK,
+                "{}",
+                last_error()
+            );
+            println!("WAIT_AFTER_POLL_NS={}", res.wait_ns);
+            assert_eq!(dp_coordinator_destroy(c), dp_status::DP_OK);
+        }
+        // The kernel's logic (the fake driver's dp_postprocess) against dp_decide_slots on
+        // random slots: the same verdict, decision, array and straggler report.
+        "logic" => logic(&fakes),
         other => panic!("unknown case {other}"),
     }
+}
+
+/// The statuses of layout.h, by the fault `dp_decide_slots` names (`None`: not a check of
+/// the kernel's).
+fn status_of(st: dp_status, message: &str) -> usize {
+    let name = if st == dp_status::DP_OK {
+        "STATUS_OK"
+    } else if message.contains("fails its checksum") {
+        "STATUS_CORRUPT"
+    } else if message.contains("is the invalid-request marker") {
+        "STATUS_MARKER"
+    } else if message.contains("configurations differ") {
+        "STATUS_CONFIG"
+    } else if message.contains("step_ids differ across ranks") {
+        "STATUS_STEP_IDS"
+    } else if st == dp_status::DP_ERR_INVALID_ARGUMENT && message.contains("records[") {
+        "STATUS_INVALID"
+    } else if message.contains("should_attempt_dp_pad") {
+        "STATUS_INCONSISTENT"
+    } else {
+        panic!("dp_decide_slots failed with a fault the kernel does not check: {st:?}: {message}")
+    };
+    layout(name)
+}
+
+fn logic(fakes: &Fakes) {
+    let words = layout("SLOT_WORDS");
+    let (seq_at, arrival_at, record, check) = (
+        layout("SLOT_SEQ"),
+        layout("SLOT_ARRIVAL"),
+        layout("SLOT_RECORD"),
+        layout("SLOT_CHECK"),
+    );
+    let h = |name| layout(name);
+    let mut rng = Rng(0x00D9_C0DE_0003);
+    let mut seen = std::collections::BTreeMap::<usize, usize>::new();
+    let t0 = now_ns();
+    for case in 0..6000 {
+        let n = 1 + rng.below(6);
+        let rank = rng.below(n) as i32;
+        let explicit = rng.one_in(2);
+        let enabled = rng.one_in(3) || !rng.one_in(2);
+        let num_ubatches = 2 + rng.below(3) as i32;
+        let pad_all = rng.one_in(2);
+        let mut slots = Vec::with_capacity(n * words);
+        for r in 0..n {
+            let mut q = request(rng.below(3000) as i32, 5000);
+            q.num_tokens_padded = if rng.one_in(2) {
+                -1
+            } else {
+                q.num_tokens_unpadded + rng.below(64) as i32
+            };
+            q.allow_microbatching = !rng.one_in(4);
+            q.uniform_decode = rng.below(2) as i32;
+            q.cudagraph_mode = rng.below(3) as i32;
+            q.pad_policy = if explicit {
+                DP_PAD_POLICY_EXPLICIT
+            } else {
+                DP_PAD_POLICY_WHEN_CUDAGRAPH
+            };
+            q.allow_dp_padding = pad_all != rng.one_in(12);
+            q.ubatch.enabled = enabled;
+            q.ubatch.num_ubatches = num_ubatches;
+            q.ubatch.decode_token_threshold = 4 + rng.below(64) as i32;
+            q.ubatch.prefill_token_threshold = 4 + rng.below(1024) as i32;
+            q.step_id = if rng.one_in(25) { 8 } else { 7 };
+            q.parent_step_id = if rng.one_in(25) { 3 } else { 0 };
+            if rng.one_in(40) {
+                q.pad_policy ^= 1; // another setting: the configuration differs
+            }
+            if rng.one_in(40) {
+                q.ubatch.num_ubatches += 1;
+            }
+            if rng.one_in(50) {
+                q.cudagraph_mode = 3; // refused: the marker
+            }
+            let (_, mut slot) = make_slot(&q);
+            // Arrivals: ties, near times, extremes (the skew saturates).
+            let at: i64 = match rng.below(8) {
+                0 => i64::MAX,
+                1 => i64::MIN,
+                2 | 3 => t0,
+                _ => t0 + rng.below(1 << 20) as i64 - (1 << 19),
+            };
+            slot[arrival_at] = at as u32;
+            slot[arrival_at + 1] = ((at as u64) >> 32) as u32;
+            if r > 0 && rng.one_in(30) {
+                let w = 1 + rng.below(layout("SLOT_DECODE_QUERY_LEN"));
+                slot[w] ^= 1 + rng.below(1000) as u32; // a configuration word
+            }
+            if rng.one_in(30) {
+                let w = record + rng.below(5);
+                slot[w] = (rng.below(5) as i32 - 2) as u32; // maybe an invalid record
+            }
+            if rng.one_in(60) {
+                slot[seq_at] = 1; // stale
+            }
+            seal(&mut slot);
+            if rng.one_in(30) {
+                let w = rng.below(words);
+                slot[w] ^= 1 << rng.below(32); // damaged on the way
+            }
+            slots.extend(slot);
+        }
+        let (out, host) = fakes.postprocess(&slots, n, rank, 0);
+        let status = host[h("HOST_STATUS")] as usize;
+        let what = format!("case {case}: {n} ranks as rank {rank}");
+        if (0..n).any(|r| slots[r * words + seq_at] != 0) {
+            assert_eq!(status, h("STATUS_STALE"), "{what}");
+            *seen.entry(status).or_default() += 1;
+            continue;
+        }
+        let (st, message, res, array) = decide_slots(&slots, n, rank);
+        assert_eq!(
+            status,
+            status_of(st, &message),
+            "{what}: dp_decide_slots says {st:?}: {message}"
+        );
+        *seen.entry(status).or_default() += 1;
+        // The kernel's copy of the slots lets the host name the fault; its words are the
+        // slots.
+        let copy = h("HOST_HEADER_WORDS") + n;
+        if st != dp_status::DP_OK {
+            let copied: Vec<u32> = host[copy..copy + n * words]
+                .iter()
+                .map(|&w| w as u32)
+                .collect();
+            assert_eq!(copied, slots, "{what}");
+            continue;
+        }
+        let word = |name| host[h(name)];
+        assert_eq!(
+            (
+                word("HOST_SHOULD_UBATCH") != 0,
+                word("HOST_SHOULD_DP_PAD") != 0,
+                word("HOST_SYNCED_CUDAGRAPH_MODE"),
+                word("HOST_NUM_TOKENS_AFTER_PADDING_SELF"),
+                word("HOST_MAX_NUM_TOKENS_PADDED"),
+                word("HOST_MIN_NUM_TOKENS_UNPADDED"),
+                word("HOST_NUM_UBATCHES"),
+                word("HOST_LAST_RANK"),
+                join(host[h("HOST_SKEW")] as u32, host[h("HOST_SKEW") + 1] as u32),
+            ),
+            (
+                res.should_ubatch,
+                res.should_dp_pad,
+                res.synced_cudagraph_mode,
+                res.num_tokens_after_padding_self,
+                res.max_num_tokens_padded,
+                res.min_num_tokens_unpadded,
+                res.num_ubatches,
+                res.last_rank,
+                res.arrival_skew_ns,
+            ),
+            "{what}"
+        );
+        // The arrays: dp_decide_slots writes none for one rank (the kernel writes its own
+        // tokens there).
+        let want = if n == 1 {
+            vec![res.num_tokens_after_padding_self]
+        } else {
+            array
+        };
+        assert_eq!(out, want, "{what}: device array");
+        assert_eq!(
+            host[h("HOST_HEADER_WORDS")..copy],
+            want[..],
+            "{what}: host array"
+        );
+    }
+    let _ = check;
+    for status in [
+        "STATUS_OK",
+        "STATUS_STALE",
+        "STATUS_CORRUPT",
+        "STATUS_MARKER",
+        "STATUS_CONFIG",
+        "STATUS_STEP_IDS",
+        "STATUS_INVALID",
+        "STATUS_INCONSISTENT",
+    ] {
+        assert!(
+            seen.get(&layout(status)).copied().unwrap_or(0) >= 20,
+            "{status} seen {:?} times: {seen:?}",
+            seen.get(&layout(status))
+        );
+    }
+    println!("SEEN={seen:?}");
 }
 
 fn status(run: &fake_gpu::Run) -> u32 {
@@ -512,4 +1066,71 @@ fn the_gpu_path_logs_info_and_trace_and_opens_ranges() {
          push dpcoord dp_coordinator_end rank 0 step 7\n\
          pop dpcoord\n"
     );
+}
+
+/// The slot begin writes to the send buffer is `dp_make_slot`'s for the same request (the
+/// library's one slot maker), with this exchange's sequence number, begin's time as its
+/// arrival and an intact checksum; an invalid request sends the marker.
+#[test]
+fn begin_sends_the_slot_dp_make_slot_makes() {
+    run("slot", &[]);
+}
+
+/// Items 1-3 of issue 17 on the GPU path: a peer's damaged slot, marker, other settings (each
+/// configuration word, the slot layout), step ids, invalid record, pad flags, stale sequence
+/// number: end (and dp_coordinate_batch) returns exactly what dp_decide_slots returns on the
+/// slots the gather delivered; an accepted step has its decision and straggler report.
+#[test]
+fn every_verdict_is_what_dp_decide_slots_says_on_the_same_slots() {
+    run("verdicts", &[]);
+}
+
+/// The kernel's own checks, decision, arrays and straggler report (its host-runnable part,
+/// compiled into the fake driver) agree with dp_decide_slots on 6000 random slot sets with
+/// every kind of fault, each verdict status reached at least 20 times.
+#[test]
+fn the_kernels_logic_is_dp_decide_slots_on_random_slots() {
+    let r = run("logic", &[]);
+    assert!(r.printed("SEEN").starts_with('{'), "{}", r.stdout);
+}
+
+/// The INFO line names the rank that was last in most of the last 64 exchanges, once per
+/// change of that rank.
+#[test]
+fn info_logs_the_straggler_once_per_change() {
+    let r = run("straggler", &[("DPCOORD_DEBUG", "INFO".to_owned())]);
+    let comm = r.printed("COMM");
+    let lines: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter_map(|l| l.split_once(" dpcoord ").map(|(_, rest)| rest))
+        .filter(|l| l.contains("straggler"))
+        .collect();
+    let line = |step: i64, rank: i32, skew: i64| {
+        format!(
+            "INFO [rank 0/2 comm {comm} step {step}] straggler: rank {rank} arrived last in 33 \
+             of the last 64 exchanges (this one's arrival skew: {skew} ns, between \
+             CLOCK_MONOTONIC clocks: exact on one host)"
+        )
+    };
+    assert_eq!(
+        lines,
+        [line(33, 0, 0), line(73, 1, 1 << 32)],
+        "{}",
+        r.stderr
+    );
+}
+
+/// wait_ns is how long end waited for the exchange: within end's own time, and 0 once poll
+/// saw it finish.
+#[test]
+fn wait_ns_is_how_long_end_waited() {
+    let r = run("wait", &[("FAKE_CUDA_PUBLISH_DELAY_MS", "200".to_owned())]);
+    let wait: i64 = r.printed("WAIT_NS").parse().unwrap();
+    let elapsed: i64 = r.printed("ELAPSED_NS").parse().unwrap();
+    assert!(
+        wait > 0 && wait <= elapsed,
+        "waited {wait} ns in an end of {elapsed} ns"
+    );
+    assert_eq!(r.printed("WAIT_AFTER_POLL_NS"), "0");
 }

@@ -13,7 +13,7 @@
 //! 0. Every dpcoord result is checked against `rules::decide` on every rank's record (each
 //! rank derives all records from (step, rank), the generator `torch_reference.py` shares);
 //! a mismatch fails the run. Variants (the send path of each says where NCCL reads the slot):
-//! - `bare_allgather_sync`: `ncclAllGather` of the 32-byte slot, device buffers, +
+//! - `bare_allgather_sync`: `ncclAllGather` of the 96-byte slot, device buffers, +
 //!   `cuStreamSynchronize`: the floor.
 //! - `bare_allgather_hostsend_sync`: the same with the send buffer in mapped pinned memory.
 //! - `stage_post_kernel_spin`: the post kernel alone on gathered slots + host spin.
@@ -377,9 +377,10 @@ fn variant<'a>(w: &'a World, name: &'a str) -> Res<Option<StepFn<'a>>> {
             Ok(since(t0))
         }),
         "bare_allgather_hostsend_sync" => Box::new(move |w: &World, step| {
+            let slot =
+                testing::slot_words(&step_requests(step, n)[rank], step as u32 + 1).map_err(err)?;
             let t0 = Instant::now();
-            w.send_host
-                .store(0, &testing::slot_words(step as u32 + 1, 0, [1, 2, 3, 4, 5]));
+            w.send_host.store(0, &slot);
             w.harness
                 .all_gather(
                     w.send_host.device_ptr(),
@@ -416,13 +417,7 @@ fn variant<'a>(w: &'a World, name: &'a str) -> Res<Option<StepFn<'a>>> {
                 let reqs = step_requests(step, n);
                 let slots: Vec<[i32; SLOT_WORDS]> = reqs
                     .iter()
-                    .map(|r| {
-                        Ok(testing::slot_words(
-                            seq,
-                            r.step_id,
-                            record_of(r)?.to_words(),
-                        ))
-                    })
+                    .map(|r| testing::slot_words(r, seq).map_err(err))
                     .collect::<Res<_>>()?;
                 let t0;
                 if full {
@@ -447,9 +442,7 @@ fn variant<'a>(w: &'a World, name: &'a str) -> Res<Option<StepFn<'a>>> {
                     testing::synchronize(w.s()).map_err(err)?;
                     t0 = Instant::now();
                 }
-                let r0 = &reqs[0];
-                kit.launch(w.s(), seq, r0.pad_policy, num_ubatches(r0))
-                    .map_err(err)?;
+                kit.launch(w.s(), seq).map_err(err)?;
                 let enqueued = since(t0);
                 kit.spin(seq, SPIN_LIMIT).map_err(err)?;
                 let ns = if host_only { enqueued } else { since(t0) };

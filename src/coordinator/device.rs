@@ -10,8 +10,7 @@ use crate::cuda::{
     StreamHandle,
 };
 use crate::error::Result;
-use crate::kernels as k;
-use crate::slot::SLOT_WORDS;
+use crate::kernels::{self as k, SLOT_WORDS};
 
 /// The device side of a coordinator: created with it (so that no `begin` allocates, loads a
 /// module or frees: each of those may wait for the whole device), in the context that is

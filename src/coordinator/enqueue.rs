@@ -9,8 +9,7 @@ use super::{cancelled_error, lock, Coordinator, Flight, GpuState, Inner, Step};
 use crate::cuda::{self, Context, DevicePtr, PostArgs, StreamHandle};
 use crate::diag;
 use crate::error::{Error, ErrorKind, Result};
-use crate::kernels as k;
-use crate::slot::{self, SLOT_WORDS};
+use crate::kernels::{self as k, SLOT_WORDS};
 
 /// The first `ncclAllGather`, on a helper thread: its result, once it returned.
 pub(super) struct Connect {
@@ -61,7 +60,8 @@ impl Coordinator {
         }
     }
 
-    /// Host write of the slot, allgather, post kernel on `stream` (checked by
+    /// Host write of the slot (`step.slot`, which carries the next sequence number), allgather,
+    /// post kernel on `stream` (checked by
     /// [`Coordinator::usable_stream`]). A failure before anything is enqueued leaves the
     /// coordinator usable; one after breaks it.
     pub(super) fn enqueue(
@@ -71,17 +71,15 @@ impl Coordinator {
         step: &Step,
     ) -> Result<Flight> {
         let _range = diag::range(c"dp_coordinator_enqueue", self.dp_rank, step.step_id);
-        let seq = inner.seq.wrapping_add(1).max(1);
+        let seq = step.slot.seq();
         let connected = inner.connected;
         let gpu = inner
             .gpu
             .as_mut()
             .expect("a coordinator of the GPU path has GPU state");
         let _current = gpu.ctx.enter()?;
-        gpu.send_host.store(
-            0,
-            &slot::slot_words(seq, step.step_id, step.record.to_words()),
-        );
+        gpu.send_host
+            .store(0, bytemuck::cast_slice(&step.slot.opaque));
         // The stores reach memory before the launch below makes the GPU read them.
         fence(Ordering::SeqCst);
         inner.seq = seq;
@@ -147,8 +145,6 @@ impl Coordinator {
             slots: recv,
             dp_size: self.dp_size,
             dp_rank: self.dp_rank,
-            pad_policy: step.pad_policy,
-            num_ubatches: step.num_ubatches,
             seq,
             device_out: gpu.device_out.ptr(),
             host: gpu.host.device_ptr(),

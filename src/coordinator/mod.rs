@@ -2,19 +2,24 @@
 //! `begin` (enqueue on the caller's stream, return), `poll` (never blocks) and `end` (one
 //! bounded host wait), plus the per-communicator cache of `dp_coordinate_batch` on top of it.
 //!
-//! Here: the state machine (begin/poll/end/cancel/destroy). `enqueue`: the device work of a
-//! `begin`; `verdict`: `end`'s wait and what it accepts; `shared`: what `cancel` reaches
-//! without the lock; `device`: the device state and its graveyard; `cache`: the
-//! per-communicator cache of `dp_coordinate_batch`, `dp_cancel` and `dp_release`.
+//! Here: the state machine (begin/poll/end/cancel/destroy). `flight`: the slot a `begin`
+//! sends and what is in flight until `end`; `enqueue`: the device work of a `begin`;
+//! `verdict`: `end`'s wait and what it accepts; `shared`: what `cancel` reaches without the
+//! lock; `device`: the device state and its graveyard; `cache`: the per-communicator cache
+//! of `dp_coordinate_batch`, `dp_cancel` and `dp_release`; `straggler`: which rank arrives
+//! last, for the INFO log.
 //!
-//! One exchange: the host writes its slot (sequence number, step id, record) into mapped
-//! pinned memory that `ncclAllGather` reads as its send buffer (or, with
+//! One exchange: the host writes its slot (the checked [`Slot`](crate::slot::Slot) of every
+//! transport: sequence number, configuration, step ids, arrival time, record, checksum)
+//! into mapped pinned memory that `ncclAllGather` reads as its send buffer (or, with
 //! `DPCOORD_SEND_BUFFER=device`, copies it to a device buffer first), NCCL gathers every
 //! rank's slot into device memory, `dp_postprocess` checks every slot and publishes the
-//! decision to mapped memory (sequence word last) and to the device array, and `end` spins on
-//! the sequence word. Nothing is trusted that the kernel did not verify (every slot carries
-//! this exchange's sequence number, the step ids agree) and that NCCL did not flag
-//! (`ncclCommGetAsyncError` is read before a result is accepted).
+//! decision and the straggler report to mapped memory (sequence word last) and to the
+//! device array, and `end` spins on the sequence word. Nothing is trusted that the kernel
+//! did not verify (every slot carries this exchange's sequence number, is intact, and
+//! agrees with rank 0's on the configuration and step ids) and that NCCL did not flag
+//! (`ncclCommGetAsyncError` is read before a result is accepted); on any other verdict the
+//! message comes from `rules::slots` over the kernel's copy of the slots.
 //!
 //! Bounded waits: NCCL >= 2.22 connects lazily inside the first collective on a communicator,
 //! on the calling thread and with no timeout. The first exchange of a coordinator therefore
@@ -49,12 +54,15 @@ use crate::diag::{self, Ctx, Level};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels as k;
 use crate::nccl::{self, CommHandle, Nccl};
-use crate::rules::{self, Decision, RankRecord, Request};
+use crate::rules::{Decision, Request};
+use crate::slot;
 
 mod cache;
 mod device;
 mod enqueue;
+mod flight;
 mod shared;
+mod straggler;
 #[cfg(test)]
 mod tests;
 mod verdict;
@@ -66,7 +74,9 @@ pub(crate) use cache::{cancel, coordinate, release};
 pub(crate) use enqueue::block_threads;
 
 use device::{retire, sweep_graveyard, GpuState};
+use flight::{decide_alone, own_slot, Flight, InFlight, Step};
 use shared::{cancelled_error, Shared};
+use straggler::Stragglers;
 
 /// Environment variable choosing the send buffer: `host` (default: mapped pinned memory that
 /// NCCL reads) or `device` (a device buffer filled by one async copy on the stream).
@@ -122,50 +132,16 @@ pub struct Outcome {
     pub dp_size: i32,
     /// The agreed step id (0 when unchecked).
     pub step_id: i64,
+    /// The rank that arrived last (the lowest such on a tie); -1 when nothing was exchanged.
+    pub last_rank: i32,
+    /// Latest minus earliest arrival time over the ranks, in ns.
+    pub arrival_skew_ns: i64,
+    /// How long `end` waited for the exchange to finish, in ns (0: it had finished).
+    pub wait_ns: i64,
     /// Library-owned host array of `dp_size` entries, or NULL when dp_size == 1.
     pub host_array: *const i32,
     /// Library-owned device array of `dp_size` entries, or 0 when dp_size == 1.
     pub device_array: DevicePtr,
-}
-
-/// One `begin`'s inputs to the device work.
-struct Step {
-    record: RankRecord,
-    step_id: i64,
-    pad_policy: i32,
-    num_ubatches: i32,
-    deadline: Option<Instant>,
-    start: Instant,
-}
-
-/// An exchange begun and not yet ended.
-struct InFlight {
-    start: Instant,
-    deadline: Option<Instant>,
-    timeout_ms: i32,
-    pad_policy: i32,
-    num_ubatches: i32,
-    step_id: i64,
-    /// This rank's request was invalid and joined as [`RankRecord::MARKER`]: `end` returns
-    /// this error once the exchange completed.
-    rejected: Option<Error>,
-    kind: Flight,
-}
-
-enum Flight {
-    /// dp_size 1 (not forced): decided locally, no GPU work.
-    Local(Result<Decision>),
-    /// On the GPU: published with `seq` on `stream` (the caller's, or the coordinator's own
-    /// for a stream it could not use).
-    Exchange {
-        seq: u32,
-        stream: StreamHandle,
-        /// `stream` is special (NULL, legacy, per-thread: what it means depends on the
-        /// thread), so `begin` recorded the state's event behind its work on the caller's
-        /// thread: `end`, `cancel` and `destroy`, maybe on other threads, use that event and
-        /// never the stream.
-        marked: bool,
-    },
 }
 
 /// Everything behind the coordinator's lock.
@@ -179,6 +155,8 @@ struct Inner {
     in_flight: Option<InFlight>,
     /// The first failure mid-exchange; every later call fails with it.
     broken: Option<Error>,
+    /// Which rank arrived last in the recent exchanges (read only for the INFO log).
+    stragglers: Stragglers,
 }
 
 /// One coordinator: caller-owned, for one communicator.
@@ -295,6 +273,7 @@ impl Coordinator {
                 connected: false,
                 in_flight: None,
                 broken: None,
+                stragglers: Stragglers::new(),
             }),
         })
     }
@@ -334,19 +313,21 @@ impl Coordinator {
     /// Enqueues this rank's exchange on `stream` and returns (collective: every rank calls
     /// it, in the same order relative to every other collective on the communicator).
     ///
-    /// A request that is invalid (`invalid`, as the C boundary read it, else
-    /// [`rules::make_record`]'s verdict) still joins, as [`RankRecord::MARKER`], so that no
-    /// rank waits for it: `end` returns the error here and the marker's on every other rank.
-    /// So does a `stream` the coordinator cannot use (another device's or context's, or one
-    /// capturing a CUDA graph): the marker is exchanged on the coordinator's own stream and
-    /// the caller's is not touched. Only a negative `timeout_ms`, which leaves the wait
-    /// unbounded, fails here.
+    /// This rank's slot is `rules::slots::make`'s, with the coordinator's next sequence
+    /// number and the time `begin` was entered as its arrival time. A request that is invalid
+    /// (`invalid`, as the C boundary read it, else `make`'s verdict) still joins, as
+    /// `Slot::marker`, so that no rank waits for it: `end` returns the error here and the
+    /// marker's on every other rank. So does a `stream` the coordinator cannot use (another
+    /// device's or context's, or one capturing a CUDA graph): the marker is exchanged on the
+    /// coordinator's own stream and the caller's is not touched. Only a negative
+    /// `timeout_ms`, which leaves the wait unbounded, fails here.
     pub(crate) fn begin(
         &self,
         stream: StreamHandle,
         req: &Request,
         invalid: Option<&Error>,
     ) -> Result<()> {
+        let arrival_ns = slot::now_ns();
         let _range = diag::range(c"dp_coordinator_begin", self.dp_rank, req.step_id);
         let _inside = self.shared.enter()?;
         let mut inner = self.try_inner("dp_coordinator_begin")?;
@@ -367,35 +348,21 @@ impl Coordinator {
             true => self.usable_stream(&mut inner, stream)?,
             false => (stream, None),
         };
-        let checked = match (invalid, unusable) {
-            (Some(e), _) => Err(e.clone()),
-            (None, Some(e)) => Err(e),
-            (None, None) => rules::make_record(req),
-        };
-        let (record, rejected) = match checked {
-            Ok(record) => (record, None),
-            Err(e) if req.timeout_ms >= 0 => (RankRecord::MARKER, Some(e)),
-            Err(e) => return Err(e),
-        };
-        // A marker's step: any valid policy and step id (the verdict is the marker's anyway).
-        let (pad_policy, num_ubatches, step_id) = match rejected {
-            None => (req.pad_policy, req.effective_num_ubatches(), req.step_id),
-            Some(_) => (rules::DP_PAD_POLICY_EXPLICIT, 2, req.step_id.max(0)),
-        };
+        let seq = inner.seq.wrapping_add(1).max(1);
+        let (slot, rejected) = own_slot(req, invalid.cloned().or(unusable), seq, arrival_ns)?;
+        let step_id = req.step_id.max(0);
         let start = Instant::now();
         let deadline =
             (req.timeout_ms > 0).then(|| start + Duration::from_millis(req.timeout_ms as u64));
         let kind = if !exchange {
             Flight::Local(match &rejected {
                 Some(e) => Err(e.clone()),
-                None => rules::decide(&[record], 0, pad_policy, num_ubatches, None),
+                None => decide_alone(slot),
             })
         } else {
             let step = Step {
-                record,
+                slot,
                 step_id,
-                pad_policy,
-                num_ubatches,
                 deadline,
                 start,
             };
@@ -405,9 +372,8 @@ impl Coordinator {
             start,
             deadline,
             timeout_ms: req.timeout_ms,
-            pad_policy,
-            num_ubatches,
             step_id,
+            slot,
             rejected,
             kind,
         });
@@ -463,7 +429,10 @@ impl Coordinator {
                     decision,
                     dp_rank: self.dp_rank,
                     dp_size: self.dp_size,
-                    step_id: flight.step_id,
+                    step_id: flight.slot.step_id(),
+                    last_rank: -1,
+                    arrival_skew_ns: 0,
+                    wait_ns: 0,
                     host_array: std::ptr::null(),
                     device_array: 0,
                 };
@@ -480,17 +449,45 @@ impl Coordinator {
         let gpu = inner.gpu.as_mut().expect("an exchange has GPU state");
         let waited = self
             .wait(gpu, seq, (stream, marked), &flight)
-            .and_then(|()| self.nccl.check_async_error(self.comm));
-        if let Err(e) = waited {
-            if !marked {
-                gpu.record_pending(stream);
+            .and_then(|ns| self.nccl.check_async_error(self.comm).map(|()| ns));
+        let wait_ns = match waited {
+            Ok(ns) => ns,
+            Err(e) => {
+                if !marked {
+                    gpu.record_pending(stream);
+                }
+                inner.broken = Some(e.clone());
+                return Err(e);
             }
-            inner.broken = Some(e.clone());
-            return Err(e);
-        }
-        match (self.read_decision(gpu, &flight, seq), flight.rejected) {
-            (Ok(outcome), None) => {
+        };
+        let host = &gpu.host;
+        let read = verdict::read(&|i| host.load(i), self.dp_size as usize, self.dp_rank, seq);
+        match (read, flight.rejected) {
+            (Ok(published), None) => {
+                let outcome = Outcome {
+                    decision: published.decision,
+                    dp_rank: self.dp_rank,
+                    dp_size: self.dp_size,
+                    // The kernel checked that every rank's equals this rank's.
+                    step_id: flight.slot.step_id(),
+                    last_rank: published.last_rank,
+                    arrival_skew_ns: published.arrival_skew_ns,
+                    wait_ns,
+                    host_array: host.host_ptr(k::host_array_offset()),
+                    device_array: gpu.device_out.ptr(),
+                };
                 self.trace(&outcome);
+                if self.dp_size > 1 && diag::enabled(Level::Info) {
+                    if let Some((rank, last)) = inner.stragglers.push(outcome.last_rank) {
+                        diag::log::straggler(
+                            &self.ctx(outcome.step_id),
+                            rank,
+                            last,
+                            straggler::WINDOW,
+                            outcome.arrival_skew_ns,
+                        );
+                    }
+                }
                 Ok(outcome)
             }
             (Ok(_), Some(_)) => {
@@ -502,9 +499,10 @@ impl Coordinator {
                 Err(e)
             }
             (Err(e), rejected) => {
-                // Bad records or step ids: every rank exchanged and got the same error, so
-                // the ranks stay in step. Anything else (stale slots) breaks the coordinator.
-                let stale = gpu.host.load(k::HOST_STATUS) == k::STATUS_STALE;
+                // A marker, other settings or step ids, bad records: every rank exchanged and
+                // got the same error, so the ranks stay in step. Anything else (stale or
+                // damaged slots) breaks the coordinator.
+                let stale = host.load(k::HOST_STATUS) == k::STATUS_STALE;
                 let in_step = matches!(
                     e.kind,
                     ErrorKind::InvalidArgument | ErrorKind::InconsistentRanks
@@ -518,6 +516,7 @@ impl Coordinator {
             }
         }
     }
+
     /// Ends a wait from any thread: see [`Shared::cancel`]; records the event behind an
     /// exchange begun and not ended, so `destroy` frees nothing it still writes.
     pub(crate) fn cancel(&self) -> Result<()> {

@@ -1,9 +1,11 @@
 //! The coordinator's state rules without a GPU: a fake NCCL answers for a one-rank
 //! communicator, so begin/poll/end/cancel/destroy run their host-only path.
 
-use super::verdict::stale_error;
+use super::verdict::{self, stale_error};
 use super::*;
 use crate::cuda::StreamHandle;
+use crate::rules;
+use crate::slot::Slot;
 
 fn one_rank_coordinator() -> Coordinator {
     Coordinator::with_nccl(nccl::fake::one_rank(), false)
@@ -163,9 +165,9 @@ fn send_path_knob_reads_host_device_or_refuses() {
 
 #[test]
 fn stale_slots_name_the_ranks_and_tell_aborted_from_out_of_step() {
-    let slots = [[5, 0], [4, 0]]; // rank 0 carries seq 5 (current), rank 1 carries 4
-    let slot = |r: usize, i: usize| slots[r][i.min(1)];
-    let e = stale_error(2, 0, 5, &slot);
+    // Rank 0 carries seq 5 (current), rank 1 carries 4.
+    let slots = [slot_of(&request(1, 0), 5, 0), slot_of(&request(1, 0), 4, 0)];
+    let e = stale_error(&slots, 0, 5);
     assert_eq!(e.kind, ErrorKind::InconsistentRanks, "{e}");
     assert!(e.message.contains("rank 1 carries 4"), "{e}");
     // It says what the sequence number detects, and that it does not detect a skipped call.
@@ -180,9 +182,243 @@ fn stale_slots_name_the_ranks_and_tell_aborted_from_out_of_step() {
             .contains("a rank that skipped a call is caught only by step ids"),
         "{e}"
     );
-    let e = stale_error(2, 1, 5, &slot);
+    let e = stale_error(&slots, 1, 5);
     assert_eq!(e.kind, ErrorKind::Nccl, "{e}");
     assert!(e.message.contains("aborted, partial or failed"), "{e}");
+}
+
+fn slot_of(req: &Request, seq: u32, arrival_ns: i64) -> Slot {
+    rules::slots::make(req, seq, arrival_ns, None).expect("a valid request")
+}
+
+#[test]
+fn begin_sends_the_slot_rules_make_or_the_marker() {
+    let req = Request {
+        num_tokens_padded: 16,
+        allow_dp_padding: true,
+        cudagraph_mode: 2,
+        pad_policy: rules::DP_PAD_POLICY_WHEN_CUDAGRAPH,
+        parent_step_id: 4,
+        ..request(9, 11)
+    };
+    let (slot, rejected) = own_slot(&req, None, 7, 123_456).unwrap();
+    assert!(rejected.is_none());
+    assert_eq!(slot, slot_of(&req, 7, 123_456));
+    assert!(slot.intact());
+    assert_eq!((slot.seq(), slot.arrival_ns()), (7, 123_456));
+    // An invalid request, a refusal by the C boundary or an unusable stream: the marker,
+    // with this exchange's sequence number and arrival time, and the reason.
+    let why = Error::new(
+        ErrorKind::InvalidArgument,
+        "stream is capturing a CUDA graph",
+    );
+    for (req, refused, names) in [
+        (request(-3, 0), None, "num_tokens_unpadded = -3"),
+        (req, Some(why.clone()), "capturing"),
+        (
+            Request {
+                rules: rules::DP_RULES_VLLM_V2,
+                ..req
+            },
+            None,
+            "req->rules = 1",
+        ),
+    ] {
+        let (slot, rejected) = own_slot(&req, refused, 8, 99).unwrap();
+        assert_eq!(slot, Slot::marker(8, 99));
+        assert!(slot.intact() && slot.is_marker());
+        let e = rejected.expect("the reason");
+        assert!(e.message.contains(names), "{e}");
+    }
+    // A negative timeout cannot join (the wait would have no bound).
+    let e = own_slot(
+        &Request {
+            timeout_ms: -1,
+            ..request(3, 0)
+        },
+        None,
+        1,
+        0,
+    )
+    .unwrap_err();
+    assert!(e.message.contains("timeout_ms = -1"), "{e}");
+}
+
+/// The host block as the kernel leaves it for `status` over `slots`: the status and, unless
+/// OK, the copy of the slots.
+fn block(status: i32, slots: &[Slot]) -> Vec<i32> {
+    let n = slots.len();
+    let mut w = vec![0; k::host_block_words(n)];
+    w[k::HOST_STATUS] = status;
+    let base = k::host_slots_offset(n);
+    for (r, s) in slots.iter().enumerate() {
+        for (i, &x) in s.opaque.iter().enumerate() {
+            w[base + r * k::SLOT_WORDS + i] = x as i32;
+        }
+    }
+    w
+}
+
+/// What `rules::slots` says about `slots`, as rank `dp_rank`.
+fn host_verdict(slots: &[Slot], dp_rank: i32) -> Result<Decision> {
+    let checked = rules::slots::check(slots, None)?;
+    rules::slots::decide_v1(slots, dp_rank, None, &checked, None)
+}
+
+#[test]
+fn every_flagged_verdict_reads_as_the_error_rules_slots_gives() {
+    let seq = 3;
+    let base = Request {
+        allow_dp_padding: true,
+        step_id: 40,
+        ..request(10, 40)
+    };
+    let three = |change: &dyn Fn(usize, &mut Request)| -> Vec<Slot> {
+        (0..3)
+            .map(|r| {
+                let mut q = base;
+                change(r, &mut q);
+                slot_of(&q, seq, 1000 + r as i64)
+            })
+            .collect()
+    };
+    let reseal = |mut s: Slot, word: usize, value: u32| {
+        s.opaque[word] = value;
+        s.seal();
+        s
+    };
+    let mut corrupt = three(&|_, _| {});
+    corrupt[1].opaque[crate::slot::at::RECORD] ^= 1;
+    let mut marker = three(&|_, _| {});
+    marker[2] = Slot::marker(seq, 5);
+    let mut invalid = three(&|_, _| {});
+    invalid[1] = reseal(invalid[1], crate::slot::at::RECORD + 1, 3); // padded < unpadded
+    let cases: Vec<(i32, Vec<Slot>, &str)> = vec![
+        (k::STATUS_CORRUPT, corrupt, "slots[1] fails its checksum"),
+        (
+            k::STATUS_MARKER,
+            marker,
+            "records[2] is the invalid-request marker",
+        ),
+        (
+            k::STATUS_CONFIG,
+            three(&|r, q| {
+                if r == 2 {
+                    q.pad_policy = rules::DP_PAD_POLICY_WHEN_CUDAGRAPH;
+                }
+            }),
+            "pad_policy differs: rank 0 has 0, rank 2 has 1",
+        ),
+        (
+            k::STATUS_CONFIG,
+            three(&|r, q| {
+                q.ubatch.enabled = true;
+                q.ubatch.num_ubatches = if r == 1 { 3 } else { 2 };
+            }),
+            "num_ubatches (0: microbatching disabled) differs: rank 0 has 2, rank 1 has 3",
+        ),
+        (
+            k::STATUS_STEP_IDS,
+            three(&|r, q| q.step_id = if r == 1 { 41 } else { 40 }),
+            "rank 0 passed step_id 40, rank 1 passed step_id 41",
+        ),
+        (
+            k::STATUS_STEP_IDS,
+            three(&|r, q| q.parent_step_id = r as i64),
+            "rank 0 passed parent_step_id 0, rank 1 passed parent_step_id 1",
+        ),
+        (
+            k::STATUS_INVALID,
+            invalid,
+            "records[1].num_tokens_padded = 3",
+        ),
+        (
+            k::STATUS_INCONSISTENT,
+            three(&|r, q| q.allow_dp_padding = r != 1),
+            "should_attempt_dp_pad (allow_dp_padding) differs",
+        ),
+    ];
+    for (status, slots, names) in cases {
+        let want = host_verdict(&slots, 0).expect_err("rules::slots refuses the slots");
+        assert!(want.message.contains(names), "{want}");
+        let words = block(status, &slots);
+        let got = verdict::read(&|i| words[i], 3, 0, seq).expect_err("the verdict is an error");
+        assert_eq!(got, want, "status {status}");
+    }
+    // A flag that rules::slots does not confirm is dpcoord's bug, said as such.
+    let fine = three(&|_, _| {});
+    let words = block(k::STATUS_CONFIG, &fine);
+    let e = verdict::read(&|i| words[i], 3, 0, seq).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Internal, "{e}");
+    assert!(e.message.contains("flagged status 4"), "{e}");
+    // Stale: the transport's own message.
+    let mut stale = three(&|_, _| {});
+    stale[2] = reseal(stale[2], crate::slot::at::SEQ, seq - 1);
+    let words = block(k::STATUS_STALE, &stale);
+    let e = verdict::read(&|i| words[i], 3, 1, seq).unwrap_err();
+    assert_eq!(e, stale_error(&stale, 1, seq));
+    assert!(e.message.contains("rank 2 carries 2"), "{e}");
+}
+
+#[test]
+fn an_accepted_verdict_reads_the_decision_and_the_straggler_report() {
+    let mut w = vec![0; k::host_block_words(2)];
+    w[k::HOST_STATUS] = k::STATUS_OK;
+    w[k::HOST_SHOULD_UBATCH] = 1;
+    w[k::HOST_SHOULD_DP_PAD] = 1;
+    w[k::HOST_SYNCED_CUDAGRAPH_MODE] = 2;
+    w[k::HOST_NUM_TOKENS_AFTER_PADDING_SELF] = 96;
+    w[k::HOST_MAX_NUM_TOKENS_PADDED] = 96;
+    w[k::HOST_MIN_NUM_TOKENS_UNPADDED] = 64;
+    w[k::HOST_NUM_UBATCHES] = 3;
+    w[k::HOST_LAST_RANK] = 1;
+    let skew: i64 = (5 << 32) + 7;
+    w[k::HOST_SKEW] = skew as i32;
+    w[k::HOST_SKEW + 1] = (skew >> 32) as i32;
+    let p = verdict::read(&|i| w[i], 2, 0, 9).unwrap();
+    assert_eq!(
+        p.decision,
+        Decision {
+            should_ubatch: true,
+            should_dp_pad: true,
+            has_num_tokens_after_padding: true,
+            synced_cudagraph_mode: 2,
+            num_tokens_after_padding_self: 96,
+            max_num_tokens_padded: 96,
+            min_num_tokens_unpadded: 64,
+            num_ubatches: 3,
+        }
+    );
+    assert_eq!((p.last_rank, p.arrival_skew_ns), (1, skew));
+}
+
+#[test]
+fn the_straggler_is_reported_when_last_in_most_of_64_and_once_per_change() {
+    let mut s = Stragglers::new();
+    let mut reports = Vec::new();
+    let mut feed = |rank: i32, times: usize| -> Vec<(i32, usize)> {
+        reports.extend((0..times).filter_map(|_| s.push(rank)));
+        reports.clone()
+    };
+    // 32 of 64 is not most: nothing yet.
+    feed(3, 32);
+    assert_eq!(feed(1, 32), []);
+    // The 33rd exchange of rank 3 in the window (its first 32 rolled out: rank 1 has 32).
+    assert_eq!(feed(3, 32), []);
+    assert_eq!(feed(3, 1), [(3, 33)]);
+    // Still rank 3: not again.
+    assert_eq!(feed(3, 200).len(), 1);
+    // A change to rank 0, then back to rank 3: each once.
+    assert_eq!(feed(0, 33)[1..], [(0, 33)]);
+    feed(0, 100);
+    assert_eq!(feed(3, 33)[2..], [(3, 33)]);
+    // No majority (alternating ranks) reports nothing.
+    let mut t = Stragglers::new();
+    let mut none = 0;
+    for i in 0..500 {
+        none += usize::from(t.push(i % 2).is_some());
+    }
+    assert_eq!(none, 0);
 }
 
 fn no_stream() -> StreamHandle {

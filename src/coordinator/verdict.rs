@@ -1,38 +1,45 @@
 //! `end`'s one host wait and what it accepts: the sequence word the kernel writes last, then
-//! the verdict and decision the kernel published (or, on a flagged status, the exact error
-//! from the kernel's copy of the slots).
+//! the verdict, decision and straggler report the kernel published (or, on any other verdict,
+//! the exact error from the kernel's copy of the slots, by `rules::slots`: one source of every
+//! message).
 
 use std::sync::atomic::{fence, Ordering};
 use std::time::Instant;
 
 use super::{
-    cancelled_error, Coordinator, GpuState, InFlight, Outcome, CHECK_INTERVAL, POLLS_PER_CLOCK,
+    cancelled_error, Coordinator, GpuState, InFlight, CHECK_INTERVAL, POLLS_PER_CLOCK,
     SPIN_BEFORE_YIELD,
 };
 use crate::cuda::{self, StreamHandle};
 use crate::diag;
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels as k;
-use crate::rules::{self, Decision, RankRecord};
-use crate::slot::{self, SLOT_WORDS};
+use crate::rules::{slots, Decision};
+use crate::slot::{join64, Slot};
 
 impl Coordinator {
     /// The one host wait: polls the sequence word the kernel writes last, checking
-    /// `cancel`, the communicator, the stream and the clock every [`CHECK_INTERVAL`].
+    /// `cancel`, the communicator, the stream and the clock every [`CHECK_INTERVAL`]. Returns
+    /// how long it waited, in ns (0 when the exchange had finished).
     pub(super) fn wait(
         &self,
         gpu: &GpuState,
         seq: u32,
         (stream, marked): (StreamHandle, bool),
         f: &InFlight,
-    ) -> Result<()> {
+    ) -> Result<i64> {
+        if gpu.host.load(k::HOST_SEQ) as u32 == seq {
+            fence(Ordering::Acquire);
+            return Ok(0);
+        }
+        let entered = Instant::now();
         let _range = diag::range(c"dp_coordinator_wait", self.dp_rank, f.step_id);
         let mut polls: u32 = 0;
         let mut next_check = f.start + CHECK_INTERVAL;
         loop {
             if gpu.host.load(k::HOST_SEQ) as u32 == seq {
                 fence(Ordering::Acquire);
-                return Ok(());
+                return Ok(i64::try_from(entered.elapsed().as_nanos()).unwrap_or(i64::MAX));
             }
             polls = polls.wrapping_add(1);
             if polls % POLLS_PER_CLOCK != 0 {
@@ -78,82 +85,72 @@ impl Coordinator {
             }
         }
     }
+}
 
-    /// Reads the verdict and decision the kernel published.
-    pub(super) fn read_decision(&self, gpu: &GpuState, f: &InFlight, seq: u32) -> Result<Outcome> {
-        let word = |i| gpu.host.load(i);
-        let n = self.dp_size as usize;
-        match word(k::HOST_STATUS) {
-            k::STATUS_OK => Ok(Outcome {
-                decision: Decision {
-                    should_ubatch: word(k::HOST_SHOULD_UBATCH) != 0,
-                    should_dp_pad: word(k::HOST_SHOULD_DP_PAD) != 0,
-                    has_num_tokens_after_padding: true,
-                    synced_cudagraph_mode: word(k::HOST_SYNCED_CUDAGRAPH_MODE),
-                    num_tokens_after_padding_self: word(k::HOST_NUM_TOKENS_AFTER_PADDING_SELF),
-                    max_num_tokens_padded: word(k::HOST_MAX_NUM_TOKENS_PADDED),
-                    min_num_tokens_unpadded: word(k::HOST_MIN_NUM_TOKENS_UNPADDED),
-                    num_ubatches: if word(k::HOST_SHOULD_UBATCH) != 0 {
-                        f.num_ubatches
-                    } else {
-                        1
-                    },
-                },
-                dp_rank: self.dp_rank,
-                dp_size: self.dp_size,
-                step_id: slot::step_id_of(word(k::HOST_STEP_LO), word(k::HOST_STEP_HI)),
-                host_array: gpu.host.host_ptr(k::host_array_offset()),
-                device_array: gpu.device_out.ptr(),
-            }),
-            flagged => {
-                // Error path: the exact message from the kernel's copy of the slots.
-                let base = k::host_slots_offset(n);
-                let slot = |r: usize, i: usize| word(base + r * SLOT_WORDS + i);
-                if flagged == k::STATUS_STALE {
-                    return Err(stale_error(n, self.dp_rank, seq, &slot));
-                }
-                let records: Vec<RankRecord> = (0..n)
-                    .map(|r| {
-                        RankRecord::from_words(std::array::from_fn(|i| {
-                            slot(r, slot::SLOT_RECORD + i)
-                        }))
-                    })
-                    .collect();
-                // A marker first: its rank's step id says nothing.
-                if let Some(r) = records.iter().position(|x| *x == RankRecord::MARKER) {
-                    return Err(rules::marker_error(r));
-                }
-                let ids: Vec<i64> = (0..n)
-                    .map(|r| {
-                        slot::step_id_of(slot(r, slot::SLOT_STEP_LO), slot(r, slot::SLOT_STEP_HI))
-                    })
-                    .collect();
-                rules::check_step_ids(&ids, None)?;
-                match rules::decide(&records, self.dp_rank, f.pad_policy, f.num_ubatches, None) {
-                    Err(e) => Err(e),
-                    Ok(_) => Err(Error::internal(format!(
-                        "the post-processing kernel flagged status {flagged} but the host \
-                         logic accepts the same records"
-                    ))),
-                }
-            }
-        }
+/// What the kernel published for a step it accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Published {
+    pub(super) decision: Decision,
+    pub(super) last_rank: i32,
+    pub(super) arrival_skew_ns: i64,
+}
+
+/// Reads the verdict the kernel published in the host block (`word(i)` is its word `i`) for
+/// `dp_size` ranks and exchange `seq`, as rank `dp_rank`: the decision on `STATUS_OK`, else
+/// the error `rules::slots` finds in the kernel's copy of the slots (the transport's own
+/// message for stale slots, which `rules::slots` does not check).
+pub(super) fn read(
+    word: &dyn Fn(usize) -> i32,
+    dp_size: usize,
+    dp_rank: i32,
+    seq: u32,
+) -> Result<Published> {
+    let status = word(k::HOST_STATUS);
+    if status == k::STATUS_OK {
+        let should_ubatch = word(k::HOST_SHOULD_UBATCH) != 0;
+        return Ok(Published {
+            decision: Decision {
+                should_ubatch,
+                should_dp_pad: word(k::HOST_SHOULD_DP_PAD) != 0,
+                has_num_tokens_after_padding: true,
+                synced_cudagraph_mode: word(k::HOST_SYNCED_CUDAGRAPH_MODE),
+                num_tokens_after_padding_self: word(k::HOST_NUM_TOKENS_AFTER_PADDING_SELF),
+                max_num_tokens_padded: word(k::HOST_MAX_NUM_TOKENS_PADDED),
+                min_num_tokens_unpadded: word(k::HOST_MIN_NUM_TOKENS_UNPADDED),
+                num_ubatches: word(k::HOST_NUM_UBATCHES),
+            },
+            last_rank: word(k::HOST_LAST_RANK),
+            arrival_skew_ns: join64(word(k::HOST_SKEW) as u32, word(k::HOST_SKEW + 1) as u32),
+        });
     }
+    // Error path: the exact message from the kernel's copy of the slots.
+    let base = k::host_slots_offset(dp_size);
+    let gathered: Vec<Slot> = (0..dp_size)
+        .map(|r| Slot {
+            opaque: std::array::from_fn(|i| word(base + r * k::SLOT_WORDS + i) as u32),
+        })
+        .collect();
+    if status == k::STATUS_STALE {
+        return Err(stale_error(&gathered, dp_rank, seq));
+    }
+    let checked = slots::check(&gathered, None)?;
+    slots::decide_v1(&gathered, dp_rank, None, &checked, None)?;
+    Err(Error::internal(format!(
+        "the post-processing kernel flagged status {status}, but rules::slots accepts the same \
+         slots"
+    )))
 }
 
 /// The message for slots that do not carry this exchange's sequence number.
-pub(super) fn stale_error(
-    n: usize,
-    dp_rank: i32,
-    seq: u32,
-    slot: &dyn Fn(usize, usize) -> i32,
-) -> Error {
-    let bad: Vec<String> = (0..n)
-        .filter(|&r| slot(r, slot::SLOT_SEQ) as u32 != seq)
+pub(super) fn stale_error(gathered: &[Slot], dp_rank: i32, seq: u32) -> Error {
+    let bad: Vec<String> = gathered
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.seq() != seq)
         .take(4)
-        .map(|r| format!("rank {r} carries {}", slot(r, slot::SLOT_SEQ) as u32))
+        .map(|(r, s)| format!("rank {r} carries {}", s.seq()))
         .collect();
-    let own_ok = slot(dp_rank as usize, slot::SLOT_SEQ) as u32 == seq;
+    let own_ok = gathered[dp_rank as usize].seq() == seq;
     let (kind, why) = if own_ok {
         (
             ErrorKind::InconsistentRanks,

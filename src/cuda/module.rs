@@ -65,8 +65,6 @@ pub(crate) struct PostArgs {
     pub(crate) slots: DevicePtr,
     pub(crate) dp_size: i32,
     pub(crate) dp_rank: i32,
-    pub(crate) pad_policy: i32,
-    pub(crate) num_ubatches: i32,
     pub(crate) seq: u32,
     pub(crate) device_out: DevicePtr,
     pub(crate) host: DevicePtr,
@@ -84,12 +82,10 @@ impl Kernel {
         a: &PostArgs,
     ) -> Result<()> {
         let d = driver()?;
-        let mut params: [*mut c_void; 8] = [
+        let mut params: [*mut c_void; 6] = [
             (&a.slots as *const DevicePtr).cast_mut().cast(),
             (&a.dp_size as *const i32).cast_mut().cast(),
             (&a.dp_rank as *const i32).cast_mut().cast(),
-            (&a.pad_policy as *const i32).cast_mut().cast(),
-            (&a.num_ubatches as *const i32).cast_mut().cast(),
             (&a.seq as *const u32).cast_mut().cast(),
             (&a.device_out as *const DevicePtr).cast_mut().cast(),
             (&a.host as *const DevicePtr).cast_mut().cast(),

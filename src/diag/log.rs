@@ -17,7 +17,8 @@ pub(crate) enum Level {
     Off = 0,
     /// Every failure, with the message `dp_last_error` returns.
     Warn = 1,
-    /// Once per coordinator: the NCCL and CUDA versions and the library files resolved.
+    /// Once per coordinator: the NCCL and CUDA versions and the library files resolved; a
+    /// rank that arrived last in most of the recent exchanges, once per change of that rank.
     Info = 2,
     /// Every call with its decision.
     Trace = 3,
@@ -319,6 +320,18 @@ pub(crate) fn coordinator_info(
         NcclVersion(nccl_version),
         CudaVersion(cuda_driver_version),
         env!("CARGO_PKG_VERSION")
+    );
+}
+
+/// The GPU path's INFO line for a straggler: `rank` arrived last in `last` of the last `window`
+/// exchanges (more than half), the latest of which had an arrival skew of `skew_ns`. Once per
+/// change of that rank, which the caller tracks.
+pub(crate) fn straggler(ctx: &Ctx<'_>, rank: i32, last: usize, window: usize, skew_ns: i64) {
+    super::log!(
+        Level::Info,
+        ctx,
+        "straggler: rank {rank} arrived last in {last} of the last {window} exchanges (this \
+         one's arrival skew: {skew_ns} ns, between CLOCK_MONOTONIC clocks: exact on one host)"
     );
 }
 

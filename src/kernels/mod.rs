@@ -2,26 +2,35 @@
 //! `scripts/gen_ptx.py` (NVRTC 12.0, `compute_70`) into the committed `postprocess.ptx`
 //! (PTX ISA 8.0, target sm_70: loads on any sm_70+ GPU with any CUDA 12+ driver).
 //!
-//! The constants below are the **one source** of the wire and host-block layout and of the
-//! status, policy and mode numbers: `layout.h` (which the kernel includes) is generated from
-//! them by [`layout_header`], and a test fails when the committed file differs
-//! (`DPCOORD_BLESS=1 cargo test --lib kernels` rewrites it; then run `scripts/gen_ptx.py`).
+//! The constants below are the **one source** of the wire and host-block layout, of the
+//! checksum and of the status, policy and mode numbers: `layout.h` (which the kernel includes)
+//! is generated from them by [`layout_header`], and a test fails when the committed file
+//! differs (`DPCOORD_BLESS=1 cargo test --lib kernels` rewrites it; then run
+//! `scripts/gen_ptx.py`). The slot's own layout and checksum come from [`crate::slot`].
 //!
-//! Wire: each rank contributes one slot of [`SLOT_WORDS`] int32 (the coordinator's sequence
-//! number, the step id as two words, the five record words); `ncclAllGather` lays the slots
-//! out by rank. `dp_postprocess` checks every slot (sequence number, step id) and turns the
-//! records into the decision of [`crate::rules::decide`], written to a device array and to a
+//! Wire: each rank contributes one [`crate::slot::Slot`] of [`SLOT_WORDS`] words (sequence
+//! number, configuration, step ids, arrival time, record, checksum); `ncclAllGather` lays the
+//! slots out by rank. `dp_postprocess` checks every slot in the contract's order (this
+//! exchange's sequence number, then what `rules::slots::check` checks: checksum, marker,
+//! configuration, step ids), decides as `rules::slots::decide_v1` with the configuration the
+//! slots carry, finds the straggler, and writes the decision to a device array and to a
 //! mapped pinned host block laid out as the `HOST_*` constants say, `HOST_SEQ` last.
 //!
-//! Launch contract of `dp_postprocess`: one block of [`BLOCK_THREADS`] threads (any multiple
-//! of 32 up to 1024 works), no dynamic shared memory, on the stream of the allgather. The slots
-//! (`SLOT_WORDS * dp_size` ints), the device array (`dp_size` ints) and the host block
-//! ([`host_block_words`] ints, the device pointer of mapped pinned memory) must be 4-byte
-//! aligned and must not overlap one another.
+//! The checks and the decision are written in the common subset of C and CUDA C++, between
+//! two marker lines of `postprocess.cu`: the tests' fake CUDA driver (`tests/fake_gpu`)
+//! compiles exactly that text with the host's C compiler and runs it as its `dp_postprocess`,
+//! so the kernel's arithmetic is compared with `rules::slots` where there is no GPU.
+//!
+//! Launch contract of `dp_postprocess`: one block of a multiple of 32 threads up to
+//! [`BLOCK_THREADS`], no dynamic shared memory, on the stream of the allgather. The slots
+//! (`SLOT_WORDS * dp_size` words, 16-byte aligned), the device array (`dp_size` ints) and the
+//! host block ([`host_block_words`] ints, the device pointer of mapped pinned memory) must not
+//! overlap one another.
 
 use std::ffi::CStr;
 
-use crate::{rules, slot};
+use crate::rules;
+use crate::slot::{self, at};
 
 /// The committed PTX of the kernel.
 #[cfg(test)]
@@ -37,9 +46,6 @@ pub(crate) const POSTPROCESS_PTX_CSTR: &CStr =
 /// Entry point `dp_postprocess` (arguments in `postprocess.cu`): 1 block of [`BLOCK_THREADS`].
 pub(crate) const POSTPROCESS_KERNEL: &CStr = c"dp_postprocess";
 
-/// Threads per block of `dp_postprocess` (one block; any multiple of 32 up to 1024 works).
-pub(crate) const BLOCK_THREADS: u32 = 256;
-
 /// Largest dp_size the coordinator hands the kernel (its int indexing allows far more).
 pub(crate) const MAX_DP_SIZE: usize = 65536;
 
@@ -47,17 +53,57 @@ pub(crate) const MAX_DP_SIZE: usize = 65536;
 /// names and values.
 macro_rules! layout {
     ($($(#[$doc:meta])* $name:ident: $ty:ty = $value:expr;)*) => {
-        // The kernel uses every one of them; the host only some.
+        // layout.h names every slot word; the kernel and the host read only some.
         $($(#[$doc])* #[allow(dead_code)] pub(crate) const $name: $ty = $value;)*
-        /// `(name, value)` of every layout constant, in declaration order.
+        /// `(name, C literal)` of every layout constant, in declaration order.
         #[cfg(test)]
-        pub(crate) const LAYOUT: &[(&str, i64)] = &[$((stringify!($name), $name as i64)),*];
+        pub(crate) fn layout() -> Vec<(&'static str, String)> {
+            vec![$((stringify!($name), CLiteral::c_literal($name))),*]
+        }
     };
 }
 
 layout! {
-    /// `int32` words of one rank record (the wire format of `dp_rank_record`).
-    RECORD_WORDS: usize = slot::RECORD_WORDS;
+    /// Threads per block of `dp_postprocess`: its launch bound (one block; any multiple of 32
+    /// up to this works).
+    BLOCK_THREADS: u32 = 256;
+
+    /// Words of one slot.
+    SLOT_WORDS: usize = slot::SLOT3_WORDS;
+    /// Slot word: the sequence number.
+    SLOT_SEQ: usize = at::SEQ;
+    /// Slot word: the layout tag, the first configuration word.
+    SLOT_LAYOUT: usize = at::LAYOUT;
+    /// Slot word: the rule set.
+    SLOT_RULES: usize = at::RULES;
+    /// Slot word: the pad policy.
+    SLOT_PAD_POLICY: usize = at::PAD_POLICY;
+    /// Slot word: `num_ubatches` (0: microbatching disabled).
+    SLOT_NUM_UBATCHES: usize = at::NUM_UBATCHES;
+    /// Slot word: the V2 decode threshold.
+    SLOT_DECODE_THRESHOLD: usize = at::DECODE_THRESHOLD;
+    /// Slot word: the V2 prefill threshold.
+    SLOT_PREFILL_THRESHOLD: usize = at::PREFILL_THRESHOLD;
+    /// Slot word: the V2 graph table's hash.
+    SLOT_GRAPHS: usize = at::GRAPHS;
+    /// Slot word: the V2 decode query length, the last configuration word.
+    SLOT_DECODE_QUERY_LEN: usize = at::DECODE_QUERY_LEN;
+    /// Slot words: the step id (low word, then high).
+    SLOT_STEP: usize = at::STEP;
+    /// Slot words: the parent step id (low word, then high).
+    SLOT_PARENT: usize = at::PARENT;
+    /// Slot words: the arrival time in ns (low word, then high).
+    SLOT_ARRIVAL: usize = at::ARRIVAL;
+    /// Slot words: the record.
+    SLOT_RECORD: usize = at::RECORD;
+    /// Record words in a slot.
+    SLOT_RECORD_WORDS: usize = at::RECORD_LEN;
+    /// Slot word: the checksum.
+    SLOT_CHECK: usize = at::CHECK;
+    /// What the weighted sum of an intact slot's words comes to (the weights are
+    /// `CHECK_WEIGHTS`, written after these constants).
+    CHECK_TARGET: u32 = slot::CHECK_TARGET;
+
     /// Record word: num_tokens_unpadded.
     REC_UNPADDED: usize = slot::REC_UNPADDED;
     /// Record word: num_tokens_padded.
@@ -69,17 +115,6 @@ layout! {
     /// Record word: cudagraph_mode.
     REC_MODE: usize = slot::REC_MODE;
 
-    /// Slot word: the sequence number.
-    SLOT_SEQ: usize = slot::SLOT_SEQ;
-    /// Slot word: low 32 bits of the step id.
-    SLOT_STEP_LO: usize = slot::SLOT_STEP_LO;
-    /// Slot word: high 32 bits of the step id.
-    SLOT_STEP_HI: usize = slot::SLOT_STEP_HI;
-    /// Slot word: the first record word.
-    SLOT_RECORD: usize = slot::SLOT_RECORD;
-    /// `int32` words of one rank's slot on the wire.
-    SLOT_WORDS: usize = slot::SLOT_WORDS;
-
     /// Host word: the exchange's sequence number, written last (poll it, then read the rest).
     HOST_SEQ: usize = 0;
     /// Host word: one of the `STATUS_*` values.
@@ -88,37 +123,48 @@ layout! {
     HOST_SHOULD_UBATCH: usize = 2;
     /// Host word: should_dp_pad (0/1); 0 unless the status is OK.
     HOST_SHOULD_DP_PAD: usize = 3;
-    /// Host word: synced_cudagraph_mode; 0 unless the status is OK.
+    /// Host word: synced_cudagraph_mode (only when OK).
     HOST_SYNCED_CUDAGRAPH_MODE: usize = 4;
-    /// Host word: num_tokens_after_padding of `dp_rank`; 0 unless the status is OK.
+    /// Host word: num_tokens_after_padding of `dp_rank` (only when OK).
     HOST_NUM_TOKENS_AFTER_PADDING_SELF: usize = 5;
-    /// Host word: max_num_tokens_padded; 0 unless the status is OK.
+    /// Host word: max_num_tokens_padded (only when OK).
     HOST_MAX_NUM_TOKENS_PADDED: usize = 6;
-    /// Host word: min_num_tokens_unpadded; 0 unless the status is OK.
+    /// Host word: min_num_tokens_unpadded (only when OK).
     HOST_MIN_NUM_TOKENS_UNPADDED: usize = 7;
-    /// Host word: low 32 bits of the agreed step id (0 when unchecked).
-    HOST_STEP_LO: usize = 8;
-    /// Host word: high 32 bits of the agreed step id.
-    HOST_STEP_HI: usize = 9;
+    /// Host word: the microbatches this step runs (the slots' `num_ubatches`, 1 when not
+    /// microbatching; only when OK).
+    HOST_NUM_UBATCHES: usize = 8;
+    /// Host word: the rank with the latest arrival time, the lowest such on a tie (only when
+    /// OK).
+    HOST_LAST_RANK: usize = 9;
+    /// Host words: latest minus earliest arrival time in ns, low word then high (only when OK).
+    HOST_SKEW: usize = 10;
     /// Host words before the per-rank array (which is followed by the slot copy).
-    HOST_HEADER_WORDS: usize = 10;
+    HOST_HEADER_WORDS: usize = 12;
 
     /// Status word: the decision is valid and both arrays were written.
     STATUS_OK: i32 = 0;
-    /// Status word: some record (or argument) is invalid; rerun `rules::decide` on the copy.
-    STATUS_INVALID_RECORD: i32 = 1;
-    /// Status word: EXPLICIT pad policy and the ranks' `should_attempt_dp_pad` flags differ.
-    STATUS_INCONSISTENT: i32 = 2;
     /// Status word: some slot does not carry this exchange's sequence number (an aborted or
-    /// partial collective, or a rank a call behind): nothing of this exchange is trusted.
-    STATUS_STALE: i32 = 3;
-    /// Status word: some rank passed a non-zero step id and the ranks' ids differ.
-    STATUS_STEP_MISMATCH: i32 = 4;
+    /// partial collective, or a recreated coordinator): nothing of this exchange is trusted.
+    STATUS_STALE: i32 = 1;
+    /// Status word: some slot fails its checksum.
+    STATUS_CORRUPT: i32 = 2;
+    /// Status word: some rank sent the invalid-request marker.
+    STATUS_MARKER: i32 = 3;
+    /// Status word: some slot's configuration words differ from rank 0's.
+    STATUS_CONFIG: i32 = 4;
+    /// Status word: some slot's step id or parent step id differs from rank 0's.
+    STATUS_STEP_IDS: i32 = 5;
+    /// Status word: some record (or the launch's dp_size or dp_rank) is invalid.
+    STATUS_INVALID: i32 = 6;
+    /// Status word: EXPLICIT pad policy and the ranks' `should_attempt_dp_pad` flags differ.
+    STATUS_INCONSISTENT: i32 = 7;
 
-    /// `pad_policy` EXPLICIT (`DP_PAD_POLICY_EXPLICIT`).
+    /// `pad_policy` EXPLICIT (`DP_PAD_POLICY_EXPLICIT`); any other is WHEN_CUDAGRAPH, as in
+    /// the host's decision.
     PAD_POLICY_EXPLICIT: i32 = rules::DP_PAD_POLICY_EXPLICIT;
-    /// `pad_policy` WHEN_CUDAGRAPH (`DP_PAD_POLICY_WHEN_CUDAGRAPH`).
-    PAD_POLICY_WHEN_CUDAGRAPH: i32 = rules::DP_PAD_POLICY_WHEN_CUDAGRAPH;
+    /// `num_ubatches` of a slot that carries 0 (microbatching disabled).
+    DEFAULT_NUM_UBATCHES: i32 = rules::DEFAULT_NUM_UBATCHES;
     /// `cudagraph_mode` NONE (`DP_CUDAGRAPH_NONE`).
     CUDAGRAPH_NONE: i32 = rules::DP_CUDAGRAPH_NONE;
     /// `cudagraph_mode` FULL (`DP_CUDAGRAPH_FULL`), the largest mode.
@@ -140,70 +186,56 @@ pub(crate) const fn host_block_words(dp_size: usize) -> usize {
     HOST_HEADER_WORDS + (1 + SLOT_WORDS) * dp_size
 }
 
-/// The text of `layout.h`: one `#define` per layout constant, from [`LAYOUT`].
+/// The text of `layout.h`: one `#define` per layout constant, from [`layout`] (unsigned ones
+/// with a `u` suffix), then `CHECK_WEIGHTS`, the checksum weight of every slot word in order,
+/// as the initialiser of an `unsigned int[SLOT_WORDS]`.
 #[cfg(test)]
 pub(crate) fn layout_header() -> String {
     let mut s = String::from(
         "// GENERATED FILE: do not edit. The wire and host-block layout of the post-processing\n\
-         // kernel, from the constants of src/kernels/mod.rs (their one source); regenerate with\n\
-         // `DPCOORD_BLESS=1 cargo test --lib kernels`, then `python3 scripts/gen_ptx.py`.\n\
+         // kernel, from the constants of src/kernels/mod.rs and src/slot.rs (their one source);\n\
+         // regenerate with `DPCOORD_BLESS=1 cargo test --lib kernels`, then\n\
+         // `python3 scripts/gen_ptx.py`.\n\
          #ifndef DPCOORD_KERNEL_LAYOUT_H\n#define DPCOORD_KERNEL_LAYOUT_H\n",
     );
-    for (name, value) in LAYOUT {
+    for (name, value) in layout() {
         s.push_str(&format!("#define {name} {value}\n"));
     }
+    let weights: Vec<String> = slot::check_weights()
+        .iter()
+        .map(|k| format!("{k:#010x}u"))
+        .collect();
+    s.push_str(&format!("#define CHECK_WEIGHTS {}\n", weights.join(", ")));
     s.push_str("#endif  // DPCOORD_KERNEL_LAYOUT_H\n");
     s
 }
 
+/// A layout constant as C writes it (an unsigned one with its `u` suffix).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
+trait CLiteral {
+    fn c_literal(self) -> String;
+}
 
-    #[test]
-    fn committed_layout_header_is_generated_from_the_rust_constants() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/kernels/layout.h");
-        let want = layout_header();
-        if std::env::var_os("DPCOORD_BLESS").is_some() {
-            std::fs::write(&path, &want).expect("write layout.h");
-        }
-        let got = std::fs::read_to_string(&path).expect("src/kernels/layout.h exists");
-        assert_eq!(
-            got, want,
-            "src/kernels/layout.h differs from the constants of src/kernels/mod.rs: run \
-             `DPCOORD_BLESS=1 cargo test --lib kernels`, then `python3 scripts/gen_ptx.py`"
-        );
-    }
-
-    #[test]
-    fn the_kernel_uses_no_layout_number_of_its_own() {
-        // Every layout name the kernel uses comes from layout.h: none is #defined in the .cu.
-        let cu = include_str!("postprocess.cu");
-        for (name, _) in LAYOUT {
-            assert!(
-                !cu.contains(&format!("#define {name} ")),
-                "postprocess.cu defines {name} itself; it must come from layout.h"
-            );
-        }
-        assert!(cu.contains("#include \"layout.h\""));
-    }
-
-    #[test]
-    fn the_host_block_holds_header_array_and_slots() {
-        assert_eq!(host_block_words(3), HOST_HEADER_WORDS + 3 + 3 * SLOT_WORDS);
-        assert_eq!(host_slots_offset(3), HOST_HEADER_WORDS + 3);
-    }
-
-    #[test]
-    fn the_ptx_defines_the_entry_point() {
-        let name = POSTPROCESS_KERNEL.to_str().unwrap();
-        assert_eq!(
-            POSTPROCESS_PTX
-                .matches(&format!(".visible .entry {name}("))
-                .count(),
-            1
-        );
-        assert_eq!(POSTPROCESS_PTX_CSTR.to_bytes(), POSTPROCESS_PTX.as_bytes());
+#[cfg(test)]
+impl CLiteral for usize {
+    fn c_literal(self) -> String {
+        self.to_string()
     }
 }
+
+#[cfg(test)]
+impl CLiteral for i32 {
+    fn c_literal(self) -> String {
+        self.to_string()
+    }
+}
+
+#[cfg(test)]
+impl CLiteral for u32 {
+    fn c_literal(self) -> String {
+        format!("{self}u")
+    }
+}
+
+#[cfg(test)]
+mod tests;

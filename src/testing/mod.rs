@@ -15,18 +15,34 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ffi::{self, dp_batch_request, dp_batch_result, dp_status};
 use crate::kernels as k;
 use crate::nccl::{self, Nccl};
-use crate::slot;
+use crate::slot::{self, Slot};
 
 pub use crate::coordinator::{Outcome, SendPath};
 pub use crate::cuda::{DevicePtr, StreamHandle};
 pub use crate::nccl::{CommHandle, UniqueId};
 
-/// `int32` words of one rank's slot on the wire.
-pub const SLOT_WORDS: usize = slot::SLOT_WORDS;
+/// Words of one rank's slot on the wire.
+pub const SLOT_WORDS: usize = k::SLOT_WORDS;
 
-/// One rank's slot (sequence number, step id, record words), as the coordinator writes it.
-pub fn slot_words(seq: u32, step_id: i64, record: [i32; 5]) -> [i32; SLOT_WORDS] {
-    slot::slot_words(seq, step_id, record)
+/// One rank's slot for `req` with sequence number `seq`, arriving now, as the coordinator's
+/// `begin` writes it (`dp_make_slot`'s, with the sequence number), as the words the allgather
+/// moves.
+pub fn slot_words(req: &dp_batch_request, seq: u32) -> Result<[i32; SLOT_WORDS]> {
+    let mut s = Slot {
+        opaque: [0; SLOT_WORDS],
+    };
+    match ffi::dp_make_slot(req, std::ptr::null(), &mut s) {
+        dp_status::DP_OK => {}
+        st => {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("dp_make_slot refused the request: {st:?}"),
+            ))
+        }
+    }
+    s.opaque[slot::at::SEQ] = seq;
+    s.seal();
+    Ok(bytemuck::cast(s.opaque))
 }
 
 /// A coordinator that runs the whole GPU path even on a one-rank communicator (where the
@@ -300,20 +316,13 @@ impl PostKit {
         })
     }
 
-    /// Launches the kernel on `self.slots` with sequence number `seq`.
-    pub fn launch(
-        &self,
-        stream: StreamHandle,
-        seq: u32,
-        pad_policy: i32,
-        num_ubatches: i32,
-    ) -> Result<()> {
+    /// Launches the kernel on `self.slots` with sequence number `seq` (the pad policy and
+    /// `num_ubatches` are the slots').
+    pub fn launch(&self, stream: StreamHandle, seq: u32) -> Result<()> {
         let args = PostArgs {
             slots: self.slots.ptr(),
             dp_size: self.dp_size,
             dp_rank: self.dp_rank,
-            pad_policy,
-            num_ubatches,
             seq,
             device_out: self.device_out.ptr(),
             host: self.host.device_ptr(),

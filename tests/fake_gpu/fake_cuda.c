@@ -1,8 +1,9 @@
 /* A fake CUDA driver (libcuda.so.1) for dpcoord's GPU-path tests: no GPU, one device, one
  * context. Memory is malloc, streams and events are counters, work runs at once on the host
- * (every stream is always idle, every event done), and cuLaunchKernel of dp_postprocess
- * publishes the host block with a fixed OK verdict (or STATUS_STALE when a slot carries
- * another sequence number), sequence word last.
+ * (every stream is always idle, every event done), and cuLaunchKernel of dp_postprocess runs
+ * the kernel's own checks and decision (the host-runnable part of src/kernels/postprocess.cu,
+ * which tests/fake_gpu/mod.rs extracts into postprocess_logic.h) on one thread and publishes
+ * the host block as the kernel does, sequence word last.
  *
  * Streams 0xCA97 (capturing a graph) and 0xD1 (of device 1) stand for streams the coordinator
  * cannot use.
@@ -17,6 +18,8 @@
  *   fake_cuda_allocations()       allocations made so far
  *   fake_cuda_calls(name)         calls of `name` so far
  *   fake_cuda_log()               every call on a stream, "name stream tid;" in order
+ *   fake_cuda_postprocess(slots, n, rank, seq, out, host)
+ *                                 what dp_postprocess writes for those slots, at once
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -29,6 +32,11 @@
 #include <unistd.h>
 
 #include "../../src/kernels/layout.h"
+
+/* The kernel's checks and decision, compiled as C. */
+#define DP_FN static inline
+#define DP_UNROLL
+#include "postprocess_logic.h"
 
 typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
@@ -244,48 +252,46 @@ CUresult cuModuleGetFunction(void** f, void* m, const char* name) {
 }
 CUresult cuModuleUnload(void* m) { enter("cuModuleUnload"); free(m); release(); return 0; }
 
-/* What dp_postprocess publishes: a fixed OK verdict over the gathered slots (every rank's
- * padded tokens; no microbatching, no padding), STATUS_STALE when a slot carries another
- * sequence number, STATUS_INVALID_RECORD when a rank sent the invalid-request marker (-1 in
- * every record word); the slots copied after the array unless OK; the sequence word last. */
+/* dp_postprocess on one thread: every slot's part folded in rank order (the kernel folds in
+ * another order; every fold is associative and commutative), the verdict, then the kernel's
+ * writes: the header, the array (OK) or the copy of the slots (otherwise), the sequence word
+ * last. */
 typedef struct post {
-  const int* slots;
+  const unsigned* slots;
   int n, rank;
   unsigned seq;
   int* out;
-  volatile int* host;
+  int* host;
 } post;
 
 static void publish(const post* p) {
-  const int* own = p->slots + p->rank * SLOT_WORDS;
-  int status = STATUS_OK, max_padded = 0, min_unpadded = 0x7fffffff;
-  for (int r = 0; r < p->n; r++) {
-    const int* s = p->slots + r * SLOT_WORDS;
-    int marker = 1;
-    for (int i = 0; i < RECORD_WORDS; i++) marker &= s[SLOT_RECORD + i] == -1;
-    if ((unsigned)s[SLOT_SEQ] != p->seq) status = STATUS_STALE;
-    else if (marker && status == STATUS_OK) status = STATUS_INVALID_RECORD;
-    int padded = s[SLOT_RECORD + REC_PADDED], unpadded = s[SLOT_RECORD + REC_UNPADDED];
-    if (padded > max_padded) max_padded = padded;
-    if (unpadded < min_unpadded) min_unpadded = unpadded;
-    p->out[r] = padded;
-    p->host[HOST_HEADER_WORDS + r] = padded;
-  }
-  p->host[HOST_STATUS] = status;
-  if (status != STATUS_OK) {
-    for (int i = 0; i < p->n * SLOT_WORDS; i++) p->host[HOST_HEADER_WORDS + p->n + i] = p->slots[i];
+  const int args_ok = p->n >= 1 && p->rank >= 0 && p->rank < p->n;
+  const int n = args_ok ? p->n : 0;
+  Partial acc = identity_partial();
+  for (int r = 0; r < n; r++)
+    acc = combine(acc, slot_partial(p->slots + r * SLOT_WORDS, p->slots, p->seq, r));
+  static const unsigned none[SLOT_WORDS];
+  Verdict v = decide(acc, n > 0 ? p->slots : none, p->n);
+  if (!args_ok) v.status = STATUS_INVALID;
+  const int own_padded = args_ok ? (int)p->slots[p->rank * SLOT_WORDS + SLOT_RECORD + REC_PADDED] : 0;
+  publish_header(p->host, acc, v, own_padded);
+  if (v.status == STATUS_OK) {
+    for (int r = 0; r < n; r++) {
+      int padded = (int)p->slots[r * SLOT_WORDS + SLOT_RECORD + REC_PADDED];
+      p->out[r] = p->host[HOST_HEADER_WORDS + r] = v.should_dp_pad ? acc.max_padded : padded;
+    }
   } else {
-    p->host[HOST_SHOULD_UBATCH] = 0;
-    p->host[HOST_SHOULD_DP_PAD] = 0;
-    p->host[HOST_SYNCED_CUDAGRAPH_MODE] = own[SLOT_RECORD + REC_MODE];
-    p->host[HOST_NUM_TOKENS_AFTER_PADDING_SELF] = own[SLOT_RECORD + REC_PADDED];
-    p->host[HOST_MAX_NUM_TOKENS_PADDED] = max_padded;
-    p->host[HOST_MIN_NUM_TOKENS_UNPADDED] = min_unpadded;
-    p->host[HOST_STEP_LO] = own[SLOT_STEP_LO];
-    p->host[HOST_STEP_HI] = own[SLOT_STEP_HI];
+    for (int i = 0; i < n * SLOT_WORDS; i++) p->host[HOST_HEADER_WORDS + n + i] = (int)p->slots[i];
   }
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
-  p->host[HOST_SEQ] = (int)p->seq;
+  __atomic_store_n(&p->host[HOST_SEQ], (int)p->seq, __ATOMIC_SEQ_CST);
+}
+
+/* The same, called by the test directly: dp_postprocess's outputs for the given slots. */
+void fake_cuda_postprocess(const unsigned* slots, int n, int rank, unsigned seq, int* out,
+                           int* host) {
+  post p = {slots, n, rank, seq, out, host};
+  publish(&p);
 }
 
 static void* publish_later(void* arg) {
@@ -296,7 +302,7 @@ static void* publish_later(void* arg) {
   return NULL;
 }
 
-/* dp_postprocess(slots, dp_size, dp_rank, pad_policy, num_ubatches, seq, device_out, host) */
+/* dp_postprocess(slots, dp_size, dp_rank, seq, device_out, host) */
 CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                         unsigned bz, unsigned shared, void* stream, void** params, void** extra) {
   (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shared; (void)extra;
@@ -305,12 +311,12 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
   if (f != KERNEL) return 400; /* CUDA_ERROR_INVALID_HANDLE */
   if (no_publish) return 0;
   post* p = malloc(sizeof *p);
-  p->slots = (const int*)(uintptr_t)*(CUdeviceptr*)params[0];
+  p->slots = (const unsigned*)(uintptr_t)*(CUdeviceptr*)params[0];
   p->n = *(int*)params[1];
   p->rank = *(int*)params[2];
-  p->seq = *(unsigned*)params[5];
-  p->out = (int*)(uintptr_t)*(CUdeviceptr*)params[6];
-  p->host = (volatile int*)(uintptr_t)*(CUdeviceptr*)params[7];
+  p->seq = *(unsigned*)params[3];
+  p->out = (int*)(uintptr_t)*(CUdeviceptr*)params[4];
+  p->host = (int*)(uintptr_t)*(CUdeviceptr*)params[5];
   if (publish_delay_ms > 0) {
     pthread_t t;
     __atomic_fetch_add(&pending, 1, __ATOMIC_SEQ_CST);

@@ -1,7 +1,8 @@
 /* A fake NCCL (libnccl.so.2, version 2.28.3) for dpcoord's GPU-path tests, loaded through
- * DPCOORD_NCCL_LIBRARY. A communicator is made by the test (fake_nccl_comm) with one or two
+ * DPCOORD_NCCL_LIBRARY. A communicator is made by the test (fake_nccl_comm) with one to four
  * ranks on device 0; ncclAllGather copies the send buffer into every rank's place of the
- * receive buffer at once (the other rank sends what this one sends).
+ * receive buffer at once (the other ranks send what this one sends, changed as
+ * fake_nccl_peer says).
  *
  * Told through the environment:
  *   FAKE_NCCL_BLOCK=name:nth:ms   the nth call of `name` sleeps ms milliseconds first, then
@@ -13,6 +14,14 @@
  *   fake_nccl_calls(name)         calls of `name` so far, on any communicator
  *   fake_nccl_log()               every ncclAllGather, "ncclAllGather stream tid;" in order
  *   fake_nccl_inside()            ncclAllGather calls not returned yet
+ *   fake_nccl_peer(first, count, value, mode)
+ *                                 from now on, the other ranks' slots of every gather have
+ *                                 words [first, first + count) set to value (mode 0) or
+ *                                 increased by it (mode 2), then their checksum resealed; mode
+ *                                 1 sets them and leaves the checksum (a damaged slot);
+ *                                 first -1: no change
+ *   fake_nccl_last_send()         the words the last gather sent (one slot)
+ *   fake_nccl_last_recv()         the words it received (every rank's slot)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -22,6 +31,8 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "../../src/kernels/layout.h"
 
 typedef struct fake_comm {
   int nranks, rank;
@@ -38,10 +49,36 @@ static size_t log_len;
 const char* fake_nccl_log(void) { return log_buf; }
 static long inside;
 long fake_nccl_inside(void) { return __atomic_load_n(&inside, __ATOMIC_SEQ_CST); }
+#define MAX_RANKS 4
+static int peer_first = -1, peer_count, peer_mode;
+static unsigned peer_value;
+static unsigned last_send[SLOT_WORDS], last_recv[MAX_RANKS * SLOT_WORDS];
+void fake_nccl_peer(int first, int count, unsigned value, int mode) {
+  peer_first = first;
+  peer_count = count;
+  peer_value = value;
+  peer_mode = mode;
+}
+const unsigned* fake_nccl_last_send(void) { return last_send; }
+const unsigned* fake_nccl_last_recv(void) { return last_recv; }
+
+/* Changes another rank's slot as fake_nccl_peer said. */
+static void change_peer(unsigned* w) {
+  if (peer_first < 0) return;
+  for (int i = peer_first; i < peer_first + peer_count && i < SLOT_WORDS; i++)
+    w[i] = peer_mode == 2 ? w[i] + peer_value : peer_value;
+  if (peer_mode == 1) return;
+  static const unsigned k[SLOT_WORDS] = {CHECK_WEIGHTS};
+  unsigned sum = 0;
+  for (int i = 0; i < SLOT_WORDS; i++)
+    if (i != SLOT_CHECK) sum += k[i] * w[i];
+  w[SLOT_CHECK] = CHECK_TARGET - sum;
+}
 #define MAX_NAMES 32
 static struct { const char* name; long calls; } counts[MAX_NAMES];
 
 void* fake_nccl_comm(int nranks, int rank) {
+  if (nranks < 1 || nranks > MAX_RANKS) return NULL;
   fake_comm* c = calloc(1, sizeof *c);
   c->nranks = nranks;
   c->rank = rank;
@@ -113,8 +150,17 @@ int ncclAllGather(const void* send, void* recv, size_t count, int type, void* co
   pthread_mutex_unlock(&lock);
   __atomic_fetch_add(&inside, 1, __ATOMIC_SEQ_CST);
   int rc = enter("ncclAllGather", c) ? NCCL_INTERNAL_ERROR : 0;
-  if (rc == 0)
-    for (int r = 0; r < c->nranks; r++) memcpy((int*)recv + (size_t)r * count, send, count * 4);
+  if (rc == 0) {
+    for (int r = 0; r < c->nranks; r++) {
+      unsigned* w = (unsigned*)recv + (size_t)r * count;
+      memcpy(w, send, count * 4);
+      if (r != c->rank && count == SLOT_WORDS) change_peer(w);
+    }
+    if (count == SLOT_WORDS) {
+      memcpy(last_send, send, sizeof last_send);
+      memcpy(last_recv, recv, count * 4 * (size_t)c->nranks);
+    }
+  }
   __atomic_fetch_sub(&inside, 1, __ATOMIC_SEQ_CST);
   return rc;
 }

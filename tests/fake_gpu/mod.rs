@@ -3,6 +3,10 @@
 //! them: the driver is resolved once per process, so each scenario runs the `child` test of
 //! the including binary in a fresh process, with the fake `libcuda.so.1` first on the
 //! loader's path and `DPCOORD_NCCL_LIBRARY` naming the fake `libnccl.so.2`.
+//!
+//! The fake driver's `dp_postprocess` is the kernel's own logic: the part of
+//! `src/kernels/postprocess.cu` between its `HOST-RUNNABLE` marker lines, extracted here into
+//! `postprocess_logic.h` and compiled as C.
 
 use std::ffi::{c_char, c_int, c_long, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
@@ -20,6 +24,7 @@ pub fn libraries() -> &'static Path {
         let dir = std::env::temp_dir().join(format!("dpcoord-fake-gpu-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("postprocess_logic.h"), kernel_logic()).unwrap();
         let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
         for (source, soname) in [
             ("fake_cuda.c", "libcuda.so.1"),
@@ -30,6 +35,8 @@ pub fn libraries() -> &'static Path {
                     "-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror", "-pthread",
                 ])
                 .arg(format!("-Wl,-soname,{soname}"))
+                .arg("-I")
+                .arg(&dir)
                 .arg("-o")
                 .arg(dir.join(soname))
                 .arg(root.join(source))
@@ -39,6 +46,59 @@ pub fn libraries() -> &'static Path {
         }
         dir
     })
+}
+
+/// The host-runnable part of the post-processing kernel: the lines of `postprocess.cu`
+/// between its `// ==== BEGIN HOST-RUNNABLE` and `// ==== END HOST-RUNNABLE` lines.
+pub fn kernel_logic() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/kernels/postprocess.cu");
+    let cu = std::fs::read_to_string(&path).unwrap();
+    let begin = cu
+        .find("// ==== BEGIN HOST-RUNNABLE")
+        .expect("postprocess.cu marks where its host-runnable part begins");
+    let end = cu[begin..]
+        .find("// ==== END HOST-RUNNABLE")
+        .expect("postprocess.cu marks where its host-runnable part ends");
+    // Diagnostics name the .cu's own lines.
+    format!(
+        "#line {} \"{}\"\n{}",
+        cu[..begin].lines().count() + 1,
+        path.display(),
+        &cu[begin..begin + end]
+    )
+}
+
+/// What `src/kernels/layout.h` `#define`s `name` to.
+fn define(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/kernels/layout.h");
+    let header = std::fs::read_to_string(path).unwrap();
+    let prefix = format!("#define {name} ");
+    header
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+        .unwrap_or_else(|| panic!("layout.h does not define {name}"))
+}
+
+/// The value `src/kernels/layout.h` gives `name` (a word index, a count or a status).
+pub fn layout(name: &str) -> usize {
+    define(name).trim_end_matches('u').parse().unwrap()
+}
+
+/// Sets a slot's checksum word so that the slot is intact, by layout.h's weights and target
+/// (the kernel's constants; `src/kernels` tests that they are `src/slot.rs`'s).
+pub fn seal(w: &mut [u32]) {
+    let weights: Vec<u32> = define("CHECK_WEIGHTS")
+        .split(", ")
+        .map(|k| u32::from_str_radix(k.trim_start_matches("0x").trim_end_matches('u'), 16).unwrap())
+        .collect();
+    let target = layout("CHECK_TARGET") as u32;
+    let check = layout("SLOT_CHECK");
+    w[check] = 0;
+    let sum = w
+        .iter()
+        .zip(&weights)
+        .fold(0u32, |acc, (&x, &k)| acc.wrapping_add(x.wrapping_mul(k)));
+    w[check] = target.wrapping_sub(sum);
 }
 
 /// What a child printed: its stdout, and `KEY=value` lookups in it.
@@ -149,6 +209,65 @@ impl Fakes {
             unsafe { std::mem::transmute(Self::sym(self.nccl, "fake_nccl_comm")) };
         // SAFETY: plain values in, a new communicator out.
         unsafe { f(nranks, rank) }
+    }
+
+    /// From now on every gather changes the other ranks' slots: words `[first, first +
+    /// count)` set to `value` (`mode` 0) or increased by it (2), then resealed; `mode` 1 sets
+    /// them and leaves the checksum (a damaged slot). `first` -1: no change.
+    pub fn peer(&self, first: i32, count: i32, value: u32, mode: i32) {
+        // SAFETY: fake_nccl_peer(int, int, unsigned, int).
+        let f: unsafe extern "C" fn(c_int, c_int, u32, c_int) =
+            unsafe { std::mem::transmute(Self::sym(self.nccl, "fake_nccl_peer")) };
+        // SAFETY: plain values.
+        unsafe { f(first, count, value, mode) }
+    }
+
+    /// The words of every rank's slot as the last gather delivered them (`nranks` slots).
+    pub fn last_recv(&self, nranks: usize) -> Vec<u32> {
+        self.words("fake_nccl_last_recv", nranks * layout("SLOT_WORDS"))
+    }
+
+    /// The words of the slot the last gather sent.
+    pub fn last_send(&self) -> Vec<u32> {
+        self.words("fake_nccl_last_send", layout("SLOT_WORDS"))
+    }
+
+    fn words(&self, name: &str, n: usize) -> Vec<u32> {
+        // SAFETY: fake_nccl_last_*(void) -> const unsigned*.
+        let f: unsafe extern "C" fn() -> *const u32 =
+            unsafe { std::mem::transmute(Self::sym(self.nccl, name)) };
+        // SAFETY: the fake's static buffer holds at least `n` words.
+        unsafe { std::slice::from_raw_parts(f(), n) }.to_vec()
+    }
+
+    /// What the fake's `dp_postprocess` (the kernel's own logic) writes for `slots` (`n`
+    /// slots, as words) as rank `rank` of exchange `seq`: the device array and the host block.
+    pub fn postprocess(
+        &self,
+        slots: &[u32],
+        n: usize,
+        rank: i32,
+        seq: u32,
+    ) -> (Vec<i32>, Vec<i32>) {
+        let header = layout("HOST_HEADER_WORDS");
+        let mut out = vec![-7; n];
+        let mut host = vec![-7; header + n * (1 + layout("SLOT_WORDS"))];
+        // SAFETY: fake_cuda_postprocess(const unsigned*, int, int, unsigned, int*, int*).
+        let f: unsafe extern "C" fn(*const u32, c_int, c_int, u32, *mut i32, *mut i32) =
+            unsafe { std::mem::transmute(Self::sym(self.cuda, "fake_cuda_postprocess")) };
+        assert_eq!(slots.len(), n * layout("SLOT_WORDS"));
+        // SAFETY: `slots` holds n slots; `out` n ints; `host` the whole host block.
+        unsafe {
+            f(
+                slots.as_ptr(),
+                n as c_int,
+                rank,
+                seq,
+                out.as_mut_ptr(),
+                host.as_mut_ptr(),
+            )
+        };
+        (out, host)
     }
 
     /// Marks `comm` aborted (what `ncclCommAbort` does to a real one).
