@@ -10,6 +10,12 @@
 //!   Each is timed twice, compiled for the baseline target and under AVX2 (`avx2/...`), the
 //!   way the C entry points run `decide_with_options` (`src/ffi/decide.rs`).
 //!
+//! - `slots/{8,1024}`: the C host path over slots: a bench-only floor that reads every word of
+//!   the same slots once (a plain wrapping sum), `dp_decide_slots` over V1 slots of the
+//!   `decode` step, and over V2 slots of the same step with the E-dbo table (`dp_graphs`),
+//!   each writing the array. Targets (docs/ARCHITECTURE.md, "Figures"): V2 within 1.5x of V1,
+//!   and the decision within 1.5x of the floor at 1024 ranks.
+//!
 //! Run: `cargo bench --bench v2 -- --warm-up-time 1 --measurement-time 3`.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items.
@@ -17,6 +23,11 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use dpcoord::ffi::{
+    dp_batch_request, dp_batch_result, dp_batch_result_init, dp_decide_options,
+    dp_decide_options_init, dp_decide_slots, dp_graph_table, dp_graph_table_init, dp_graphs_create,
+    dp_graphs_destroy, dp_make_slot, dp_status, Slot,
+};
 use dpcoord::rules::{
     decide_v2, decide_with_options, make_record, make_v2_record, Agreement, DecideOptions,
     Decision, GraphTable, RankRecord, Request, UbatchConfig, V2Config, V2Record,
@@ -39,6 +50,11 @@ fn lcg(seed: u64) -> impl FnMut(u64) -> u64 {
 /// 8, ..., 248, then every 16 to 512 (tests/v2_common builds the same table from the
 /// configuration; tests/rules_v2_examples checks its dispatches).
 fn e_dbo_table() -> GraphTable {
+    GraphTable::new(&e_dbo_graphs(), 1).expect("vLLM's table")
+}
+
+/// The graphs of [`e_dbo_table`].
+fn e_dbo_graphs() -> Vec<dpcoord::rules::Graph> {
     let mut sizes: Vec<i32> = vec![1, 2, 4];
     sizes.extend((8..256).step_by(8));
     sizes.extend((256..=512).step_by(16));
@@ -72,7 +88,7 @@ fn e_dbo_table() -> GraphTable {
             num_active_loras: 0,
         });
     }
-    GraphTable::new(&graphs, 1).expect("vLLM's table")
+    graphs
 }
 
 const DBO: UbatchConfig = UbatchConfig {
@@ -251,5 +267,102 @@ fn v2_vs_v1_decide(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, v2_dispatch, v2_vs_v1_decide);
+/// Every rank's slot of `step` under the V1 or the V2 rules (V2 with `opts`' table).
+fn slots_of(step: &[(i32, i32, bool)], v2: bool, opts: &dp_decide_options) -> Vec<Slot> {
+    step.iter()
+        .map(|&(t, r, decode)| {
+            let req = if v2 {
+                v2_request(t, r, decode)
+            } else {
+                let (padded, mode) = if t <= 512 {
+                    ((t + 7) / 8 * 8, if decode { 2 } else { 1 })
+                } else {
+                    (t, 0)
+                };
+                Request {
+                    num_tokens_unpadded: t,
+                    num_tokens_padded: padded,
+                    allow_microbatching: true,
+                    uniform_decode: i32::from(decode),
+                    cudagraph_mode: mode,
+                    pad_policy: DP_PAD_POLICY_WHEN_CUDAGRAPH,
+                    ubatch: DBO,
+                    ..Request::default()
+                }
+            };
+            let mut slot = Slot { opaque: [0; 24] };
+            let status = dp_make_slot(&dp_batch_request::from(&req), opts, &mut slot);
+            assert_eq!(status, dp_status::DP_OK);
+            slot
+        })
+        .collect()
+}
+
+/// The bench-only floor: every word of the slots read once (a plain wrapping sum).
+#[inline(never)]
+fn floor_sum(slots: &[Slot]) -> u32 {
+    slots
+        .iter()
+        .flat_map(|s| s.opaque.iter())
+        .fold(0u32, |a, &w| a.wrapping_add(w))
+}
+
+fn slots(c: &mut Criterion) {
+    let graphs = e_dbo_graphs();
+    let mut t = std::mem::MaybeUninit::<dp_graph_table>::zeroed();
+    dp_graph_table_init(t.as_mut_ptr());
+    // SAFETY: initialised by dp_graph_table_init.
+    let mut t = unsafe { t.assume_init() };
+    t.graphs = graphs.as_ptr();
+    t.num_graphs = graphs.len() as i32;
+    let mut handle = std::ptr::null_mut();
+    assert_eq!(dp_graphs_create(&t, &mut handle), dp_status::DP_OK);
+    let mut opts = std::mem::MaybeUninit::<dp_decide_options>::zeroed();
+    dp_decide_options_init(opts.as_mut_ptr());
+    // SAFETY: initialised by dp_decide_options_init.
+    let mut opts = unsafe { opts.assume_init() };
+    let no_table = opts;
+    opts.graphs = handle;
+    let mut group = c.benchmark_group("slots");
+    for dp in [8, 1024] {
+        let rank = dp / 2;
+        let s = step(dp, 10);
+        let v1 = slots_of(&s, false, &no_table);
+        let v2 = slots_of(&s, true, &opts);
+        let mut out = vec![0i32; dp as usize];
+        let mut res = std::mem::MaybeUninit::<dp_batch_result>::zeroed();
+        dp_batch_result_init(res.as_mut_ptr());
+        // SAFETY: initialised by dp_batch_result_init.
+        let mut res = unsafe { res.assume_init() };
+        group.bench_with_input(
+            BenchmarkId::new("floor_sum_of_every_word", dp),
+            &dp,
+            |b, _| b.iter(|| floor_sum(black_box(&v1))),
+        );
+        for (name, slots, o) in [("v1", &v1, &no_table), ("v2", &v2, &opts)] {
+            let status = dp_decide_slots(slots.as_ptr(), dp, rank, o, out.as_mut_ptr(), &mut res);
+            assert_eq!(status, dp_status::DP_OK);
+            group.bench_with_input(
+                BenchmarkId::new(format!("dp_decide_slots/{name}"), dp),
+                &dp,
+                |b, _| {
+                    b.iter(|| {
+                        dp_decide_slots(
+                            black_box(slots.as_ptr()),
+                            dp,
+                            rank,
+                            o,
+                            out.as_mut_ptr(),
+                            &mut res,
+                        )
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+    assert_eq!(dp_graphs_destroy(handle), dp_status::DP_OK);
+}
+
+criterion_group!(benches, v2_dispatch, v2_vs_v1_decide, slots);
 criterion_main!(benches);

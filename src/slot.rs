@@ -235,7 +235,7 @@ const fn weight(i: usize) -> u32 {
 }
 
 /// Every word's checksum weight.
-const WEIGHTS: [u32; SLOT3_WORDS] = {
+pub(crate) const WEIGHTS: [u32; SLOT3_WORDS] = {
     let mut k = [0u32; SLOT3_WORDS];
     let mut i = 0;
     while i < SLOT3_WORDS {
@@ -318,6 +318,13 @@ impl Slot {
         self.opaque[at::CHECK] = 0;
         let sum = weighted_sum(&self.opaque);
         self.opaque[at::CHECK] = CHECK_TARGET.wrapping_sub(sum);
+    }
+
+    /// The slot's words as three 8-word vectors (words 0-7, 8-15, 16-23), as the readers'
+    /// vectorised pass takes them.
+    #[inline(always)]
+    pub(crate) fn thirds(&self) -> &[[u32; 8]; 3] {
+        bytemuck::cast_ref(&self.opaque)
     }
 
     /// Whether the checksum holds.

@@ -9,11 +9,11 @@ use super::graphs::GraphTable;
 use super::v1::{decide_summary, fill_after_padding, make_record, Acc, Decision, Summary};
 use super::v2::{decide_v2_with, make_v2_record, Agreement, V2Config};
 use super::{
-    check_active_ranks, marker_error, Request, DEFAULT_DECODE_TOKEN_THRESHOLD,
+    check_active_ranks, marker_error, LiveRuns, Request, DEFAULT_DECODE_TOKEN_THRESHOLD,
     DEFAULT_NUM_UBATCHES, DEFAULT_PREFILL_TOKEN_THRESHOLD, DP_RULES_VLLM_V2,
 };
 use crate::error::{invalid, Error, ErrorKind, Result};
-use crate::slot::{RankRecord, Settings, Slot, LAYOUT_TAG};
+use crate::slot::{at, Settings, Slot, CHECK_TARGET, LAYOUT_TAG, SLOT3_WORDS, WEIGHTS};
 
 /// This rank's slot for a request (validated here): the settings, step ids and record a
 /// transport exchanges, with its sequence number `seq` and arrival time; sealed. `table` is
@@ -106,6 +106,7 @@ pub(crate) struct Checked {
 
 /// Runs the checks over `slots` (`slots[r]` is rank r's; `live[r] == 0` marks a dead slot,
 /// which is not read). The caller has checked `live` (length, bytes, a live rank).
+#[inline(always)]
 pub(crate) fn check(slots: &[Slot], live: Option<&[u8]>) -> Result<Checked> {
     let is_live = |r: usize| live.map_or(true, |l| l[r] != 0);
     let Some(first) = (0..slots.len()).find(|&r| is_live(r)) else {
@@ -113,22 +114,20 @@ pub(crate) fn check(slots: &[Slot], live: Option<&[u8]>) -> Result<Checked> {
     };
     let base = &slots[first];
     // One pass: every fault as a flag; only a fault walks the slots again to name it.
-    let (mut broken, mut marker, mut config, mut ids) = (false, false, false, false);
-    let (mut earliest, mut latest, mut last_rank) = (i64::MAX, i64::MIN, first);
-    for (r, s) in slots.iter().enumerate().filter(|&(r, _)| is_live(r)) {
-        broken |= !s.intact();
-        marker |= s.is_marker();
-        config |= s.config_words() != base.config_words();
-        ids |= (s.step_id(), s.parent_step_id()) != (base.step_id(), base.parent_step_id());
-        let t = s.arrival_ns();
-        earliest = earliest.min(t);
-        if t > latest {
-            (latest, last_rank) = (t, r);
+    let mut scan = Scan::new(first);
+    match live {
+        None => scan.run(slots, 0, slots.len(), base),
+        Some(live) => {
+            for (begin, end) in (LiveRuns { live, r: 0 }) {
+                scan.run(slots, begin, end, base);
+            }
         }
     }
-    let live_ranks = || (0..slots.len()).filter(move |&r| is_live(r));
-    if broken {
-        let r = live_ranks().find(|&r| !slots[r].intact()).unwrap_or(first);
+    let faulty = !scan.intact() | scan.marker | (scan.diff.iter().fold(0, |a, &d| a | d) != 0);
+    // The first live rank at fault, in the contract's order of checks (only after a flag).
+    let find =
+        |fault: &dyn Fn(&Slot) -> bool| faulty.then(|| slots_where(slots, live, fault)).flatten();
+    if let Some(r) = find(&|s| !s.intact()) {
         return Err(Error::new(
             ErrorKind::Corrupt,
             format!(
@@ -138,37 +137,30 @@ pub(crate) fn check(slots: &[Slot], live: Option<&[u8]>) -> Result<Checked> {
             ),
         ));
     }
-    if marker {
-        let r = live_ranks()
-            .find(|&r| slots[r].is_marker())
-            .unwrap_or(first);
+    if let Some(r) = find(&Slot::is_marker) {
         return Err(marker_error(r));
     }
-    if config {
-        let r = live_ranks()
-            .find(|&r| slots[r].config_words() != base.config_words())
-            .unwrap_or(first);
+    if let Some(r) = find(&|s| s.config_words() != base.config_words()) {
         return Err(config_error(first, base, r, &slots[r]));
     }
-    if ids {
-        for (what, id) in [
-            ("step_id", Slot::step_id as fn(&Slot) -> i64),
-            ("parent_step_id", Slot::parent_step_id),
-        ] {
-            if let Some(r) = live_ranks().find(|&r| id(&slots[r]) != id(base)) {
-                return Err(Error::new(
-                    ErrorKind::InconsistentRanks,
-                    format!(
-                        "{what}s differ across ranks: rank {first} passed {what} {}, rank {r} \
-                         passed {what} {}; every rank must pass the same {what} (a rank is a \
-                         step ahead or behind)",
-                        id(base),
-                        id(&slots[r])
-                    ),
-                ));
-            }
+    for (what, id) in [
+        ("step_id", Slot::step_id as fn(&Slot) -> i64),
+        ("parent_step_id", Slot::parent_step_id),
+    ] {
+        if let Some(r) = find(&|s| id(s) != id(base)) {
+            return Err(Error::new(
+                ErrorKind::InconsistentRanks,
+                format!(
+                    "{what}s differ across ranks: rank {first} passed {what} {}, rank {r} \
+                     passed {what} {}; every rank must pass the same {what} (a rank is a step \
+                     ahead or behind)",
+                    id(base),
+                    id(&slots[r])
+                ),
+            ));
         }
     }
+    let (earliest, latest, last_rank) = (scan.earliest, scan.latest, scan.last_rank);
     Ok(Checked {
         settings: base.settings(),
         step_id: base.step_id(),
@@ -176,6 +168,94 @@ pub(crate) fn check(slots: &[Slot], live: Option<&[u8]>) -> Result<Checked> {
         last_rank: last_rank as i32,
         arrival_skew_ns: latest.saturating_sub(earliest),
     })
+}
+
+/// `!0` at the configuration words (1-8) and the step ids (9-12): what must equal the first
+/// live rank's; 0 elsewhere.
+const SAME: [u32; SLOT3_WORDS] = {
+    let mut m = [0u32; SLOT3_WORDS];
+    let mut i = at::LAYOUT;
+    while i < at::ARRIVAL {
+        m[i] = !0;
+        i += 1;
+    }
+    m
+};
+
+/// The fast pass of [`check`], vertical (no per-slot horizontal work but the arrival time):
+/// the live slots' words summed column by column, so that the checksums of every slot are
+/// checked at once at the end (`sum(K[i] * column[i]) == live x CHECK_TARGET`, the weighted sums
+/// being linear: a change of any one word of any one slot always breaks it; only changes in
+/// several slots that cancel out escape it, with probability 2^-32, and a flagged step's walk
+/// checks every slot alone); the words that must equal the first live rank's (xor, or); the
+/// marker's first record word; the arrival time's extremes. Faults are only flagged here.
+struct Scan {
+    columns: [u32; SLOT3_WORDS],
+    live: u32,
+    marker: bool,
+    diff: [u32; SLOT3_WORDS],
+    earliest: i64,
+    latest: i64,
+    last_rank: usize,
+}
+
+impl Scan {
+    fn new(first: usize) -> Scan {
+        Scan {
+            columns: [0; SLOT3_WORDS],
+            live: 0,
+            marker: false,
+            diff: [0; SLOT3_WORDS],
+            earliest: i64::MAX,
+            latest: i64::MIN,
+            last_rank: first,
+        }
+    }
+
+    /// Scans the live slots `begin..end` against the first live rank's `base` (over the
+    /// slots' flat words, the running values in locals, so that they stay in registers).
+    #[inline(always)]
+    fn run(&mut self, slots: &[Slot], begin: usize, end: usize, base: &Slot) {
+        let words: &[u32] = bytemuck::cast_slice(&slots[begin..end]);
+        let (mut columns, mut diff) = (self.columns, self.diff);
+        let mut marker = self.marker;
+        let (mut earliest, mut latest, mut last) = (self.earliest, self.latest, self.last_rank);
+        for (r, w) in words.chunks_exact(SLOT3_WORDS).enumerate() {
+            for i in 0..SLOT3_WORDS {
+                columns[i] = columns[i].wrapping_add(w[i]);
+                diff[i] |= (w[i] ^ base.opaque[i]) & SAME[i];
+            }
+            // The first record word: -1 only in the marker, and in no valid record.
+            marker |= w[at::RECORD] == u32::MAX;
+            let t = slots[begin + r].arrival_ns();
+            earliest = earliest.min(t);
+            if t > latest {
+                (latest, last) = (t, begin + r);
+            }
+        }
+        (self.columns, self.diff, self.marker) = (columns, diff, marker);
+        (self.earliest, self.latest, self.last_rank) = (earliest, latest, last);
+        self.live = self.live.wrapping_add((end - begin) as u32);
+    }
+
+    /// Whether every scanned slot's checksum holds (see [`Scan`]).
+    fn intact(&self) -> bool {
+        let sum = self
+            .columns
+            .iter()
+            .zip(&WEIGHTS)
+            .fold(0u32, |acc, (&w, &k)| acc.wrapping_add(w.wrapping_mul(k)));
+        sum == self.live.wrapping_mul(CHECK_TARGET)
+    }
+}
+
+/// The first live rank whose slot `fault` says is at fault.
+fn slots_where(
+    slots: &[Slot],
+    live: Option<&[u8]>,
+    fault: &dyn Fn(&Slot) -> bool,
+) -> Option<usize> {
+    (0..slots.len()).find(|&r| live.map_or(true, |l| l[r] != 0) && fault(&slots[r]))
 }
 
 /// The error for rank `r`'s configuration words differing from rank `first`'s: names the
@@ -215,6 +295,7 @@ fn config_error(first: usize, base: &Slot, r: usize, other: &Slot) -> Error {
 
 /// The V1 decision over checked slots (`checked` from [`check`] over the same slots and
 /// `live`), as `decide_with_options` decides over records; `out` as there.
+#[inline(always)]
 pub(crate) fn decide_v1(
     slots: &[Slot],
     dp_rank: i32,
@@ -240,6 +321,7 @@ pub(crate) fn decide_v1(
 /// The V2 decision over checked slots (`checked` from [`check`] over the same slots and
 /// `live`) with this rank's graph table, which must be the one every slot names (its hash);
 /// `out` as in [`super::decide_v2`].
+#[inline(always)]
 pub(crate) fn decide_v2(
     slots: &[Slot],
     dp_rank: i32,
@@ -261,27 +343,37 @@ pub(crate) fn decide_v2(
     })
 }
 
-/// The [`Summary`] of the live slots' V1 records: the records are copied, a chunk at a time,
-/// into a buffer the vectorised pass reads.
+/// The [`Summary`] of the live slots' V1 records, folded in place and vertically: the record's
+/// words 16-19 (padded, the two flags, the mode: the third vector's first lanes) into lane-wise
+/// min and max, word 15 (unpadded) and `unpadded - padded` (the max of which says whether
+/// every padded count is at least its unpadded one) beside them, as `rules::v1`'s pass folds
+/// the same fields.
+#[inline(always)]
 fn summary_of(slots: &[Slot], live: Option<&[u8]>) -> Result<Summary> {
-    const CHUNK: usize = 64;
-    let mut acc = Acc::EMPTY;
-    let mut buf = [RankRecord::default(); CHUNK];
-    let mut fill = 0;
-    for (r, s) in slots.iter().enumerate() {
-        if live.is_some_and(|l| l[r] == 0) {
-            continue;
-        }
-        buf[fill] = s.v1_record();
-        fill += 1;
-        if fill == CHUNK {
-            let words = RankRecord::words(&buf);
-            acc.add_run(words, 0, words.len());
-            fill = 0;
+    let mut lo = [i32::MAX; 8];
+    let mut hi = [i32::MIN; 8];
+    let (mut lo_unpadded, mut hi_excess) = (i32::MAX, i32::MIN);
+    let mut fold = |s: &Slot| {
+        let [_, b, c] = s.thirds();
+        let c: [i32; 8] = bytemuck::cast(*c);
+        let unpadded = b[7] as i32;
+        lo = std::array::from_fn(|j| lo[j].min(c[j]));
+        hi = std::array::from_fn(|j| hi[j].max(c[j]));
+        lo_unpadded = lo_unpadded.min(unpadded);
+        hi_excess = hi_excess.max(unpadded.wrapping_sub(c[0]));
+    };
+    match live {
+        None => slots.iter().for_each(&mut fold),
+        Some(live) => {
+            for (begin, end) in (LiveRuns { live, r: 0 }) {
+                slots[begin..end].iter().for_each(&mut fold);
+            }
         }
     }
-    let words = RankRecord::words(&buf[..fill]);
-    acc.add_run(words, 0, words.len());
+    let acc = Acc::of_fields(
+        [lo_unpadded, lo[0], lo[1], lo[2], lo[3]],
+        [hi_excess, hi[0], hi[1], hi[2], hi[3]],
+    );
     Summary::from_acc(&acc, slots.len(), live, |r| slots[r].v1_record())
 }
 

@@ -297,6 +297,17 @@ const UNPADDED_LANES: [i32; WORDS] = {
 };
 
 impl Acc {
+    /// The accumulator of one record's lanes: `lo` and `hi` hold the five fields' min and
+    /// max as the block pass folds them (`hi[0]` is max(unpadded - padded)), in the first
+    /// five words (the rest neutral).
+    #[inline(always)]
+    pub(crate) fn of_fields(lo: [i32; 5], hi: [i32; 5]) -> Acc {
+        let mut acc = Acc::EMPTY;
+        acc.lo[..5].copy_from_slice(&lo);
+        acc.hi[..5].copy_from_slice(&hi);
+        acc
+    }
+
     pub(crate) const EMPTY: Acc = Acc {
         lo: [i32::MAX; WORDS],
         hi: [i32::MIN; WORDS],

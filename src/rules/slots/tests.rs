@@ -2,6 +2,7 @@ use bytemuck::Zeroable;
 
 use super::*;
 use crate::rules::{decide_with_options, DecideOptions};
+use crate::slot::RankRecord;
 
 fn v1_settings(pad_policy: i32, num_ubatches: i32) -> Settings {
     Settings {
