@@ -8,6 +8,8 @@
 //                                                              go into each microbatch
 //   a rank died: dp_decide_batch_with_options(records, ...,    its slot is neither read nor
 //                &opts /* active_ranks */, ...)                 counted; the others go on
+//   speculative decoding, V2 rules: spec_decode.c              the graph agreed in one
+//                                                              exchange, drafts reuse it
 //
 // The four ranks run one after another in this process; the "allgather" is a shared array.
 // Build it against an installed dpcoord (examples/CMakeLists.txt; scripts/demo.sh does this):
@@ -15,6 +17,8 @@
 //         -DDPCOORD_EXAMPLE_MPI=OFF -DDPCOORD_EXAMPLE_GPU=OFF
 //   cmake --build build/demo --target dpcoord_demo
 #include <dpcoord.h>
+
+#include "spec_decode.h"
 
 #include <cstdio>
 #include <cstring>
@@ -275,6 +279,15 @@ int main() {
                   dp_status_string(expected[i]));
       ++unexpected;
     }
+  }
+  // The V2 rules with speculative decoding (examples/spec_decode.c): a verification step agreed
+  // in one exchange, its draft prefill and draft decode reused with no exchange, V2 slices.
+  std::printf("\nstep %d: speculative decoding under the V2 rules (examples/spec_decode.c)\n  ",
+              static_cast<int>(sizeof steps / sizeof steps[0]) + 1);
+  std::fflush(stdout);
+  if (spec_decode() != 0) {
+    std::printf("  UNEXPECTED: the V2 walk failed\n");
+    ++unexpected;
   }
   std::printf("\n%s\n", unexpected == 0 ? "demo finished: every step behaved as expected"
                                         : "demo FAILED");
