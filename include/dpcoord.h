@@ -870,10 +870,12 @@ enum dp_status dp_make_record(const struct dp_batch_request *req, struct dp_rank
  *
  * Thread-safe; the handle is owned by the caller until `dp_host_group_close`.
  * Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (bad name, dp_size, dp_rank, timeout or `out`;
- * a segment owned by another user, with another mode, dp_size or layout version, truncated
- * or corrupt; the rank already held by a live process), `DP_ERR_TIMEOUT` (not every rank
- * joined in time), `DP_ERR_PEER_EXITED` (a rank that joined exited or closed before every
- * rank joined) or `DP_ERR_INTERNAL` (an OS call failed; the message has its error).
+ * something other than a regular file at the segment path: a FIFO, a directory, a symbolic
+ * link, a socket, a device; a segment owned by another user, with another mode, dp_size or
+ * layout version, truncated or corrupt; a joined rank in another pid namespace than this
+ * process; the rank already held by a live process), `DP_ERR_TIMEOUT` (not every rank joined
+ * in time), `DP_ERR_PEER_EXITED` (a rank that joined exited or closed before every rank
+ * joined) or `DP_ERR_INTERNAL` (an OS call failed; the message has its error).
  */
 enum dp_status dp_host_group_open(const char *name,
                                   int32_t dp_size,
@@ -926,8 +928,9 @@ enum dp_status dp_host_group_set_graphs(struct dp_host_group *g, const struct dp
  * `DP_ERR_TIMEOUT`, `DP_ERR_PEER_EXITED` (naming the rank), `DP_ERR_INTERNAL` (a corrupt
  * segment header or member entry).
  *
- * One thread at a time per handle: a concurrent call on the same handle returns
- * `DP_ERR_BUSY`. Returns `DP_OK`,
+ * In a process that inherited `g` across `fork` (not the one that opened it) it returns
+ * `DP_ERR_INVALID_ARGUMENT` and exchanges nothing. One thread at a time per handle: a
+ * concurrent call on the same handle returns `DP_ERR_BUSY`. Returns `DP_OK`,
  * `DP_ERR_INVALID_ARGUMENT`, `DP_ERR_INCONSISTENT_RANKS`, `DP_ERR_CORRUPT`,
  * `DP_ERR_TIMEOUT`, `DP_ERR_PEER_EXITED`, `DP_ERR_BUSY` or `DP_ERR_INTERNAL`.
  */
@@ -937,9 +940,11 @@ enum dp_status dp_host_group_coordinate(struct dp_host_group *g,
 
 /**
  * Leaves the group and frees the handle: marks this rank closed (a peer waiting on it gets
- * `DP_ERR_PEER_EXITED`), and unlinks the segment when it is the last rank out. Local; it
- * always frees, after any status of earlier calls, and never waits longer than 200 ms.
- * Arrays from earlier results become invalid.
+ * `DP_ERR_PEER_EXITED`), and unlinks the segment when it is the last rank out. In a process
+ * that inherited `g` across `fork` (not the one that opened it) it only unmaps the segment
+ * and frees the handle: the rank stays the opener's, and nothing in the segment changes.
+ * Local; it always frees, after any status of earlier calls, and never waits longer than
+ * 200 ms. Arrays from earlier results become invalid.
  *
  * Must not run while another thread is inside a call on `g` (then it returns
  * `DP_ERR_BUSY` and frees nothing). Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (NULL or

@@ -14,8 +14,8 @@
 //! and ranks; segments owned by another user, with another mode, dp_size or layout version,
 //! truncated or with a bad header; a FIFO, a directory or a symbolic link at the segment path;
 //! a member whose pid names a live process with another start time (a reused pid); ranks in
-//! another pid namespace (`unshare`, root only) refused, and a group inside one working; close
-//! in a forked child; a forked child's log lines; and a
+//! another pid namespace (`unshare`, root only) refused, and a group inside one working; a
+//! forked child (its coordinate refused, its close local); a forked child's log lines; and a
 //! hostile process hammering garbage into each header, member and slot field in turn.
 //!
 //! `harness = false`: `cargo test --test host_group [filter]`.
@@ -595,8 +595,9 @@ fn rank_survive(
     println!("rank {me}: {msg}");
 }
 
-/// Five good steps; then rank 0 forks a child that closes the inherited handle and exits, and
-/// both ranks step five more and close: the child's close left the parent's rank alone.
+/// Five good steps; then rank 0 forks a child whose coordinate on the inherited handle is
+/// refused (DP_ERR_INVALID_ARGUMENT) and which closes it and exits, and both ranks step five
+/// more and close: the child left the parent's rank alone.
 fn rank_fork_close(name: &str, dp_size: usize, me: usize) {
     let mut g = open_or_die(name, dp_size, me, 60_000);
     good_steps(&mut g, dp_size, me, 5);
@@ -605,16 +606,24 @@ fn rank_fork_close(name: &str, dp_size: usize, me: usize) {
         let child = unsafe { libc::fork() };
         assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
         if child == 0 {
-            let s = dp_host_group_close(g.0);
+            // The child may not step as the parent's rank; it may close (unmap) the handle.
+            let req = c_request(&Request::default());
+            let mut res = init_result();
+            let stepped = dp_host_group_coordinate(g.0, &req, &mut res);
+            let refused = stepped == dp_status::DP_ERR_INVALID_ARGUMENT
+                && last_error().contains("inherited the handle across fork");
+            let closed = dp_host_group_close(g.0) == dp_status::DP_OK;
+            let code = if !refused { 2 } else { i32::from(!closed) };
             // SAFETY: ends the child at once, running none of the parent's destructors.
-            unsafe { libc::_exit(i32::from(s != dp_status::DP_OK)) };
+            unsafe { libc::_exit(code) };
         }
         let mut status = 0;
         // SAFETY: waits for the child just forked; `status` outlives the call.
         assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "the child's dp_host_group_close failed (wait status {status:#x})"
+            "the child's dp_host_group_coordinate was not refused (exit 2) or its \
+             dp_host_group_close failed (exit 1): wait status {status:#x}"
         );
         assert!(
             std::path::Path::new(&shm_file(name)).exists(),

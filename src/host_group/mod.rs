@@ -14,7 +14,8 @@
 //! The code, one concern a file: `segment.rs` (the layout and its mapping), `sys.rs` (the
 //! system calls, through `rustix`), `identity.rs` (who a member is, and whether it lives),
 //! `join.rs` (create, join, check and reclaim a segment), `wait.rs` (spin, yield, futex
-//! sleep), `step.rs` (publish, wait, copy, check, decide, the failure word).
+//! sleep), `step.rs` (publish, wait, copy, check, decide, the failure word), `fork.rs`
+//! (whether the caller is the process that opened the group).
 //!
 //! # Steps
 //!
@@ -87,7 +88,8 @@
 //! `close` marks the rank closed, wakes the others and, when no other member is alive,
 //! unlinks the segment. In a process other than the one that opened the handle (a child that
 //! inherited it across `fork`) it only unmaps the segment and closes its descriptors: it
-//! writes no member state and unlinks nothing, so the parent's rank is untouched.
+//! writes no member state and unlinks nothing, so the parent's rank is untouched; and
+//! `coordinate` there is refused (the child would step as the parent's rank).
 //!
 //! # What a hostile segment can do
 //!
@@ -99,6 +101,7 @@
 //! consistently (with its checksum, which guards against damage, not against a forger) is
 //! indistinguishable from that rank.
 
+mod fork;
 mod identity;
 mod join;
 mod segment;
@@ -275,6 +278,7 @@ impl HostGroup {
             CString::new(segment_path(name)).map_err(|_| internal("NUL in a checked name"))?;
         let (dp_size, dp_rank) = (dp_size as usize, dp_rank as usize);
         let own = Identity::own();
+        fork::mark_opener(own.pid);
         let proc_own = identity::proc_is_own();
         let uid = euid();
         let opening = Opening {

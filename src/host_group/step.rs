@@ -4,15 +4,16 @@
 
 use std::sync::atomic::Ordering;
 
+use super::fork::is_opener;
 use super::identity::{Identity, Presence};
 use super::segment::{LAYOUT_VERSION, MAGIC, SLOT_SIZE, STATE_JOINED};
-use super::sys::pidfd_exited;
+use super::sys::{getpid, pidfd_exited};
 use super::wait::Deadline;
 use super::{
     corrupt, internal, peer_exited, slot_damaged, timeout_error, Decided, HostGroup, Step,
 };
 use crate::diag::{self, Level};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{invalid, Error, ErrorKind, Result};
 use crate::rules::{slots, Request, DP_RULES_VLLM_V2};
 use crate::slot::{at, now_ns, Slot};
 
@@ -36,6 +37,18 @@ impl HostGroup {
     /// decides on the copies. `req` is `Err` when the C boundary could not read it.
     pub(crate) fn coordinate(&mut self, req: Result<&Request>) -> Result<Step> {
         let arrival = now_ns();
+        if !is_opener(self.own.pid) {
+            let pid = getpid();
+            return Err(invalid!(
+                "host group '{}': dp_host_group_coordinate in process {pid}, but rank {} of the \
+                 group is process {} (this process inherited the handle across fork): only \
+                 the process that opened the group steps with it; here only \
+                 dp_host_group_close is allowed, and it only unmaps",
+                self.name,
+                self.dp_rank,
+                self.own.pid
+            ));
+        }
         if let Some(e) = &self.failed {
             return Err(e.context(&format!(
                 "host group '{}' is unusable after an earlier failure; close it",
