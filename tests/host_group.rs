@@ -8,7 +8,8 @@
 //! flags, settings, step ids and parent step ids mixed in); a rank with another pad policy,
 //! microbatching, rule set, graph table or V2 threshold; a writer corrupting record words while
 //! three ranks step (over 100 000 steps: never two different DP_OK decisions, only
-//! DP_ERR_CORRUPT); `set_graphs` while another thread steps; a peer killed with SIGKILL, a peer that closes, a peer that stops calling; fail-fast
+//! DP_ERR_CORRUPT); the straggler report and its INFO line; `set_graphs` while another thread
+//! steps; a peer killed with SIGKILL, a peer that closes, a peer that stops calling; fail-fast
 //! after a failure; the last rank out unlinks; a stale segment is reclaimed, and so is one
 //! whose creator died between two header stores; two groups run side by side; bad names, sizes
 //! and ranks; segments owned by another user, with another mode, dp_size or layout version,
@@ -473,6 +474,7 @@ fn child_main(role: &str) {
         "corrupter" => corrupter(name, dp_size, arg(0)),
         "v2steps" => rank_v2_steps(name, dp_size, me, arg(0)),
         "settings" => rank_settings(name, dp_size, me),
+        "straggler" => rank_straggler(name, dp_size, me),
         "busy" => rank_busy(name, dp_size, me),
         "corrupted" => rank_corrupted(name, dp_size, me, arg(0), w[5]),
         other => panic!("unknown role {other}"),
@@ -1097,6 +1099,94 @@ fn differing_settings_fail_every_rank() {
         .map(|r| spawn(&format!("settings {name} 3 {r}")))
         .collect();
     assert_ok(&wait_all(children));
+}
+
+/// How long the straggler sleeps before it coordinates.
+const STRAGGLER_SLEEP: Duration = Duration::from_millis(2);
+
+/// Rank 2 arrives last in 40 steps, then rank 1 in 70: a straggler waits until every other
+/// rank published the step (their sequence numbers, read from the segment file), sleeps
+/// `STRAGGLER_SLEEP`, then coordinates. Every rank's result names it as `last_rank`, with an
+/// arrival skew of at least the sleep, and the others waited at least that long.
+fn rank_straggler(name: &str, dp_size: usize, me: usize) {
+    use std::os::unix::fs::FileExt;
+    let mut g = open_or_die(name, dp_size, me, 20_000);
+    let file = std::fs::File::open(shm_file(name)).unwrap();
+    let sleep_ns = STRAGGLER_SLEEP.as_nanos() as i64;
+    let req = Request {
+        num_tokens_unpadded: 10,
+        timeout_ms: 20_000,
+        ..Request::default()
+    };
+    let mut k = 0u64;
+    for (straggler, steps) in [(2, 40), (1, 70)] {
+        for _ in 0..steps {
+            k += 1;
+            if me == straggler {
+                for r in (0..dp_size).filter(|&r| r != me) {
+                    let at = buf_offset(dp_size, r, (k & 1) as usize) as u64;
+                    let published = || {
+                        let mut word = [0u8; 4];
+                        file.read_exact_at(&mut word, at).unwrap();
+                        u64::from(u32::from_le_bytes(word)) == k
+                    };
+                    while !published() {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+                std::thread::sleep(STRAGGLER_SLEEP);
+            }
+            let (s, res, _, msg) = g.step(Some(&c_request(&req)));
+            assert_eq!(s, dp_status::DP_OK, "rank {me} step {k}: {msg}");
+            assert_eq!(res.last_rank, straggler as i32, "rank {me} step {k}");
+            assert!(
+                res.arrival_skew_ns >= sleep_ns,
+                "rank {me} step {k}: skew {} ns",
+                res.arrival_skew_ns
+            );
+            assert!(
+                me == straggler || res.wait_ns >= sleep_ns,
+                "rank {me} step {k}: waited {} ns",
+                res.wait_ns
+            );
+        }
+    }
+    assert_eq!(g.close(), dp_status::DP_OK);
+}
+
+/// The straggler report: the rank that arrives last is `last_rank`, the skew at least its
+/// delay; and with DPCOORD_DEBUG=INFO every rank logs a rank last in most of the last 64
+/// steps once per change of that rank: rank 2 at its 33rd step of 40, rank 1 at its 33rd.
+fn the_straggler_is_reported() {
+    let name = unique("straggler");
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pattern = dir.join("log.%p");
+    let env = [
+        ("DPCOORD_DEBUG", "INFO"),
+        ("DPCOORD_DEBUG_FILE", pattern.to_str().unwrap()),
+    ];
+    let children: Vec<Child> = (0..3)
+        .map(|r| spawn_with(&format!("straggler {name} 3 {r}"), &env))
+        .collect();
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    assert_ok(&wait_all(children));
+    for (r, pid) in pids.iter().enumerate() {
+        let path = dir.join(format!("log.{pid}"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (files: {:?})", path.display(), ls(&dir)));
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("straggler:")).collect();
+        assert_eq!(lines.len(), 2, "rank {r}: {lines:#?}");
+        for (line, rank) in lines.iter().zip([2, 1]) {
+            assert!(
+                line.contains(&format!(
+                    "straggler: rank {rank} arrived last in 33 of the last 64 steps"
+                )) && line.contains(&format!("group {name}")),
+                "rank {r}: {line}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Rank 0 steps on a thread while rank 1 holds back: `dp_host_group_set_graphs` on the same
@@ -2328,6 +2418,10 @@ fn main() {
         (
             "differing_settings_fail_every_rank",
             Case::Always(differing_settings_fail_every_rank),
+        ),
+        (
+            "the_straggler_is_reported",
+            Case::Always(the_straggler_is_reported),
         ),
         (
             "set_graphs_while_stepping_is_busy",

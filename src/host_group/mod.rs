@@ -14,8 +14,9 @@
 //! The code, one concern a file: `segment.rs` (the layout and its mapping), `sys.rs` (the
 //! system calls, through `rustix`), `identity.rs` (who a member is, and whether it lives),
 //! `join.rs` (create, join, check and reclaim a segment), `wait.rs` (spin, yield, futex
-//! sleep), `step.rs` (publish, wait, copy, check, decide, the failure word), `fork.rs`
-//! (whether the caller is the process that opened the group).
+//! sleep), `step.rs` (publish, wait, copy, check, decide, the failure word), `straggler.rs`
+//! (which rank arrives last, for the INFO log), `fork.rs` (whether the caller is the process
+//! that opened the group).
 //!
 //! # Steps
 //!
@@ -106,6 +107,7 @@ mod identity;
 mod join;
 mod segment;
 mod step;
+mod straggler;
 mod sys;
 mod wait;
 
@@ -126,6 +128,7 @@ use crate::slot::Slot;
 use identity::Identity;
 use join::{same_segment, JoinError, Opening};
 use segment::{Mapping, STATE_CLOSED};
+use straggler::Stragglers;
 use sys::{euid, getpid, shm_unlink, Locked};
 use wait::deadline_after;
 
@@ -188,6 +191,8 @@ pub(crate) struct HostGroup {
     tokens: Vec<i32>,
     /// The V2 graph table this rank dispatches with (its hash is in every slot).
     graphs: Option<Arc<GraphTable>>,
+    /// Which rank arrived last in the recent steps (read only for the INFO log).
+    stragglers: Stragglers,
 }
 
 struct Peer {
@@ -323,6 +328,7 @@ impl HostGroup {
             slots: vec![Slot { opaque: [0; 24] }; dp_size],
             tokens: vec![0; dp_size],
             graphs: None,
+            stragglers: Stragglers::new(),
         };
         // On failure `group` is dropped, which leaves the group (and unlinks when last).
         group.wait_all_joined(deadline, timeout_ms)?;

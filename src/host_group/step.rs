@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use super::fork::is_opener;
 use super::identity::{Identity, Presence};
 use super::segment::{LAYOUT_VERSION, MAGIC, SLOT_SIZE, STATE_JOINED};
+use super::straggler::WINDOW;
 use super::sys::{getpid, pidfd_exited};
 use super::wait::Deadline;
 use super::{
@@ -100,6 +101,17 @@ impl HostGroup {
         let checked =
             checked.map_err(|e| e.context(&format!("host group '{}' at step {k}", self.name)))?;
         let (step_id, last_rank) = (checked.step_id, checked.last_rank);
+        if self.dp_size > 1 && diag::enabled(Level::Info) {
+            if let Some((rank, count)) = self.stragglers.push(last_rank) {
+                diag::log!(
+                    Level::Info,
+                    self.ctx(step_id),
+                    "straggler: rank {rank} arrived last in {count} of the last {WINDOW} steps \
+                     (this one's arrival skew: {} ns)",
+                    checked.arrival_skew_ns
+                );
+            }
+        }
         let (me, table) = (self.dp_rank as i32, self.graphs.as_deref());
         let out = Some(&mut self.tokens[..]);
         let decided = if checked.settings.rules == DP_RULES_VLLM_V2 {
