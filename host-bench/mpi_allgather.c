@@ -1,6 +1,7 @@
-/* Open MPI's MPI_Allgather of the 20-byte record + dp_decide_batch: the host path a caller
- * builds today, timed per call exactly like dpcoord-host-bench (dp_make_record, the exchange,
- * the decision), samples of every rank pooled on rank 0.
+/* Open MPI's MPI_Allgather of the slot + dp_decide_slots: the host path a caller builds with
+ * MPI (dp_make_slot, MPI_Allgather of sizeof(dp_slot) bytes, dp_decide_slots: the same checked
+ * slot, checks and decision as the host group's), timed per call exactly like
+ * dpcoord-host-bench, samples of every rank pooled on rank 0.
  *
  *   mpicc -O2 mpi_allgather.c -I../include -L../target/release -ldpcoord -o mpi_allgather
  *   mpirun -np 4 --bind-to core ./mpi_allgather [iters] [warmup]
@@ -44,16 +45,17 @@ int main(int argc, char** argv) {
   req.pad_policy = DP_PAD_POLICY_WHEN_CUDAGRAPH;
   dp_batch_result res;
   dp_batch_result_init(&res);
-  dp_rank_record rec;
-  dp_rank_record* all = malloc(sizeof(dp_rank_record) * (size_t)size);
+  dp_slot slot;
+  dp_slot* all = malloc(sizeof(dp_slot) * (size_t)size);
   int32_t* out = malloc(sizeof(int32_t) * (size_t)size);
   uint64_t* samples = malloc(sizeof(uint64_t) * (size_t)iters);
 
   for (int i = 0; i < warmup + iters; ++i) {
     uint64_t t0 = now_ns();
-    dp_status s = dp_make_record(&req, &rec);
-    MPI_Allgather(&rec, 5, MPI_INT32_T, all, 5, MPI_INT32_T, MPI_COMM_WORLD);
-    if (s == DP_OK) s = dp_decide_batch(all, size, rank, req.pad_policy, 2, out, &res);
+    dp_status s = dp_make_slot(&req, NULL, &slot);
+    MPI_Allgather(&slot, (int)sizeof(dp_slot), MPI_BYTE, all, (int)sizeof(dp_slot), MPI_BYTE,
+                  MPI_COMM_WORLD);
+    if (s == DP_OK) s = dp_decide_slots(all, size, rank, NULL, out, &res);
     uint64_t dt = now_ns() - t0;
     if (s != DP_OK) {
       fprintf(stderr, "rank %d step %d: %s %s\n", rank, i, dp_status_string(s), dp_last_error());

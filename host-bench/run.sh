@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The host group against Open MPI's MPI_Allgather + dp_decide_batch, side by side in one run:
+# The host group against Open MPI's MPI_Allgather of the slot + dp_decide_slots (the host path
+# on the same checked slot), side by side in one run:
 # for each rank count, both benchmarks, one after the other, on the same machine.
 #
 #   host-bench/run.sh [ranks...]        (default: 2 4 8)

@@ -1,16 +1,22 @@
 //! The host shared-memory group across real processes: this test binary re-runs itself as
 //! each rank (`DPCOORD_HG_ROLE` names the role), so every rank is its own process.
 //!
-//! Covered: 2, 4 and 8 ranks over 10 000 random steps each, every result checked against
-//! `rules::decide` on the same records (invalid and unreadable requests, differing pad flags
-//! and step ids mixed in); a peer killed with SIGKILL, a peer that closes, a peer that stops
-//! calling; fail-fast after a failure; the last rank out unlinks; a stale segment is
-//! reclaimed, and so is one whose creator died between two header stores; two groups run side
-//! by side; bad names, sizes and ranks; segments owned by another user, with another mode,
-//! dp_size or layout version, truncated or with a bad header; a FIFO, a directory or a
-//! symbolic link at the segment path; a member whose pid names a live process with another
-//! start time (a reused pid); ranks in another pid namespace (`unshare`, root only) refused,
-//! and a group inside one working; close in a forked child; a forked child's log lines; and a
+//! Covered: 2, 4 and 8 ranks over 10 000 random V1 steps each, and random V2 steps (vLLM's
+//! configurations of VLLM_V2.md, with and without their graph table) at 2 and 3 ranks, every
+//! result checked against the host path (`dp_make_slot` of every rank's request, then
+//! `dp_decide_slots`) on the same requests (invalid and unreadable requests, differing pad
+//! flags, settings, step ids and parent step ids mixed in); a rank with another pad policy,
+//! microbatching, rule set, graph table or V2 threshold; a writer corrupting record words while
+//! three ranks step (over 100 000 steps: never two different DP_OK decisions, only
+//! DP_ERR_CORRUPT); the straggler report and its INFO line; `set_graphs` while another thread
+//! steps; a peer killed with SIGKILL, a peer that closes, a peer that stops calling; fail-fast
+//! after a failure; the last rank out unlinks; a stale segment is reclaimed, and so is one
+//! whose creator died between two header stores; two groups run side by side; bad names, sizes
+//! and ranks; segments owned by another user, with another mode, dp_size or layout version,
+//! truncated or with a bad header; a FIFO, a directory or a symbolic link at the segment path;
+//! a member whose pid names a live process with another start time (a reused pid); ranks in
+//! another pid namespace (`unshare`, root only) refused, and a group inside one working; a
+//! forked child (its coordinate refused, its close local); a forked child's log lines; and a
 //! hostile process hammering garbage into each header, member and slot field in turn.
 //!
 //! `harness = false`: `cargo test --test host_group [filter]`.
@@ -23,7 +29,10 @@ use std::ptr::{null, null_mut};
 use std::time::{Duration, Instant};
 
 use dpcoord::ffi::*;
-use dpcoord::rules::{self, Request, UbatchConfig};
+use dpcoord::rules::{Request, UbatchConfig, DP_RULES_VLLM_V2};
+use v2_common::{Built, Handle, Step, VllmCfg};
+
+mod v2_common;
 
 const ROLE_ENV: &str = "DPCOORD_HG_ROLE";
 /// The test binary's pid, passed to every process it starts: group names stay unique where a
@@ -67,10 +76,7 @@ impl Group {
     }
 
     /// One step; `req = None` passes a NULL request.
-    fn step(
-        &mut self,
-        req: Option<&dp_batch_request>,
-    ) -> (dp_status, dp_batch_result, Vec<i32>, String) {
+    fn step(&mut self, req: Option<&dp_batch_request>) -> Got {
         let mut res = init_result();
         let p = req.map_or(null(), |r| r as *const _);
         let s = dp_host_group_coordinate(self.0, p, &mut res);
@@ -113,24 +119,12 @@ fn init_result() -> dp_batch_result {
 }
 
 fn c_request(r: &Request) -> dp_batch_request {
-    let mut req = MaybeUninit::<dp_batch_request>::uninit();
-    dp_batch_request_init(req.as_mut_ptr());
-    // SAFETY: dp_batch_request_init writes every field of a non-NULL request.
-    let mut req = unsafe { req.assume_init() };
-    req.num_tokens_unpadded = r.num_tokens_unpadded;
-    req.num_tokens_padded = r.num_tokens_padded;
-    req.allow_microbatching = r.allow_microbatching;
-    req.allow_dp_padding = r.allow_dp_padding;
-    req.uniform_decode = r.uniform_decode;
-    req.cudagraph_mode = r.cudagraph_mode;
-    req.pad_policy = r.pad_policy;
-    req.ubatch.enabled = r.ubatch.enabled;
-    req.ubatch.num_ubatches = r.ubatch.num_ubatches;
-    req.ubatch.decode_token_threshold = r.ubatch.decode_token_threshold;
-    req.ubatch.prefill_token_threshold = r.ubatch.prefill_token_threshold;
-    req.timeout_ms = r.timeout_ms;
-    req.step_id = r.step_id;
-    req
+    dp_batch_request::from(r)
+}
+
+/// Every rank's C request (`None`: a NULL request).
+fn c_requests(reqs: &[Option<Request>]) -> Vec<Option<dp_batch_request>> {
+    reqs.iter().map(|r| r.as_ref().map(c_request)).collect()
 }
 
 fn shm_file(name: &str) -> String {
@@ -196,6 +190,7 @@ fn step_requests(
     let same_pad = rng.chance(75) || !faults;
     let shared_pad = rng.chance(50);
     let step_id = if rng.chance(15) { 0 } else { step as i64 + 1 };
+    let parent_step_id = if rng.chance(20) { step as i64 } else { 0 };
     let mut reqs: Vec<Option<Request>> = (0..dp_size)
         .map(|_| {
             let unpadded = rng.below(2048) as i32;
@@ -220,6 +215,7 @@ fn step_requests(
                 ubatch,
                 timeout_ms,
                 step_id,
+                parent_step_id,
                 ..Request::default()
             })
         })
@@ -238,94 +234,149 @@ fn step_requests(
                     r.step_id += 1;
                 }
             }
+            // Settings that every rank must share (the slots' configuration words).
+            5 => {
+                if let Some(r) = reqs[victim].as_mut() {
+                    r.pad_policy = 1 - r.pad_policy;
+                }
+            }
+            6 => {
+                if let Some(r) = reqs[victim].as_mut() {
+                    r.ubatch.enabled = true;
+                    r.ubatch.num_ubatches += 1;
+                }
+            }
+            7 => {
+                if let Some(r) = reqs[victim].as_mut() {
+                    r.parent_step_id += 1;
+                }
+            }
             _ => {}
         }
     }
     reqs
 }
 
-/// What rank `me` must get at one step: the status and, on DP_OK, the decision, step id and
-/// tokens array; the same priority as the group: invalid requests, then pad policy and
-/// num_ubatches, then step ids, then the decision.
-struct Expected {
-    status: dp_status,
-    decision: Option<(rules::Decision, i64, Vec<i32>)>,
-}
+/// What one step gave a rank: the status, the result, the array it points at (empty when
+/// none) and, on failure, the message.
+type Got = (dp_status, dp_batch_result, Vec<i32>, String);
 
-fn expected(reqs: &[Option<Request>], me: usize) -> Expected {
-    let fail = |status| Expected {
-        status,
-        decision: None,
-    };
-    let mut records = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        match r.as_ref().map(rules::make_record) {
-            Some(Ok(rec)) => records.push(rec),
-            _ => return fail(dp_status::DP_ERR_INVALID_ARGUMENT),
-        }
-    }
-    let reqs: Vec<&Request> = reqs.iter().map(|r| r.as_ref().unwrap()).collect();
-    let policy = reqs[0].pad_policy;
-    let n = reqs[0].effective_num_ubatches();
-    if reqs
+/// What rank `me` must get at one step: the host path's answer on the same requests and graph
+/// table (`dp_make_slot` of every rank's request, NULL for `None`, then `dp_decide_slots` as
+/// rank `me`).
+fn expected(reqs: &[Option<dp_batch_request>], me: usize, graphs: *const dp_graphs) -> Got {
+    let n = reqs.len();
+    let mut opts = MaybeUninit::<dp_decide_options>::uninit();
+    dp_decide_options_init(opts.as_mut_ptr());
+    // SAFETY: dp_decide_options_init writes every field of a non-NULL struct.
+    let mut opts = unsafe { opts.assume_init() };
+    opts.graphs = graphs;
+    let slots: Vec<Slot> = reqs
         .iter()
-        .any(|r| r.pad_policy != policy || r.effective_num_ubatches() != n)
-    {
-        return fail(dp_status::DP_ERR_INCONSISTENT_RANKS);
-    }
-    let ids: Vec<i64> = reqs.iter().map(|r| r.step_id).collect();
-    let step_id = match rules::check_step_ids(&ids, None) {
-        Ok(id) => id,
-        Err(_) => return fail(dp_status::DP_ERR_INCONSISTENT_RANKS),
+        .map(|r| {
+            let mut slot = Slot { opaque: [0; 24] };
+            // A refused request writes the invalid-request marker, as the group publishes it.
+            dp_make_slot(r.as_ref().map_or(null(), |r| r), &opts, &mut slot);
+            slot
+        })
+        .collect();
+    let mut res = init_result();
+    let mut out = vec![-777; n];
+    let s = dp_decide_slots(
+        slots.as_ptr(),
+        n as i32,
+        me as i32,
+        &opts,
+        out.as_mut_ptr(),
+        &mut res,
+    );
+    let tokens = if s == dp_status::DP_OK && res.has_num_tokens_after_padding {
+        out
+    } else {
+        Vec::new()
     };
-    let mut out = vec![0; records.len()];
-    match rules::decide(&records, me as i32, policy, n, Some(&mut out)) {
-        Ok(d) => {
-            if !d.has_num_tokens_after_padding {
-                out.clear();
-            }
-            Expected {
-                status: dp_status::DP_OK,
-                decision: Some((d, step_id, out)),
-            }
-        }
-        Err(e) => fail(dp_status::from(e.kind)),
-    }
+    let msg = if s == dp_status::DP_OK {
+        String::new()
+    } else {
+        last_error()
+    };
+    (s, res, tokens, msg)
 }
 
-/// Checks one step's outcome against the expectation; `Err` says how it differs.
-fn check_step(
-    got: &(dp_status, dp_batch_result, Vec<i32>, String),
-    want: &Expected,
-    me: usize,
-    dp_size: usize,
-) -> Result<(), String> {
-    let (status, res, tokens, msg) = got;
-    if *status != want.status {
-        return Err(format!("status {status:?} ({msg}), want {:?}", want.status));
-    }
-    let Some((d, step_id, out)) = &want.decision else {
-        return Ok(());
+/// The fields of a result that every transport decides alike: all but the straggler report
+/// and the array pointers (the arrays are compared by content).
+fn decided(r: &dp_batch_result) -> impl PartialEq + std::fmt::Debug + std::hash::Hash {
+    (
+        (
+            r.should_ubatch,
+            r.should_dp_pad,
+            r.has_num_tokens_after_padding,
+            r.synced_cudagraph_mode,
+            r.dp_rank,
+            r.dp_size,
+        ),
+        (
+            r.num_tokens_after_padding_self,
+            r.max_num_tokens_padded,
+            r.min_num_tokens_unpadded,
+            r.step_id,
+            r.rules,
+        ),
+        (r.idle, r.local, r.eager, r.skip_drafts),
+        [
+            r.graph_mode,
+            r.graph_num_tokens,
+            r.graph_num_reqs,
+            r.graph_uniform_token_count,
+            r.graph_max_query_len,
+            r.num_ubatches,
+        ],
+        (
+            r.agreed_uniform_token_count,
+            r.agreed_max_query_len,
+            r.max_num_reqs,
+        ),
+        r.num_tokens_after_padding_device.is_null(),
+    )
+}
+
+/// A digest of what a step decided for every rank alike (the status, the decided fields but
+/// the rank's own, the array), for comparing ranks.
+fn digest(got: &Got) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // The fields that hold the rank's own values (its number, its tokens, and V2's per-rank
+    // descriptor fields); the array holds every rank's tokens.
+    let shared = dp_batch_result {
+        dp_rank: 0,
+        num_tokens_after_padding_self: 0,
+        graph_num_tokens: 0,
+        graph_num_reqs: 0,
+        ..got.1
     };
-    let same = res.should_ubatch == d.should_ubatch
-        && res.should_dp_pad == d.should_dp_pad
-        && res.has_num_tokens_after_padding == d.has_num_tokens_after_padding
-        && res.synced_cudagraph_mode == d.synced_cudagraph_mode
-        && res.num_tokens_after_padding_self == d.num_tokens_after_padding_self
-        && res.max_num_tokens_padded == d.max_num_tokens_padded
-        && res.min_num_tokens_unpadded == d.min_num_tokens_unpadded
-        && res.dp_rank == me as i32
-        && res.dp_size == dp_size as i32
-        && res.step_id == *step_id
-        && res.num_tokens_after_padding_device.is_null()
-        && tokens == out;
-    if same {
-        Ok(())
-    } else {
-        Err(format!(
-            "result {res:?} tokens {tokens:?}, want {d:?} step_id {step_id} tokens {out:?}"
-        ))
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (got.0 as u32, decided(&shared), &got.2).hash(&mut h);
+    h.finish()
+}
+
+/// Checks one step's outcome against the host path's; `Err` says how it differs.
+fn check_step(got: &Got, want: &Got) -> Result<(), String> {
+    let ((status, res, tokens, msg), (want_status, want_res, want_tokens, want_msg)) = (got, want);
+    if status != want_status {
+        return Err(format!(
+            "status {status:?} ({msg}), the host path gives {want_status:?} ({want_msg})"
+        ));
     }
+    if *status != dp_status::DP_OK {
+        return Ok(());
+    }
+    if decided(res) != decided(want_res) || tokens != want_tokens {
+        return Err(format!(
+            "result {:?} tokens {tokens:?}, the host path gives {:?} tokens {want_tokens:?}",
+            decided(res),
+            decided(want_res)
+        ));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -420,6 +471,12 @@ fn child_main(role: &str) {
         "nscases" => in_pid_namespace(w[4] == "1"),
         "expect" => rank_expect(name, dp_size, me, arg(0) as i32, w[5], &w[6..].join(" ")),
         "tamper" => rank_tamper(name, dp_size, me, arg(0) as usize, arg(1) as usize),
+        "corrupter" => corrupter(name, dp_size, arg(0)),
+        "v2steps" => rank_v2_steps(name, dp_size, me, arg(0)),
+        "settings" => rank_settings(name, dp_size, me),
+        "straggler" => rank_straggler(name, dp_size, me),
+        "busy" => rank_busy(name, dp_size, me),
+        "corrupted" => rank_corrupted(name, dp_size, me, arg(0), w[5]),
         other => panic!("unknown role {other}"),
     }
 }
@@ -434,11 +491,9 @@ fn rank_steps(name: &str, dp_size: usize, me: usize, seed: u64, steps: u64, faul
     let mut g = open_or_die(name, dp_size, me, 60_000);
     let mut ok = 0;
     for step in 0..steps {
-        let reqs = step_requests(seed, step, dp_size, faults, 60_000);
-        let own = reqs[me].map(|r| c_request(&r));
-        let got = g.step(own.as_ref());
-        let want = expected(&reqs, me);
-        if let Err(e) = check_step(&got, &want, me, dp_size) {
+        let reqs = c_requests(&step_requests(seed, step, dp_size, faults, 60_000));
+        let got = g.step(reqs[me].as_ref());
+        if let Err(e) = check_step(&got, &expected(&reqs, me, null())) {
             panic!("rank {me} step {step}: {e}");
         }
         ok += usize::from(got.0 == dp_status::DP_OK);
@@ -496,10 +551,9 @@ fn good_steps(g: &mut Group, dp_size: usize, me: usize, n: u64) {
 /// Good steps `from..from + n` (each step's requests are the same on every rank).
 fn good_steps_from(g: &mut Group, dp_size: usize, me: usize, from: u64, n: u64) {
     for step in from..from + n {
-        let reqs = step_requests(7, step, dp_size, false, 60_000);
-        let own = c_request(reqs[me].as_ref().unwrap());
-        let got = g.step(Some(&own));
-        check_step(&got, &expected(&reqs, me), me, dp_size)
+        let reqs = c_requests(&step_requests(7, step, dp_size, false, 60_000));
+        let got = g.step(reqs[me].as_ref());
+        check_step(&got, &expected(&reqs, me, null()))
             .unwrap_or_else(|e| panic!("rank {me} step {step}: {e}"));
     }
 }
@@ -543,8 +597,9 @@ fn rank_survive(
     println!("rank {me}: {msg}");
 }
 
-/// Five good steps; then rank 0 forks a child that closes the inherited handle and exits, and
-/// both ranks step five more and close: the child's close left the parent's rank alone.
+/// Five good steps; then rank 0 forks a child whose coordinate on the inherited handle is
+/// refused (DP_ERR_INVALID_ARGUMENT) and which closes it and exits, and both ranks step five
+/// more and close: the child left the parent's rank alone.
 fn rank_fork_close(name: &str, dp_size: usize, me: usize) {
     let mut g = open_or_die(name, dp_size, me, 60_000);
     good_steps(&mut g, dp_size, me, 5);
@@ -553,16 +608,24 @@ fn rank_fork_close(name: &str, dp_size: usize, me: usize) {
         let child = unsafe { libc::fork() };
         assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
         if child == 0 {
-            let s = dp_host_group_close(g.0);
+            // The child may not step as the parent's rank; it may close (unmap) the handle.
+            let req = c_request(&Request::default());
+            let mut res = init_result();
+            let stepped = dp_host_group_coordinate(g.0, &req, &mut res);
+            let refused = stepped == dp_status::DP_ERR_INVALID_ARGUMENT
+                && last_error().contains("inherited the handle across fork");
+            let closed = dp_host_group_close(g.0) == dp_status::DP_OK;
+            let code = if !refused { 2 } else { i32::from(!closed) };
             // SAFETY: ends the child at once, running none of the parent's destructors.
-            unsafe { libc::_exit(i32::from(s != dp_status::DP_OK)) };
+            unsafe { libc::_exit(code) };
         }
         let mut status = 0;
         // SAFETY: waits for the child just forked; `status` outlives the call.
         assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "the child's dp_host_group_close failed (wait status {status:#x})"
+            "the child's dp_host_group_coordinate was not refused (exit 2) or its \
+             dp_host_group_close failed (exit 1): wait status {status:#x}"
         );
         assert!(
             std::path::Path::new(&shm_file(name)).exists(),
@@ -739,11 +802,10 @@ fn rank_hostile(name: &str, dp_size: usize, me: usize, steps: u64) {
     }
     let mut errors = 0;
     for step in 0..steps {
-        let reqs = step_requests(11, step, dp_size, false, 2_000);
-        let own = c_request(reqs[me].as_ref().unwrap());
-        let got = g.step(Some(&own));
+        let reqs = c_requests(&step_requests(11, step, dp_size, false, 2_000));
+        let got = g.step(reqs[me].as_ref());
         if got.0 == dp_status::DP_OK {
-            check_step(&got, &expected(&reqs, me), me, dp_size).unwrap_or_else(|e| {
+            check_step(&got, &expected(&reqs, me, null())).unwrap_or_else(|e| {
                 panic!("rank {me} step {step}: a wrong DP_OK under garbage: {e}")
             });
         } else {
@@ -755,6 +817,651 @@ fn rank_hostile(name: &str, dp_size: usize, me: usize, steps: u64) {
     }
     g.close();
     println!("errors={errors}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// V2 through the group, settings the ranks must share, the straggler report
+// ---------------------------------------------------------------------------------------------
+
+/// The vLLM configurations the V2 steps cycle through, with or without their graph table.
+fn v2_phases() -> Vec<(VllmCfg, bool)> {
+    vec![
+        (VllmCfg::e_base(), true),
+        (VllmCfg::e_dbo(), true),
+        (VllmCfg::e_dbo_spec4(), true),
+        (VllmCfg::e_varlen(), true),
+        (VllmCfg::e_ub3(), true),
+        (VllmCfg::e_base(), false),
+        (VllmCfg::e_dbo(), false),
+    ]
+}
+
+/// Steps of one V2 phase (one configuration).
+const V2_PHASE_STEPS: u64 = 300;
+
+/// One rank's V2 step in the shapes a vLLM runner sends (decode, spec decode, the dummy batch,
+/// prefill, a PCP share, a prefill at a graph's size, nothing), with random flags and LoRA
+/// count; `all_b`: every rank allows microbatching.
+fn v2_step(rng: &mut Rng, built: &Built, all_b: bool) -> Step {
+    let dql = built.decode_query_len;
+    let r = 1 + rng.below(80) as i32;
+    let extra = rng.below(300) as i32;
+    let q = [1, 2, 4, 5][rng.below(4) as usize];
+    let turn = match built.graphs.len() {
+        0 => 1 + extra,
+        n => built.graphs[rng.below(n as u64) as usize].num_tokens + rng.below(2) as i32,
+    };
+    let base = |t, r, u, mql, rng: &mut Rng| Step {
+        t,
+        r,
+        u,
+        q: mql,
+        b: all_b || rng.chance(50),
+        s: rng.chance(50),
+        e: rng.chance(3),
+        loras: if rng.chance(95) {
+            0
+        } else {
+            rng.below(9) as i32
+        },
+    };
+    match rng.below(8) {
+        0 | 1 => base(r * dql, r, dql, dql, rng),
+        2 => base(r * q, r, q, q, rng),
+        3 => base(dql, 1, dql, dql, rng),
+        4 => {
+            let mql = if extra % 3 == 0 { -1 } else { 1 + extra % 7 };
+            base(r + extra, r, 0, mql, rng)
+        }
+        5 => base((r / 4).max(1), r, 1, 1, rng),
+        6 => base(turn, 1 + (r - 1) % turn, 0, -1, rng),
+        _ => base(0, 0, 0, -1, rng),
+    }
+}
+
+/// Every rank's V2 request at `step` of a phase with `built`'s configuration: `None` is a NULL
+/// request; now and then a rank a step ahead.
+fn v2_requests(seed: u64, step: u64, dp_size: usize, built: &Built) -> Vec<Option<Request>> {
+    let mut rng = Rng::new(seed, step);
+    let all_b = rng.chance(60);
+    let step_id = step as i64 + 1;
+    let mut reqs: Vec<Option<Request>> = (0..dp_size)
+        .map(|_| {
+            let mut r = v2_step(&mut rng, built, all_b).request(built.dbo);
+            // The mode of a rank's own batch where there is no table.
+            r.cudagraph_mode = 1 + rng.below(2) as i32;
+            r.step_id = step_id;
+            r.timeout_ms = 60_000;
+            Some(r)
+        })
+        .collect();
+    let victim = rng.below(dp_size as u64) as usize;
+    match rng.below(100) {
+        0 => reqs[victim] = None,
+        1 => {
+            if let Some(r) = reqs[victim].as_mut() {
+                r.step_id += 1;
+            }
+        }
+        _ => {}
+    }
+    reqs
+}
+
+/// A graph table handle for a phase (`None`: the phase runs without a table).
+fn phase_table(built: &Built, with_table: bool) -> Handle {
+    Handle::new(with_table.then_some((&built.graphs[..], built.decode_query_len)))
+}
+
+/// Random V2 steps through every phase, each checked against the host path with the same
+/// table. The group gets the phase's table from a handle destroyed right after
+/// `dp_host_group_set_graphs` (the group keeps its own reference).
+fn rank_v2_steps(name: &str, dp_size: usize, me: usize, seed: u64) {
+    let mut g = open_or_die(name, dp_size, me, 60_000);
+    let (mut ok, mut reached) = (0, [0usize; 4]);
+    for (phase, (cfg, with_table)) in v2_phases().into_iter().enumerate() {
+        let built = cfg.build();
+        let set = phase_table(&built, with_table);
+        assert_eq!(
+            dp_host_group_set_graphs(g.0, set.0),
+            dp_status::DP_OK,
+            "{}",
+            last_error()
+        );
+        drop(set);
+        let host = phase_table(&built, with_table);
+        for step in 0..V2_PHASE_STEPS {
+            let at = phase as u64 * V2_PHASE_STEPS + step;
+            let reqs = c_requests(&v2_requests(seed, at, dp_size, &built));
+            let got = g.step(reqs[me].as_ref());
+            if let Err(e) = check_step(&got, &expected(&reqs, me, host.0)) {
+                panic!("rank {me} phase {phase} ({cfg:?}, table {with_table}) step {step}: {e}");
+            }
+            if got.0 == dp_status::DP_OK {
+                let r = &got.1;
+                assert_eq!(r.rules, DP_RULES_VLLM_V2);
+                let kind = [r.num_ubatches > 1, r.eager, r.idle, r.graph_mode == 2];
+                for (n, hit) in reached.iter_mut().zip(kind) {
+                    *n += usize::from(hit);
+                }
+                ok += 1;
+            }
+        }
+    }
+    assert_eq!(g.close(), dp_status::DP_OK);
+    println!("rank {me}: {ok} DP_OK; microbatched, eager, idle, FULL: {reached:?}");
+    assert!(
+        reached.iter().all(|&n| n > 0),
+        "the steps reach every kind of decision"
+    );
+}
+
+/// Random V2 steps (the VLLM_V2.md configurations, with and without their table) across
+/// processes: every rank gets exactly the host path's result, step by step.
+fn v2_steps_match_the_host_path() {
+    for dp_size in [2, 3] {
+        let name = unique(&format!("v2steps{dp_size}"));
+        let children = (0..dp_size)
+            .map(|r| spawn(&format!("v2steps {name} {dp_size} {r} 77")))
+            .collect();
+        assert_ok(&wait_all(children));
+        assert!(!std::path::Path::new(&shm_file(&name)).exists());
+    }
+}
+
+/// A V2 request of `t` tokens in `r` requests with the microbatching config of `built`.
+fn v2_request(t: i32, r: i32, built: &Built) -> Request {
+    Request {
+        timeout_ms: 20_000,
+        ..v2_common::step(t, r).request(built.dbo)
+    }
+}
+
+/// Each step: rank 2 passes a setting that ranks 0 and 1 do not: every rank fails with
+/// DP_ERR_INCONSISTENT_RANKS naming the setting and ranks 0 and 2; the next step, with the
+/// same settings everywhere, decides.
+fn rank_settings(name: &str, dp_size: usize, me: usize) {
+    let mut g = open_or_die(name, dp_size, me, 20_000);
+    let v1 = Request {
+        num_tokens_unpadded: 10 + me as i32,
+        timeout_ms: 20_000,
+        ..Request::default()
+    };
+    let (base, dbo, other) = (
+        VllmCfg::e_base().build(),
+        VllmCfg::e_dbo().build(),
+        VllmCfg::e_varlen().build(),
+    );
+    let enabled = UbatchConfig {
+        enabled: true,
+        ..UbatchConfig::default()
+    };
+    let ub3 = UbatchConfig {
+        num_ubatches: 3,
+        ..enabled
+    };
+    let with_threshold = |mut r: Request, t: i32| {
+        r.ubatch.decode_token_threshold = t;
+        r
+    };
+    // (setting, the good ranks' request and table, rank 2's, what the message names)
+    type Side<'a> = (Request, Option<&'a Built>);
+    let cases: Vec<(&str, Side, Side, &str)> = vec![
+        (
+            "pad_policy",
+            (v1, None),
+            (
+                Request {
+                    pad_policy: 1,
+                    ..v1
+                },
+                None,
+            ),
+            "pad_policy differs: rank 0 has 0, rank 2 has 1",
+        ),
+        (
+            "num_ubatches",
+            (
+                Request {
+                    ubatch: enabled,
+                    ..v1
+                },
+                None,
+            ),
+            (Request { ubatch: ub3, ..v1 }, None),
+            "num_ubatches (0: microbatching disabled) differs: rank 0 has 2, rank 2 has 3",
+        ),
+        (
+            "microbatching enabled",
+            (
+                Request {
+                    ubatch: enabled,
+                    ..v1
+                },
+                None,
+            ),
+            (v1, None),
+            "num_ubatches (0: microbatching disabled) differs: rank 0 has 2, rank 2 has 0",
+        ),
+        (
+            "rule set",
+            (v1, None),
+            (v2_request(10, 2, &base), Some(&base)),
+            "rules differs: rank 0 has 0, rank 2 has 1",
+        ),
+        (
+            "graph table",
+            (v2_request(10, 2, &base), Some(&base)),
+            (v2_request(10, 2, &other), Some(&other)),
+            "graph table (hash) differs",
+        ),
+        (
+            "a table against none",
+            (v2_request(10, 2, &base), Some(&base)),
+            (v2_request(10, 2, &base), None),
+            "graph table (hash) differs",
+        ),
+        (
+            "V2 decode threshold",
+            (v2_request(10, 2, &dbo), Some(&dbo)),
+            (with_threshold(v2_request(10, 2, &dbo), 40), Some(&dbo)),
+            "ubatch.decode_token_threshold differs",
+        ),
+    ];
+    for (setting, good, odd, needle) in cases {
+        let (req, built) = if me == 2 { odd } else { good };
+        let table = built.map_or(Handle(null_mut()), |b| phase_table(b, true));
+        assert_eq!(dp_host_group_set_graphs(g.0, table.0), dp_status::DP_OK);
+        let (s, _, _, msg) = g.step(Some(&c_request(&req)));
+        assert_eq!(
+            s,
+            dp_status::DP_ERR_INCONSISTENT_RANKS,
+            "rank {me}, {setting}: {msg}"
+        );
+        assert!(
+            msg.contains(needle) && msg.contains("rank 0") && msg.contains("rank 2"),
+            "rank {me}, {setting}: {msg:?} does not name {needle:?} and ranks 0 and 2"
+        );
+        assert_eq!(dp_host_group_set_graphs(g.0, null()), dp_status::DP_OK);
+        let (s, res, _, msg) = g.step(Some(&c_request(&v1)));
+        assert_eq!(s, dp_status::DP_OK, "rank {me}, after {setting}: {msg}");
+        assert_eq!(res.max_num_tokens_padded, 12, "rank {me}, after {setting}");
+    }
+    assert_eq!(g.close(), dp_status::DP_OK);
+}
+
+/// A rank with another pad policy, num_ubatches, microbatching, rule set, graph table or V2
+/// threshold: every rank fails with DP_ERR_INCONSISTENT_RANKS naming it, and the group goes
+/// on.
+fn differing_settings_fail_every_rank() {
+    let name = unique("settings");
+    let children = (0..3)
+        .map(|r| spawn(&format!("settings {name} 3 {r}")))
+        .collect();
+    assert_ok(&wait_all(children));
+}
+
+/// How long the straggler sleeps before it coordinates.
+const STRAGGLER_SLEEP: Duration = Duration::from_millis(2);
+
+/// Rank 2 arrives last in 40 steps, then rank 1 in 70: a straggler waits until every other
+/// rank published the step (their sequence numbers, read from the segment file), sleeps
+/// `STRAGGLER_SLEEP`, then coordinates. Every rank's result names it as `last_rank`, with an
+/// arrival skew of at least the sleep, and the others waited at least that long.
+fn rank_straggler(name: &str, dp_size: usize, me: usize) {
+    use std::os::unix::fs::FileExt;
+    let mut g = open_or_die(name, dp_size, me, 20_000);
+    let file = std::fs::File::open(shm_file(name)).unwrap();
+    let sleep_ns = STRAGGLER_SLEEP.as_nanos() as i64;
+    let req = Request {
+        num_tokens_unpadded: 10,
+        timeout_ms: 20_000,
+        ..Request::default()
+    };
+    let mut k = 0u64;
+    for (straggler, steps) in [(2, 40), (1, 70)] {
+        for _ in 0..steps {
+            k += 1;
+            if me == straggler {
+                for r in (0..dp_size).filter(|&r| r != me) {
+                    let at = buf_offset(dp_size, r, (k & 1) as usize) as u64;
+                    let published = || {
+                        let mut word = [0u8; 4];
+                        file.read_exact_at(&mut word, at).unwrap();
+                        u64::from(u32::from_le_bytes(word)) == k
+                    };
+                    while !published() {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+                std::thread::sleep(STRAGGLER_SLEEP);
+            }
+            let (s, res, _, msg) = g.step(Some(&c_request(&req)));
+            assert_eq!(s, dp_status::DP_OK, "rank {me} step {k}: {msg}");
+            assert_eq!(res.last_rank, straggler as i32, "rank {me} step {k}");
+            assert!(
+                res.arrival_skew_ns >= sleep_ns,
+                "rank {me} step {k}: skew {} ns",
+                res.arrival_skew_ns
+            );
+            assert!(
+                me == straggler || res.wait_ns >= sleep_ns,
+                "rank {me} step {k}: waited {} ns",
+                res.wait_ns
+            );
+        }
+    }
+    assert_eq!(g.close(), dp_status::DP_OK);
+}
+
+/// The straggler report: the rank that arrives last is `last_rank`, the skew at least its
+/// delay; and with DPCOORD_DEBUG=INFO every rank logs a rank last in most of the last 64
+/// steps once per change of that rank: rank 2 at its 33rd step of 40, rank 1 at its 33rd.
+fn the_straggler_is_reported() {
+    let name = unique("straggler");
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pattern = dir.join("log.%p");
+    let env = [
+        ("DPCOORD_DEBUG", "INFO"),
+        ("DPCOORD_DEBUG_FILE", pattern.to_str().unwrap()),
+    ];
+    let children: Vec<Child> = (0..3)
+        .map(|r| spawn_with(&format!("straggler {name} 3 {r}"), &env))
+        .collect();
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    assert_ok(&wait_all(children));
+    for (r, pid) in pids.iter().enumerate() {
+        let path = dir.join(format!("log.{pid}"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (files: {:?})", path.display(), ls(&dir)));
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("straggler:")).collect();
+        assert_eq!(lines.len(), 2, "rank {r}: {lines:#?}");
+        for (line, rank) in lines.iter().zip([2, 1]) {
+            assert!(
+                line.contains(&format!(
+                    "straggler: rank {rank} arrived last in 33 of the last 64 steps"
+                )) && line.contains(&format!("group {name}")),
+                "rank {r}: {line}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Rank 0 steps on a thread while rank 1 holds back: `dp_host_group_set_graphs` on the same
+/// handle is DP_ERR_BUSY and changes nothing; once the step completed, it works.
+fn rank_busy(name: &str, dp_size: usize, me: usize) {
+    let mut g = open_or_die(name, dp_size, me, 20_000);
+    let go = format!("{}.go", shm_file(name));
+    let req = c_request(&Request {
+        num_tokens_unpadded: 5,
+        timeout_ms: 20_000,
+        ..Request::default()
+    });
+    if me == 1 {
+        while !std::path::Path::new(&go).exists() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(g.step(Some(&req)).0, dp_status::DP_OK);
+    } else {
+        let table = phase_table(&VllmCfg::e_base().build(), true);
+        let handle = g.0 as usize;
+        let stepping = std::thread::spawn(move || {
+            let mut res = init_result();
+            loop {
+                // Busy while the main thread is inside set_graphs: then again.
+                match dp_host_group_coordinate(handle as *mut dp_host_group, &req, &mut res) {
+                    dp_status::DP_ERR_BUSY => std::thread::yield_now(),
+                    s => return s,
+                }
+            }
+        });
+        let start = Instant::now();
+        loop {
+            match dp_host_group_set_graphs(g.0, table.0) {
+                dp_status::DP_ERR_BUSY => break,
+                dp_status::DP_OK => assert!(start.elapsed() < Duration::from_secs(10)),
+                s => panic!("set_graphs: {s:?} {}", last_error()),
+            }
+        }
+        assert!(last_error().contains("another thread is inside"));
+        std::fs::write(&go, b"").unwrap();
+        assert_eq!(stepping.join().unwrap(), dp_status::DP_OK);
+        assert_eq!(dp_host_group_set_graphs(g.0, table.0), dp_status::DP_OK);
+        std::fs::remove_file(&go).unwrap();
+    }
+    assert_eq!(g.close(), dp_status::DP_OK);
+}
+
+fn set_graphs_while_stepping_is_busy() {
+    let name = unique("busy");
+    let children = (0..2)
+        .map(|r| spawn(&format!("busy {name} 2 {r}")))
+        .collect();
+    assert_ok(&wait_all(children));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A writer corrupting record words while three ranks step
+// ---------------------------------------------------------------------------------------------
+
+/// Groups (epochs) the corruption case opens one after the other: a group that failed is
+/// closed, and the ranks open the next.
+const CORRUPT_EPOCHS: u64 = 60;
+/// The most steps of one epoch.
+const CORRUPT_EPOCH_STEPS: u64 = 2_000;
+/// The corrupter leaves each epoch's first steps alone, so every epoch has at least this many:
+/// `CORRUPT_EPOCHS * CORRUPT_QUIET_STEPS` >= 100 000 steps in all.
+const CORRUPT_QUIET_STEPS: u64 = 1_700;
+
+/// The segment of group `name` (of `len` bytes), mapped shared and read-write once it exists
+/// with that size; `None` once `give_up` holds.
+fn map_segment(name: &str, len: usize, give_up: impl Fn() -> bool) -> Option<*mut u8> {
+    let path = shm_file(name);
+    let file = loop {
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        {
+            if f.metadata().map(|m| m.len()).unwrap_or(0) == len as u64 {
+                break f;
+            }
+        }
+        if give_up() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: maps the segment file of `len` bytes (checked) shared, read-write.
+    let p = unsafe {
+        libc::mmap(
+            null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    Some(p.cast())
+}
+
+/// The newest buffer of rank `r` in a mapped segment: (its parity, the step it holds).
+fn newest_buf(map: *mut u8, dp_size: usize, r: usize) -> (usize, u64) {
+    let step = |p: usize| {
+        // SAFETY: `map` maps a whole segment of `dp_size` ranks, and the buffer lies in it.
+        unsafe { buf_step(map.add(buf_offset(dp_size, r, p))) }
+    };
+    let (a, b) = (step(0), step(1));
+    if a >= b {
+        (0, a)
+    } else {
+        (1, b)
+    }
+}
+
+/// The corrupter: for each epoch's group `<base>e<epoch>`, waits until rank 0 passed the quiet
+/// steps, then writes a plausible random value (a token count, a flag, a mode) into a random
+/// record word of a random rank's newest buffer, every 0-300 us, until the next epoch's
+/// segment appears; runs until killed.
+fn corrupter(base: &str, dp_size: usize, epochs: u64) {
+    let len = segment_size(dp_size);
+    let mut rng = Rng::new(0xC0, u64::from(std::process::id()));
+    for e in 0..epochs {
+        let next = shm_file(&format!("{base}e{}", e + 1));
+        let moved_on = || std::path::Path::new(&next).exists();
+        let Some(map) = map_segment(&format!("{base}e{e}"), len, moved_on) else {
+            continue;
+        };
+        while !moved_on() && newest_buf(map, dp_size, 0).1 < CORRUPT_QUIET_STEPS {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        while !moved_on() {
+            let r = rng.below(dp_size as u64) as usize;
+            let (p, _) = newest_buf(map, dp_size, r);
+            let i = rng.below(5) as usize;
+            let value = match i {
+                0 | 1 => rng.below(2048),
+                2 | 3 => rng.below(2),
+                _ => rng.below(3),
+            } as u32;
+            // SAFETY: a record word of a buffer inside the mapping, aligned; volatile so that
+            // the write happens.
+            unsafe {
+                let at = map.add(buf_offset(dp_size, r, p) + record_word_offset(i));
+                std::ptr::write_volatile(at.cast::<u32>(), value);
+            }
+            std::thread::sleep(Duration::from_micros(rng.below(300)));
+        }
+        // SAFETY: unmaps the mapping made above; nothing points into it any more.
+        unsafe { libc::munmap(map.cast(), len) };
+    }
+}
+
+/// A rank of the corruption case: epochs of valid, consistent V1 steps; an epoch ends at its
+/// last step or at a status that ends the group. Every step is written to `out` as
+/// `epoch step status digest right` (`right`: 1 unless a DP_OK differs from the host path's).
+fn rank_corrupted(base: &str, dp_size: usize, me: usize, epochs: u64, out: &str) {
+    use std::io::Write;
+    let mut log = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
+    for e in 0..epochs {
+        let mut g = open_or_die(&format!("{base}e{e}"), dp_size, me, 20_000);
+        for step in 0..CORRUPT_EPOCH_STEPS {
+            let reqs = c_requests(&step_requests(100 + e, step, dp_size, false, 20_000));
+            let got = g.step(reqs[me].as_ref());
+            // Against the host path every fourth step (its calls cost more than the step).
+            let right = got.0 != dp_status::DP_OK
+                || step % 4 != 0
+                || check_step(&got, &expected(&reqs, me, null())).is_ok();
+            writeln!(
+                log,
+                "{e} {step} {} {:016x} {}",
+                got.0 as u32,
+                digest(&got),
+                u8::from(right)
+            )
+            .unwrap();
+            let ends_the_group = matches!(
+                got.0,
+                dp_status::DP_ERR_CORRUPT
+                    | dp_status::DP_ERR_TIMEOUT
+                    | dp_status::DP_ERR_PEER_EXITED
+                    | dp_status::DP_ERR_INTERNAL
+            );
+            if ends_the_group {
+                break;
+            }
+        }
+        g.close();
+    }
+}
+
+/// A writer corrupts record words at random while three ranks step (V1): every step is either
+/// the same DP_OK decision on every rank that got DP_OK, and the host path's, or
+/// DP_ERR_CORRUPT; over at least 100 000 steps, in groups that the ranks reopen after each
+/// corruption was found.
+fn corrupted_record_words_never_decide_differently() {
+    let base = unique("corrupt");
+    let dir = std::env::temp_dir().join(&base);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut corrupter = spawn(&format!("corrupter {base} 3 0 {CORRUPT_EPOCHS}"));
+    let files: Vec<String> = (0..3)
+        .map(|r| dir.join(format!("rank{r}")).to_str().unwrap().to_owned())
+        .collect();
+    let ranks = (0..3)
+        .map(|r| {
+            spawn(&format!(
+                "corrupted {base} 3 {r} {CORRUPT_EPOCHS} {}",
+                files[r]
+            ))
+        })
+        .collect();
+    let outcomes = wait_all(ranks);
+    let _ = corrupter.kill();
+    let _ = corrupter.wait();
+    assert_ok(&outcomes);
+    // (epoch, step) -> every rank's (rank, status, digest, right).
+    type Outcomes = Vec<(usize, u32, String, bool)>;
+    let mut steps: std::collections::BTreeMap<(u64, u64), Outcomes> = Default::default();
+    for (r, file) in files.iter().enumerate() {
+        for line in std::fs::read_to_string(file).unwrap().lines() {
+            let w: Vec<&str> = line.split(' ').collect();
+            steps
+                .entry((w[0].parse().unwrap(), w[1].parse().unwrap()))
+                .or_default()
+                .push((r, w[2].parse().unwrap(), w[3].to_owned(), w[4] == "1"));
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    let (ok, corrupt) = (dp_status::DP_OK as u32, dp_status::DP_ERR_CORRUPT as u32);
+    // Steps with different DP_OK decisions across ranks, with a DP_OK unlike the host path's,
+    // with another status than DP_OK or DP_ERR_CORRUPT: (count, the first three).
+    let mut faults: [(&str, usize, Vec<String>); 3] = [
+        ("different DP_OK decisions across ranks", 0, Vec::new()),
+        ("a DP_OK unlike the host path's", 0, Vec::new()),
+        ("a status other than DP_OK or DP_ERR_CORRUPT", 0, Vec::new()),
+    ];
+    let (mut mixed, mut failed) = (0, 0);
+    for (at, ranks) in &steps {
+        let oks: Vec<&String> = ranks.iter().filter(|x| x.1 == ok).map(|x| &x.2).collect();
+        let kinds = [
+            oks.windows(2).any(|w| w[0] != w[1]),
+            ranks.iter().any(|x| x.1 == ok && !x.3),
+            ranks.iter().any(|x| x.1 != ok && x.1 != corrupt),
+        ];
+        for (fault, hit) in faults.iter_mut().zip(kinds) {
+            if hit {
+                fault.1 += 1;
+                if fault.2.len() < 3 {
+                    fault.2.push(format!(
+                        "epoch {} step {}: (rank, status, digest, as the host path) {ranks:?}",
+                        at.0, at.1
+                    ));
+                }
+            }
+        }
+        if ranks.iter().any(|x| x.1 == corrupt) {
+            failed += 1;
+            mixed += usize::from(!oks.is_empty());
+        }
+    }
+    println!(
+        "    {} steps in {CORRUPT_EPOCHS} groups; {failed} failed with DP_ERR_CORRUPT ({mixed} \
+         of them DP_OK on another rank)",
+        steps.len()
+    );
+    let found: Vec<String> = faults
+        .iter()
+        .filter(|f| f.1 > 0)
+        .map(|(what, n, first)| format!("{n} steps with {what}; the first: {first:#?}"))
+        .collect();
+    assert!(found.is_empty(), "{}", found.join("\n"));
+    assert!(steps.len() >= 100_000, "only {} steps", steps.len());
+    assert!(failed > 0, "the corrupter was never noticed");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1161,8 +1868,9 @@ fn one_rank_group_decides_alone() {
     let name = unique("solo");
     let mut g = Group::open(&name, 1, 0, 1000).unwrap();
     let reqs = step_requests(3, 0, 1, false, 1000);
-    let got = g.step(Some(&c_request(reqs[0].as_ref().unwrap())));
-    check_step(&got, &expected(&reqs, 0), 0, 1).unwrap();
+    let reqs = c_requests(&reqs);
+    let got = g.step(reqs[0].as_ref());
+    check_step(&got, &expected(&reqs, 0, null())).unwrap();
     assert!(!got.1.has_num_tokens_after_padding);
     assert_eq!(g.close(), dp_status::DP_OK);
     assert!(!std::path::Path::new(&shm_file(&name)).exists());
@@ -1251,15 +1959,46 @@ fn bad_arguments_are_refused() {
         dp_host_group_coordinate(null_mut(), null(), &mut res),
         dp_status::DP_ERR_INVALID_ARGUMENT
     );
+    assert_eq!(
+        dp_host_group_set_graphs(null_mut(), null()),
+        dp_status::DP_ERR_INVALID_ARGUMENT
+    );
+    assert!(last_error().contains("g is NULL"), "{}", last_error());
 }
 
 /// Bytes of a segment of `dp_size` ranks: header, member table (whole 128-byte pairs), slots.
 fn segment_size(dp_size: usize) -> usize {
-    128 + (MEMBER_BYTES * dp_size).div_ceil(128) * 128 + 128 * dp_size
+    buf_offset(dp_size, dp_size, 0)
+}
+
+/// Bytes of one rank's slot in the segment: its two buffers (by step parity).
+const SLOT_BYTES: usize = 256;
+/// Bytes of one buffer: a 96-byte `dp_slot` in a 128-byte pair of cache lines.
+const BUF_BYTES: usize = 128;
+
+/// Where buffer `p` of rank `r` starts in a segment of `dp_size` ranks.
+fn buf_offset(dp_size: usize, r: usize, p: usize) -> usize {
+    128 + (MEMBER_BYTES * dp_size).div_ceil(128) * 128 + SLOT_BYTES * r + BUF_BYTES * p
+}
+
+/// Where record word `i` (0..8: V1's five words, then three zeros) lies in a buffer: slot
+/// words 15..23.
+fn record_word_offset(i: usize) -> usize {
+    4 * (15 + i)
+}
+
+/// The step a buffer holds (its sequence number, slot word 0), read from a mapping of the
+/// segment.
+///
+/// # Safety
+/// `buf` points at a buffer inside a live mapping.
+unsafe fn buf_step(buf: *const u8) -> u64 {
+    // SAFETY: the caller's promise; the word is aligned (buffers are).
+    u64::from(unsafe { std::ptr::read_volatile(buf.cast::<u32>()) })
 }
 
 /// The layout version the library writes.
-const LAYOUT_VERSION: u32 = 2;
+const LAYOUT_VERSION: u32 = 3;
 /// Bytes of a member entry: pid, state, pid namespace, start time (layout 2).
 const MEMBER_BYTES: usize = 24;
 
@@ -1296,7 +2035,7 @@ fn segment_image(dp_size: usize) -> Vec<u8> {
     put(&mut img, 12, &(dp_size as u32).to_le_bytes());
     // SAFETY: geteuid has no preconditions.
     put(&mut img, 16, &unsafe { libc::geteuid() }.to_le_bytes());
-    put(&mut img, 20, &128u32.to_le_bytes());
+    put(&mut img, 20, &(SLOT_BYTES as u32).to_le_bytes());
     put(&mut img, 24, &(segment_size(dp_size) as u64).to_le_bytes());
     for (at, bytes) in member_bytes(0, own_identity(), 1) {
         put(&mut img, at, &bytes);
@@ -1516,23 +2255,23 @@ fn segment_fields() -> Vec<(String, usize, usize, bool)> {
         fields.push((format!("member[{r}].pid_ns"), m + 8, 8, true));
         fields.push((format!("member[{r}].start_time"), m + 16, 8, true));
     }
+    // A word of each kind of the slot's fields (`dp_slot`'s layout, docs/ARCHITECTURE.md).
+    let words = [
+        (0, "sequence number"),
+        (1, "layout tag"),
+        (3, "pad_policy"),
+        (9, "step_id"),
+        (13, "arrival time"),
+        (15, "record word 0"),
+        (19, "record word 4"),
+        (23, "checksum"),
+    ];
     for r in 0..2 {
-        let s = 256 + 128 * r;
         for p in 0..2 {
-            let b = s + 64 * p;
-            for (f, off, len) in [
-                ("tag", 0, 8),
-                ("step_id", 8, 8),
-                ("kind", 16, 4),
-                ("pad_policy", 20, 4),
-                ("num_ubatches", 24, 4),
-            ] {
-                fields.push((format!("slot[{r}].bufs[{p}].{f}"), b + off, len, false));
-            }
-            for i in 0..5 {
+            for (i, what) in words {
                 fields.push((
-                    format!("slot[{r}].bufs[{p}].words[{i}]"),
-                    b + 28 + 4 * i,
+                    format!("slot[{r}].bufs[{p}].words[{i}] ({what})"),
+                    buf_offset(2, r, p) + 4 * i,
                     4,
                     false,
                 ));
@@ -1551,7 +2290,9 @@ fn garbage_in_each_field_fails_the_step() {
         !f.contains("epoch")
             && !f.contains("sleepers")
             && !f.contains("state")
-            && !f.contains("[1]")
+            && !["member[1]", "slot[1]", "bufs[1]"]
+                .iter()
+                .any(|other| f.contains(other))
     };
     for (i, (field, offset, len, _)) in fields
         .iter()
@@ -1670,6 +2411,26 @@ fn main() {
         ("random_steps_2_ranks", Case::Always(random_steps_2_ranks)),
         ("random_steps_4_ranks", Case::Always(random_steps_4_ranks)),
         ("random_steps_8_ranks", Case::Always(random_steps_8_ranks)),
+        (
+            "v2_steps_match_the_host_path",
+            Case::Always(v2_steps_match_the_host_path),
+        ),
+        (
+            "differing_settings_fail_every_rank",
+            Case::Always(differing_settings_fail_every_rank),
+        ),
+        (
+            "the_straggler_is_reported",
+            Case::Always(the_straggler_is_reported),
+        ),
+        (
+            "set_graphs_while_stepping_is_busy",
+            Case::Always(set_graphs_while_stepping_is_busy),
+        ),
+        (
+            "corrupted_record_words_never_decide_differently",
+            Case::Always(corrupted_record_words_never_decide_differently),
+        ),
         (
             "two_groups_never_interfere",
             Case::Always(two_groups_never_interfere),

@@ -146,6 +146,15 @@ pub(crate) fn table_of<'a>(g: *const dp_graphs, name: &str) -> Result<Option<&'a
     Ok(Some(dp_graphs::borrow(g.cast_mut(), name)?.as_ref()))
 }
 
+/// The table behind a nullable handle as a reference of the caller's own, for a transport that
+/// keeps it past the handle's `dp_graphs_destroy` (`name` is the parameter's name in errors).
+pub(crate) fn shared_table(g: *const dp_graphs, name: &str) -> Result<Option<Arc<GraphTable>>> {
+    if g.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::clone(dp_graphs::borrow(g.cast_mut(), name)?)))
+}
+
 /// Reads and validates a caller's `dp_graph_table` into a [`GraphTable`].
 fn read_table(t: *const dp_graph_table) -> Result<GraphTable> {
     let base = t.cast::<u8>();

@@ -294,7 +294,7 @@ impl Opening<'_> {
             self.check_existing(&fd, size)?
         };
         for b in &map.slot(self.dp_rank).bufs {
-            b.tag.store(0, Ordering::Relaxed);
+            b.reset();
         }
         let member = map.member(self.dp_rank);
         self.own.store(member);

@@ -2,36 +2,47 @@
 //! of one host agree each step through one POSIX shared-memory segment, with no GPU and no MPI.
 //!
 //! Segment `/dpcoord.<name>`, the file `/dev/shm/dpcoord.<name>` (mode 0600, owned by the
-//! caller's effective uid), layout version 2:
+//! caller's effective uid), layout version 3:
 //!
 //! | bytes | what |
 //! |---|---|
 //! | header line 0 | magic, layout version, dp_size, owner uid, slot size, segment size, failure word (written once, then read-only except the failure word) |
 //! | header line 1 | futex word (`epoch`) and sleeper count |
 //! | member table (24 bytes per rank, whole 128-byte pairs) | each rank's pid, state (empty, joined, closed), pid namespace and start time, written when it joins and leaves |
-//! | slot r (two 64-byte lines) | two buffers, by step parity, each: tag (the step number it holds), step id, kind (record or invalid-request marker), pad policy, num_ubatches, the five record words |
+//! | slot r (two 128-byte pairs of lines) | two buffers, by step parity, each one 96-byte slot: the checked slot every transport exchanges (`crate::slot`: sequence number, settings, step ids, arrival time, record, checksum) |
 //!
 //! The code, one concern a file: `segment.rs` (the layout and its mapping), `sys.rs` (the
 //! system calls, through `rustix`), `identity.rs` (who a member is, and whether it lives),
 //! `join.rs` (create, join, check and reclaim a segment), `wait.rs` (spin, yield, futex
-//! sleep), `step.rs` (publish, wait, gather, decide, the failure word).
+//! sleep), `step.rs` (publish, wait, copy, check, decide, the failure word), `straggler.rs`
+//! (which rank arrives last, for the INFO log), `fork.rs` (whether the caller is the process
+//! that opened the group).
 //!
 //! # Steps
 //!
-//! Step `k` (this group's own count, from 1): a rank fills its buffer of parity `k & 1` and
-//! publishes it by storing the tag `k` with release, then waits (acquire loads) until every
-//! rank's buffer of that parity holds `k`, and decides on copies of the buffers. Ranks are
-//! never more than one step apart, so a buffer cannot be overwritten before every rank has
-//! read it, and a step moves one cache line per rank. Waits spin (then yield) for 50 us, or
-//! 1 ms while the cores are oversubscribed, then sleep on the futex in slices of at most 10 ms,
-//! checking between slices whether a peer exited or closed (see "Who is alive").
+//! Step `k` (this group's own count, from 1): a rank makes its slot with
+//! `rules::slots::make` (sequence number `k` mod 2^32, arrival time `coordinate`'s entry, the
+//! V2 graph table of `set_graphs`), writes it into its buffer of parity `k & 1` with the
+//! sequence number last (release), then waits (acquire loads) until every rank's buffer of
+//! that parity holds sequence number `k`. It copies every rank's slot out of the segment and
+//! checks and decides on the copies with `rules::slots` (checksums, the invalid-request
+//! marker, the settings, the step ids; then V1's or V2's decision), exactly as the host path
+//! does. Ranks are never more than one step apart, so a buffer cannot be overwritten before
+//! every rank has read it, and a buffer holds this step's sequence number or the one two
+//! steps back (anything else is a damaged slot: the group's own check of sequence numbers).
+//! Waits spin (then yield) for 50 us, or 1 ms while the cores are oversubscribed, then sleep
+//! on the futex in slices of at most 10 ms, checking between slices whether a peer exited or
+//! closed (see "Who is alive").
 //!
-//! An invalid request (or one the C boundary could not read) is published as a marker, so
-//! every rank of that step fails with an invalid-argument error and no rank decides; the
-//! exchange itself completed, so the group stays usable, as it does after the inconsistent-
-//! ranks errors. A wait that failed (timeout, a peer that exited or closed, a corrupt segment)
-//! leaves the group unusable: it writes a failure word that makes every rank fail fast, and
-//! every later call fails with the first failure until `close`.
+//! An invalid request (or one the C boundary could not read) is published as the
+//! invalid-request marker, so every rank of that step fails with an invalid-argument error and
+//! no rank decides; the exchange itself completed, so the group stays usable, as it does after
+//! the inconsistent-ranks errors (settings or step ids). A wait that failed (timeout, a peer
+//! that exited or closed, a corrupt segment) or a damaged slot (a failed checksum, a sequence
+//! number of another step: `DP_ERR_CORRUPT` naming the rank) leaves the group unusable: the
+//! rank writes a failure word that makes every rank fail fast, and every later call fails with
+//! the first failure until `close`. A rank that copied a slot before it was damaged decides
+//! with the intact copy, the decision every intact copy gives.
 //!
 //! # Who is alive
 //!
@@ -78,7 +89,8 @@
 //! `close` marks the rank closed, wakes the others and, when no other member is alive,
 //! unlinks the segment. In a process other than the one that opened the handle (a child that
 //! inherited it across `fork`) it only unmaps the segment and closes its descriptors: it
-//! writes no member state and unlinks nothing, so the parent's rank is untouched.
+//! writes no member state and unlinks nothing, so the parent's rank is untouched; and
+//! `coordinate` there is refused (the child would step as the parent's rank).
 //!
 //! # What a hostile segment can do
 //!
@@ -86,13 +98,16 @@
 //! never a crash, a hang past the timeout or a wrong decision); each step re-reads every
 //! member's identity and compares it with what open saw. Two limits are inherent to a
 //! segment shared with same-user processes: a peer that shrinks the segment while it is
-//! mapped makes the next access fault (SIGBUS), and a peer that rewrites the data of another
-//! rank consistently is indistinguishable from that rank.
+//! mapped makes the next access fault (SIGBUS), and a peer that rewrites another rank's slot
+//! consistently (with its checksum, which guards against damage, not against a forger) is
+//! indistinguishable from that rank.
 
+mod fork;
 mod identity;
 mod join;
 mod segment;
 mod step;
+mod straggler;
 mod sys;
 mod wait;
 
@@ -102,15 +117,18 @@ mod tests;
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::diag::Ctx;
 use crate::error::{invalid, Error, ErrorKind, Result};
-use crate::rules::{self, RankRecord};
+use crate::rules::{Agreement, Decision, GraphTable};
+use crate::slot::Slot;
 
 use identity::Identity;
 use join::{same_segment, JoinError, Opening};
 use segment::{Mapping, STATE_CLOSED};
+use straggler::Stragglers;
 use sys::{euid, getpid, shm_unlink, Locked};
 use wait::deadline_after;
 
@@ -121,12 +139,26 @@ pub(crate) const MAX_NAME_LEN: usize = 64;
 /// How long `close` tries to take the segment lock before it leaves the unlink to a later open.
 const CLOSE_LOCK_MS: u64 = 200;
 
-/// What one step agreed on: the decision and the step id (0 when unchecked). The per-rank
-/// array is [`HostGroup::tokens`].
+/// What one step decided, under the rule set every rank's slot names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decided {
+    V1(Decision),
+    V2(Agreement),
+}
+
+/// What one step agreed on: the decision, the step id (0 when unchecked) and the straggler
+/// report. The per-rank array is [`HostGroup::tokens`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Step {
-    pub(crate) decision: rules::Decision,
+    pub(crate) decided: Decided,
     pub(crate) step_id: i64,
+    /// The rank whose slot carries the latest arrival time.
+    pub(crate) last_rank: i32,
+    /// Latest minus earliest arrival time, in ns.
+    pub(crate) arrival_skew_ns: i64,
+    /// How long this call waited, from its entry until every rank's slot was there, in ns (0
+    /// when they all were at the first look).
+    pub(crate) wait_ns: i64,
 }
 
 /// One open group, this process's rank in it.
@@ -153,13 +185,14 @@ pub(crate) struct HostGroup {
     contended: std::cell::Cell<bool>,
     /// The first failure of a wait; every later call fails with it.
     failed: Option<Error>,
-    records: Vec<RankRecord>,
-    step_ids: Vec<i64>,
+    /// Every rank's slot of the step being decided, copied out of the segment.
+    slots: Vec<Slot>,
+    /// The tokens after padding of every rank, from the last step that decided.
     tokens: Vec<i32>,
-    /// Every rank's `(pad_policy, num_ubatches)` of the step being decided.
-    policies: Vec<(i32, i32)>,
-    /// The lowest rank that published an invalid-request marker this step.
-    first_invalid: Option<usize>,
+    /// The V2 graph table this rank dispatches with (its hash is in every slot).
+    graphs: Option<Arc<GraphTable>>,
+    /// Which rank arrived last in the recent steps (read only for the INFO log).
+    stragglers: Stragglers,
 }
 
 struct Peer {
@@ -175,10 +208,6 @@ fn peer_exited(msg: String) -> Error {
     Error::new(ErrorKind::PeerExited, msg)
 }
 
-fn inconsistent(msg: String) -> Error {
-    Error::new(ErrorKind::InconsistentRanks, msg)
-}
-
 fn internal(msg: &str) -> Error {
     Error::internal(msg)
 }
@@ -188,6 +217,17 @@ fn corrupt(name: &str, what: String) -> Error {
         "host group '{name}': shared segment corrupt: {what} (a peer process wrote it, or it \
          is not a dpcoord segment)"
     ))
+}
+
+/// Rank `r`'s slot in the segment was damaged: `what` says how.
+fn slot_damaged(name: &str, what: String, r: usize) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        format!(
+            "host group '{name}': rank {r}'s slot was damaged in the shared segment: {what} (a \
+             stray or hostile write into its memory); nothing of this step was used"
+        ),
+    )
 }
 
 fn os_error(what: &str, e: rustix::io::Errno) -> Error {
@@ -243,6 +283,7 @@ impl HostGroup {
             CString::new(segment_path(name)).map_err(|_| internal("NUL in a checked name"))?;
         let (dp_size, dp_rank) = (dp_size as usize, dp_rank as usize);
         let own = Identity::own();
+        fork::mark_opener(own.pid);
         let proc_own = identity::proc_is_own();
         let uid = euid();
         let opening = Opening {
@@ -284,11 +325,10 @@ impl HostGroup {
             uid,
             contended: std::cell::Cell::new(false),
             failed: None,
-            records: vec![RankRecord::default(); dp_size],
-            step_ids: vec![0; dp_size],
+            slots: vec![Slot { opaque: [0; 24] }; dp_size],
             tokens: vec![0; dp_size],
-            policies: vec![(0, 0); dp_size],
-            first_invalid: None,
+            graphs: None,
+            stragglers: Stragglers::new(),
         };
         // On failure `group` is dropped, which leaves the group (and unlinks when last).
         group.wait_all_joined(deadline, timeout_ms)?;
@@ -306,6 +346,11 @@ impl HostGroup {
     /// The tokens after padding of every rank from the last successful step.
     pub(crate) fn tokens(&self) -> &[i32] {
         &self.tokens
+    }
+
+    /// The graph table of the V2 rules this rank uses from its next step on (`None`: none).
+    pub(crate) fn set_graphs(&mut self, graphs: Option<Arc<GraphTable>>) {
+        self.graphs = graphs;
     }
 
     /// What the diagnostics log says about this rank at step id `step_id`.

@@ -2,26 +2,23 @@
 
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 
 use super::{internal, os_error};
 use crate::error::Result;
+use crate::slot::{at, Slot, SLOT3_WORDS};
 
 /// `"dpcoordH"` as a little-endian word: a dpcoord host-group segment.
 pub(super) const MAGIC: u64 = u64::from_le_bytes(*b"dpcoordH");
-/// Bumped on any change of the segment layout below.
-pub(super) const LAYOUT_VERSION: u32 = 2;
+/// Bumped on any change of the segment layout below (3: the buffers hold the 0.3 slot).
+pub(super) const LAYOUT_VERSION: u32 = 3;
 
 /// Member states.
 pub(super) const STATE_EMPTY: u32 = 0;
 pub(super) const STATE_JOINED: u32 = 1;
 pub(super) const STATE_CLOSED: u32 = 2;
-
-/// Buffer kinds.
-pub(super) const KIND_RECORD: u32 = 1;
-pub(super) const KIND_INVALID: u32 = 2;
 
 #[repr(C, align(64))]
 pub(super) struct Header {
@@ -43,14 +40,42 @@ pub(super) struct WakeLine {
     pub(super) sleepers: AtomicU32,
 }
 
-#[repr(C, align(64))]
+/// One buffer: the words of one [`Slot`], the checked slot every transport exchanges. Word 0,
+/// its sequence number (the group's step number), is stored last, with release: a reader that
+/// loads it with acquire and finds this step's number reads the whole slot. Two 64-byte lines
+/// of its own (a 128-byte pair: the adjacent-line prefetcher's unit).
+#[repr(C, align(128))]
 pub(super) struct Buf {
-    pub(super) tag: AtomicU64,
-    pub(super) step_id: AtomicI64,
-    pub(super) kind: AtomicU32,
-    pub(super) pad_policy: AtomicI32,
-    pub(super) num_ubatches: AtomicI32,
-    pub(super) words: [AtomicI32; 5],
+    pub(super) words: [AtomicU32; SLOT3_WORDS],
+}
+
+impl Buf {
+    /// The sequence number this buffer holds (acquire: the slot's other words are then
+    /// visible).
+    pub(super) fn seq(&self) -> u32 {
+        self.words[at::SEQ].load(Ordering::Acquire)
+    }
+
+    /// Writes `slot` here: every word, the sequence number last (release).
+    pub(super) fn publish(&self, slot: &Slot) {
+        for (w, &v) in self.words.iter().zip(&slot.opaque).skip(at::SEQ + 1) {
+            w.store(v, Ordering::Relaxed);
+        }
+        self.words[at::SEQ].store(slot.opaque[at::SEQ], Ordering::Release);
+    }
+
+    /// A copy of the slot here (after [`Buf::seq`] found it published): the words as they
+    /// are now, which the reader checks (a word changed since is a failed checksum).
+    pub(super) fn copy(&self) -> Slot {
+        Slot {
+            opaque: std::array::from_fn(|i| self.words[i].load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Empties the buffer (sequence number 0: no step yet), for a rank that joins.
+    pub(super) fn reset(&self) {
+        self.words[at::SEQ].store(0, Ordering::Relaxed);
+    }
 }
 
 /// One rank's entry in the member table: written when it joins and when it leaves. The
@@ -65,16 +90,17 @@ pub(super) struct Member {
     pub(super) start_time: AtomicU64,
 }
 
-/// One rank's slot: a cache line per buffer, so that a step moves one line per rank.
+/// One rank's place in the segment: a buffer per step parity, so that a rank writes step
+/// `k + 1` while a slower peer may still read step `k`.
 #[repr(C)]
-pub(super) struct Slot {
+pub(super) struct RankSlot {
     pub(super) bufs: [Buf; 2],
 }
 
 pub(super) const HEADER_SIZE: usize = std::mem::size_of::<Header>();
 pub(super) const MEMBER_SIZE: usize = std::mem::size_of::<Member>();
-pub(super) const SLOT_SIZE: usize = std::mem::size_of::<Slot>();
-const _: () = assert!(HEADER_SIZE == 128 && MEMBER_SIZE == 24 && SLOT_SIZE == 128);
+pub(super) const SLOT_SIZE: usize = std::mem::size_of::<RankSlot>();
+const _: () = assert!(HEADER_SIZE == 128 && MEMBER_SIZE == 24 && SLOT_SIZE == 256);
 
 /// Bytes of the member table of `dp_size` ranks, rounded up to 128 so that every slot
 /// starts a 128-byte pair of lines (the unit of the adjacent-line prefetcher): a rank's
@@ -155,13 +181,13 @@ impl Mapping {
     }
 
     /// Rank `r`'s slot; `r` below the mapping's dp_size.
-    pub(super) fn slot(&self, r: usize) -> &Slot {
+    pub(super) fn slot(&self, r: usize) -> &RankSlot {
         assert!(r < self.dp_size, "slot {r} is outside the mapping");
-        let at = slots_offset(self.dp_size) + SLOT_SIZE * r;
+        let offset = slots_offset(self.dp_size) + SLOT_SIZE * r;
         // SAFETY: in bounds (asserted; `map` checked that the mapping holds every slot),
-        // 64-aligned (page-aligned base, whole-line header, member table and slots), and
-        // `Slot` consists of atomics, valid for any bits.
-        unsafe { &*self.ptr.as_ptr().add(at).cast::<Slot>() }
+        // 128-aligned (page-aligned base, header, member table and slots in whole 128-byte
+        // pairs), and `RankSlot` consists of atomics, valid for any bits.
+        unsafe { &*self.ptr.as_ptr().add(offset).cast::<RankSlot>() }
     }
 }
 

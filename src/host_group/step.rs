@@ -1,26 +1,55 @@
-//! The step protocol: publish this rank's buffer, wait for every rank's, gather, decide; and
-//! the failure word that makes every rank fail fast after a failed wait.
+//! The step protocol: publish this rank's slot, wait for every rank's, copy them out, check
+//! and decide on the copies; and the failure word that makes every rank fail fast after a
+//! failed wait or a damaged slot.
 
 use std::sync::atomic::Ordering;
 
+use super::fork::is_opener;
 use super::identity::{Identity, Presence};
-use super::segment::{KIND_INVALID, KIND_RECORD, LAYOUT_VERSION, MAGIC, SLOT_SIZE, STATE_JOINED};
-use super::sys::pidfd_exited;
+use super::segment::{LAYOUT_VERSION, MAGIC, SLOT_SIZE, STATE_JOINED};
+use super::straggler::WINDOW;
+use super::sys::{getpid, pidfd_exited};
 use super::wait::Deadline;
-use super::{corrupt, inconsistent, internal, peer_exited, timeout_error, HostGroup, Step};
+use super::{
+    corrupt, internal, peer_exited, slot_damaged, timeout_error, Decided, HostGroup, Step,
+};
 use crate::diag::{self, Level};
 use crate::error::{invalid, Error, ErrorKind, Result};
-use crate::rules::{self, RankRecord, Request};
+use crate::rules::{slots, Request, DP_RULES_VLLM_V2};
+use crate::slot::{at, now_ns, Slot};
 
 /// Failure word codes (bits 48..64; bits 32..48 the reporting rank, 16..32 the rank concerned).
 const FAIL_TIMEOUT: u64 = 1;
 const FAIL_PEER_EXITED: u64 = 2;
+/// The header or a member entry is corrupt.
 const FAIL_CORRUPT: u64 = 3;
+/// A rank's slot was damaged (its checksum, or its sequence number).
+const FAIL_SLOT: u64 = 4;
+
+/// The sequence number of step `k` (the group's count; it wraps, and ranks are never more
+/// than one step apart, so 32 bits tell the steps in flight apart).
+fn seq_of(k: u64) -> u32 {
+    k as u32
+}
 
 impl HostGroup {
-    /// One step: publishes this rank's record (or, for an invalid request, a marker), waits
-    /// for every rank's, and decides. `req` is `Err` when the C boundary could not read it.
+    /// One step: publishes this rank's slot (or, for an invalid request, the invalid-request
+    /// marker), waits for every rank's, copies them out of the segment, and checks and
+    /// decides on the copies. `req` is `Err` when the C boundary could not read it.
     pub(crate) fn coordinate(&mut self, req: Result<&Request>) -> Result<Step> {
+        let arrival = now_ns();
+        if !is_opener(self.own.pid) {
+            let pid = getpid();
+            return Err(invalid!(
+                "host group '{}': dp_host_group_coordinate in process {pid}, but rank {} of the \
+                 group is process {} (this process inherited the handle across fork): only \
+                 the process that opened the group steps with it; here only \
+                 dp_host_group_close is allowed, and it only unmaps",
+                self.name,
+                self.dp_rank,
+                self.own.pid
+            ));
+        }
         if let Some(e) = &self.failed {
             return Err(e.context(&format!(
                 "host group '{}' is unusable after an earlier failure; close it",
@@ -31,93 +60,116 @@ impl HostGroup {
             self.fail(&e, FAIL_CORRUPT, self.dp_rank);
             return Err(e);
         }
-        let local = req.and_then(|r| {
-            let record = rules::make_record(r)?;
-            Ok((record, r))
-        });
-        let timeout_ms = match &local {
-            Ok((_, r)) => r.timeout_ms,
-            Err(_) => self.open_timeout_ms,
-        };
-        let step_id = local.as_ref().map_or(0, |(_, r)| r.step_id);
         let k = self.seq + 1;
-        self.publish(k, &local, step_id);
-        self.seq = k;
-        if let Err((e, code, concerned)) = self.wait_step(k, timeout_ms) {
-            self.fail(&e, code, concerned);
-            return Err(e);
-        }
-        if let Err((e, concerned)) = self.gather(k) {
-            self.fail(&e, FAIL_CORRUPT, concerned);
-            return Err(e);
-        }
-        local?;
-        let step = self.decide(k)?;
-        diag::decision(
-            &self.ctx(step.step_id),
-            "dp_host_group_coordinate",
-            &step.decision,
-        );
-        Ok(step)
-    }
-
-    fn publish(&self, k: u64, local: &Result<(RankRecord, &Request)>, step_id: i64) {
-        let slot = self.map.slot(self.dp_rank);
-        let b = &slot.bufs[(k & 1) as usize];
-        let (kind, words, policy, n) = match local {
-            Ok((rec, r)) => (
-                KIND_RECORD,
-                rec.to_words(),
-                r.pad_policy,
-                r.effective_num_ubatches(),
-            ),
-            Err(_) => (KIND_INVALID, [0; 5], 0, 0),
+        let made = req.and_then(|r| {
+            let slot = slots::make(r, seq_of(k), arrival, self.graphs.as_deref())?;
+            Ok((slot, r.timeout_ms))
+        });
+        let (slot, timeout_ms) = match &made {
+            Ok((slot, timeout_ms)) => (*slot, *timeout_ms),
+            Err(_) => (Slot::marker(seq_of(k), arrival), self.open_timeout_ms),
         };
-        b.kind.store(kind, Ordering::Relaxed);
-        b.step_id.store(step_id, Ordering::Relaxed);
-        b.pad_policy.store(policy, Ordering::Relaxed);
-        b.num_ubatches.store(n, Ordering::Relaxed);
-        for (w, v) in b.words.iter().zip(words) {
-            w.store(v, Ordering::Relaxed);
+        self.map.slot(self.dp_rank).bufs[(k & 1) as usize].publish(&slot);
+        self.seq = k;
+        let gathered = self.wait_step(k, timeout_ms).and_then(|waited| {
+            // No clock read when every slot was there at the first look: nothing was waited.
+            let wait_ns = if waited {
+                now_ns().saturating_sub(arrival)
+            } else {
+                0
+            };
+            self.gather(k).map(|()| wait_ns)
+        });
+        let wait_ns = match gathered {
+            Ok(wait_ns) => wait_ns,
+            Err((e, code, concerned)) => {
+                self.fail(&e, code, concerned);
+                return Err(e);
+            }
+        };
+        let checked = match slots::check(&self.slots, None) {
+            Err(e) if e.kind == ErrorKind::Corrupt => {
+                let r = self.slots.iter().position(|s| !s.intact());
+                let e = e.context(&format!("host group '{}' at step {k}", self.name));
+                self.fail(&e, FAIL_SLOT, r.unwrap_or(self.dp_rank));
+                return Err(e);
+            }
+            checked => checked,
+        };
+        // This rank's own refusal names the field; the others' checks name this rank.
+        made?;
+        let checked =
+            checked.map_err(|e| e.context(&format!("host group '{}' at step {k}", self.name)))?;
+        let (step_id, last_rank) = (checked.step_id, checked.last_rank);
+        if self.dp_size > 1 && diag::enabled(Level::Info) {
+            if let Some((rank, count)) = self.stragglers.push(last_rank) {
+                diag::log!(
+                    Level::Info,
+                    self.ctx(step_id),
+                    "straggler: rank {rank} arrived last in {count} of the last {WINDOW} steps \
+                     (this one's arrival skew: {} ns)",
+                    checked.arrival_skew_ns
+                );
+            }
         }
-        // The tag last, with release: a reader that sees it sees the buffer. The ranks
-        // sleeping on it are woken by `wake` once this rank's wait ends or before it sleeps,
-        // off the path of the store.
-        b.tag.store(k, Ordering::Release);
+        let (me, table) = (self.dp_rank as i32, self.graphs.as_deref());
+        let out = Some(&mut self.tokens[..]);
+        let decided = if checked.settings.rules == DP_RULES_VLLM_V2 {
+            let agreement = slots::decide_v2(&self.slots, me, None, &checked, table, out)?;
+            diag::decision(&self.ctx(step_id), "dp_host_group_coordinate", &agreement);
+            Decided::V2(agreement)
+        } else {
+            let decision = slots::decide_v1(&self.slots, me, None, &checked, out)?;
+            diag::decision(&self.ctx(step_id), "dp_host_group_coordinate", &decision);
+            Decided::V1(decision)
+        };
+        Ok(Step {
+            decided,
+            step_id,
+            last_rank,
+            arrival_skew_ns: checked.arrival_skew_ns,
+            wait_ns,
+        })
     }
 
     /// Waits until every rank's buffer of parity `k & 1` holds step `k` (a rank already a
     /// step on has it there too: it cannot pass step `k + 1` before this rank publishes it).
-    fn wait_step(&self, k: u64, timeout_ms: i32) -> std::result::Result<(), (Error, u64, usize)> {
+    /// Returns whether it waited (false: every slot was there at the first look); on failure,
+    /// the error, its failure code and the rank concerned.
+    fn wait_step(&self, k: u64, timeout_ms: i32) -> std::result::Result<bool, (Error, u64, usize)> {
         let me = self.dp_rank;
+        let looks = std::cell::Cell::new(0u32);
         let next = std::cell::Cell::new(0usize);
         let bad = std::cell::Cell::new(None::<(u64, usize)>);
         let name = &self.name;
         let parity = (k & 1) as usize;
+        let seq = seq_of(k);
         // What the buffer holds before rank r publishes step k: step k - 2, or nothing yet.
-        let before = k.saturating_sub(2);
+        let before = seq_of(k.saturating_sub(2));
         let r = self.wait(
             Deadline::AfterMs(timeout_ms),
             |g| {
+                looks.set(looks.get().saturating_add(1));
                 let failure = g.map.header().failure.load(Ordering::Acquire);
                 if failure != 0 {
                     return Err(g.failure_error(failure));
                 }
                 while next.get() < g.dp_size {
                     let r = next.get();
-                    let tag = g.map.slot(r).bufs[parity].tag.load(Ordering::Acquire);
-                    if tag == k {
+                    let held = g.map.slot(r).bufs[parity].seq();
+                    if held == seq {
                         next.set(r + 1);
                         continue;
                     }
-                    if tag != before {
-                        bad.set(Some((FAIL_CORRUPT, r)));
-                        return Err(corrupt(
+                    if held != before {
+                        bad.set(Some((FAIL_SLOT, r)));
+                        return Err(slot_damaged(
                             name,
                             format!(
-                                "slot[{r}].bufs[{parity}].tag = {tag} at step {k} (want {before} \
-                                 or {k})"
+                                "slot[{r}].bufs[{parity}] holds sequence number {held} at step \
+                                 {k} (want {before} or {seq})"
                             ),
+                            r,
                         ));
                     }
                     if g.map.member(r).state.load(Ordering::Acquire) != STATE_JOINED {
@@ -135,7 +187,7 @@ impl HostGroup {
                 // Every rank not yet arrived, not only the first: a dead rank behind a slow
                 // one is reported within one slice too.
                 for r in next.get()..g.dp_size {
-                    if r == me || g.map.slot(r).bufs[parity].tag.load(Ordering::Acquire) == k {
+                    if r == me || g.map.slot(r).bufs[parity].seq() == seq {
                         continue;
                     }
                     let peer = &g.peers[r];
@@ -177,20 +229,17 @@ impl HostGroup {
             |g| {
                 let r = next.get().min(g.dp_size - 1);
                 let bufs = &g.map.slot(r).bufs;
-                let s = bufs[0]
-                    .tag
-                    .load(Ordering::Relaxed)
-                    .max(bufs[1].tag.load(Ordering::Relaxed));
+                let held = bufs[0].seq().max(bufs[1].seq());
                 timeout_error(format!(
                     "host group '{name}': rank {me} waited timeout_ms = {timeout_ms} at step {k} \
-                     for rank {r} (pid {}), which is still at step {s}",
+                     for rank {r} (pid {}), whose newest slot is of step {held}",
                     g.peers[r].id.pid
                 ))
             },
         );
         // Wakes the ranks sleeping on this rank's publication (or a failure's).
         self.wake();
-        r.map_err(|e| {
+        r.map(|()| looks.get() > 1).map_err(|e| {
             let (code, concerned) = bad.get().unwrap_or(match e.kind {
                 ErrorKind::Timeout => (FAIL_TIMEOUT, next.get().min(self.dp_size - 1)),
                 // A peer's failure word: this rank leaves it as it is.
@@ -200,75 +249,29 @@ impl HostGroup {
         })
     }
 
-    /// Copies every rank's buffer of step `k` into the local arrays, checking tag and kind.
-    /// On corrupt data, the error and the rank whose slot holds it.
-    fn gather(&mut self, k: u64) -> std::result::Result<(), (Error, usize)> {
+    /// Copies every rank's slot of step `k` out of the segment (the checks and the decision
+    /// read only the copies), checking the member entries and the sequence numbers. On
+    /// failure, the error, its failure code and the rank concerned.
+    fn gather(&mut self, k: u64) -> std::result::Result<(), (Error, u64, usize)> {
         let parity = (k & 1) as usize;
-        self.first_invalid = None;
         for r in 0..self.dp_size {
             let id = Identity::load(self.map.member(r));
-            let b = &self.map.slot(r).bufs[parity];
-            let tag = b.tag.load(Ordering::Relaxed);
-            let kind = b.kind.load(Ordering::Relaxed);
-            let bad = if let Some((field, now, was)) = id.differs_from(&self.peers[r].id) {
-                Some(format!(
-                    "member[{r}].{field} = {now}, but rank {r} joined with {was}"
-                ))
-            } else if tag != k {
-                Some(format!("slot[{r}].bufs[{parity}].tag = {tag} at step {k}"))
-            } else if kind != KIND_RECORD && kind != KIND_INVALID {
-                Some(format!("slot[{r}].bufs[{parity}].kind = {kind}"))
-            } else {
-                None
-            };
-            if let Some(what) = bad {
-                return Err((corrupt(&self.name, what), r));
+            if let Some((field, now, was)) = id.differs_from(&self.peers[r].id) {
+                let what = format!("member[{r}].{field} = {now}, but rank {r} joined with {was}");
+                return Err((corrupt(&self.name, what), FAIL_CORRUPT, r));
             }
-            if kind == KIND_INVALID && self.first_invalid.is_none() {
-                self.first_invalid = Some(r);
+            let slot = self.map.slot(r).bufs[parity].copy();
+            let held = slot.opaque[at::SEQ];
+            if held != seq_of(k) {
+                let what = format!(
+                    "slot[{r}].bufs[{parity}]'s sequence number changed to {held} while it was \
+                     read at step {k}"
+                );
+                return Err((slot_damaged(&self.name, what, r), FAIL_SLOT, r));
             }
-            let words: [i32; 5] = std::array::from_fn(|i| b.words[i].load(Ordering::Relaxed));
-            self.records[r] = RankRecord::from_words(words);
-            self.step_ids[r] = b.step_id.load(Ordering::Relaxed);
-            self.policies[r] = (
-                b.pad_policy.load(Ordering::Relaxed),
-                b.num_ubatches.load(Ordering::Relaxed),
-            );
+            self.slots[r] = slot;
         }
         Ok(())
-    }
-
-    /// The decision of step `k` from the gathered copies; every rank reaches the same verdict.
-    fn decide(&mut self, k: u64) -> Result<Step> {
-        if let Some(r) = self.first_invalid {
-            return Err(invalid!(
-                "host group '{}': rank {r} passed an invalid request at step {k} (its \
-                 dp_last_error says why); no rank decides this step",
-                self.name
-            ));
-        }
-        let (policy, n) = self.policies[0];
-        for (r, &(p, m)) in self.policies.iter().enumerate() {
-            if p != policy {
-                return Err(inconsistent(format!(
-                    "pad_policy differs across ranks: rank 0 passed {policy}, rank {r} passed {p}"
-                )));
-            }
-            if m != n {
-                return Err(inconsistent(format!(
-                    "num_ubatches differs across ranks: rank 0 uses {n}, rank {r} uses {m}"
-                )));
-            }
-        }
-        let step_id = rules::check_step_ids(&self.step_ids, None)?;
-        let decision = rules::decide(
-            &self.records,
-            self.dp_rank as i32,
-            policy,
-            n,
-            Some(&mut self.tokens),
-        )?;
-        Ok(Step { decision, step_id })
     }
 
     /// Re-checks the header fields fixed at creation and the failure word.
@@ -337,8 +340,16 @@ impl HostGroup {
                 "{what} saw rank {concerned} exit or close the group"
             )),
             FAIL_CORRUPT => internal(&format!(
-                "{what} found the segment corrupt (the header or the slot of rank {concerned})"
+                "{what} found the segment corrupt (the header, or the member entry of rank \
+                 {concerned})"
             )),
+            FAIL_SLOT => Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{what} found rank {concerned}'s slot damaged (a failed checksum, or \
+                     another step's sequence number)"
+                ),
+            ),
             _ => corrupt(name, format!("header.failure = {word:#018x}")),
         }
     }

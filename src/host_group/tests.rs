@@ -1,15 +1,18 @@
-//! The host group's unit tests: the layout the process tests corrupt, name checks, and who
-//! is alive.
+//! The host group's unit tests: the layout the process tests corrupt, a buffer's slot, the
+//! straggler count, name checks, and who is alive.
 
 use std::mem::offset_of;
+use std::sync::atomic::AtomicU32;
 
 use super::identity::{proc_is_own, start_time_at, Identity, Presence};
 use super::segment::{
-    members_size, segment_size, Buf, Header, Member, Slot, WakeLine, HEADER_SIZE, LAYOUT_VERSION,
-    SLOT_SIZE,
+    members_size, segment_size, Buf, Header, Member, RankSlot, WakeLine, HEADER_SIZE,
+    LAYOUT_VERSION, SLOT_SIZE,
 };
+use super::straggler::Stragglers;
 use super::{check_name, MAX_NAME_LEN};
 use crate::error::ErrorKind;
+use crate::slot::{Settings, Slot};
 
 /// tests/host_group.rs corrupts fields by these offsets; a layout change must update both.
 #[test]
@@ -34,32 +37,69 @@ fn layout_is_the_one_the_process_tests_corrupt() {
         (offset_of!(Member, pid_ns), 8),
         (offset_of!(Member, start_time), 16),
         (std::mem::size_of::<Member>(), 24),
-        (offset_of!(Slot, bufs), 0),
-        (std::mem::size_of::<Buf>(), 64),
+        (offset_of!(RankSlot, bufs), 0),
+        (std::mem::size_of::<Buf>(), 128),
+        (offset_of!(Buf, words), 0),
         (members_size(2), 128),
         (members_size(5), 128),
         (members_size(6), 256),
         (members_size(17), 512),
     ];
-    let buf = [
-        (offset_of!(Buf, tag), 0),
-        (offset_of!(Buf, step_id), 8),
-        (offset_of!(Buf, kind), 16),
-        (offset_of!(Buf, pad_policy), 20),
-        (offset_of!(Buf, num_ubatches), 24),
-        (offset_of!(Buf, words), 28),
-    ];
-    for (got, want) in header.into_iter().chain(slot).chain(buf) {
+    for (got, want) in header.into_iter().chain(slot) {
         assert_eq!(got, want);
     }
     assert_eq!(
         (HEADER_SIZE, SLOT_SIZE, segment_size(8)),
-        (128, 128, 128 + 256 + 128 * 8)
+        (128, 256, 128 + 256 + 256 * 8)
     );
     assert_eq!(
-        LAYOUT_VERSION, 2,
-        "tests/host_group.rs writes layout 2 segments"
+        LAYOUT_VERSION, 3,
+        "tests/host_group.rs writes layout 3 segments"
     );
+}
+
+#[test]
+fn a_buffer_holds_the_slot_published_and_says_its_step() {
+    let buf = Buf {
+        words: std::array::from_fn(|_| AtomicU32::new(0xA5A5_A5A5)),
+    };
+    buf.reset();
+    assert_eq!(buf.seq(), 0, "a joining rank's buffer holds no step");
+    let settings = Settings {
+        rules: 0,
+        pad_policy: 1,
+        num_ubatches: 2,
+        decode_threshold: 0,
+        prefill_threshold: 0,
+        graphs: 0,
+        decode_query_len: 0,
+    };
+    let slot = Slot::new(7, &settings, 42, 0, 1_000, [5, 6, 1, 0, 2, 0, 0, 0]);
+    buf.publish(&slot);
+    assert_eq!(buf.seq(), 7);
+    assert_eq!(buf.copy(), slot);
+    assert!(buf.copy().intact());
+}
+
+#[test]
+fn the_straggler_is_a_rank_last_in_most_of_64_steps_once_per_change() {
+    let mut s = Stragglers::new();
+    let mut feed = |rank: i32, times: usize| -> Vec<(i32, usize)> {
+        (0..times).filter_map(|_| s.push(rank)).collect()
+    };
+    // 32 of 64 is not most; the 33rd is, reported once.
+    assert_eq!(feed(3, 32), []);
+    assert_eq!(feed(3, 1), [(3, 33)]);
+    assert_eq!(feed(3, 40), [], "the same rank again: no second line");
+    // Rank 1 takes over at its 33rd step of the last 64.
+    assert_eq!(feed(1, 40), [(1, 33)]);
+    // Rank 3 again, a change: reported again.
+    assert_eq!(feed(3, 40), [(3, 33)]);
+    // Ranks taking turns: nobody has most of the steps.
+    for _ in 0..64 {
+        assert_eq!(feed(0, 1), []);
+        assert_eq!(feed(2, 1), []);
+    }
 }
 
 #[test]
