@@ -742,7 +742,7 @@ fn logic(fakes: &Fakes) {
             }
             slots.extend(slot);
         }
-        let (out, host) = fakes.postprocess(&slots, n, rank, 0);
+        let (out, host) = fakes.postprocess(&slots, n, rank, 0, None);
         let status = host[h("HOST_STATUS")] as usize;
         let what = format!("case {case}: {n} ranks as rank {rank}");
         if (0..n).any(|r| slots[r * words + seq_at] != 0) {

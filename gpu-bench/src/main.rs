@@ -253,20 +253,6 @@ fn c_result() -> dp_batch_result {
     unsafe { r.assume_init() }
 }
 
-fn outcome_result(o: &testing::Outcome) -> dp_batch_result {
-    let mut r = c_result();
-    r.should_ubatch = o.decision.should_ubatch;
-    r.should_dp_pad = o.decision.should_dp_pad;
-    r.has_num_tokens_after_padding = o.decision.has_num_tokens_after_padding;
-    r.synced_cudagraph_mode = o.decision.synced_cudagraph_mode;
-    r.num_tokens_after_padding_self = o.decision.num_tokens_after_padding_self;
-    r.max_num_tokens_padded = o.decision.max_num_tokens_padded;
-    r.min_num_tokens_unpadded = o.decision.min_num_tokens_unpadded;
-    r.num_tokens_after_padding = o.host_array;
-    r.step_id = o.step_id;
-    r
-}
-
 // ---- one rank's world ----
 
 struct World {
@@ -504,7 +490,7 @@ fn variant<'a>(w: &'a World, name: &'a str) -> Res<Option<StepFn<'a>>> {
                 let t1 = Instant::now();
                 let o = c.end().map_err(err)?;
                 let end_ns = since(t1);
-                check(&label, step, &outcome_result(&o), &reqs, rank)?;
+                check(&label, step, &testing::outcome_result(&o), &reqs, rank)?;
                 Ok(if time_end { end_ns } else { begin_ns })
             })
         }
