@@ -22,6 +22,18 @@ pub fn libraries() -> &'static Path {
     DIR.get_or_init(|| build("", &kernel_logic()))
 }
 
+/// Builds both fakes with the kernel's logic changed: `from` (which must occur exactly once
+/// in the host-runnable part) replaced by `to`, into a directory of their own (`name`).
+pub fn mutant_libraries(name: &str, from: &str, to: &str) -> PathBuf {
+    let logic = kernel_logic();
+    assert_eq!(
+        logic.matches(from).count(),
+        1,
+        "the mutation's text {from:?} must occur once in the kernel's logic"
+    );
+    build(name, &logic.replacen(from, to, 1))
+}
+
 /// Compiles `fake_cuda.c` (with `logic` as the kernel's logic) and `fake_nccl.c` into a fresh
 /// directory (`tag` tells it apart).
 fn build(tag: &str, logic: &str) -> PathBuf {
@@ -282,6 +294,21 @@ impl Fakes {
             )
         };
         (out, host)
+    }
+
+    /// The first `words` words of the device table the last launch was given (`None`: none).
+    pub fn last_table(&self, words: usize) -> Option<Vec<u32>> {
+        // SAFETY: fake_cuda_last_table(void) -> const unsigned*.
+        let f: unsafe extern "C" fn() -> *const u32 =
+            unsafe { std::mem::transmute(Self::sym(self.cuda, "fake_cuda_last_table")) };
+        // SAFETY: no arguments; returns NULL or the last launch's table.
+        let p = unsafe { f() };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: the device table of the last launch, still allocated, holds at least `words`
+        // words (the caller knows the table it set).
+        Some(unsafe { std::slice::from_raw_parts(p, words) }.to_vec())
     }
 
     /// Marks `comm` aborted (what `ncclCommAbort` does to a real one).
