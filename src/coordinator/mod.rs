@@ -324,14 +324,9 @@ impl Coordinator {
             false => (stream, None),
         };
         let seq = inner.seq.wrapping_add(1).max(1);
-        let table = inner.table.clone();
-        let (slot, rejected) = own_slot(
-            req,
-            invalid.cloned().or(unusable),
-            seq,
-            arrival_ns,
-            table.as_deref(),
-        )?;
+        let table = inner.table.as_deref();
+        let (slot, rejected) =
+            own_slot(req, invalid.cloned().or(unusable), seq, arrival_ns, table)?;
         let step_id = req.step_id.max(0);
         let start = Instant::now();
         let deadline =
@@ -339,7 +334,7 @@ impl Coordinator {
         let kind = if !exchange {
             Flight::Local(match &rejected {
                 Some(e) => Err(e.clone()),
-                None => decide_alone(slot, table.as_deref()),
+                None => decide_alone(slot, table),
             })
         } else {
             let step = Step {
