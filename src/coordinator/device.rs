@@ -10,8 +10,7 @@ use crate::cuda::{
     self, Context, DeviceBuffer, DevicePtr, Event, Kernel, MappedHost, Module, OwnedStream,
     StreamHandle,
 };
-use crate::error::Result;
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::{self as k, SLOT_WORDS};
 use crate::rules::GraphTable;
 
