@@ -663,15 +663,36 @@ enum dp_status dp_decide_batch_with_options(const struct dp_rank_record *records
 enum dp_status dp_coordinator_create(struct ncclComm *comm, struct dp_coordinator **out);
 
 /**
+ * Sets the V2 graph table of `c` (`DP_RULES_VLLM_V2`; `NULL`: no table): every later
+ * `dp_coordinator_begin` makes this rank's slot with it (its own dispatch, and the table's
+ * hash, which every rank must share) and the post-processing kernel dispatches over it, as
+ * `dp_decide_slots` does with `opts->graphs`. V1 requests do not read it.
+ *
+ * Local (no collective); call it on every rank with the same table, before the first V2
+ * step (ranks with different tables fail each step with `DP_ERR_INCONSISTENT_RANKS` naming
+ * the graph table). Not thread-safe: from one thread at a time, and never while another
+ * thread is inside a call on `c`. `c` keeps its own reference to the table: `g` may be
+ * destroyed right after. Copies the table's dispatch index into device memory here
+ * (allocates and may wait for the device, as `dp_coordinator_create` may; `begin` and `end`
+ * never do), replacing the previous table's; on an error nothing changes.
+ * Returns `DP_OK`, `DP_ERR_INVALID_ARGUMENT` (a NULL or misaligned `c`, a misaligned `g`),
+ * `DP_ERR_BUSY` (an exchange is in flight: call it before `dp_coordinator_begin` or after
+ * `dp_coordinator_end`; or another thread is inside a call on `c`), `DP_ERR_CUDA` (the device
+ * copy failed), `DP_ERR_CANCELLED`, or the earlier failure of a broken coordinator.
+ */
+enum dp_status dp_coordinator_set_graphs(struct dp_coordinator *c, const struct dp_graphs *g);
+
+/**
  * Begins this step's exchange (collective: every rank of the communicator calls it, in the
  * same order relative to every other collective on that communicator) and returns at once.
  *
- * Writes this rank's slot (`dp_slot`, as `dp_make_slot` makes it, with the coordinator's
- * sequence number and this call's time as the arrival time) into mapped pinned memory and
- * enqueues on `stream`: `ncclAllGather` of every rank's slot, then the post-processing kernel,
- * which checks every slot as `dp_decide_slots` does and writes the decision to the device
- * array and to mapped host memory. The host does not wait for the GPU; the caller may enqueue
- * more work on `stream` and do host work before `dp_coordinator_end`. The first begin of a
+ * Writes this rank's slot (`dp_slot`, as `dp_make_slot` makes it with the graph table of
+ * `dp_coordinator_set_graphs`, with the coordinator's sequence number and this call's time
+ * as the arrival time) into mapped pinned memory and enqueues on `stream`: `ncclAllGather` of
+ * every rank's slot, then the post-processing kernel, which checks every slot and decides as
+ * `dp_decide_slots` does (V1, or V2 over that table in device memory) and writes the decision
+ * to the device array and to mapped host memory. The host does not wait for the GPU; the
+ * caller may enqueue more work on `stream` and do host work before `dp_coordinator_end`. The first begin of a
  * coordinator runs NCCL's first collective on a helper thread and waits for it to be enqueued,
  * bounded by `req->timeout_ms` (NCCL connects lazily inside it); that collective runs on a
  * stream the coordinator owns, ordered after the work queued on `stream` and before the
@@ -715,8 +736,12 @@ enum dp_status dp_coordinator_poll(struct dp_coordinator *c, bool *done);
  * `dp_coordinator_cancel`, and watching `ncclCommGetAsyncError` and the stream. A result is
  * accepted only when the kernel verified every rank's slot (this exchange's sequence number;
  * then, as `dp_decide_slots`: its checksum, the invalid-request marker, the configuration
- * (rule set, pad policy, microbatching), the step ids and parent step ids) and NCCL reports
- * no error; the decision uses the pad policy and `num_ubatches` the slots carry.
+ * (rule set, pad policy, microbatching, graph table), the step ids and parent step ids) and
+ * NCCL reports no error; the decision uses the configuration the slots carry. A V2 step
+ * fills the V2 fields (`idle`, `eager`, `skip_drafts`, the descriptor `graph_*` and
+ * `num_ubatches`, the agreed uniform count, query bound and largest request count) as
+ * `dp_decide_slots` does; it has arrays (`has_num_tokens_after_padding`) unless idle, and
+ * every rank's entry is its padded tokens, or its own tokens when eager.
  * `res->last_rank` and `arrival_skew_ns` report the rank that entered `begin` last and by
  * how much; `wait_ns` is how long this call waited for the exchange to finish (0 when it had).
  * `res->num_tokens_after_padding` (host) and `num_tokens_after_padding_device` are owned by
@@ -775,6 +800,10 @@ enum dp_status dp_coordinator_destroy(struct dp_coordinator *c);
  * An invalid request joins as the invalid-request marker, as for `dp_coordinator_begin`:
  * every rank gets `DP_ERR_INVALID_ARGUMENT` from this call (when no coordinator can be made
  * for `comm`, the request's error comes back, saying it was not exchanged).
+ * The cached coordinator has no graph table (no handle takes one): a V2 request is decided
+ * without a table (every rank's own `cudagraph_mode`, the agreed inputs, `T*`; the caller
+ * dispatches locally). For V2 with a table use the explicit coordinator and
+ * `dp_coordinator_set_graphs`.
  * Returns what `dp_coordinator_begin` and `dp_coordinator_end` return.
  */
 enum dp_status dp_coordinate_batch(struct ncclComm *comm,

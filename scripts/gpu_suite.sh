@@ -42,7 +42,7 @@ OUT="${OUT:-./gpu-logs}"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build/gpu-suite}"
 CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 SANITIZERS="${SANITIZERS-memcheck racecheck initcheck synccheck}"
-SANITIZER_FILTER="${SANITIZER_FILTER:-Gpu.RandomStepsMatchHostDecision:Gpu.EdgeCasesAtFullRankCount:Gpu.DeviceArrayIsStreamOrderedForAKernelAfterTheCall:Gpu.StreamKinds:Gpu.InconsistentPadFlagsFailEveryRank:Gpu.InvalidRequestOnEveryRankFailsEveryRank:Gpu.ReleaseThenCallAgain:Gpu.Coordinator*:Gpu.TimeoutWhenARankNeverCalls:Gpu.WatchdogCancelsFirstCachedCallOnFreshCommunicator}"
+SANITIZER_FILTER="${SANITIZER_FILTER:-Gpu.RandomStepsMatchHostDecision:Gpu.EdgeCasesAtFullRankCount:Gpu.DeviceArrayIsStreamOrderedForAKernelAfterTheCall:Gpu.StreamKinds:Gpu.InconsistentPadFlagsFailEveryRank:Gpu.InvalidRequestOnEveryRankFailsEveryRank:Gpu.ReleaseThenCallAgain:Gpu.Coordinator*:Gpu.TimeoutWhenARankNeverCalls:Gpu.WatchdogCancelsFirstCachedCallOnFreshCommunicator:Gpu.V2AndV1StepsMatchTheHostPathAt2And4Ranks:Gpu.V2StragglerReportIsFilled}"
 
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"

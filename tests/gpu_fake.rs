@@ -7,9 +7,15 @@
 //! path's log lines and NVTX ranges; the slot `begin` sends; the kernel's checks and
 //! decision (the fake driver runs the kernel's own logic) against `dp_decide_slots` on the
 //! same slots, alone and through the coordinator; the straggler report and its INFO line.
+//! The V2 rules: the kernel's V2 checks, decision and dispatch over the device graph table
+//! against `dp_decide_slots` on thousands of random slot sets with tables built as vLLM builds
+//! them (and a one-character change of the dispatch caught); `dp_coordinator_set_graphs`'s
+//! states; V2 steps through the coordinator and `dp_coordinate_batch`; a rank with another
+//! table.
 
 mod diag_support;
 mod fake_gpu;
+mod v2_common;
 
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
@@ -636,6 +642,10 @@ fn child() {
         // The kernel's logic (the fake driver's dp_postprocess) against dp_decide_slots on
         // random slots: the same verdict, decision, array and straggler report.
         "logic" => logic(&fakes),
+        // The same for V2 slots with random vLLM tables (v2 module below).
+        "v2logic" => v2::logic(&fakes),
+        "v2coordinator" => v2::coordinator(&fakes),
+        "v2config" => v2::another_table(&fakes),
         other => panic!("unknown case {other}"),
     }
 }
@@ -653,7 +663,11 @@ fn status_of(st: dp_status, message: &str) -> usize {
         "STATUS_CONFIG"
     } else if message.contains("step_ids differ across ranks") {
         "STATUS_STEP_IDS"
-    } else if st == dp_status::DP_ERR_INVALID_ARGUMENT && message.contains("records[") {
+    } else if st == dp_status::DP_ERR_INVALID_ARGUMENT
+        && (message.contains("records[")
+            || message.contains("is not the one the slots were made")
+            || message.contains("cfg."))
+    {
         "STATUS_INVALID"
     } else if message.contains("should_attempt_dp_pad") {
         "STATUS_INCONSISTENT"
@@ -742,7 +756,7 @@ fn logic(fakes: &Fakes) {
             }
             slots.extend(slot);
         }
-        let (out, host) = fakes.postprocess(&slots, n, rank, 0);
+        let (out, host) = fakes.postprocess(&slots, n, rank, 0, None);
         let status = host[h("HOST_STATUS")] as usize;
         let what = format!("case {case}: {n} ranks as rank {rank}");
         if (0..n).any(|r| slots[r * words + seq_at] != 0) {
@@ -1133,4 +1147,767 @@ fn wait_ns_is_how_long_end_waited() {
         "waited {wait} ns in an end of {elapsed} ns"
     );
     assert_eq!(r.printed("WAIT_AFTER_POLL_NS"), "0");
+}
+
+/// The V2 rules on the GPU path over the fakes.
+mod v2 {
+    use super::*;
+    use crate::v2_common::{self, Built, CgMode, Dbo, Handle, Step, VllmCfg};
+    use dpcoord::rules::{self, GraphTable, Request, V2Config, V2Record};
+
+    /// A random vLLM configuration (the distribution of tests/rules_v2_props.rs's).
+    fn random_cfg(rng: &mut Rng) -> VllmCfg {
+        let seqs = 1 + rng.below(300) as i32;
+        let k = rng.below(5) as i32;
+        let sizes = |rng: &mut Rng, max: usize, n: usize| -> Vec<i32> {
+            (0..1 + rng.below(n))
+                .map(|_| 1 + rng.below(max) as i32)
+                .collect()
+        };
+        VllmCfg {
+            mode: CgMode::ALL[rng.below(5)],
+            max_num_seqs: seqs,
+            max_num_batched_tokens: (16 + rng.below(2033) as i32).max(seqs),
+            num_spec: k,
+            adaptive: k > 0 && rng.one_in(2),
+            lora_cases: [vec![0], vec![0, 1, 2, 4], vec![0, 3], vec![0, 1, 8]][rng.below(4)]
+                .clone(),
+            dbo: (!rng.one_in(2)).then(|| {
+                let n = 2 + rng.below(3) as i32;
+                Dbo {
+                    num_ubatches: n,
+                    decode_threshold: (rng.below(65) as i32).max(n),
+                    prefill_threshold: (rng.below(701) as i32).max(n),
+                }
+            }),
+            prefill_sizes: rng.one_in(2).then(|| sizes(rng, 2048, 24)),
+            decode_sizes: rng.one_in(2).then(|| sizes(rng, 300, 16)),
+            max_decode_tokens: rng.one_in(2).then(|| 1 + rng.below(1024) as i32),
+            eagle_draft: rng.one_in(2),
+        }
+    }
+
+    /// Token counts where the rules turn: every graph's tokens, its half and the neighbours,
+    /// the (raised) thresholds and their neighbours.
+    fn turning_points(b: &Built) -> Vec<i32> {
+        let mut v = vec![1, 2];
+        for g in &b.graphs {
+            v.extend([
+                g.num_tokens,
+                g.num_tokens + 1,
+                g.num_tokens / 2,
+                (g.num_tokens + 1) / 2,
+            ]);
+        }
+        if let Some(d) = b.dbo {
+            for t in [d.decode_threshold, d.prefill_threshold] {
+                v.extend([t - 1, t, t + 1, 2 * t]);
+            }
+        }
+        v.retain(|&t| t >= 1);
+        v
+    }
+
+    /// One rank's step in the shapes a vLLM runner sends (tests/rules_v2_props.rs's kinds):
+    /// decode, spec decode, the dummy batch, prefill, a PCP share, decodes at `focus` and at
+    /// half of it, prefill at a turning point, zero.
+    fn rank_step(rng: &mut Rng, dql: i32, turns: &[i32], all_b: bool, focus: i32) -> Step {
+        let kind = if focus > 0 && !rng.one_in(5) {
+            5 + rng.below(2)
+        } else {
+            rng.below(9)
+        };
+        let r = 1 + rng.below(320) as i32;
+        let extra = rng.below(901) as i32;
+        let q = [1, 2, 4, 5][rng.below(4)];
+        let turn = turns[rng.below(turns.len())];
+        let base = |t: i32, r: i32, u: i32, mql: i32, rng: &mut Rng| Step {
+            t,
+            r,
+            u,
+            q: mql,
+            b: rng.one_in(2) || all_b,
+            s: rng.one_in(2),
+            e: rng.one_in(30),
+            loras: if focus > 0 || !rng.one_in(4) {
+                0
+            } else {
+                rng.below(10) as i32
+            },
+        };
+        let at = |t: i32| (t / dql).max(1);
+        match kind {
+            0 => base(r * dql, r, dql, dql, rng),
+            1 => base(r * q, r, q, q, rng),
+            2 => base(dql, 1, dql, dql, rng),
+            3 => base(
+                r + extra,
+                r,
+                0,
+                if extra % 3 == 0 { -1 } else { 1 + extra % 7 },
+                rng,
+            ),
+            4 => base((r / 4).max(1), r, 1, 1, rng),
+            5 => base(at(focus) * dql, at(focus), dql, dql, rng),
+            6 => base(at(focus / 2) * dql, at(focus / 2), dql, dql, rng),
+            7 => base(turn, 1 + (r - 1) % turn, 0, -1, rng),
+            _ => base(0, 0, 0, -1, rng),
+        }
+    }
+
+    /// `dp_decide_slots` with `opts`: status, message, result, array.
+    fn decide(
+        slots: &[Slot],
+        rank: i32,
+        opts: &dp_decide_options,
+    ) -> (dp_status, String, dp_batch_result, Vec<i32>) {
+        let n = slots.len();
+        let mut res = result();
+        let mut out = vec![-7; n];
+        let st = dp_decide_slots(
+            slots.as_ptr(),
+            n as i32,
+            rank,
+            opts,
+            out.as_mut_ptr(),
+            &mut res,
+        );
+        let message = if st == dp_status::DP_OK {
+            String::new()
+        } else {
+            last_error()
+        };
+        (st, message, res, out)
+    }
+
+    /// The V2 words of a result, in the kernel's host-block order.
+    fn result_words(res: &dp_batch_result) -> Vec<(&'static str, i64)> {
+        vec![
+            ("HOST_SHOULD_UBATCH", i64::from(res.should_ubatch)),
+            ("HOST_SHOULD_DP_PAD", i64::from(res.should_dp_pad)),
+            ("HOST_SYNCED_CUDAGRAPH_MODE", i64::from(res.graph_mode)),
+            (
+                "HOST_NUM_TOKENS_AFTER_PADDING_SELF",
+                i64::from(res.num_tokens_after_padding_self),
+            ),
+            (
+                "HOST_MAX_NUM_TOKENS_PADDED",
+                i64::from(res.max_num_tokens_padded),
+            ),
+            (
+                "HOST_MIN_NUM_TOKENS_UNPADDED",
+                i64::from(res.min_num_tokens_unpadded),
+            ),
+            ("HOST_NUM_UBATCHES", i64::from(res.num_ubatches)),
+            ("HOST_LAST_RANK", i64::from(res.last_rank)),
+            ("HOST_RULES", i64::from(res.rules)),
+            ("HOST_IDLE", i64::from(res.idle)),
+            ("HOST_EAGER", i64::from(res.eager)),
+            ("HOST_SKIP_DRAFTS", i64::from(res.skip_drafts)),
+            (
+                "HOST_HAS_ARRAY",
+                i64::from(res.has_num_tokens_after_padding),
+            ),
+            ("HOST_GRAPH_NUM_TOKENS", i64::from(res.graph_num_tokens)),
+            ("HOST_GRAPH_NUM_REQS", i64::from(res.graph_num_reqs)),
+            (
+                "HOST_GRAPH_UNIFORM",
+                i64::from(res.graph_uniform_token_count),
+            ),
+            (
+                "HOST_GRAPH_MAX_QUERY_LEN",
+                i64::from(res.graph_max_query_len),
+            ),
+            (
+                "HOST_AGREED_UNIFORM",
+                i64::from(res.agreed_uniform_token_count),
+            ),
+            (
+                "HOST_AGREED_MAX_QUERY_LEN",
+                i64::from(res.agreed_max_query_len),
+            ),
+            ("HOST_MAX_NUM_REQS", i64::from(res.max_num_reqs)),
+        ]
+    }
+
+    /// The words a slot set of `n` ranks takes, one slot after another.
+    fn words_of(slots: &[Slot]) -> Vec<u32> {
+        slots.iter().flat_map(|s| s.opaque).collect()
+    }
+
+    /// The V2 record a slot carries.
+    fn record_of(s: &Slot) -> V2Record {
+        let r = |i: usize| s.opaque[layout("SLOT_RECORD") + i] as i32;
+        V2Record {
+            num_tokens: r(0),
+            cg_mode: r(1),
+            uniform_token_count: r(2),
+            max_query_len: r(3),
+            allow_ubatching: r(4),
+            num_reqs: r(5),
+            allow_skip_drafts: r(6),
+            num_active_loras: r(7),
+        }
+    }
+
+    /// Which V2 branch an accepted step took (for the coverage counts).
+    fn branch(res: &dp_batch_result) -> &'static str {
+        match () {
+            _ if res.dp_size == 1 => "one rank",
+            _ if res.idle => "idle",
+            _ if res.num_ubatches > 1 && res.eager => "microbatched eager",
+            _ if res.num_ubatches > 1 => "microbatched",
+            _ if res.eager => "eager",
+            _ if res.graph_mode == 0 => "NONE but not eager",
+            _ => "padded to a graph",
+        }
+    }
+
+    /// Steps aimed at the rare branches (VLLM_V2.md's examples, ranks repeated and shuffled):
+    /// `none-not-eager` under E-wide-decode, `ub-eager-fallback` under E-dbo.
+    fn targeted(rng: &mut Rng, wide: bool) -> Vec<Step> {
+        let (a, b) = if wide {
+            (v2_common::step(100, 100).u(1), v2_common::step(10, 1))
+        } else {
+            (
+                v2_common::step(32, 32).u(1).b(),
+                v2_common::step(100, 100).u(1).b(),
+            )
+        };
+        let mut steps = vec![a, b];
+        for _ in 0..rng.below(4) {
+            steps.push(if rng.one_in(2) { a } else { b });
+        }
+        for i in (1..steps.len()).rev() {
+            steps.swap(i, rng.below(i + 1));
+        }
+        steps
+    }
+
+    /// The kernel's V2 logic (the fake driver's dp_postprocess with a device table) against
+    /// dp_decide_slots with the same table on random slot sets; its full agreement (the LoRA
+    /// case too) against rules::decide_v2.
+    pub(super) fn logic(fakes: &Fakes) {
+        let words = layout("SLOT_WORDS");
+        let h = |name| layout(name);
+        let cases: usize = env("V2_CASES").map_or(4000, |v| v.parse().unwrap());
+        let mut rng = Rng(0x00D9_C0DE_0002);
+        let mut seen = std::collections::BTreeMap::<usize, usize>::new();
+        let mut branches = std::collections::BTreeMap::<&str, usize>::new();
+        let mut case = 0;
+        while case < cases {
+            // Now and then a configuration of the examples, for their rare branches.
+            let aimed = match rng.below(8) {
+                0 => Some(true),
+                1 => Some(false),
+                _ => None,
+            };
+            let cfg = match aimed {
+                Some(true) => VllmCfg::e_wide_decode(),
+                Some(false) => VllmCfg::e_dbo(),
+                None => random_cfg(&mut rng),
+            };
+            let built = cfg.build();
+            let table = built.table();
+            let device = table.device_words();
+            let handle = Handle::new(Some((&built.graphs[..], built.decode_query_len)));
+            let turns = turning_points(&built);
+            let twins: Vec<i32> = built
+                .graphs
+                .iter()
+                .filter(|g| g.num_ubatches > 1)
+                .map(|g| g.num_tokens)
+                .collect();
+            // Another table, for the kernel's copy that is not the slots' table.
+            let other_cfg = random_cfg(&mut rng);
+            let other_built = other_cfg.build();
+            let other = other_built.table();
+            let other_handle = Handle::new(Some((
+                &other_built.graphs[..],
+                other_built.decode_query_len,
+            )));
+            for _ in 0..5 {
+                case += 1;
+                let n = 1 + rng.below(8);
+                let rank = rng.below(n) as i32;
+                let with_table = !rng.one_in(6);
+                let ub = built.dbo.is_some() && rng.one_in(2);
+                let focus = if ub && !twins.is_empty() {
+                    twins[rng.below(twins.len())]
+                } else {
+                    0
+                };
+                let mode = rng.below(3) as i32;
+                let slot_handle = if with_table {
+                    &handle
+                } else {
+                    &Handle(std::ptr::null_mut())
+                };
+                let make_opts = v2_common::options(slot_handle, None);
+                let steps: Vec<Step> = match aimed {
+                    Some(wide) if rng.one_in(2) => targeted(&mut rng, wide),
+                    _ => {
+                        let dql = if with_table {
+                            built.decode_query_len
+                        } else {
+                            1
+                        };
+                        let idle = rng.one_in(25);
+                        (0..n)
+                            .map(|_| match idle {
+                                true => v2_common::step(0, 0),
+                                false => rank_step(&mut rng, dql, &turns, ub, focus),
+                            })
+                            .collect()
+                    }
+                };
+                let n = steps.len();
+                let rank = rank % n as i32;
+                let mut reqs: Vec<Request> = Vec::with_capacity(n);
+                let mut slots = Vec::with_capacity(n);
+                for step in steps {
+                    let mut q = Request {
+                        cudagraph_mode: mode,
+                        step_id: if rng.one_in(40) { 8 } else { 7 },
+                        timeout_ms: 5000,
+                        ..step.request(built.dbo)
+                    };
+                    if rng.one_in(60) {
+                        q.num_reqs = -1; // refused: the marker
+                    }
+                    if rng.one_in(80) {
+                        q.ubatch.enabled = !q.ubatch.enabled; // another configuration
+                    }
+                    let mut slot = Slot { opaque: [0; 24] };
+                    let c = dp_batch_request::from(&q);
+                    let _ = dp_make_slot(&c, &make_opts, &mut slot);
+                    let w = &mut slot.opaque;
+                    if rng.one_in(25) {
+                        // A record word out of range, or a query bound of 0.
+                        let i = rng.below(8);
+                        w[layout("SLOT_RECORD") + i] = (rng.below(5) as i32 - 2) as u32;
+                    }
+                    if rng.one_in(30) {
+                        w[layout("SLOT_RECORD") + 3] = 0;
+                    }
+                    if rng.one_in(80) {
+                        w[layout("SLOT_SEQ")] = 1; // stale
+                    }
+                    let at: i64 = match rng.below(6) {
+                        0 => i64::MAX,
+                        1 => 0,
+                        _ => 1_000_000 + rng.below(1000) as i64,
+                    };
+                    w[layout("SLOT_ARRIVAL")] = at as u64 as u32;
+                    w[layout("SLOT_ARRIVAL") + 1] = ((at as u64) >> 32) as u32;
+                    seal(w);
+                    if rng.one_in(40) {
+                        w[rng.below(words)] ^= 1 << rng.below(32); // damaged on the way
+                    }
+                    reqs.push(q);
+                    slots.push(slot);
+                }
+                // The kernel's table: the slots' (or none), now and then another one.
+                let (kernel_table, decide_handle) = match (with_table, rng.below(30)) {
+                    (true, 0) => (Some(&other), &other_handle),
+                    (true, 1) => (None, &Handle(std::ptr::null_mut())),
+                    (false, 0) => (Some(&table), &handle),
+                    (true, _) => (Some(&table), &handle),
+                    (false, _) => (None, &Handle(std::ptr::null_mut())),
+                };
+                let other_words;
+                let device_words = match kernel_table {
+                    Some(t) if std::ptr::eq(t, &other) => {
+                        other_words = other.device_words();
+                        Some(&other_words[..])
+                    }
+                    Some(_) => Some(&device[..]),
+                    None => None,
+                };
+                let flat = words_of(&slots);
+                let (out, host) = fakes.postprocess(&flat, n, rank, 0, device_words);
+                let status = host[h("HOST_STATUS")] as usize;
+                let what = format!("case {case}: {n} ranks as rank {rank}, {cfg:?}, {reqs:?}");
+                *seen.entry(status).or_default() += 1;
+                if slots.iter().any(|s| s.opaque[layout("SLOT_SEQ")] != 0) {
+                    assert_eq!(status, h("STATUS_STALE"), "{what}");
+                    continue;
+                }
+                let opts = v2_common::options(decide_handle, None);
+                let (st, message, res, array) = decide(&slots, rank, &opts);
+                assert_eq!(
+                    status,
+                    status_of(st, &message),
+                    "{what}: dp_decide_slots says {st:?}: {message}"
+                );
+                let copy = h("HOST_HEADER_WORDS") + n;
+                if st != dp_status::DP_OK {
+                    let copied: Vec<u32> = host[copy..copy + n * words]
+                        .iter()
+                        .map(|&w| w as u32)
+                        .collect();
+                    assert_eq!(copied, flat, "{what}");
+                    continue;
+                }
+                if res.rules != rules::DP_RULES_VLLM_V2 {
+                    continue; // a V1 slot set (its own test covers it)
+                }
+                *branches.entry(branch(&res)).or_default() += 1;
+                for (name, want) in result_words(&res) {
+                    assert_eq!(i64::from(host[h(name)]), want, "{what}: {name}");
+                }
+                assert_eq!(
+                    join(host[h("HOST_SKEW")] as u32, host[h("HOST_SKEW") + 1] as u32),
+                    res.arrival_skew_ns,
+                    "{what}"
+                );
+                // The descriptor's LoRA case too: rules::decide_v2 on the same records.
+                let records: Vec<V2Record> = slots.iter().map(record_of).collect();
+                let t = kernel_table;
+                let agreement = rules::decide_v2(
+                    &records,
+                    rank,
+                    None,
+                    &V2Config::of(&reqs[0], t.map(|t| t as &GraphTable)),
+                    t,
+                    None,
+                )
+                .expect("the host path accepted the step");
+                assert_eq!(
+                    host[h("HOST_GRAPH_LORAS")],
+                    agreement.graph.num_active_loras,
+                    "{what}"
+                );
+                // The arrays: dp_decide_slots's; with none (idle, one rank) each rank's tokens.
+                let want = if res.has_num_tokens_after_padding {
+                    array
+                } else {
+                    records.iter().map(|r| r.num_tokens).collect()
+                };
+                assert_eq!(out, want, "{what}: device array");
+                assert_eq!(
+                    host[h("HOST_HEADER_WORDS")..copy],
+                    want[..],
+                    "{what}: host array"
+                );
+            }
+        }
+        for status in [
+            "STATUS_OK",
+            "STATUS_STALE",
+            "STATUS_CORRUPT",
+            "STATUS_MARKER",
+            "STATUS_CONFIG",
+            "STATUS_STEP_IDS",
+            "STATUS_INVALID",
+        ] {
+            assert!(
+                seen.get(&layout(status)).copied().unwrap_or(0) >= 20 || cases < 4000,
+                "{status} seen {:?} times: {seen:?}",
+                seen.get(&layout(status))
+            );
+        }
+        for b in [
+            "one rank",
+            "idle",
+            "microbatched",
+            "microbatched eager",
+            "eager",
+            "NONE but not eager",
+            "padded to a graph",
+        ] {
+            assert!(
+                branches.get(b).copied().unwrap_or(0) >= 10 || cases < 4000,
+                "branch {b:?} taken {:?} times: {branches:?}",
+                branches.get(b)
+            );
+        }
+        println!("SEEN={seen:?}");
+        println!("BRANCHES={branches:?}");
+    }
+
+    /// A two-rank coordinator's V2 steps (the fake NCCL gives the peer this rank's slot) and
+    /// dp_coordinator_set_graphs's states; dp_coordinate_batch decides V2 without a table.
+    pub(super) fn coordinator(fakes: &Fakes) {
+        let built = VllmCfg::e_dbo().build();
+        let graphs = (&built.graphs[..], built.decode_query_len);
+        let table = built.table();
+        let words = table.device_words();
+        let comm = fakes.comm(2, 0).cast::<ncclComm>();
+        let mut c: *mut dp_coordinator = std::ptr::null_mut();
+        assert_eq!(dp_coordinator_create(comm, &mut c), dp_status::DP_OK);
+        let live = fakes.live();
+        // NULL coordinator; a table set, then its handle destroyed: the coordinator keeps its
+        // own reference (and one device copy).
+        let g = Handle::new(Some(graphs));
+        assert_eq!(
+            dp_coordinator_set_graphs(std::ptr::null_mut(), g.0),
+            dp_status::DP_ERR_INVALID_ARGUMENT
+        );
+        assert!(last_error().contains('c'), "{}", last_error());
+        assert_eq!(
+            dp_coordinator_set_graphs(c, g.0),
+            dp_status::DP_OK,
+            "{}",
+            last_error()
+        );
+        drop(g);
+        assert_eq!(fakes.live(), live + 1, "one device copy of the table");
+        // A uniform decode of 40 tokens on both ranks (E-dbo, microbatching allowed): FULL 40
+        // x2, checked against dp_decide_slots on the slots the gather delivered, with the table.
+        let v2 = |tokens: i32, b: bool| -> dp_batch_request {
+            let step = v2_common::step(tokens, tokens).u(1);
+            let step = if b { step.b() } else { step };
+            let mut q = dp_batch_request::from(&step.request(built.dbo));
+            q.timeout_ms = 5000;
+            q.step_id = 3;
+            q
+        };
+        let check = |res: &dp_batch_result, with: Option<(&[rules::Graph], i32)>| {
+            let handle = Handle::new(with);
+            let opts = v2_common::options(&handle, None);
+            let gathered: Vec<Slot> = fakes
+                .last_recv(2)
+                .chunks(layout("SLOT_WORDS"))
+                .map(|w| Slot {
+                    opaque: w.try_into().unwrap(),
+                })
+                .collect();
+            let (st, message, host, array) = decide(&gathered, 0, &opts);
+            assert_eq!(st, dp_status::DP_OK, "{message}");
+            assert_eq!(result_words(res), result_words(&host));
+            assert_eq!(res.rules, rules::DP_RULES_VLLM_V2);
+            assert_eq!(res.step_id, 3);
+            assert!(res.has_num_tokens_after_padding);
+            // SAFETY: the coordinator's host array of dp_size entries, valid until its next
+            // begin.
+            let got = unsafe { std::slice::from_raw_parts(res.num_tokens_after_padding, 2) };
+            assert_eq!(got, &array[..]);
+            // SAFETY: the fake's device memory is host memory; the exchange completed.
+            let dev = unsafe { std::slice::from_raw_parts(res.num_tokens_after_padding_device, 2) };
+            assert_eq!(dev, &array[..]);
+        };
+        let mut res = result();
+        assert_eq!(
+            dp_coordinator_begin(c, stream(0), &v2(40, true)),
+            dp_status::DP_OK
+        );
+        // In flight: set_graphs is busy, and nothing changes.
+        assert_eq!(
+            dp_coordinator_set_graphs(c, std::ptr::null()),
+            dp_status::DP_ERR_BUSY
+        );
+        assert!(last_error().contains("in flight"), "{}", last_error());
+        assert_eq!(
+            dp_coordinator_end(c, &mut res),
+            dp_status::DP_OK,
+            "{}",
+            last_error()
+        );
+        check(&res, Some(graphs));
+        assert_eq!(
+            (
+                res.graph_mode,
+                res.graph_num_tokens,
+                res.num_ubatches,
+                res.eager
+            ),
+            (2, 40, 2, false),
+            "E-dbo's twin for 40 tokens"
+        );
+        assert_eq!(
+            fakes.last_table(words.len()).as_deref(),
+            Some(&words[..]),
+            "the kernel got the table's device form"
+        );
+        // Without microbatching: FULL 40, x1.
+        assert_eq!(
+            dp_coordinator_begin(c, stream(0), &v2(40, false)),
+            dp_status::DP_OK
+        );
+        assert_eq!(
+            dp_coordinator_end(c, &mut res),
+            dp_status::DP_OK,
+            "{}",
+            last_error()
+        );
+        check(&res, Some(graphs));
+        assert_eq!((res.graph_mode, res.num_ubatches), (2, 1));
+        // NULL: no table; the device copy is freed; the step decides without one.
+        assert_eq!(
+            dp_coordinator_set_graphs(c, std::ptr::null()),
+            dp_status::DP_OK
+        );
+        assert_eq!(fakes.live(), live, "the device copy was freed");
+        assert_eq!(
+            dp_coordinator_begin(c, stream(0), &v2(40, false)),
+            dp_status::DP_OK
+        );
+        assert_eq!(
+            dp_coordinator_end(c, &mut res),
+            dp_status::DP_OK,
+            "{}",
+            last_error()
+        );
+        check(&res, None);
+        assert!(
+            fakes.last_table(1).is_none(),
+            "no table given to the kernel"
+        );
+        // Set again, replaced: still one device copy.
+        let g = Handle::new(Some(graphs));
+        assert_eq!(dp_coordinator_set_graphs(c, g.0), dp_status::DP_OK);
+        assert_eq!(dp_coordinator_set_graphs(c, g.0), dp_status::DP_OK);
+        assert_eq!(fakes.live(), live + 1, "the replaced copy was freed");
+        // A V1 step on the same coordinator ignores the table.
+        assert_eq!(
+            dp_coordinator_begin(c, stream(0), &request(9, 5000)),
+            dp_status::DP_OK
+        );
+        assert_eq!(
+            dp_coordinator_end(c, &mut res),
+            dp_status::DP_OK,
+            "{}",
+            last_error()
+        );
+        assert_eq!((res.rules, res.num_tokens_after_padding_self), (0, 9));
+        assert_eq!(dp_coordinator_destroy(c), dp_status::DP_OK);
+        // dp_coordinate_batch: a V2 request, decided without a table.
+        let comm2 = fakes.comm(2, 0).cast::<ncclComm>();
+        let st = dp_coordinate_batch(comm2, stream(0), &v2(40, false), &mut res);
+        assert_eq!(st, dp_status::DP_OK, "{}", last_error());
+        check(&res, None);
+        assert_eq!(dp_release(comm2), dp_status::DP_OK);
+        // A one-rank coordinator (decided locally) with the table.
+        let solo = fakes.comm(1, 0).cast::<ncclComm>();
+        let mut c1: *mut dp_coordinator = std::ptr::null_mut();
+        assert_eq!(dp_coordinator_create(solo, &mut c1), dp_status::DP_OK);
+        assert_eq!(dp_coordinator_set_graphs(c1, g.0), dp_status::DP_OK);
+        assert_eq!(
+            dp_coordinator_begin(c1, stream(0), &v2(40, false)),
+            dp_status::DP_OK
+        );
+        assert_eq!(
+            dp_coordinator_end(c1, &mut res),
+            dp_status::DP_OK,
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            (
+                res.graph_mode,
+                res.graph_num_tokens,
+                res.has_num_tokens_after_padding
+            ),
+            (2, 40, false)
+        );
+        assert_eq!(dp_coordinator_destroy(c1), dp_status::DP_OK);
+    }
+
+    /// A peer whose slot names another graph table: every rank fails with
+    /// DP_ERR_INCONSISTENT_RANKS naming the graph table, as dp_decide_slots says.
+    pub(super) fn another_table(fakes: &Fakes) {
+        let built = VllmCfg::e_base().build();
+        let other = VllmCfg::e_wide_decode().build().table();
+        let g = Handle::new(Some((&built.graphs[..], built.decode_query_len)));
+        let comm = fakes.comm(2, 0).cast::<ncclComm>();
+        let mut c: *mut dp_coordinator = std::ptr::null_mut();
+        assert_eq!(dp_coordinator_create(comm, &mut c), dp_status::DP_OK);
+        assert_eq!(dp_coordinator_set_graphs(c, g.0), dp_status::DP_OK);
+        fakes.peer(layout("SLOT_GRAPHS") as i32, 1, other.hash(), 0);
+        let mut q = dp_batch_request::from(&v2_common::step(9, 9).u(1).request(None));
+        q.timeout_ms = 5000;
+        let mut res = result();
+        assert_eq!(dp_coordinator_begin(c, stream(0), &q), dp_status::DP_OK);
+        let st = dp_coordinator_end(c, &mut res);
+        let message = last_error();
+        fakes.peer(-1, 0, 0, 0);
+        assert_eq!(st, dp_status::DP_ERR_INCONSISTENT_RANKS, "{message}");
+        assert!(
+            message.contains(&format!(
+                "graph table (hash) differs: rank 0 has {}, rank 1 has {}",
+                built.table().hash() as i32,
+                other.hash() as i32
+            )),
+            "{message}"
+        );
+        let opts = v2_common::options(&g, None);
+        let gathered: Vec<Slot> = fakes
+            .last_recv(2)
+            .chunks(layout("SLOT_WORDS"))
+            .map(|w| Slot {
+                opaque: w.try_into().unwrap(),
+            })
+            .collect();
+        let (host_st, host_message, _, _) = decide(&gathered, 0, &opts);
+        assert_eq!((st, &message), (host_st, &host_message));
+        // The coordinator stays usable.
+        assert_eq!(dp_coordinator_begin(c, stream(0), &q), dp_status::DP_OK);
+        assert_eq!(
+            dp_coordinator_end(c, &mut res),
+            dp_status::DP_OK,
+            "{}",
+            last_error()
+        );
+        assert_eq!((res.graph_mode, res.graph_num_tokens), (2, 16));
+        assert_eq!(dp_coordinator_destroy(c), dp_status::DP_OK);
+    }
+}
+
+/// The kernel's V2 checks, decision and dispatch over the device table (its host-runnable
+/// part in the fake driver) agree with dp_decide_slots with the same table on 4000 random
+/// V2 slot sets over random vLLM-built tables (every fault, every branch), and its agreement
+/// with rules::decide_v2 (the LoRA case too).
+#[test]
+fn the_kernels_v2_logic_is_dp_decide_slots_on_random_slots_and_tables() {
+    let r = run("v2logic", &[]);
+    assert!(r.printed("BRANCHES").starts_with('{'), "{}", r.stdout);
+    println!(
+        "statuses {}, branches {}",
+        r.printed("SEEN"),
+        r.printed("BRANCHES")
+    );
+}
+
+/// A one-character change of the kernel's dispatch (two compatibility rules, the LoRA case
+/// resolution) makes the random comparison fail: it tests the dispatch.
+#[test]
+fn a_one_character_change_of_the_kernels_dispatch_is_caught() {
+    for (name, from, to) in [
+        (
+            "reqs",
+            "(c.reqs == -1 || c.reqs >= reqs)",
+            "(c.reqs == -1 || c.reqs > reqs)",
+        ),
+        ("loras", "if (c >= x) break;", "if (c > x) break;"),
+        ("tokens", "c.tokens >= tokens;", "c.tokens > tokens;"),
+    ] {
+        let dir = fake_gpu::mutant_libraries(&format!("-mutant-{name}"), from, to);
+        let (passed, r) = fake_gpu::run_with(&dir, "v2logic", &[]);
+        assert!(!passed, "mutation {name} went unseen:\n{}", r.stdout);
+        assert!(
+            r.stdout.contains("panicked") || r.stderr.contains("panicked"),
+            "mutation {name}: {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// dp_coordinator_set_graphs: NULL coordinator refused, the handle destroyed after setting,
+/// busy while an exchange is in flight, NULL removes the table (its device copy freed), a
+/// replaced table leaves one copy; V2 steps through the coordinator (microbatched and not, with
+/// and without the table) and through dp_coordinate_batch (no table) give what dp_decide_slots
+/// gives on the gathered slots; a one-rank coordinator decides V2 locally with the table.
+#[test]
+fn set_graphs_states_and_v2_steps_through_the_coordinator() {
+    run("v2coordinator", &[]);
+}
+
+/// A rank with another graph table: every rank fails the step with DP_ERR_INCONSISTENT_RANKS
+/// naming the graph table (dp_decide_slots's message on the same slots); the next step works.
+#[test]
+fn a_rank_with_another_graph_table_fails_every_rank() {
+    run("v2config", &[]);
 }

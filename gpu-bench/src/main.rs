@@ -10,9 +10,9 @@
 //!
 //! Every variant runs on every rank in the same order, each iteration timed on the host
 //! (wall clock around the call, which includes waiting for the GPU), medians reported by rank
-//! 0. Every dpcoord result is checked against `rules::decide` on every rank's record (each
-//! rank derives all records from (step, rank), the generator `torch_reference.py` shares);
-//! a mismatch fails the run. Variants (the send path of each says where NCCL reads the slot):
+//! 0. Every dpcoord result is checked against `rules::decide` (V2: `rules::decide_v2`) on
+//! every rank's record (each rank derives all records from (step, rank), the generator
+//! `torch_reference.py` shares); a mismatch fails the run. Variants (the send path of each says where NCCL reads the slot):
 //! - `bare_allgather_sync`: `ncclAllGather` of the 96-byte slot, device buffers, +
 //!   `cuStreamSynchronize`: the floor.
 //! - `bare_allgather_hostsend_sync`: the same with the send buffer in mapped pinned memory.
@@ -25,6 +25,13 @@
 //!   end, C result written) on a coordinator that runs the GPU path even at one rank, host
 //!   send path (the default).
 //! - `dpcoord_forced_device_send`: the same, `DPCOORD_SEND_BUFFER=device` path.
+//! - `dpcoord_forced_v1_v2_slot`: two rows from one loop, the same forced exchange (host send
+//!   path) alternating step by step (the order flips every step) between a V1 request and a
+//!   V2 request on a coordinator given a vLLM-style graph table (`dp_coordinator_set_graphs`:
+//!   102 graphs, FULL_AND_PIECEWISE defaults for 512 sequences, decode query length 1), so the
+//!   V2 slot (its dispatch on the host and in the kernel) is compared with the V1 slot in one
+//!   run: `dpcoord_forced_v1_slot` and `dpcoord_forced_v2_slot`. Every V2 result is checked
+//!   against `rules::decide_v2` with the same table.
 //! - `dpcoord_begin_host_time`: `begin` alone (its host time); the end is untimed.
 //! - `dpcoord_end_after_finished`: `end` once the exchange has finished (poll said so).
 //! - `dp_coordinate_batch`: the exported C function on the communicator (at one rank: its
@@ -35,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dpcoord::ffi::{self, dp_batch_request, dp_batch_result, dp_status};
-use dpcoord::rules::{self, Decision, RankRecord};
+use dpcoord::rules::{self, Decision, Graph, GraphTable, RankRecord, V2Config};
 use dpcoord::testing::{
     self, CommHandle, DeviceWords, ForcedCoordinator, Harness, MappedWords, PostKit, SendPath,
     Stream, StreamHandle, UniqueId, SLOT_WORDS,
@@ -246,25 +253,176 @@ fn check(
     Ok(())
 }
 
+/// The graph table of the V2 variant: vLLM 0.34.0's default capture sizes for
+/// FULL_AND_PIECEWISE, 512 sequences, 2048 batched tokens, no speculation (sizes 1, 2, 4, then
+/// every 8 up to 248, then every 16 up to 512): a PIECEWISE graph of each size and a FULL
+/// uniform-decode graph of each request count, 102 graphs.
+fn vllm_graphs() -> Vec<Graph> {
+    let mut sizes = vec![1, 2, 4];
+    sizes.extend((8..256).step_by(8));
+    sizes.extend((256..=512).step_by(16));
+    let graph = |mode, t, r, u| Graph {
+        mode,
+        num_tokens: t,
+        num_reqs: r,
+        uniform_token_count: u,
+        max_query_len: -1,
+        num_ubatches: 1,
+        num_active_loras: 0,
+    };
+    sizes
+        .iter()
+        .map(|&n| graph(rules::DP_CUDAGRAPH_FULL, n, n, 1))
+        .chain(
+            sizes
+                .iter()
+                .map(|&t| graph(rules::DP_CUDAGRAPH_PIECEWISE, t, -1, 0)),
+        )
+        .collect()
+}
+
+/// `graphs` as a C graph table handle (`dp_graphs_create`, as a C caller makes it).
+fn graphs_handle(graphs: &[Graph]) -> Res<*mut ffi::dp_graphs> {
+    let mut t = std::mem::MaybeUninit::<ffi::dp_graph_table>::zeroed();
+    ffi::dp_graph_table_init(t.as_mut_ptr());
+    // SAFETY: initialised by dp_graph_table_init.
+    let mut t = unsafe { t.assume_init() };
+    t.graphs = graphs.as_ptr();
+    t.num_graphs = graphs.len() as i32;
+    t.decode_query_len = 1;
+    let mut h = std::ptr::null_mut();
+    match ffi::dp_graphs_create(&t, &mut h) {
+        dp_status::DP_OK => Ok(h),
+        st => Err(format!("dp_graphs_create: {st:?}: {}", last_error())),
+    }
+}
+
+/// Every rank's V2 request for `step`: mostly uniform decodes (the decode table), some
+/// prefill chunks (the PIECEWISE sizes, a few above them: eager), a few idle.
+fn v2_step_requests(step: u64, n: usize) -> Vec<rules::Request> {
+    let h = mix(step ^ 0x0002_D9C0_0D00_0000);
+    (0..n as u64)
+        .map(|rank| {
+            let g = mix(h ^ (rank + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+            let r = (g >> 8) as i32 & 0x7fff_ffff;
+            let (tokens, reqs, uniform, mql) = match g % 10 {
+                0 => (0, 0, 0, -1),
+                1 | 2 => {
+                    let t = 1 + r % 600;
+                    (t, 1 + (r >> 12) % t, 0, -1)
+                }
+                _ => {
+                    let t = 1 + r % 512;
+                    (t, t, 1, 1)
+                }
+            };
+            rules::Request {
+                rules: rules::DP_RULES_VLLM_V2,
+                num_tokens_unpadded: tokens,
+                num_reqs: reqs,
+                uniform_token_count: uniform,
+                max_query_len: mql,
+                allow_skip_drafts: (g >> 40) % 4 == 0,
+                timeout_ms: REQUEST_TIMEOUT_MS,
+                step_id: step as i64 + 1,
+                ..rules::Request::default()
+            }
+        })
+        .collect()
+}
+
+/// A V2 result against `rules::decide_v2` over every rank's record with `table`.
+fn check_v2(
+    step: u64,
+    got: &dp_batch_result,
+    reqs: &[rules::Request],
+    rank: usize,
+    table: &GraphTable,
+) -> Res<()> {
+    let records: Vec<rules::V2Record> = reqs
+        .iter()
+        .map(|q| rules::make_v2_record(q, Some(table)).map_err(err))
+        .collect::<Res<_>>()?;
+    let cfg = V2Config::of(&reqs[0], Some(table));
+    let mut array = vec![0; reqs.len()];
+    let a = rules::decide_v2(
+        &records,
+        rank as i32,
+        None,
+        &cfg,
+        Some(table),
+        Some(&mut array),
+    )
+    .map_err(err)?;
+    let pairs = [
+        ("graph_mode", got.graph_mode, a.graph.mode),
+        ("graph_num_tokens", got.graph_num_tokens, a.graph.num_tokens),
+        ("graph_num_reqs", got.graph_num_reqs, a.graph.num_reqs),
+        (
+            "graph_uniform_token_count",
+            got.graph_uniform_token_count,
+            a.graph.uniform_token_count,
+        ),
+        (
+            "graph_max_query_len",
+            got.graph_max_query_len,
+            a.graph.max_query_len,
+        ),
+        ("num_ubatches", got.num_ubatches, a.graph.num_ubatches),
+        ("idle", i32::from(got.idle), i32::from(a.idle)),
+        ("eager", i32::from(got.eager), i32::from(a.eager)),
+        (
+            "skip_drafts",
+            i32::from(got.skip_drafts),
+            i32::from(a.skip_drafts),
+        ),
+        (
+            "agreed_uniform_token_count",
+            got.agreed_uniform_token_count,
+            a.uniform_token_count,
+        ),
+        (
+            "agreed_max_query_len",
+            got.agreed_max_query_len,
+            a.max_query_len,
+        ),
+        ("max_num_reqs", got.max_num_reqs, a.max_num_reqs),
+        ("self", got.num_tokens_after_padding_self, a.num_tokens_self),
+        (
+            "should_dp_pad",
+            i32::from(got.should_dp_pad),
+            i32::from(a.padded),
+        ),
+        (
+            "has_array",
+            i32::from(got.has_num_tokens_after_padding),
+            i32::from(a.has_array),
+        ),
+    ];
+    for (field, g, w) in pairs {
+        if g != w {
+            return Err(format!(
+                "WRONG RESULT: V2, step {step}: {field} = {g}, rules::decide_v2 says {w}"
+            ));
+        }
+    }
+    if got.has_num_tokens_after_padding {
+        // SAFETY: the library's host array of dp_size entries, valid until the next call.
+        let host = unsafe { std::slice::from_raw_parts(got.num_tokens_after_padding, reqs.len()) };
+        if host != array.as_slice() {
+            return Err(format!(
+                "WRONG RESULT: V2, step {step}: array {host:?}, want {array:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn c_result() -> dp_batch_result {
     let mut r = std::mem::MaybeUninit::<dp_batch_result>::zeroed();
     ffi::dp_batch_result_init(r.as_mut_ptr());
     // SAFETY: initialised by dp_batch_result_init.
     unsafe { r.assume_init() }
-}
-
-fn outcome_result(o: &testing::Outcome) -> dp_batch_result {
-    let mut r = c_result();
-    r.should_ubatch = o.decision.should_ubatch;
-    r.should_dp_pad = o.decision.should_dp_pad;
-    r.has_num_tokens_after_padding = o.decision.has_num_tokens_after_padding;
-    r.synced_cudagraph_mode = o.decision.synced_cudagraph_mode;
-    r.num_tokens_after_padding_self = o.decision.num_tokens_after_padding_self;
-    r.max_num_tokens_padded = o.decision.max_num_tokens_padded;
-    r.min_num_tokens_unpadded = o.decision.min_num_tokens_unpadded;
-    r.num_tokens_after_padding = o.host_array;
-    r.step_id = o.step_id;
-    r
 }
 
 // ---- one rank's world ----
@@ -363,6 +521,66 @@ fn since(t0: Instant) -> u64 {
 
 /// One variant: per step, prepare (untimed), run (returns the timed ns), check (untimed).
 type StepFn<'a> = Box<dyn FnMut(&World, u64) -> Res<u64> + 'a>;
+
+/// A variant timed in several rows at once: per step, one ns per row.
+type RowsFn<'a> = Box<dyn FnMut(&World, u64) -> Res<Vec<u64>> + 'a>;
+
+/// The rows a variant reports (one, its own name, unless it times several things at once).
+fn rows_of(name: &str) -> Vec<&str> {
+    match name {
+        "dpcoord_forced_v1_v2_slot" => vec!["dpcoord_forced_v1_slot", "dpcoord_forced_v2_slot"],
+        _ => vec![name],
+    }
+}
+
+/// A variant's step as one timing per row.
+fn rows_variant<'a>(w: &'a World, name: &'a str) -> Res<Option<RowsFn<'a>>> {
+    if name == "dpcoord_forced_v1_v2_slot" {
+        return v1_v2_slot(w).map(Some);
+    }
+    Ok(variant(w, name)?.map(|mut step| -> RowsFn<'a> {
+        Box::new(move |w: &World, s| step(w, s).map(|ns| vec![ns]))
+    }))
+}
+
+/// `dpcoord_forced_v1_v2_slot`: a V1 and a V2 forced exchange per step, in alternating order.
+fn v1_v2_slot<'a>(w: &'a World) -> Res<RowsFn<'a>> {
+    let (rank, n) = (w.rank, w.n);
+    let v1 = ForcedCoordinator::new(w.comm, SendPath::Host).map_err(err)?;
+    let v2 = ForcedCoordinator::new(w.comm, SendPath::Host).map_err(err)?;
+    let graphs = vllm_graphs();
+    let table = GraphTable::new(&graphs, 1).map_err(err)?;
+    let handle = graphs_handle(&graphs)?;
+    let set = v2.set_graphs(handle).map_err(err);
+    // The coordinator keeps its own reference.
+    ffi::dp_graphs_destroy(handle);
+    set?;
+    Ok(Box::new(move |w: &World, step| {
+        let v1_reqs = step_requests(step, n);
+        let v2_reqs = v2_step_requests(step, n);
+        let v2_own = dp_batch_request::from(&v2_reqs[rank]);
+        let mut ns = [0u64; 2];
+        let order: [usize; 2] = if step % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let (c, q) = match which {
+                0 => (&v1, &v1_reqs[rank]),
+                _ => (&v2, &v2_own),
+            };
+            let mut res = c_result();
+            let t0 = Instant::now();
+            let st = c.coordinate_batch(w.s(), q, &mut res);
+            ns[which] = since(t0);
+            if st != dp_status::DP_OK {
+                return Err(format!("v1_v2_slot ({which}): {st:?}: {}", last_error()));
+            }
+            match which {
+                0 => check("dpcoord_forced_v1_slot", step, &res, &v1_reqs, rank)?,
+                _ => check_v2(step, &res, &v2_reqs, rank, &table)?,
+            }
+        }
+        Ok(ns.to_vec())
+    }))
+}
 
 fn variant<'a>(w: &'a World, name: &'a str) -> Res<Option<StepFn<'a>>> {
     let rank = w.rank;
@@ -504,7 +722,7 @@ fn variant<'a>(w: &'a World, name: &'a str) -> Res<Option<StepFn<'a>>> {
                 let t1 = Instant::now();
                 let o = c.end().map_err(err)?;
                 let end_ns = since(t1);
-                check(&label, step, &outcome_result(&o), &reqs, rank)?;
+                check(&label, step, &testing::outcome_result(&o), &reqs, rank)?;
                 Ok(if time_end { end_ns } else { begin_ns })
             })
         }
@@ -545,6 +763,7 @@ const VARIANTS: &[&str] = &[
     "stage_enqueue_allgather_launch_host_time",
     "dpcoord_forced_host_send",
     "dpcoord_forced_device_send",
+    "dpcoord_forced_v1_v2_slot",
     "dpcoord_begin_host_time",
     "dpcoord_end_after_finished",
     "dp_coordinate_batch",
@@ -593,20 +812,25 @@ fn run() -> Res<()> {
         {
             continue;
         }
-        let Some(mut step) = variant(&w, name)? else {
+        let Some(mut step) = rows_variant(&w, name)? else {
             return Err(format!("unknown variant {name}"));
         };
+        let names = rows_of(name);
         w.barrier()?;
-        let mut samples = Vec::with_capacity(args.iters);
+        let mut samples = vec![Vec::with_capacity(args.iters); names.len()];
         for s in 0..(args.warmup + args.iters) as u64 {
             let ns = step(&w, s + 1_000_000 * i as u64)?;
             if s as usize >= args.warmup {
-                samples.push(ns);
+                for (row, ns) in samples.iter_mut().zip(ns) {
+                    row.push(ns);
+                }
             }
         }
         drop(step);
         w.barrier()?;
-        rows.push(stats(name, samples));
+        for (row, samples) in names.into_iter().zip(samples) {
+            rows.push(stats(row, samples));
+        }
     }
     if w.rank == 0 {
         print_table(&w, &rows, args.csv.as_deref())?;

@@ -1,16 +1,50 @@
-//! The device side of a coordinator and the graveyard: state whose work may still be pending
-//! is freed only once it is not, and state a helper thread may still write never.
+//! The device side of a coordinator, the graph table's device copy (`set_graphs`) and the
+//! graveyard: state whose work may still be pending is freed only once it is not, and state a
+//! helper thread may still write never.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{lock, SendPath};
+use super::{broken_error, lock, Coordinator};
 use crate::cuda::{
     self, Context, DeviceBuffer, DevicePtr, Event, Kernel, MappedHost, Module, OwnedStream,
     StreamHandle,
 };
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::{self as k, SLOT_WORDS};
+use crate::rules::GraphTable;
+
+/// Environment variable choosing the send buffer: `host` (default: mapped pinned memory that
+/// NCCL reads) or `device` (a device buffer filled by one async copy on the stream).
+pub(crate) const ENV_SEND_BUFFER: &str = "DPCOORD_SEND_BUFFER";
+
+/// Where this rank's slot is when NCCL reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendPath {
+    /// Mapped pinned host memory, read by NCCL directly (no operation on the stream).
+    Host,
+    /// A device buffer, filled from the pinned slot by `cuMemcpyHtoDAsync` on the stream.
+    Device,
+}
+
+impl SendPath {
+    /// The path `DPCOORD_SEND_BUFFER` selects (`host` when unset).
+    pub(crate) fn from_env() -> Result<SendPath> {
+        Self::parse(std::env::var(ENV_SEND_BUFFER).ok().as_deref())
+    }
+
+    /// The path a value of `DPCOORD_SEND_BUFFER` selects.
+    pub(crate) fn parse(value: Option<&str>) -> Result<SendPath> {
+        match value {
+            None | Some("") | Some("host") => Ok(SendPath::Host),
+            Some("device") => Ok(SendPath::Device),
+            Some(other) => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("{ENV_SEND_BUFFER} = {other:?} must be \"host\" or \"device\""),
+            )),
+        }
+    }
+}
 
 /// The device side of a coordinator: created with it (so that no `begin` allocates, loads a
 /// module or frees: each of those may wait for the whole device), in the context that is
@@ -30,6 +64,8 @@ pub(super) struct GpuState {
     /// Every rank's slot, gathered by NCCL.
     pub(super) recv: DeviceBuffer,
     pub(super) device_out: DeviceBuffer,
+    /// The device form of the V2 graph table (`Coordinator::set_graphs`), if any.
+    pub(super) graphs: Option<DeviceBuffer>,
     /// The kernel's host block.
     pub(super) host: MappedHost,
     /// Recorded behind work that may still be pending when the coordinator fails or is
@@ -76,6 +112,7 @@ impl GpuState {
             send_device,
             recv,
             device_out,
+            graphs: None,
             host,
             event,
             event_recorded: false,
@@ -123,6 +160,46 @@ impl GpuState {
             return false;
         }
         cuda::stream_idle(self.stream.handle()).unwrap_or(true)
+    }
+}
+
+impl Coordinator {
+    /// Sets the V2 graph table every later `begin` makes its slot with and the kernel
+    /// dispatches over (`None`: no table), replacing the previous one: keeps `table` and, with
+    /// GPU state, copies its device form into device memory (allocates; may wait for the
+    /// device). `Busy` while an exchange is in flight or another thread is inside a call on
+    /// the coordinator; after a failure mid-exchange, that failure. On an error nothing
+    /// changes.
+    pub(crate) fn set_graphs(&self, table: Option<Arc<GraphTable>>) -> Result<()> {
+        let _inside = self.shared.enter()?;
+        let mut inner = self.try_inner("dp_coordinator_set_graphs")?;
+        if let Some(e) = &inner.broken {
+            return Err(broken_error(e));
+        }
+        if inner.in_flight.is_some() {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                "dp_coordinator_set_graphs: an exchange is in flight on this coordinator; set \
+                 the graph table before dp_coordinator_begin or after dp_coordinator_end",
+            ));
+        }
+        if let Some(gpu) = inner.gpu.as_mut() {
+            let _current = gpu.ctx.enter()?;
+            let words = match &table {
+                Some(t) => {
+                    let mut words = t.device_words();
+                    // The kernel's prefetch reads this many words of any table.
+                    words.resize(words.len().max(k::TABLE_PREFETCH_WORDS), 0);
+                    Some(DeviceBuffer::with_words(gpu.ctx, &words)?)
+                }
+                None => None,
+            };
+            // No work reads the old copy: nothing is in flight, and an ended exchange's
+            // kernel read its table before it published.
+            gpu.graphs = words;
+        }
+        inner.table = table;
+        Ok(())
     }
 }
 

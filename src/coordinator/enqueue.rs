@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{cancelled_error, lock, Coordinator, Flight, GpuState, Inner, Step};
-use crate::cuda::{self, Context, DevicePtr, PostArgs, StreamHandle};
+use crate::cuda::{self, Context, DeviceBuffer, DevicePtr, PostArgs, StreamHandle};
 use crate::diag;
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::{self as k, SLOT_WORDS};
@@ -148,6 +148,7 @@ impl Coordinator {
             seq,
             device_out: gpu.device_out.ptr(),
             host: gpu.host.device_ptr(),
+            table: gpu.graphs.as_ref().map_or(0, DeviceBuffer::ptr),
         };
         gpu.post
             .launch_post(block_threads(self.dp_size), stream, &args)

@@ -1,13 +1,43 @@
 //! One exchange of a coordinator: the slot `begin` sends (the library's one slot maker,
 //! `rules::slots::make`, or the invalid-request marker), what `begin` hands the device work,
-//! and what is in flight between `begin` and `end`.
+//! what is in flight between `begin` and `end`, and what a step decides (by its rule set).
 
 use std::time::Instant;
 
 use crate::cuda::StreamHandle;
 use crate::error::{Error, Result};
-use crate::rules::{self, Decision, Request};
+use crate::rules::{self, Agreement, Decision, GraphTable, Request, DP_RULES_VLLM_V2};
 use crate::slot::Slot;
+
+/// What a step decided, by its rule set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decided {
+    /// The V1 rules' decision.
+    V1(Decision),
+    /// The V2 rules' agreement (this rank's view: its descriptor and the shared agreement).
+    V2(Agreement),
+}
+
+impl Decided {
+    /// Whether the step has a per-rank array (V1: always on the GPU path; V2: the
+    /// agreement's, false when idle and for dp_size 1).
+    pub fn has_array(&self) -> bool {
+        match self {
+            Decided::V1(d) => d.has_num_tokens_after_padding,
+            Decided::V2(a) => a.has_array,
+        }
+    }
+}
+
+impl std::fmt::Display for Decided {
+    /// The decision as the TRACE log writes it (each rule set's own form).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decided::V1(d) => d.fmt(f),
+            Decided::V2(a) => a.fmt(f),
+        }
+    }
+}
 
 /// One `begin`'s inputs to the device work.
 pub(super) struct Step {
@@ -37,7 +67,7 @@ pub(super) struct InFlight {
 /// Where an exchange's decision comes from.
 pub(super) enum Flight {
     /// dp_size 1 (not forced): decided locally, no GPU work.
-    Local(Result<Decision>),
+    Local(Result<Decided>),
     /// On the GPU: published with `seq` on `stream` (the caller's, or the coordinator's own
     /// for a stream it could not use).
     Exchange {
@@ -52,26 +82,20 @@ pub(super) enum Flight {
 }
 
 /// This rank's slot for `req` with sequence number `seq` and arrival time `arrival_ns`
-/// ([`rules::slots::make`]'s), or the invalid-request marker with the reason (`refused`: the
-/// C boundary's or the stream's, else `make`'s). Only a request that cannot join (a negative
-/// `timeout_ms`: the wait would have no bound) is an error.
+/// ([`rules::slots::make`]'s, with the coordinator's graph `table`), or the invalid-request
+/// marker with the reason (`refused`: the C boundary's or the stream's, else `make`'s). Only a
+/// request that cannot join (a negative `timeout_ms`: the wait would have no bound) is an
+/// error.
 pub(super) fn own_slot(
     req: &Request,
     refused: Option<Error>,
     seq: u32,
     arrival_ns: i64,
+    table: Option<&GraphTable>,
 ) -> Result<(Slot, Option<Error>)> {
     let made = match refused {
         Some(e) => Err(e),
-        // The kernel decides V1 slots; the V2 rules reach the GPU path with its graph table.
-        None if req.rules != rules::DP_RULES_VLLM_V1 => Err(Error::new(
-            crate::error::ErrorKind::InvalidArgument,
-            format!(
-                "req->rules = {}: the GPU path takes the V1 rules (0) in this build",
-                req.rules
-            ),
-        )),
-        None => rules::slots::make(req, seq, arrival_ns, None),
+        None => rules::slots::make(req, seq, arrival_ns, table),
     };
     match made {
         Ok(slot) => Ok((slot, None)),
@@ -81,9 +105,28 @@ pub(super) fn own_slot(
 }
 
 /// The decision of a one-rank communicator (nothing exchanged): the slot's checks and
-/// decision, as if it had been gathered.
-pub(super) fn decide_alone(slot: Slot) -> Result<Decision> {
+/// decision (with the coordinator's graph `table`), as if it had been gathered.
+pub(super) fn decide_alone(slot: Slot, table: Option<&GraphTable>) -> Result<Decided> {
     let slots = [slot];
     let checked = rules::slots::check(&slots, None)?;
-    rules::slots::decide_v1(&slots, 0, None, &checked, None)
+    decide_checked(&slots, 0, &checked, table)
+}
+
+/// The decision over checked gathered `slots` as rank `dp_rank` (every rank live), by the
+/// slots' rule set: `rules::slots::decide_v1`, or `decide_v2` with `table`.
+pub(super) fn decide_checked(
+    slots: &[Slot],
+    dp_rank: i32,
+    checked: &rules::slots::Checked,
+    table: Option<&GraphTable>,
+) -> Result<Decided> {
+    Ok(if checked.settings.rules == DP_RULES_VLLM_V2 {
+        Decided::V2(rules::slots::decide_v2(
+            slots, dp_rank, None, checked, table, None,
+        )?)
+    } else {
+        Decided::V1(rules::slots::decide_v1(
+            slots, dp_rank, None, checked, None,
+        )?)
+    })
 }

@@ -3,9 +3,10 @@
 //! bounded host wait), plus the per-communicator cache of `dp_coordinate_batch` on top of it.
 //!
 //! Here: the state machine (begin/poll/end/cancel/destroy). `flight`: the slot a `begin`
-//! sends and what is in flight until `end`; `enqueue`: the device work of a `begin`;
-//! `verdict`: `end`'s wait and what it accepts; `shared`: what `cancel` reaches without the
-//! lock; `device`: the device state and its graveyard; `cache`: the per-communicator cache
+//! sends, what is in flight until `end`, what a step decided; `enqueue`: the device work of a
+//! `begin`; `verdict`: `end`'s wait and what it accepts; `shared`: what `cancel` reaches
+//! without the lock; `device`: the device state, the graph table's device copy
+//! (`set_graphs`) and the graveyard; `cache`: the per-communicator cache
 //! of `dp_coordinate_batch`, `dp_cancel` and `dp_release`; `straggler`: which rank arrives
 //! last, for the INFO log.
 //!
@@ -54,7 +55,7 @@ use crate::diag::{self, Ctx, Level};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels as k;
 use crate::nccl::{self, CommHandle, Nccl};
-use crate::rules::{Decision, Request};
+use crate::rules::{GraphTable, Request};
 use crate::slot;
 
 mod cache;
@@ -73,14 +74,12 @@ pub(crate) use cache::{cancel, coordinate, release};
 #[cfg(feature = "testing")]
 pub(crate) use enqueue::block_threads;
 
+pub use device::SendPath;
 use device::{retire, sweep_graveyard, GpuState};
+pub use flight::Decided;
 use flight::{decide_alone, own_slot, Flight, InFlight, Step};
 use shared::{cancelled_error, Shared};
 use straggler::Stragglers;
-
-/// Environment variable choosing the send buffer: `host` (default: mapped pinned memory that
-/// NCCL reads) or `device` (a device buffer filled by one async copy on the stream).
-pub(crate) const ENV_SEND_BUFFER: &str = "DPCOORD_SEND_BUFFER";
 
 /// Host polls between two reads of the clock.
 const POLLS_PER_CLOCK: u32 = 64;
@@ -93,39 +92,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Where this rank's slot is when NCCL reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendPath {
-    /// Mapped pinned host memory, read by NCCL directly (no operation on the stream).
-    Host,
-    /// A device buffer, filled from the pinned slot by `cuMemcpyHtoDAsync` on the stream.
-    Device,
-}
-
-impl SendPath {
-    /// The path `DPCOORD_SEND_BUFFER` selects (`host` when unset).
-    pub(crate) fn from_env() -> Result<SendPath> {
-        Self::parse(std::env::var(ENV_SEND_BUFFER).ok().as_deref())
-    }
-
-    /// The path a value of `DPCOORD_SEND_BUFFER` selects.
-    pub(crate) fn parse(value: Option<&str>) -> Result<SendPath> {
-        match value {
-            None | Some("") | Some("host") => Ok(SendPath::Host),
-            Some("device") => Ok(SendPath::Device),
-            Some(other) => Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("{ENV_SEND_BUFFER} = {other:?} must be \"host\" or \"device\""),
-            )),
-        }
-    }
-}
-
 /// What one coordinated step produced.
 #[derive(Debug, Clone, Copy)]
 pub struct Outcome {
     /// The shared decision.
-    pub decision: Decision,
+    pub decision: Decided,
     /// This rank.
     pub dp_rank: i32,
     /// Number of ranks.
@@ -138,7 +109,8 @@ pub struct Outcome {
     pub arrival_skew_ns: i64,
     /// How long `end` waited for the exchange to finish, in ns (0: it had finished).
     pub wait_ns: i64,
-    /// Library-owned host array of `dp_size` entries, or NULL when dp_size == 1.
+    /// Library-owned host array of `dp_size` entries, or NULL when dp_size == 1 (read it only
+    /// when [`Decided::has_array`]).
     pub host_array: *const i32,
     /// Library-owned device array of `dp_size` entries, or 0 when dp_size == 1.
     pub device_array: DevicePtr,
@@ -155,6 +127,8 @@ struct Inner {
     in_flight: Option<InFlight>,
     /// The first failure mid-exchange; every later call fails with it.
     broken: Option<Error>,
+    /// The V2 graph table (`set_graphs`; its device form is the GPU state's).
+    table: Option<Arc<GraphTable>>,
     /// Which rank arrived last in the recent exchanges (read only for the INFO log).
     stragglers: Stragglers,
 }
@@ -273,6 +247,7 @@ impl Coordinator {
                 connected: false,
                 in_flight: None,
                 broken: None,
+                table: None,
                 stragglers: Stragglers::new(),
             }),
         })
@@ -349,7 +324,9 @@ impl Coordinator {
             false => (stream, None),
         };
         let seq = inner.seq.wrapping_add(1).max(1);
-        let (slot, rejected) = own_slot(req, invalid.cloned().or(unusable), seq, arrival_ns)?;
+        let table = inner.table.as_deref();
+        let (slot, rejected) =
+            own_slot(req, invalid.cloned().or(unusable), seq, arrival_ns, table)?;
         let step_id = req.step_id.max(0);
         let start = Instant::now();
         let deadline =
@@ -357,7 +334,7 @@ impl Coordinator {
         let kind = if !exchange {
             Flight::Local(match &rejected {
                 Some(e) => Err(e.clone()),
-                None => decide_alone(slot),
+                None => decide_alone(slot, table),
             })
         } else {
             let step = Step {
@@ -461,11 +438,17 @@ impl Coordinator {
             }
         };
         let host = &gpu.host;
-        let read = verdict::read(&|i| host.load(i), self.dp_size as usize, self.dp_rank, seq);
+        let read = verdict::read(
+            &|i| host.load(i),
+            self.dp_size as usize,
+            self.dp_rank,
+            seq,
+            inner.table.as_deref(),
+        );
         match (read, flight.rejected) {
             (Ok(published), None) => {
                 let outcome = Outcome {
-                    decision: published.decision,
+                    decision: published.decided,
                     dp_rank: self.dp_rank,
                     dp_size: self.dp_size,
                     // The kernel checked that every rank's equals this rank's.

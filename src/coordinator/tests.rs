@@ -4,7 +4,7 @@
 use super::verdict::{self, stale_error};
 use super::*;
 use crate::cuda::StreamHandle;
-use crate::rules;
+use crate::rules::{self, Agreement, Decision};
 use crate::slot::Slot;
 
 fn one_rank_coordinator() -> Coordinator {
@@ -19,6 +19,14 @@ fn request(tokens: i32, step_id: i64) -> Request {
     }
 }
 
+/// The V1 decision of an outcome.
+fn v1(d: Decided) -> Decision {
+    match d {
+        Decided::V1(d) => d,
+        Decided::V2(a) => panic!("a V1 step decided V2: {a}"),
+    }
+}
+
 #[test]
 fn begin_end_on_one_rank_decides_locally() {
     let c = one_rank_coordinator();
@@ -27,7 +35,7 @@ fn begin_end_on_one_rank_decides_locally() {
     assert!(c.poll().unwrap());
     let o = c.end().unwrap();
     assert_eq!((o.dp_size, o.dp_rank, o.step_id), (1, 0, 3));
-    assert_eq!(o.decision.num_tokens_after_padding_self, 7);
+    assert_eq!(v1(o.decision).num_tokens_after_padding_self, 7);
     assert!(o.host_array.is_null() && o.device_array == 0);
     c.destroy().unwrap();
 }
@@ -47,7 +55,7 @@ fn begin_twice_is_busy_and_end_without_begin_is_invalid() {
     c.end().unwrap();
     // Usable again after end.
     c.begin(no_stream(), &request(2, 0), None).unwrap();
-    assert_eq!(c.end().unwrap().decision.max_num_tokens_padded, 2);
+    assert_eq!(v1(c.end().unwrap().decision).max_num_tokens_padded, 2);
 }
 
 #[test]
@@ -66,7 +74,7 @@ fn an_invalid_request_joins_and_end_names_it_then_the_coordinator_is_usable() {
     c.begin(no_stream(), &request(3, 0), Some(&why)).unwrap();
     assert_eq!(c.end().unwrap_err(), why);
     c.begin(no_stream(), &request(3, 0), None).unwrap();
-    assert_eq!(c.end().unwrap().decision.max_num_tokens_padded, 3);
+    assert_eq!(v1(c.end().unwrap().decision).max_num_tokens_padded, 3);
 }
 
 #[test]
@@ -201,7 +209,7 @@ fn begin_sends_the_slot_rules_make_or_the_marker() {
         parent_step_id: 4,
         ..request(9, 11)
     };
-    let (slot, rejected) = own_slot(&req, None, 7, 123_456).unwrap();
+    let (slot, rejected) = own_slot(&req, None, 7, 123_456, None).unwrap();
     assert!(rejected.is_none());
     assert_eq!(slot, slot_of(&req, 7, 123_456));
     assert!(slot.intact());
@@ -221,10 +229,10 @@ fn begin_sends_the_slot_rules_make_or_the_marker() {
                 ..req
             },
             None,
-            "req->rules = 1",
+            "num_tokens_padded = 16 must be -1 under rules = 1",
         ),
     ] {
-        let (slot, rejected) = own_slot(&req, refused, 8, 99).unwrap();
+        let (slot, rejected) = own_slot(&req, refused, 8, 99, None).unwrap();
         assert_eq!(slot, Slot::marker(8, 99));
         assert!(slot.intact() && slot.is_marker());
         let e = rejected.expect("the reason");
@@ -239,6 +247,7 @@ fn begin_sends_the_slot_rules_make_or_the_marker() {
         None,
         1,
         0,
+        None,
     )
     .unwrap_err();
     assert!(e.message.contains("timeout_ms = -1"), "{e}");
@@ -259,7 +268,7 @@ fn block(status: i32, slots: &[Slot]) -> Vec<i32> {
     w
 }
 
-/// What `rules::slots` says about `slots`, as rank `dp_rank`.
+/// What `rules::slots` says about V1 `slots`, as rank `dp_rank`.
 fn host_verdict(slots: &[Slot], dp_rank: i32) -> Result<Decision> {
     let checked = rules::slots::check(slots, None)?;
     rules::slots::decide_v1(slots, dp_rank, None, &checked, None)
@@ -342,20 +351,21 @@ fn every_flagged_verdict_reads_as_the_error_rules_slots_gives() {
         let want = host_verdict(&slots, 0).expect_err("rules::slots refuses the slots");
         assert!(want.message.contains(names), "{want}");
         let words = block(status, &slots);
-        let got = verdict::read(&|i| words[i], 3, 0, seq).expect_err("the verdict is an error");
+        let got =
+            verdict::read(&|i| words[i], 3, 0, seq, None).expect_err("the verdict is an error");
         assert_eq!(got, want, "status {status}");
     }
     // A flag that rules::slots does not confirm is dpcoord's bug, said as such.
     let fine = three(&|_, _| {});
     let words = block(k::STATUS_CONFIG, &fine);
-    let e = verdict::read(&|i| words[i], 3, 0, seq).unwrap_err();
+    let e = verdict::read(&|i| words[i], 3, 0, seq, None).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Internal, "{e}");
     assert!(e.message.contains("flagged status 4"), "{e}");
     // Stale: the transport's own message.
     let mut stale = three(&|_, _| {});
     stale[2] = reseal(stale[2], crate::slot::at::SEQ, seq - 1);
     let words = block(k::STATUS_STALE, &stale);
-    let e = verdict::read(&|i| words[i], 3, 1, seq).unwrap_err();
+    let e = verdict::read(&|i| words[i], 3, 1, seq, None).unwrap_err();
     assert_eq!(e, stale_error(&stale, 1, seq));
     assert!(e.message.contains("rank 2 carries 2"), "{e}");
 }
@@ -375,9 +385,9 @@ fn an_accepted_verdict_reads_the_decision_and_the_straggler_report() {
     let skew: i64 = (5 << 32) + 7;
     w[k::HOST_SKEW] = skew as i32;
     w[k::HOST_SKEW + 1] = (skew >> 32) as i32;
-    let p = verdict::read(&|i| w[i], 2, 0, 9).unwrap();
+    let p = verdict::read(&|i| w[i], 2, 0, 9, None).unwrap();
     assert_eq!(
-        p.decision,
+        v1(p.decided),
         Decision {
             should_ubatch: true,
             should_dp_pad: true,
@@ -390,6 +400,121 @@ fn an_accepted_verdict_reads_the_decision_and_the_straggler_report() {
         }
     );
     assert_eq!((p.last_rank, p.arrival_skew_ns), (1, skew));
+    // The V2 words, by the rule set the kernel names.
+    w[k::HOST_RULES] = rules::DP_RULES_VLLM_V2;
+    for (i, v) in [
+        (k::HOST_IDLE, 0),
+        (k::HOST_EAGER, 0),
+        (k::HOST_SKIP_DRAFTS, 1),
+        (k::HOST_HAS_ARRAY, 1),
+        (k::HOST_GRAPH_NUM_TOKENS, 96),
+        (k::HOST_GRAPH_NUM_REQS, 48),
+        (k::HOST_GRAPH_UNIFORM, 2),
+        (k::HOST_GRAPH_MAX_QUERY_LEN, -1),
+        (k::HOST_GRAPH_LORAS, 4),
+        (k::HOST_AGREED_UNIFORM, 2),
+        (k::HOST_AGREED_MAX_QUERY_LEN, 2),
+        (k::HOST_MAX_NUM_REQS, 40),
+    ] {
+        w[i] = v;
+    }
+    let p = verdict::read(&|i| w[i], 2, 0, 9, None).unwrap();
+    let want = Agreement {
+        idle: false,
+        graph: rules::Descriptor {
+            mode: 2,
+            num_tokens: 96,
+            num_reqs: 48,
+            uniform_token_count: 2,
+            max_query_len: -1,
+            num_ubatches: 3,
+            num_active_loras: 4,
+        },
+        eager: false,
+        uniform_token_count: 2,
+        max_query_len: 2,
+        max_num_reqs: 40,
+        skip_drafts: true,
+        has_array: true,
+        padded: true,
+        num_tokens_self: 96,
+        max_num_tokens: 96,
+        min_num_tokens: 64,
+    };
+    assert_eq!(p.decided, Decided::V2(want));
+}
+
+/// A V2 request with its table: the kernel's verdict on a table other than the slots' reads
+/// as `rules::slots`' message, naming both hashes.
+#[test]
+fn a_flagged_v2_verdict_reads_as_rules_slots_message_with_the_table() {
+    let table = rules::GraphTable::new(&[pw_graph(8)], 1).unwrap();
+    let other = rules::GraphTable::new(&[pw_graph(16)], 1).unwrap();
+    let slots: Vec<Slot> = (0..2)
+        .map(|r| rules::slots::make(&v2_request(5 + r, 1), 2, 10, Some(&table)).expect("valid"))
+        .collect();
+    let words = block(k::STATUS_INVALID, &slots);
+    let e = verdict::read(&|i| words[i], 2, 0, 2, Some(&other)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+    assert!(
+        e.message.contains(&format!("{:#010x}", other.hash())) && e.message.contains("graph table"),
+        "{e}"
+    );
+    // With the slots' own table rules::slots accepts them: a flag it does not confirm.
+    let e = verdict::read(&|i| words[i], 2, 0, 2, Some(&table)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Internal, "{e}");
+}
+
+fn pw_graph(tokens: i32) -> rules::Graph {
+    rules::Graph {
+        mode: rules::DP_CUDAGRAPH_PIECEWISE,
+        num_tokens: tokens,
+        num_reqs: -1,
+        uniform_token_count: 0,
+        max_query_len: -1,
+        num_ubatches: 1,
+        num_active_loras: 0,
+    }
+}
+
+/// A V2 request of `tokens` tokens and `reqs` requests.
+fn v2_request(tokens: i32, reqs: i32) -> Request {
+    Request {
+        rules: rules::DP_RULES_VLLM_V2,
+        num_reqs: reqs,
+        ..request(tokens, 0)
+    }
+}
+
+/// One rank, decided locally: a V2 step with the table set decides as `rules::slots` does
+/// with that table; `set_graphs` is refused while an exchange is in flight and after a
+/// cancel, and `None` removes the table.
+#[test]
+fn set_graphs_gives_one_rank_steps_their_table_and_is_refused_in_flight() {
+    let c = one_rank_coordinator();
+    let table = Arc::new(rules::GraphTable::new(&[pw_graph(8), pw_graph(32)], 1).unwrap());
+    c.set_graphs(Some(Arc::clone(&table))).unwrap();
+    let req = v2_request(5, 2);
+    c.begin(no_stream(), &req, None).unwrap();
+    let e = c.set_graphs(None).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Busy, "{e}");
+    assert!(e.message.contains("in flight"), "{e}");
+    let o = c.end().unwrap();
+    let slot = rules::slots::make(&req, 1, 0, Some(&table)).unwrap();
+    let checked = rules::slots::check(&[slot], None).unwrap();
+    let want = rules::slots::decide_v2(&[slot], 0, None, &checked, Some(&table), None).unwrap();
+    assert_eq!(o.decision, Decided::V2(want));
+    assert_eq!(want.graph.num_tokens, 8, "PIECEWISE 8 for 5 tokens");
+    // Without the table: the request's own mode (NONE), no graph.
+    c.set_graphs(None).unwrap();
+    c.begin(no_stream(), &req, None).unwrap();
+    let Decided::V2(a) = c.end().unwrap().decision else {
+        panic!("a V2 step");
+    };
+    assert_eq!((a.graph.mode, a.graph.num_tokens, a.eager), (0, 5, true));
+    c.cancel().unwrap();
+    let e = c.set_graphs(Some(table)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Cancelled, "{e}");
 }
 
 #[test]

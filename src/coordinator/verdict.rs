@@ -6,15 +6,16 @@
 use std::sync::atomic::{fence, Ordering};
 use std::time::Instant;
 
+use super::flight::decide_checked;
 use super::{
-    cancelled_error, Coordinator, GpuState, InFlight, CHECK_INTERVAL, POLLS_PER_CLOCK,
+    cancelled_error, Coordinator, Decided, GpuState, InFlight, CHECK_INTERVAL, POLLS_PER_CLOCK,
     SPIN_BEFORE_YIELD,
 };
 use crate::cuda::{self, StreamHandle};
 use crate::diag;
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels as k;
-use crate::rules::{slots, Decision};
+use crate::rules::{slots, Agreement, Decision, Descriptor, GraphTable};
 use crate::slot::{join64, Slot};
 
 impl Coordinator {
@@ -90,35 +91,65 @@ impl Coordinator {
 /// What the kernel published for a step it accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Published {
-    pub(super) decision: Decision,
+    pub(super) decided: Decided,
     pub(super) last_rank: i32,
     pub(super) arrival_skew_ns: i64,
 }
 
+/// The decision words of an accepted step, by the rule set the kernel names.
+fn decided(word: &dyn Fn(usize) -> i32) -> Decided {
+    let flag = |i: usize| word(i) != 0;
+    if word(k::HOST_RULES) != k::RULES_VLLM_V2 {
+        return Decided::V1(Decision {
+            should_ubatch: flag(k::HOST_SHOULD_UBATCH),
+            should_dp_pad: flag(k::HOST_SHOULD_DP_PAD),
+            has_num_tokens_after_padding: true,
+            synced_cudagraph_mode: word(k::HOST_SYNCED_CUDAGRAPH_MODE),
+            num_tokens_after_padding_self: word(k::HOST_NUM_TOKENS_AFTER_PADDING_SELF),
+            max_num_tokens_padded: word(k::HOST_MAX_NUM_TOKENS_PADDED),
+            min_num_tokens_unpadded: word(k::HOST_MIN_NUM_TOKENS_UNPADDED),
+            num_ubatches: word(k::HOST_NUM_UBATCHES),
+        });
+    }
+    Decided::V2(Agreement {
+        idle: flag(k::HOST_IDLE),
+        graph: Descriptor {
+            mode: word(k::HOST_SYNCED_CUDAGRAPH_MODE),
+            num_tokens: word(k::HOST_GRAPH_NUM_TOKENS),
+            num_reqs: word(k::HOST_GRAPH_NUM_REQS),
+            uniform_token_count: word(k::HOST_GRAPH_UNIFORM),
+            max_query_len: word(k::HOST_GRAPH_MAX_QUERY_LEN),
+            num_ubatches: word(k::HOST_NUM_UBATCHES),
+            num_active_loras: word(k::HOST_GRAPH_LORAS),
+        },
+        eager: flag(k::HOST_EAGER),
+        uniform_token_count: word(k::HOST_AGREED_UNIFORM),
+        max_query_len: word(k::HOST_AGREED_MAX_QUERY_LEN),
+        max_num_reqs: word(k::HOST_MAX_NUM_REQS),
+        skip_drafts: flag(k::HOST_SKIP_DRAFTS),
+        has_array: flag(k::HOST_HAS_ARRAY),
+        padded: flag(k::HOST_SHOULD_DP_PAD),
+        num_tokens_self: word(k::HOST_NUM_TOKENS_AFTER_PADDING_SELF),
+        max_num_tokens: word(k::HOST_MAX_NUM_TOKENS_PADDED),
+        min_num_tokens: word(k::HOST_MIN_NUM_TOKENS_UNPADDED),
+    })
+}
+
 /// Reads the verdict the kernel published in the host block (`word(i)` is its word `i`) for
-/// `dp_size` ranks and exchange `seq`, as rank `dp_rank`: the decision on `STATUS_OK`, else
-/// the error `rules::slots` finds in the kernel's copy of the slots (the transport's own
-/// message for stale slots, which `rules::slots` does not check).
+/// `dp_size` ranks and exchange `seq`, as rank `dp_rank` with graph `table`: the decision on
+/// `STATUS_OK`, else the error `rules::slots` finds in the kernel's copy of the slots (the
+/// transport's own message for stale slots, which `rules::slots` does not check).
 pub(super) fn read(
     word: &dyn Fn(usize) -> i32,
     dp_size: usize,
     dp_rank: i32,
     seq: u32,
+    table: Option<&GraphTable>,
 ) -> Result<Published> {
     let status = word(k::HOST_STATUS);
     if status == k::STATUS_OK {
-        let should_ubatch = word(k::HOST_SHOULD_UBATCH) != 0;
         return Ok(Published {
-            decision: Decision {
-                should_ubatch,
-                should_dp_pad: word(k::HOST_SHOULD_DP_PAD) != 0,
-                has_num_tokens_after_padding: true,
-                synced_cudagraph_mode: word(k::HOST_SYNCED_CUDAGRAPH_MODE),
-                num_tokens_after_padding_self: word(k::HOST_NUM_TOKENS_AFTER_PADDING_SELF),
-                max_num_tokens_padded: word(k::HOST_MAX_NUM_TOKENS_PADDED),
-                min_num_tokens_unpadded: word(k::HOST_MIN_NUM_TOKENS_UNPADDED),
-                num_ubatches: word(k::HOST_NUM_UBATCHES),
-            },
+            decided: decided(word),
             last_rank: word(k::HOST_LAST_RANK),
             arrival_skew_ns: join64(word(k::HOST_SKEW) as u32, word(k::HOST_SKEW + 1) as u32),
         });
@@ -134,7 +165,7 @@ pub(super) fn read(
         return Err(stale_error(&gathered, dp_rank, seq));
     }
     let checked = slots::check(&gathered, None)?;
-    slots::decide_v1(&gathered, dp_rank, None, &checked, None)?;
+    decide_checked(&gathered, dp_rank, &checked, table)?;
     Err(Error::internal(format!(
         "the post-processing kernel flagged status {status}, but rules::slots accepts the same \
          slots"

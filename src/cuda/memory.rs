@@ -34,6 +34,27 @@ impl DeviceBuffer {
         Ok(buffer)
     }
 
+    /// Allocates `words.len()` int32 in `ctx`, which is current, and copies `words` there
+    /// (synchronously: `cuMemcpyHtoD`, which may wait for work on the device, as the
+    /// allocation itself may).
+    pub(crate) fn with_words(ctx: Context, words: &[u32]) -> Result<Self> {
+        let d = driver()?;
+        let mut ptr = 0;
+        d.check(
+            // SAFETY: writes the new allocation's address into a valid local.
+            unsafe { (d.sym.mem_alloc)(&mut ptr, words.len() * 4) },
+            "cuMemAlloc",
+        )?;
+        let buffer = Self { ptr, ctx };
+        // SAFETY: `ptr` is a fresh allocation of `words.len()` int32 in the current context;
+        // `words` is readable for that many.
+        let rc = unsafe { (d.sym.memcpy_htod)(ptr, words.as_ptr().cast(), words.len() * 4) };
+        if rc != CUDA_SUCCESS {
+            return Err(d.failure("cuMemcpyHtoD", rc));
+        }
+        Ok(buffer)
+    }
+
     /// The device address.
     pub(crate) fn ptr(&self) -> DevicePtr {
         self.ptr

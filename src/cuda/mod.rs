@@ -133,6 +133,7 @@ symbol_table! {
         required mem_host_get_device_pointer: unsafe extern "C" fn(*mut DevicePtr, *mut c_void, c_uint) -> CuResult = c"cuMemHostGetDevicePointer_v2";
         required memset_d32: unsafe extern "C" fn(DevicePtr, c_uint, usize) -> CuResult = c"cuMemsetD32_v2";
         required memcpy_htod_async: unsafe extern "C" fn(DevicePtr, *const c_void, usize, CuStream) -> CuResult = c"cuMemcpyHtoDAsync_v2";
+        required memcpy_htod: unsafe extern "C" fn(DevicePtr, *const c_void, usize) -> CuResult = c"cuMemcpyHtoD_v2";
         #[cfg(feature = "testing")]
         required memcpy_dtoh: unsafe extern "C" fn(*mut c_void, DevicePtr, usize) -> CuResult = c"cuMemcpyDtoH_v2";
         required event_create: unsafe extern "C" fn(*mut CuEvent, c_uint) -> CuResult = c"cuEventCreate";

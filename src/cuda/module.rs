@@ -68,6 +68,8 @@ pub(crate) struct PostArgs {
     pub(crate) seq: u32,
     pub(crate) device_out: DevicePtr,
     pub(crate) host: DevicePtr,
+    /// The device graph table (0: none).
+    pub(crate) table: DevicePtr,
 }
 
 impl Kernel {
@@ -82,13 +84,14 @@ impl Kernel {
         a: &PostArgs,
     ) -> Result<()> {
         let d = driver()?;
-        let mut params: [*mut c_void; 6] = [
+        let mut params: [*mut c_void; 7] = [
             (&a.slots as *const DevicePtr).cast_mut().cast(),
             (&a.dp_size as *const i32).cast_mut().cast(),
             (&a.dp_rank as *const i32).cast_mut().cast(),
             (&a.seq as *const u32).cast_mut().cast(),
             (&a.device_out as *const DevicePtr).cast_mut().cast(),
             (&a.host as *const DevicePtr).cast_mut().cast(),
+            (&a.table as *const DevicePtr).cast_mut().cast(),
         ];
         d.check(
             // SAFETY: the kernel is live; `params` holds one valid address per kernel

@@ -114,6 +114,7 @@ fn a_stub_driver_is_library_unavailable_not_a_panic() {
         "cuMemHostGetDevicePointer_v2",
         "cuMemcpyDtoH_v2",
         "cuMemcpyHtoDAsync_v2",
+        "cuMemcpyHtoD_v2",
         "cuMemsetD32_v2",
         "cuModuleGetFunction",
         "cuModuleLoadData",

@@ -2,19 +2,23 @@
 //! `scripts/gen_ptx.py` (NVRTC 12.0, `compute_70`) into the committed `postprocess.ptx`
 //! (PTX ISA 8.0, target sm_70: loads on any sm_70+ GPU with any CUDA 12+ driver).
 //!
-//! The constants below are the **one source** of the wire and host-block layout, of the
-//! checksum and of the status, policy and mode numbers: `layout.h` (which the kernel includes)
-//! is generated from them by [`layout_header`], and a test fails when the committed file
-//! differs (`DPCOORD_BLESS=1 cargo test --lib kernels` rewrites it; then run
-//! `scripts/gen_ptx.py`). The slot's own layout and checksum come from [`crate::slot`].
+//! The constants below are the **one source** of the wire, host-block and device-table
+//! layout, of the checksum and of the status, policy and mode numbers: `layout.h` (which the
+//! kernel includes) is generated from them by [`layout_header`], and a test fails when the
+//! committed file differs (`DPCOORD_BLESS=1 cargo test --lib kernels` rewrites it; then run
+//! `scripts/gen_ptx.py`). The slot's own layout and checksum come from [`crate::slot`], the
+//! device graph table's (`TABLE_*`) from `rules::graphs`' device form.
 //!
 //! Wire: each rank contributes one [`crate::slot::Slot`] of [`SLOT_WORDS`] words (sequence
 //! number, configuration, step ids, arrival time, record, checksum); `ncclAllGather` lays the
 //! slots out by rank. `dp_postprocess` checks every slot in the contract's order (this
 //! exchange's sequence number, then what `rules::slots::check` checks: checksum, marker,
-//! configuration, step ids), decides as `rules::slots::decide_v1` with the configuration the
-//! slots carry, finds the straggler, and writes the decision to a device array and to a
-//! mapped pinned host block laid out as the `HOST_*` constants say, `HOST_SEQ` last.
+//! configuration, step ids), decides as `rules::slots::decide_v1` or `decide_v2` (by the
+//! slots' rule set, with the configuration they carry; V2 with vLLM's dispatch over the device
+//! graph table: a few loads, its directories prefetched into shared memory with the slots),
+//! finds the straggler, and writes the decision to a device array and to a mapped pinned host
+//! block laid out as the `HOST_*` constants say (one warp store for the header), `HOST_SEQ`
+//! last.
 //!
 //! The checks and the decision are written in the common subset of C and CUDA C++, between
 //! two marker lines of `postprocess.cu`: the tests' fake CUDA driver (`tests/fake_gpu`)
@@ -25,11 +29,12 @@
 //! [`BLOCK_THREADS`], no dynamic shared memory, on the stream of the allgather. The slots
 //! (`SLOT_WORDS * dp_size` words, 16-byte aligned), the device array (`dp_size` ints) and the
 //! host block ([`host_block_words`] ints, the device pointer of mapped pinned memory) must not
-//! overlap one another.
+//! overlap one another; the device table is NULL or `GraphTable::device_words` of the
+//! slots' table, 16-byte aligned, at least [`TABLE_PREFETCH_WORDS`] words.
 
 use std::ffi::CStr;
 
-use crate::rules;
+use crate::rules::{self, graphs::device as table};
 use crate::slot::{self, at};
 
 /// The committed PTX of the kernel.
@@ -119,28 +124,53 @@ layout! {
     HOST_SEQ: usize = 0;
     /// Host word: one of the `STATUS_*` values.
     HOST_STATUS: usize = 1;
-    /// Host word: should_ubatch (0/1); 0 unless the status is OK.
+    /// Host word: should_ubatch (0/1; V2: the graph runs several microbatches).
     HOST_SHOULD_UBATCH: usize = 2;
-    /// Host word: should_dp_pad (0/1); 0 unless the status is OK.
+    /// Host word: should_dp_pad (0/1; V2: every rank runs the graph's tokens).
     HOST_SHOULD_DP_PAD: usize = 3;
-    /// Host word: synced_cudagraph_mode (only when OK).
+    /// Host word: synced_cudagraph_mode (V2: the descriptor's mode).
     HOST_SYNCED_CUDAGRAPH_MODE: usize = 4;
-    /// Host word: num_tokens_after_padding of `dp_rank` (only when OK).
+    /// Host word: num_tokens_after_padding of `dp_rank`.
     HOST_NUM_TOKENS_AFTER_PADDING_SELF: usize = 5;
-    /// Host word: max_num_tokens_padded (only when OK).
+    /// Host word: max_num_tokens_padded (V2: the largest live `num_tokens`).
     HOST_MAX_NUM_TOKENS_PADDED: usize = 6;
-    /// Host word: min_num_tokens_unpadded (only when OK).
+    /// Host word: min_num_tokens_unpadded (V2: the smallest live `num_tokens`).
     HOST_MIN_NUM_TOKENS_UNPADDED: usize = 7;
-    /// Host word: the microbatches this step runs (the slots' `num_ubatches`, 1 when not
-    /// microbatching; only when OK).
+    /// Host word: the microbatches this step runs (1 when not microbatching).
     HOST_NUM_UBATCHES: usize = 8;
-    /// Host word: the rank with the latest arrival time, the lowest such on a tie (only when
-    /// OK).
+    /// Host word: the rank with the latest arrival time, the lowest such on a tie.
     HOST_LAST_RANK: usize = 9;
-    /// Host words: latest minus earliest arrival time in ns, low word then high (only when OK).
+    /// Host words: latest minus earliest arrival time in ns, low word then high.
     HOST_SKEW: usize = 10;
-    /// Host words before the per-rank array (which is followed by the slot copy).
-    HOST_HEADER_WORDS: usize = 12;
+    /// Host word: the rule set decided (`DP_RULES_*`); the words below are V2's (0 for V1).
+    HOST_RULES: usize = 12;
+    /// Host word: V2 `idle` (0/1).
+    HOST_IDLE: usize = 13;
+    /// Host word: V2 `eager` (0/1).
+    HOST_EAGER: usize = 14;
+    /// Host word: V2 `skip_drafts` (0/1).
+    HOST_SKIP_DRAFTS: usize = 15;
+    /// Host word: V2, the agreement has a per-rank array (0/1).
+    HOST_HAS_ARRAY: usize = 16;
+    /// Host word: V2 descriptor tokens.
+    HOST_GRAPH_NUM_TOKENS: usize = 17;
+    /// Host word: V2 descriptor requests (-1 = none).
+    HOST_GRAPH_NUM_REQS: usize = 18;
+    /// Host word: V2 descriptor uniform count (0 = none).
+    HOST_GRAPH_UNIFORM: usize = 19;
+    /// Host word: V2 descriptor query bound (-1 = none).
+    HOST_GRAPH_MAX_QUERY_LEN: usize = 20;
+    /// Host word: V2 descriptor LoRA case.
+    HOST_GRAPH_LORAS: usize = 21;
+    /// Host word: V2 agreed uniform count (0 = none or disagreed).
+    HOST_AGREED_UNIFORM: usize = 22;
+    /// Host word: V2 agreed query bound (-1 = none).
+    HOST_AGREED_MAX_QUERY_LEN: usize = 23;
+    /// Host word: V2 largest live request count.
+    HOST_MAX_NUM_REQS: usize = 24;
+    /// Host words before the per-rank array (which is followed by the slot copy); one warp
+    /// writes them with one store.
+    HOST_HEADER_WORDS: usize = 25;
 
     /// Status word: the decision is valid and both arrays were written.
     STATUS_OK: i32 = 0;
@@ -169,7 +199,73 @@ layout! {
     CUDAGRAPH_NONE: i32 = rules::DP_CUDAGRAPH_NONE;
     /// `cudagraph_mode` FULL (`DP_CUDAGRAPH_FULL`), the largest mode.
     CUDAGRAPH_FULL: i32 = rules::DP_CUDAGRAPH_FULL;
+    /// `cudagraph_mode` PIECEWISE (`DP_CUDAGRAPH_PIECEWISE`).
+    CUDAGRAPH_PIECEWISE: i32 = rules::DP_CUDAGRAPH_PIECEWISE;
+    /// `rules` V1 (`DP_RULES_VLLM_V1`).
+    RULES_VLLM_V1: i32 = rules::DP_RULES_VLLM_V1;
+    /// `rules` V2 (`DP_RULES_VLLM_V2`); any other rule-set word decides V1, as on the host.
+    RULES_VLLM_V2: i32 = rules::DP_RULES_VLLM_V2;
+
+    /// Words of the device table (`rules::graphs`' device form) that warp 0 copies into
+    /// shared memory at the kernel's start (its header and, for any usual table, its
+    /// directories); the coordinator's copy of a table holds at least this many words.
+    TABLE_PREFETCH_WORDS: usize = 256;
+    /// Table header word: the table's hash.
+    TABLE_HASH: usize = table::HASH;
+    /// Table header word: the number of graphs.
+    TABLE_NUM_GRAPHS: usize = table::NUM_GRAPHS;
+    /// Table header word: the number of LoRA cases.
+    TABLE_LORA_COUNT: usize = table::LORA_COUNT;
+    /// Table header word: where the LoRA cases are.
+    TABLE_LORA_AT: usize = table::LORA_AT;
+    /// Table header word: the number of token directory entries.
+    TABLE_TOKEN_COUNT: usize = table::TOKEN_COUNT;
+    /// Table header word: where the token directory is.
+    TABLE_TOKEN_AT: usize = table::TOKEN_AT;
+    /// Table header word: the number of decode directory entries.
+    TABLE_DECODE_COUNT: usize = table::DECODE_COUNT;
+    /// Table header word: where the decode directory is.
+    TABLE_DECODE_AT: usize = table::DECODE_AT;
+    /// Words of one directory entry.
+    TABLE_DIR_WORDS: usize = table::DIR_WORDS;
+    /// Directory word: the block's uniform count (0: a token block).
+    TABLE_DIR_UNIFORM: usize = table::DIR_UNIFORM;
+    /// Directory word: the block's LoRA case.
+    TABLE_DIR_LORAS: usize = table::DIR_LORAS;
+    /// Directory word: the block's num_ubatches.
+    TABLE_DIR_UBATCHES: usize = table::DIR_UBATCHES;
+    /// Directory word: the block's largest key.
+    TABLE_DIR_MAX_KEY: usize = table::DIR_MAX_KEY;
+    /// Directory word: entries indexed by the key itself below this.
+    TABLE_DIR_DENSE_LEN: usize = table::DIR_DENSE_LEN;
+    /// Directory word: where the block's entries are.
+    TABLE_DIR_ENTRIES_AT: usize = table::DIR_ENTRIES_AT;
+    /// Directory word: the number of keys.
+    TABLE_DIR_NUM_KEYS: usize = table::DIR_NUM_KEYS;
+    /// Directory word: where the keys are.
+    TABLE_DIR_KEYS_AT: usize = table::DIR_KEYS_AT;
+    /// Words of one entry.
+    TABLE_ENTRY_WORDS: usize = table::ENTRY_WORDS;
+    /// Entry word: the first FULL candidate's tokens (0: none).
+    TABLE_E_TOKENS: usize = table::E_TOKENS;
+    /// Entry word: its requests.
+    TABLE_E_REQS: usize = table::E_REQS;
+    /// Entry word: its uniform count.
+    TABLE_E_UNIFORM: usize = table::E_UNIFORM;
+    /// Entry word: its query bound.
+    TABLE_E_MQL: usize = table::E_MQL;
+    /// Entry word: the number of further FULL candidates.
+    TABLE_E_REST_COUNT: usize = table::E_REST_COUNT;
+    /// Entry word: where they are.
+    TABLE_E_REST_AT: usize = table::E_REST_AT;
+    /// Entry word: the PIECEWISE size (0: none).
+    TABLE_E_PIECEWISE: usize = table::E_PIECEWISE;
+    /// Words of one further FULL candidate (tokens, requests, uniform count, query bound).
+    TABLE_REST_WORDS: usize = table::REST_WORDS;
 }
+
+// One warp writes the header, lane i word i (the kernel static_asserts it too).
+const _: () = assert!(HOST_HEADER_WORDS <= 32);
 
 /// First word of the per-rank num_tokens_after_padding array (written only on OK).
 pub(crate) const fn host_array_offset() -> usize {

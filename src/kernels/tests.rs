@@ -157,7 +157,7 @@ fn the_host_block_holds_header_array_and_slots() {
     assert_eq!(host_block_words(3), HOST_HEADER_WORDS + 3 + 3 * SLOT_WORDS);
     assert_eq!(host_slots_offset(3), HOST_HEADER_WORDS + 3);
     assert_eq!(host_array_offset(), HOST_HEADER_WORDS);
-    // Every header word is named once, HOST_SKEW's two words last.
+    // Every header word is named once; one warp writes them (lane i word i).
     let mut words = [
         HOST_SEQ,
         HOST_STATUS,
@@ -171,6 +171,19 @@ fn the_host_block_holds_header_array_and_slots() {
         HOST_LAST_RANK,
         HOST_SKEW,
         HOST_SKEW + 1,
+        HOST_RULES,
+        HOST_IDLE,
+        HOST_EAGER,
+        HOST_SKIP_DRAFTS,
+        HOST_HAS_ARRAY,
+        HOST_GRAPH_NUM_TOKENS,
+        HOST_GRAPH_NUM_REQS,
+        HOST_GRAPH_UNIFORM,
+        HOST_GRAPH_MAX_QUERY_LEN,
+        HOST_GRAPH_LORAS,
+        HOST_AGREED_UNIFORM,
+        HOST_AGREED_MAX_QUERY_LEN,
+        HOST_MAX_NUM_REQS,
     ];
     words.sort_unstable();
     assert_eq!(words.to_vec(), (0..HOST_HEADER_WORDS).collect::<Vec<_>>());

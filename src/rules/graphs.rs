@@ -39,6 +39,9 @@
 //! An empty table is legal (vLLM's manager with `cudagraph_mode` NONE captures nothing): every
 //! dispatch over it is NONE. It knows no LoRA cases, so its NONE descriptors carry the
 //! caller's LoRA count unresolved.
+//!
+//! [`GraphTable::device_words`] (`device`) flattens the dispatch index into the words the GPU
+//! path's kernel dispatches over.
 
 use crate::error::{invalid, Result};
 
@@ -460,5 +463,6 @@ fn table_hash(graphs: &[Graph], decode_query_len: i32) -> u32 {
 }
 
 mod check;
+pub(crate) mod device;
 #[cfg(test)]
 mod tests;

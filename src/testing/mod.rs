@@ -12,12 +12,12 @@ pub mod diag_sites;
 use crate::coordinator::Coordinator;
 use crate::cuda::{self, extra, DeviceBuffer, MappedHost, Module, PostArgs};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ffi::{self, dp_batch_request, dp_batch_result, dp_status};
+use crate::ffi::{self, dp_batch_request, dp_batch_result, dp_graphs, dp_status};
 use crate::kernels as k;
 use crate::nccl::{self, Nccl};
 use crate::slot::{self, Slot};
 
-pub use crate::coordinator::{Outcome, SendPath};
+pub use crate::coordinator::{Decided, Outcome, SendPath};
 pub use crate::cuda::{DevicePtr, StreamHandle};
 pub use crate::nccl::{CommHandle, UniqueId};
 
@@ -57,6 +57,12 @@ impl ForcedCoordinator {
         Ok(ForcedCoordinator {
             inner: Coordinator::with_send_path(comm, true, send_path)?,
         })
+    }
+
+    /// `dp_coordinator_set_graphs` (`g` from `dp_graphs_create`, or NULL: no table; the
+    /// coordinator keeps its own reference).
+    pub fn set_graphs(&self, g: *const dp_graphs) -> Result<()> {
+        self.inner.set_graphs(ffi::graphs_of(g)?)
     }
 
     /// `dp_coordinator_begin` (the C request read and checked as the C ABI does).
@@ -99,6 +105,11 @@ impl Drop for ForcedCoordinator {
     fn drop(&mut self) {
         let _ = self.inner.destroy();
     }
+}
+
+/// The C result `dp_coordinator_end` writes for an outcome.
+pub fn outcome_result(o: &Outcome) -> dp_batch_result {
+    ffi::outcome_result(o)
 }
 
 /// The NCCL of the process plus its communicator set-up functions.
@@ -326,6 +337,7 @@ impl PostKit {
             seq,
             device_out: self.device_out.ptr(),
             host: self.host.device_ptr(),
+            table: 0,
         };
         self.post.launch_post(
             crate::coordinator::block_threads(self.dp_size),

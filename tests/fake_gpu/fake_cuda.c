@@ -18,8 +18,10 @@
  *   fake_cuda_allocations()       allocations made so far
  *   fake_cuda_calls(name)         calls of `name` so far
  *   fake_cuda_log()               every call on a stream, "name stream tid;" in order
- *   fake_cuda_postprocess(slots, n, rank, seq, out, host)
- *                                 what dp_postprocess writes for those slots, at once
+ *   fake_cuda_postprocess(slots, n, rank, seq, out, host, table)
+ *                                 what dp_postprocess writes for those slots (and that device
+ *                                 graph table, or NULL), at once
+ *   fake_cuda_last_table()        the table (device words) the last launch was given, or NULL
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -33,9 +35,14 @@
 
 #include "../../src/kernels/layout.h"
 
-/* The kernel's checks and decision, compiled as C. */
+/* The kernel's checks and decision, compiled as C; the device table read directly. */
 #define DP_FN static inline
 #define DP_UNROLL
+typedef struct Table {
+  const unsigned* g;
+} Table;
+#define TABLE_PRESENT(t) ((t).g != NULL)
+#define TABLE_WORD(t, i) ((t).g[(unsigned)(i)])
 #include "postprocess_logic.h"
 
 typedef int CUresult;
@@ -215,6 +222,11 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* s, size_t bytes, void* 
   memcpy((void*)(uintptr_t)d, s, bytes);
   return 0;
 }
+CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* s, size_t bytes) {
+  enter("cuMemcpyHtoD");
+  memcpy((void*)(uintptr_t)d, s, bytes);
+  return 0;
+}
 CUresult cuMemcpyDtoH_v2(void* d, CUdeviceptr s, size_t bytes) {
   memcpy(d, (const void*)(uintptr_t)s, bytes);
   return 0;
@@ -262,7 +274,11 @@ typedef struct post {
   unsigned seq;
   int* out;
   int* host;
+  const unsigned* table;
 } post;
+
+static const unsigned* last_table;
+const unsigned* fake_cuda_last_table(void) { return last_table; }
 
 static void publish(const post* p) {
   const int args_ok = p->n >= 1 && p->rank >= 0 && p->rank < p->n;
@@ -271,15 +287,13 @@ static void publish(const post* p) {
   for (int r = 0; r < n; r++)
     acc = combine(acc, slot_partial(p->slots + r * SLOT_WORDS, p->slots, p->seq, r));
   static const unsigned none[SLOT_WORDS];
-  Verdict v = decide(acc, n > 0 ? p->slots : none, p->n);
-  if (!args_ok) v.status = STATUS_INVALID;
-  const int own_padded = args_ok ? (int)p->slots[p->rank * SLOT_WORDS + SLOT_RECORD + REC_PADDED] : 0;
-  publish_header(p->host, acc, v, own_padded);
+  const unsigned* own = args_ok ? p->slots + p->rank * SLOT_WORDS + SLOT_RECORD : none;
+  Table t = {p->table};
+  Verdict v = decide(acc, n > 0 ? p->slots : none, own, p->n, args_ok, t);
+  for (int i = 1; i < HOST_HEADER_WORDS; i++) p->host[i] = header_word(&v, i);
   if (v.status == STATUS_OK) {
-    for (int r = 0; r < n; r++) {
-      int padded = (int)p->slots[r * SLOT_WORDS + SLOT_RECORD + REC_PADDED];
-      p->out[r] = p->host[HOST_HEADER_WORDS + r] = v.should_dp_pad ? acc.max_padded : padded;
-    }
+    for (int r = 0; r < n; r++)
+      p->out[r] = p->host[HOST_HEADER_WORDS + r] = array_word(v.fill, p->slots + r * SLOT_WORDS);
   } else {
     for (int i = 0; i < n * SLOT_WORDS; i++) p->host[HOST_HEADER_WORDS + n + i] = (int)p->slots[i];
   }
@@ -289,8 +303,8 @@ static void publish(const post* p) {
 
 /* The same, called by the test directly: dp_postprocess's outputs for the given slots. */
 void fake_cuda_postprocess(const unsigned* slots, int n, int rank, unsigned seq, int* out,
-                           int* host) {
-  post p = {slots, n, rank, seq, out, host};
+                           int* host, const unsigned* table) {
+  post p = {slots, n, rank, seq, out, host, table};
   publish(&p);
 }
 
@@ -302,7 +316,7 @@ static void* publish_later(void* arg) {
   return NULL;
 }
 
-/* dp_postprocess(slots, dp_size, dp_rank, seq, device_out, host) */
+/* dp_postprocess(slots, dp_size, dp_rank, seq, device_out, host, table) */
 CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                         unsigned bz, unsigned shared, void* stream, void** params, void** extra) {
   (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shared; (void)extra;
@@ -317,6 +331,8 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
   p->seq = *(unsigned*)params[3];
   p->out = (int*)(uintptr_t)*(CUdeviceptr*)params[4];
   p->host = (int*)(uintptr_t)*(CUdeviceptr*)params[5];
+  p->table = (const unsigned*)(uintptr_t)*(CUdeviceptr*)params[6];
+  last_table = p->table;
   if (publish_delay_ms > 0) {
     pthread_t t;
     __atomic_fetch_add(&pending, 1, __ATOMIC_SEQ_CST);

@@ -19,33 +19,49 @@ pub const CASE: &str = "DPCOORD_FAKE_CASE";
 /// Builds both fakes once per test process into a directory of their own.
 pub fn libraries() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_gpu");
-        let dir = std::env::temp_dir().join(format!("dpcoord-fake-gpu-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("postprocess_logic.h"), kernel_logic()).unwrap();
-        let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-        for (source, soname) in [
-            ("fake_cuda.c", "libcuda.so.1"),
-            ("fake_nccl.c", "libnccl.so.2"),
-        ] {
-            let status = Command::new(&compiler)
-                .args([
-                    "-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror", "-pthread",
-                ])
-                .arg(format!("-Wl,-soname,{soname}"))
-                .arg("-I")
-                .arg(&dir)
-                .arg("-o")
-                .arg(dir.join(soname))
-                .arg(root.join(source))
-                .status()
-                .unwrap_or_else(|e| panic!("running {compiler}: {e}"));
-            assert!(status.success(), "{compiler} failed to build {source}");
-        }
-        dir
-    })
+    DIR.get_or_init(|| build("", &kernel_logic()))
+}
+
+/// Builds both fakes with the kernel's logic changed: `from` (which must occur exactly once
+/// in the host-runnable part) replaced by `to`, into a directory of their own (`name`).
+pub fn mutant_libraries(name: &str, from: &str, to: &str) -> PathBuf {
+    let logic = kernel_logic();
+    assert_eq!(
+        logic.matches(from).count(),
+        1,
+        "the mutation's text {from:?} must occur once in the kernel's logic"
+    );
+    build(name, &logic.replacen(from, to, 1))
+}
+
+/// Compiles `fake_cuda.c` (with `logic` as the kernel's logic) and `fake_nccl.c` into a fresh
+/// directory (`tag` tells it apart).
+fn build(tag: &str, logic: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_gpu");
+    let dir = std::env::temp_dir().join(format!("dpcoord-fake-gpu-{}{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("postprocess_logic.h"), logic).unwrap();
+    let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    for (source, soname) in [
+        ("fake_cuda.c", "libcuda.so.1"),
+        ("fake_nccl.c", "libnccl.so.2"),
+    ] {
+        let status = Command::new(&compiler)
+            .args([
+                "-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror", "-pthread",
+            ])
+            .arg(format!("-Wl,-soname,{soname}"))
+            .arg("-I")
+            .arg(&dir)
+            .arg("-o")
+            .arg(dir.join(soname))
+            .arg(root.join(source))
+            .status()
+            .unwrap_or_else(|e| panic!("running {compiler}: {e}"));
+        assert!(status.success(), "{compiler} failed to build {source}");
+    }
+    dir
 }
 
 /// The host-runnable part of the post-processing kernel: the lines of `postprocess.cu`
@@ -126,7 +142,18 @@ impl Run {
 /// Runs the ignored test `child` of this binary for `case` with the fakes and `env`; fails
 /// unless the child passed.
 pub fn run(case: &str, env: &[(&str, String)]) -> Run {
-    let dir = libraries();
+    let (passed, run) = run_with(libraries(), case, env);
+    assert!(
+        passed,
+        "case {case} failed in its own process:\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    run
+}
+
+/// Runs the ignored test `child` of this binary for `case` with the fakes of `dir` and `env`:
+/// whether it passed, and what it printed.
+pub fn run_with(dir: &Path, case: &str, env: &[(&str, String)]) -> (bool, Run) {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
@@ -157,13 +184,7 @@ pub fn run(case: &str, env: &[(&str, String)]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
-    assert!(
-        out.status.success(),
-        "case {case} failed in its own process:\n{}\n{}",
-        run.stdout,
-        run.stderr
-    );
-    run
+    (out.status.success(), run)
 }
 
 /// The fakes' control functions, in a child (the libraries are loaded by name, as dpcoord
@@ -241,22 +262,26 @@ impl Fakes {
     }
 
     /// What the fake's `dp_postprocess` (the kernel's own logic) writes for `slots` (`n`
-    /// slots, as words) as rank `rank` of exchange `seq`: the device array and the host block.
+    /// slots, as words) as rank `rank` of exchange `seq` with the device graph table `table`
+    /// (`GraphTable::device_words`; `None`: no table): the device array and the host block.
     pub fn postprocess(
         &self,
         slots: &[u32],
         n: usize,
         rank: i32,
         seq: u32,
+        table: Option<&[u32]>,
     ) -> (Vec<i32>, Vec<i32>) {
         let header = layout("HOST_HEADER_WORDS");
         let mut out = vec![-7; n];
         let mut host = vec![-7; header + n * (1 + layout("SLOT_WORDS"))];
-        // SAFETY: fake_cuda_postprocess(const unsigned*, int, int, unsigned, int*, int*).
-        let f: unsafe extern "C" fn(*const u32, c_int, c_int, u32, *mut i32, *mut i32) =
+        // SAFETY: fake_cuda_postprocess(const unsigned*, int, int, unsigned, int*, int*,
+        // const unsigned*).
+        let f: unsafe extern "C" fn(*const u32, c_int, c_int, u32, *mut i32, *mut i32, *const u32) =
             unsafe { std::mem::transmute(Self::sym(self.cuda, "fake_cuda_postprocess")) };
         assert_eq!(slots.len(), n * layout("SLOT_WORDS"));
-        // SAFETY: `slots` holds n slots; `out` n ints; `host` the whole host block.
+        // SAFETY: `slots` holds n slots; `out` n ints; `host` the whole host block; `table`
+        // NULL or a whole device table.
         unsafe {
             f(
                 slots.as_ptr(),
@@ -265,9 +290,25 @@ impl Fakes {
                 seq,
                 out.as_mut_ptr(),
                 host.as_mut_ptr(),
+                table.map_or(std::ptr::null(), <[u32]>::as_ptr),
             )
         };
         (out, host)
+    }
+
+    /// The first `words` words of the device table the last launch was given (`None`: none).
+    pub fn last_table(&self, words: usize) -> Option<Vec<u32>> {
+        // SAFETY: fake_cuda_last_table(void) -> const unsigned*.
+        let f: unsafe extern "C" fn() -> *const u32 =
+            unsafe { std::mem::transmute(Self::sym(self.cuda, "fake_cuda_last_table")) };
+        // SAFETY: no arguments; returns NULL or the last launch's table.
+        let p = unsafe { f() };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: the device table of the last launch, still allocated, holds at least `words`
+        // words (the caller knows the table it set).
+        Some(unsafe { std::slice::from_raw_parts(p, words) }.to_vec())
     }
 
     /// Marks `comm` aborted (what `ncclCommAbort` does to a real one).
