@@ -1123,7 +1123,7 @@ fn info_logs_the_straggler_once_per_change() {
     let line = |step: i64, rank: i32, skew: i64| {
         format!(
             "INFO [rank 0/2 comm {comm} step {step}] straggler: rank {rank} arrived last in 33 \
-             of the last 64 exchanges (this one's arrival skew: {skew} ns, between \
+             of the last 64 steps (this one's arrival skew: {skew} ns, between \
              CLOCK_MONOTONIC clocks: exact on one host)"
         )
     };

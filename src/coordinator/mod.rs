@@ -51,7 +51,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::cuda::{self, Context, DevicePtr, StreamHandle};
-use crate::diag::{self, Ctx, Level};
+use crate::diag::{self, Ctx, Level, Stragglers};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels as k;
 use crate::nccl::{self, CommHandle, Nccl};
@@ -63,7 +63,6 @@ mod device;
 mod enqueue;
 mod flight;
 mod shared;
-mod straggler;
 #[cfg(test)]
 mod tests;
 mod verdict;
@@ -79,7 +78,6 @@ use device::{retire, sweep_graveyard, GpuState};
 pub use flight::Decided;
 use flight::{decide_alone, own_slot, Flight, InFlight, Step};
 use shared::{cancelled_error, Shared};
-use straggler::Stragglers;
 
 /// Host polls between two reads of the clock.
 const POLLS_PER_CLOCK: u32 = 64;
@@ -460,16 +458,11 @@ impl Coordinator {
                     device_array: gpu.device_out.ptr(),
                 };
                 self.trace(&outcome);
-                if self.dp_size > 1 && diag::enabled(Level::Info) {
-                    if let Some((rank, last)) = inner.stragglers.push(outcome.last_rank) {
-                        diag::log::straggler(
-                            &self.ctx(outcome.step_id),
-                            rank,
-                            last,
-                            straggler::WINDOW,
-                            outcome.arrival_skew_ns,
-                        );
-                    }
+                if self.dp_size > 1 {
+                    let ctx = self.ctx(outcome.step_id);
+                    inner
+                        .stragglers
+                        .note(&ctx, outcome.last_rank, outcome.arrival_skew_ns);
                 }
                 Ok(outcome)
             }

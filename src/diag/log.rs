@@ -323,18 +323,6 @@ pub(crate) fn coordinator_info(
     );
 }
 
-/// The GPU path's INFO line for a straggler: `rank` arrived last in `last` of the last `window`
-/// exchanges (more than half), the latest of which had an arrival skew of `skew_ns`. Once per
-/// change of that rank, which the caller tracks.
-pub(crate) fn straggler(ctx: &Ctx<'_>, rank: i32, last: usize, window: usize, skew_ns: i64) {
-    super::log!(
-        Level::Info,
-        ctx,
-        "straggler: rank {rank} arrived last in {last} of the last {window} exchanges (this \
-         one's arrival skew: {skew_ns} ns, between CLOCK_MONOTONIC clocks: exact on one host)"
-    );
-}
-
 /// The TRACE line of a call that decided: `dp_decide_batch: ubatch 1 dp_pad 1 cudagraph 2
 /// tokens self 96 max 96 min 64` (the decision formats itself). Costs the relaxed load and
 /// branch while TRACE is off.

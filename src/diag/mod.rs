@@ -37,6 +37,7 @@
 
 pub(crate) mod log;
 pub(crate) mod nvtx;
+pub(crate) mod straggler;
 /// The helpers the NVTX unit tests (`nvtx.rs`) share with `tests/diag.rs`.
 #[cfg(test)]
 #[path = "../../tests/diag_support/mod.rs"]
@@ -44,6 +45,7 @@ mod test_support;
 
 pub(crate) use self::log::{coordinator_info, decision, enabled, Ctx, Level};
 pub(crate) use self::nvtx::range;
+pub(crate) use self::straggler::Stragglers;
 
 /// Writes one line at `level` when `DPCOORD_DEBUG` lets it through:
 /// `diag::log!(Level::Info, ctx, "format {}", args)`. While the level is off this is one

@@ -107,7 +107,6 @@ mod identity;
 mod join;
 mod segment;
 mod step;
-mod straggler;
 mod sys;
 mod wait;
 
@@ -120,7 +119,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::diag::Ctx;
+use crate::diag::{Ctx, Stragglers};
 use crate::error::{invalid, Error, ErrorKind, Result};
 use crate::rules::{Agreement, Decision, GraphTable};
 use crate::slot::Slot;
@@ -128,7 +127,6 @@ use crate::slot::Slot;
 use identity::Identity;
 use join::{same_segment, JoinError, Opening};
 use segment::{Mapping, STATE_CLOSED};
-use straggler::Stragglers;
 use sys::{euid, getpid, shm_unlink, Locked};
 use wait::deadline_after;
 

@@ -7,13 +7,12 @@ use std::sync::atomic::Ordering;
 use super::fork::is_opener;
 use super::identity::{Identity, Presence};
 use super::segment::{LAYOUT_VERSION, MAGIC, SLOT_SIZE, STATE_JOINED};
-use super::straggler::WINDOW;
 use super::sys::{getpid, pidfd_exited};
 use super::wait::Deadline;
 use super::{
     corrupt, internal, peer_exited, slot_damaged, timeout_error, Decided, HostGroup, Step,
 };
-use crate::diag::{self, Level};
+use crate::diag::{self, Ctx, Level};
 use crate::error::{invalid, Error, ErrorKind, Result};
 use crate::rules::{slots, Request, DP_RULES_VLLM_V2};
 use crate::slot::{at, now_ns, Slot};
@@ -101,16 +100,13 @@ impl HostGroup {
         let checked =
             checked.map_err(|e| e.context(&format!("host group '{}' at step {k}", self.name)))?;
         let (step_id, last_rank) = (checked.step_id, checked.last_rank);
-        if self.dp_size > 1 && diag::enabled(Level::Info) {
-            if let Some((rank, count)) = self.stragglers.push(last_rank) {
-                diag::log!(
-                    Level::Info,
-                    self.ctx(step_id),
-                    "straggler: rank {rank} arrived last in {count} of the last {WINDOW} steps \
-                     (this one's arrival skew: {} ns)",
-                    checked.arrival_skew_ns
-                );
-            }
+        if self.dp_size > 1 {
+            let ctx = Ctx::new()
+                .rank(self.dp_rank as i32, self.dp_size as i32)
+                .group(&self.name)
+                .step(step_id);
+            self.stragglers
+                .note(&ctx, last_rank, checked.arrival_skew_ns);
         }
         let (me, table) = (self.dp_rank as i32, self.graphs.as_deref());
         let out = Some(&mut self.tokens[..]);

@@ -9,7 +9,6 @@ use super::segment::{
     members_size, segment_size, Buf, Header, Member, RankSlot, WakeLine, HEADER_SIZE,
     LAYOUT_VERSION, SLOT_SIZE,
 };
-use super::straggler::Stragglers;
 use super::{check_name, MAX_NAME_LEN};
 use crate::error::ErrorKind;
 use crate::slot::{Settings, Slot};
@@ -79,27 +78,6 @@ fn a_buffer_holds_the_slot_published_and_says_its_step() {
     assert_eq!(buf.seq(), 7);
     assert_eq!(buf.copy(), slot);
     assert!(buf.copy().intact());
-}
-
-#[test]
-fn the_straggler_is_a_rank_last_in_most_of_64_steps_once_per_change() {
-    let mut s = Stragglers::new();
-    let mut feed = |rank: i32, times: usize| -> Vec<(i32, usize)> {
-        (0..times).filter_map(|_| s.push(rank)).collect()
-    };
-    // 32 of 64 is not most; the 33rd is, reported once.
-    assert_eq!(feed(3, 32), []);
-    assert_eq!(feed(3, 1), [(3, 33)]);
-    assert_eq!(feed(3, 40), [], "the same rank again: no second line");
-    // Rank 1 takes over at its 33rd step of the last 64.
-    assert_eq!(feed(1, 40), [(1, 33)]);
-    // Rank 3 again, a change: reported again.
-    assert_eq!(feed(3, 40), [(3, 33)]);
-    // Ranks taking turns: nobody has most of the steps.
-    for _ in 0..64 {
-        assert_eq!(feed(0, 1), []);
-        assert_eq!(feed(2, 1), []);
-    }
 }
 
 #[test]

@@ -333,7 +333,9 @@ pub(crate) fn decide_v2(
     let mine = table.map_or(0, GraphTable::hash);
     if mine != checked.settings.graphs {
         return Err(invalid!(
-            "the graph table given here (hash {mine:#010x}) is not the one the slots were made              with (hash {:#010x}; 0 = no table): decide with the table the rank made its slot              with",
+            "the graph table given here (hash {mine:#010x}) is not the one the slots were made \
+             with (hash {:#010x}; 0 = no table): decide with the table the rank made its slot \
+             with",
             checked.settings.graphs
         ));
     }
