@@ -57,13 +57,16 @@ impl Coordinator {
             }
             self.nccl.check_async_error(self.comm)?;
             // A special stream means another stream on this thread: its work is behind the
-            // event `begin` recorded (see Flight::Exchange).
-            let done = match marked {
-                true => {
+            // event `begin` recorded (see Flight::Exchange). A rank that sent the marker
+            // (possibly for a stream capturing a CUDA graph, where a stream query from this
+            // thread is refused and invalidates the capture) only polls the host word.
+            let done = match (marked, f.rejected.is_some()) {
+                (_, true) => false,
+                (true, false) => {
                     let _current = gpu.ctx.enter()?;
                     gpu.event.done()?
                 }
-                false => cuda::stream_idle(stream)?,
+                (false, false) => cuda::stream_idle(stream)?,
             };
             if done && gpu.host.load(k::HOST_SEQ) as u32 != seq {
                 return Err(Error::internal(
