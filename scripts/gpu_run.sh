@@ -37,7 +37,9 @@
 # (default "2 4 8"), HOST_ITERS (default 20000). When ranks share GPUs (loopback sockets, about
 # 14 ms a step at 4 ranks) the suite's repeat counts are capped: DPCOORD_GPU_REPEAT and
 # DPCOORD_GPU_REUSE_STEPS 2000 at 2 ranks, 1000 at 4, 500 above (SHARED_REPEAT_<n> overrides);
-# with a GPU per rank the tests' own defaults hold.
+# with a GPU per rank the tests' own defaults hold. COMMIT names the commit in the summary (pass
+# it through the device tool: the copy there may carry older git metadata than its files; the
+# library's sha256 beside it is what identifies the code).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -90,7 +92,7 @@ write_summary() {
     echo "gpu_run: $(date -u +%Y-%m-%dT%H:%M:%SZ), $((SECONDS - START)) s of ${BUDGET_S} s"
     echo "machine: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null |
       sort | uniq -c | sed 's/^ *//' | paste -sd';' -), $(nproc 2>/dev/null) cores"
-    echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)," \
+    echo "commit: ${COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}," \
       "libdpcoord.so sha256 $(sha256sum "$LIB" 2>/dev/null | cut -c1-12)"
     printf '%s\n' "${SUMMARY[@]}"
   } >"$OUT/summary.txt"
