@@ -1,66 +1,24 @@
 //! No allocation per call after the table is built: `GraphTable::dispatch`, `make_v2_record`,
 //! `decide_v2` (1024 ranks, with and without a dead-rank mask, every branch),
-//! `decide_local_v1`, `decide_local_v2`, `reuse_agreement` and `uniform_draft_agreement`,
-//! counted by a global allocator (per thread, so other tests' threads do not count).
+//! `decide_local_v1`, `decide_local_v2`, `reuse_agreement` and `uniform_draft_agreement`, and
+//! the slot's host path (`dp_make_slot`, `dp_decide_slots` at 1024 ranks, V1 and V2, with and
+//! without a dead-rank mask), counted by a global allocator (per thread, so other tests' threads
+//! do not count).
 
+mod alloc_common;
 mod v2_common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
+use alloc_common::allocations_after_first;
+use dpcoord::ffi::{
+    dp_batch_request, dp_batch_result, dp_batch_result_init, dp_decide_slots, dp_make_slot,
+    dp_status, Slot,
+};
 use dpcoord::rules::{
     decide_local_v1, decide_local_v2, decide_v2, make_v2_record, reuse_agreement,
-    uniform_draft_agreement, Prior, Request, UbatchConfig, V2Config, V2Record,
+    uniform_draft_agreement, Prior, Request, UbatchConfig, V2Config, V2Record, DP_RULES_VLLM_V1,
+    DP_RULES_VLLM_V2,
 };
-use v2_common::{step, Step, VllmCfg};
-
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the counter is a
-// const-initialised thread-local Cell, which never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: forwarded with the caller's arguments.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(|c| c.get())
-}
-
-/// Runs `f` once, then counts the allocations of 100 more.
-fn allocations_after_first(mut f: impl FnMut()) -> u64 {
-    f();
-    let before = allocations();
-    for _ in 0..100 {
-        f();
-    }
-    allocations() - before
-}
-
-#[test]
-fn the_counter_counts() {
-    let n = allocations_after_first(|| drop(std::hint::black_box(vec![1u8; 16])));
-    assert_eq!(n, 100);
-}
+use v2_common::{options, step, Handle, Step, VllmCfg};
 
 #[test]
 fn dispatch_allocates_nothing() {
@@ -167,4 +125,48 @@ fn local_and_reuse_allocate_nothing() {
         );
     });
     assert_eq!(n, 0, "a reuse allocated");
+}
+
+#[test]
+fn slot_make_and_decide_allocate_nothing() {
+    let built = VllmCfg::e_dbo().build();
+    let handle = Handle::new(Some((&built.graphs[..], built.decode_query_len)));
+    let mut live = vec![1u8; 1024];
+    for r in [3, 100, 101, 700] {
+        live[r] = 0;
+    }
+    let mut res = std::mem::MaybeUninit::<dp_batch_result>::zeroed();
+    dp_batch_result_init(res.as_mut_ptr());
+    // SAFETY: initialised by dp_batch_result_init.
+    let mut res = unsafe { res.assume_init() };
+    let mut out = vec![0i32; 1024];
+    for rules in [DP_RULES_VLLM_V1, DP_RULES_VLLM_V2] {
+        let reqs: Vec<dp_batch_request> = (0..1024)
+            .map(|i| {
+                let t = 40 + (i % 9) as i32;
+                let mut q = step(t, t).u(1).b().request(built.dbo);
+                q.rules = rules;
+                q.uniform_decode = 1;
+                dp_batch_request::from(&q)
+            })
+            .collect();
+        for mask in [None, Some(&live[..])] {
+            let opts = options(&handle, mask);
+            let mut slots = vec![Slot { opaque: [0; 24] }; 1024];
+            let n = allocations_after_first(|| {
+                for (q, s) in reqs.iter().zip(slots.iter_mut()) {
+                    let st = dp_make_slot(q, &opts, s);
+                    assert_eq!(st, dp_status::DP_OK, "{}", v2_common::last_error());
+                }
+            });
+            assert_eq!(n, 0, "dp_make_slot allocated (rules {rules})");
+            let n = allocations_after_first(|| {
+                let st =
+                    dp_decide_slots(slots.as_ptr(), 1024, 5, &opts, out.as_mut_ptr(), &mut res);
+                assert_eq!(st, dp_status::DP_OK, "{}", v2_common::last_error());
+            });
+            assert_eq!(n, 0, "dp_decide_slots allocated (rules {rules})");
+            assert_eq!(res.rules, rules);
+        }
+    }
 }

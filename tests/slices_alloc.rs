@@ -3,8 +3,7 @@
 //! their first call, counted by a global allocator (per thread, so other tests' threads do not
 //! count).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod alloc_common;
 
 use dpcoord::ffi::{
     dp_batch_result, dp_batch_result_init, dp_decide_batch, dp_decide_batch_with_options,
@@ -14,47 +13,7 @@ use dpcoord::ffi::{
 use dpcoord::rules::RankRecord;
 use dpcoord::slices::UbatchSlice;
 
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the counter is a
-// const-initialised thread-local Cell, which never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: forwarded with the caller's arguments.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(|c| c.get())
-}
-
-/// Runs `f` once (a first call may set things up), then counts the allocations of 100 more.
-fn allocations_after_first(mut f: impl FnMut()) -> u64 {
-    f();
-    let before = allocations();
-    for _ in 0..100 {
-        f();
-    }
-    allocations() - before
-}
+use alloc_common::allocations_after_first;
 
 fn records(n: usize) -> Vec<RankRecord> {
     (0..n)
@@ -66,12 +25,6 @@ fn records(n: usize) -> Vec<RankRecord> {
             cudagraph_mode: 2,
         })
         .collect()
-}
-
-#[test]
-fn the_counter_counts() {
-    let n = allocations_after_first(|| drop(std::hint::black_box(vec![1u8; 16])));
-    assert_eq!(n, 100);
 }
 
 #[test]
