@@ -143,7 +143,7 @@ fn slot_make_and_decide_allocate_nothing() {
     for rules in [DP_RULES_VLLM_V1, DP_RULES_VLLM_V2] {
         let reqs: Vec<dp_batch_request> = (0..1024)
             .map(|i| {
-                let t = 40 + (i % 9) as i32;
+                let t = 40 + i % 9;
                 let mut q = step(t, t).u(1).b().request(built.dbo);
                 q.rules = rules;
                 q.uniform_decode = 1;
