@@ -284,6 +284,13 @@ fn child() {
             let comm = fakes.comm(2, 0).cast::<ncclComm>();
             let mut c: *mut dp_coordinator = std::ptr::null_mut();
             assert_eq!(dp_coordinator_create(comm, &mut c), dp_status::DP_OK);
+            // Calls CUDA refuses from any thread while a global-mode capture is open (and
+            // that invalidate it): none may run between begin and end.
+            let unsafe_calls = || -> i64 {
+                let names = ["cuEventQuery", "cuStreamQuery", "cuStreamSynchronize"];
+                names.iter().map(|n| fakes.cuda_calls(n)).sum()
+            };
+            let before = unsafe_calls();
             println!(
                 "BEGIN={}",
                 dp_coordinator_begin(c, s, &request(3, 5000)) as u32
@@ -292,6 +299,7 @@ fn child() {
             let mut res = result();
             println!("END={}", dp_coordinator_end(c, &mut res) as u32);
             println!("END_ERROR={}", last_error());
+            println!("UNSAFE_CALLS={}", unsafe_calls() - before);
             println!("GATHERS={}", fakes.nccl_calls("ncclAllGather"));
             println!("CUDA_LOG={}", fakes.cuda_log());
             // Still usable on a good stream.
@@ -985,12 +993,18 @@ fn a_special_stream_is_used_only_on_the_thread_that_called_begin() {
 
 /// Item 4 of issue 17: begin on a stream the coordinator cannot use (one capturing a CUDA
 /// graph, one of another device) still joins the exchange, as the invalid-request marker,
-/// on a stream the coordinator owns: begin returns DP_OK, end names the stream, and nothing
-/// but the checks ran on the unusable stream.
+/// on a stream the coordinator owns: begin returns DP_OK, end names the stream, nothing but
+/// the checks ran on the unusable stream, and no query or synchronize ran at all (seen on an
+/// H100: a query during the caller's global-mode capture is refused and ends the capture).
 #[test]
 fn an_unusable_stream_joins_the_exchange_as_the_marker() {
     for (raw, why) in [("ca97", "capturing a CUDA graph"), ("d1", "CUDA device 1")] {
-        let r = run("unusable_stream", &[("STREAM", raw.to_owned())]);
+        // The kernel publishes 30 ms late, so that end has to wait (and poll).
+        let env = [
+            ("STREAM", raw.to_owned()),
+            ("FAKE_CUDA_PUBLISH_DELAY_MS", "30".to_owned()),
+        ];
+        let r = run("unusable_stream", &env);
         assert_eq!(
             r.printed("BEGIN"),
             "0",
@@ -1014,6 +1028,12 @@ fn an_unusable_stream_joins_the_exchange_as_the_marker() {
             .filter(|e| e.contains(&format!(" 0x{raw} ")) && !e.starts_with("cuStreamIsCapturing"))
             .collect();
         assert!(used.is_empty(), "stream {raw} was used: {used:?}");
+        assert_eq!(
+            r.printed("UNSAFE_CALLS"),
+            "0",
+            "stream {raw}: a stream or event query or a synchronize ran between begin and end \
+             (CUDA refuses it during a global-mode capture, and it invalidates the capture)"
+        );
     }
 }
 
