@@ -52,7 +52,6 @@ void RunModel(const example::Rank& me, int step, const dp_batch_result& res, Mod
   }
 }
 
-// [readme:gpu]
 void Check(dp_status s, const char* call) {
   if (s == DP_OK) return;
   std::fprintf(stderr, "%s: %s: %s\n", call, dp_status_string(s), dp_last_error());
@@ -61,6 +60,7 @@ void Check(dp_status s, const char* call) {
   std::exit(1);
 }
 
+// [readme:gpu]
 // Every rank, every step: one exchange on me.coord_comm (a communicator reserved for
 // dpcoord), enqueued on the model's stream.
 void ServeSteps(const example::Rank& me, Model& model, int steps) {
