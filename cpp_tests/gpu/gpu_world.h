@@ -261,15 +261,17 @@ class Gpu : public ::testing::Test {
  protected:
   void SetUp() override;
   void TearDown() override;
-
-  // Marks the test skipped (GTEST_SKIP in a helper: the caller's body goes on).
-  static void SkipUnlessRanks(int n) {
-    if (g.nranks < n) {
-      GTEST_SKIP() << "needs >= " << n << " ranks (this run has " << g.nranks << ")";
-    }
-  }
 };
 
 }  // namespace dpg
+
+// Skips the test, and returns from its body, unless the run has at least n ranks (a macro:
+// GTEST_SKIP only returns from the function it is written in).
+#define DPG_SKIP_UNLESS_RANKS(n)                                                              \
+  do {                                                                                        \
+    if (::dpg::g.nranks < (n)) {                                                              \
+      GTEST_SKIP() << "needs >= " << (n) << " ranks (this run has " << ::dpg::g.nranks << ")"; \
+    }                                                                                         \
+  } while (0)
 
 #endif  // DPCOORD_GPU_WORLD_H

@@ -349,7 +349,7 @@ TEST_F(Gpu, DpSizeOneDoesNoGpuWork) {
 }
 
 TEST_F(Gpu, InconsistentPadFlagsFailEveryRank) {
-  SkipUnlessRanks(2);
+  DPG_SKIP_UNLESS_RANKS(2);
   for (int variant = 0; variant < 2; ++variant) {
     SCOPED_TRACE(variant == 0 ? "only rank 0 allows DP padding" : "all but rank 0 allow it");
     std::vector<dp_batch_request> reqs(g.nranks, BaseRequest());

@@ -41,7 +41,7 @@ TEST_F(Gpu, ReleaseThenCallAgain) {
 // starts on a fresh communicator (no warm-up: the first exchange carries a marker), then the
 // cached form on `dp`, with a C bool byte of 2.
 TEST_F(Gpu, CoordinatorInvalidRequestOnOneRankFailsEveryRankAtOnce) {
-  SkipUnlessRanks(2);
+  DPG_SKIP_UNLESS_RANKS(2);
   ncclComm_t fresh = FreshComm();
   dp_coordinator* c = CreateCoordinator(fresh);
   for (int bad = 0; bad < 2 * g.nranks; ++bad) {
@@ -195,7 +195,7 @@ void SettingDifferenceFailsEveryRank(const char* mentions,
 // EXPLICIT on every rank but one, which passes WHEN_CUDAGRAPH: with FULL graphs and no rank
 // allowing DP padding, EXPLICIT would not pad and WHEN_CUDAGRAPH would.
 TEST_F(Gpu, CoordinatorPadPolicyDifferenceFailsEveryRank) {
-  if (g.nranks < 2) GTEST_SKIP() << "needs >= 2 ranks (this run has " << g.nranks << ")";
+  DPG_SKIP_UNLESS_RANKS(2);
   SettingDifferenceFailsEveryRank(
       "pad_policy differs",
       [](int r, dp_batch_request& q) {
@@ -211,7 +211,7 @@ TEST_F(Gpu, CoordinatorPadPolicyDifferenceFailsEveryRank) {
 // max(padded) 100 and min(unpadded) 60, 2 microbatches split (100 / 2 = 50 < 60) and 4 would
 // leave the last one empty (100 / 4 * 3 = 75 >= 60).
 TEST_F(Gpu, CoordinatorNumUbatchesDifferenceFailsEveryRank) {
-  if (g.nranks < 2) GTEST_SKIP() << "needs >= 2 ranks (this run has " << g.nranks << ")";
+  DPG_SKIP_UNLESS_RANKS(2);
   SettingDifferenceFailsEveryRank(
       "num_ubatches",
       [](int r, dp_batch_request& q) {
@@ -228,7 +228,7 @@ TEST_F(Gpu, CoordinatorNumUbatchesDifferenceFailsEveryRank) {
 // A rank that never calls, on a FRESH communicator (no warm-up: NCCL's lazy connect happens
 // inside the first collective): the others get DP_ERR_TIMEOUT within timeout_ms + 100 ms.
 TEST_F(Gpu, CoordinatorFreshCommunicatorAbsentPeerTimesOut) {
-  SkipUnlessRanks(2);
+  DPG_SKIP_UNLESS_RANKS(2);
   constexpr int32_t kTimeoutMs = 500;
   constexpr double kSlackMs = 100;
   ncclComm_t fresh = FreshComm();
@@ -276,7 +276,7 @@ TEST_F(Gpu, CoordinatorFreshCommunicatorAbsentPeerTimesOut) {
 // Twice: in the first call's connect wait (fresh communicator) and in end's wait after a
 // good step.
 TEST_F(Gpu, CoordinatorWatchdogCancelsThenAbortsDuringAWait) {
-  SkipUnlessRanks(2);
+  DPG_SKIP_UNLESS_RANKS(2);
   const int absent = g.nranks - 1;
   for (int warm = 0; warm <= 1; ++warm) {
     SCOPED_TRACE(warm ? "wait in end, after a good step" : "wait in the first begin");
@@ -323,7 +323,7 @@ TEST_F(Gpu, CoordinatorWatchdogCancelsThenAbortsDuringAWait) {
 // first collective): a rank that never calls gives the others DP_ERR_TIMEOUT within
 // timeout_ms + 100 ms; then abort and dp_release.
 TEST_F(Gpu, TimeoutWhenARankNeverCalls) {
-  SkipUnlessRanks(2);
+  DPG_SKIP_UNLESS_RANKS(2);
   constexpr int32_t kTimeoutMs = 500;
   constexpr double kSlackMs = 100;
   ncclComm_t fresh = FreshComm();
@@ -369,7 +369,7 @@ TEST_F(Gpu, TimeoutWhenARankNeverCalls) {
 // cancel 50 ms after the call started (perhaps still creating the coordinator) and 500 ms
 // after (inside the connect).
 TEST_F(Gpu, WatchdogCancelsFirstCachedCallOnFreshCommunicator) {
-  if (g.nranks < 2) GTEST_SKIP() << "needs >= 2 ranks (this run has " << g.nranks << ")";
+  DPG_SKIP_UNLESS_RANKS(2);
   constexpr double kCancelBoundMs = 5000;
   const double cancel_tries_ms = Sanitized() ? 60000 : kCancelBoundMs;  // creation is slow there
   const int absent = g.nranks - 1;

@@ -87,7 +87,7 @@ TEST_F(Gpu, CoordinatorPollNeverBlocksAndStatesAreChecked) {
 }
 
 TEST_F(Gpu, CoordinatorDifferentStepIdsFailEveryRankNamingThem) {
-  SkipUnlessRanks(2);
+  DPG_SKIP_UNLESS_RANKS(2);
   dp_coordinator* c = CreateCoordinator(g.dp);
   dp_batch_request q = BaseRequest();
   Tokens(q, 5 + g.rank);
@@ -114,7 +114,7 @@ TEST_F(Gpu, CoordinatorDifferentStepIdsFailEveryRankNamingThem) {
 }
 
 TEST_F(Gpu, CoordinatorRankThatSkipsOneCallIsCaughtByStepIds) {
-  SkipUnlessRanks(2);
+  DPG_SKIP_UNLESS_RANKS(2);
   dp_coordinator* c = CreateCoordinator(g.dp);
   const int skipper = g.nranks - 1;
   std::vector<dp_status> got;

@@ -14,7 +14,7 @@ TEST_F(Gpu, DeviceArrayIsStreamOrderedForAKernelAfterTheCall) {
   // Each step's device array is consumed by a (deliberately slow) kernel enqueued right after
   // the call on the same stream, with no host synchronization until the end: the next call's
   // write must not overtake it.
-  SkipUnlessRanks(2);  // a one-rank communicator has no device array
+  DPG_SKIP_UNLESS_RANKS(2);  // a one-rank communicator has no device array
   const int kSteps = 24;
   const int n = g.nranks;
   ASSERT_LE(kSteps * n, kScratchInts);

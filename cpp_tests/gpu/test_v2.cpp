@@ -288,7 +288,7 @@ void ExpectSameDecision(const dp_batch_result& want, const dp_batch_result& got)
 // path at 2 and 4 ranks (groups of world ranks on fresh communicators): each rank's result
 // equals what dp_decide_slots gives it on the same requests, per step, arrays included.
 TEST_F(Gpu, V2AndV1StepsMatchTheHostPathAt2And4Ranks) {
-  SkipUnlessRanks(2);
+  DPG_SKIP_UNLESS_RANKS(2);
   const std::vector<const V2Example*> tables = ExampleTables();
   const int steps = std::max(8, g.steps / 8);  // per table: 32 by default, 8 sanitized
   for (int size : {2, 4}) {
@@ -368,7 +368,7 @@ TEST_F(Gpu, V2AndV1StepsMatchTheHostPathAt2And4Ranks) {
 // waited (wait_ns) in end; the fields are in range on every step (under a sanitizer only
 // that: its slowdown moves the ranks apart).
 TEST_F(Gpu, V2StragglerReportIsFilled) {
-  SkipUnlessRanks(2);
+  DPG_SKIP_UNLESS_RANKS(2);
   const int n = g.nranks;
   ncclComm_t comm = FreshComm();
   dp_coordinator* c = CreateCoordinator(comm);
