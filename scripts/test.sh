@@ -117,9 +117,9 @@ step "cargo test --workspace --all-targets (+ doc tests)"
 "$CARGO" test "${LOCKED[@]}" --doc
 
 # The tests that need a real NCCL (ignored by default); set-up provided one (NCCL_ROOT).
-step "cargo test --lib -- --ignored (real NCCL: $NCCL_ROOT)"
+step "cargo test --lib -- --ignored --exact nccl::tests::real_nccl_when_given (real NCCL: $NCCL_ROOT)"
 DPCOORD_TEST_NCCL_LIBRARY="$NCCL_ROOT/lib/libnccl.so.2" \
-  "$CARGO" test "${LOCKED[@]}" --lib -- --ignored
+  "$CARGO" test "${LOCKED[@]}" --lib -- --ignored --exact nccl::tests::real_nccl_when_given
 
 step "install the package into a temporary prefix"
 PREFIX="$(mktemp -d "${TMPDIR:-/tmp}/dpcoord-prefix.XXXXXX")"

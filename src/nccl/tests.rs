@@ -113,7 +113,7 @@ fn version_string_reads_both_encodings() {
 
 /// With a real NCCL at `DPCOORD_TEST_NCCL_LIBRARY`, resolve it and read a real error.
 #[test]
-#[ignore = "needs a real NCCL: set DPCOORD_TEST_NCCL_LIBRARY=<libnccl.so.2> and pass --include-ignored (scripts/test.sh does)"]
+#[ignore = "needs a real NCCL: set DPCOORD_TEST_NCCL_LIBRARY=<libnccl.so.2> and pass --ignored (scripts/test.sh does)"]
 fn real_nccl_when_given() {
     let path = std::env::var_os("DPCOORD_TEST_NCCL_LIBRARY")
         .expect("DPCOORD_TEST_NCCL_LIBRARY names a real libnccl.so.2");
